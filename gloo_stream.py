@@ -1,0 +1,1598 @@
+#!/usr/bin/env python3
+"""gloo_stream: stream Gloo AI chat completions token by token.
+
+A single-file, standard-library-only client for the Gloo AI completions API (and any
+OpenAI-compatible endpoint): a spec-exact Server-Sent Events decoder, a chunk
+accumulator, an OAuth2 client-credentials token cache, a streaming transport with
+retries before the first byte, the tutorial's functions, and a command-line tool.
+
+    python gloo_stream.py "What is the significance of the resurrection?"
+
+Copy this file anywhere CPython 3.9+ runs; it imports nothing outside the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import email.utils
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+
+__all__ = [
+    # SSE decoding
+    "ServerSentEvent",
+    "SSEDecoder",
+    # chat chunks
+    "ChatAccumulator",
+    "ChatResult",
+    "extract_token_content",
+    # errors
+    "GlooError",
+    "ConfigurationError",
+    "TokenError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "UnprocessableEntityError",
+    "RateLimitError",
+    "ServerError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "UnexpectedResponseError",
+    "StreamError",
+    "ConnectionLostError",
+    "StreamTimeoutError",
+    "ProviderError",
+    "EventTooLargeError",
+    # transport and high level
+    "TokenCache",
+    "GlooClient",
+    "ChatStream",
+    "load_dotenv",
+    # the tutorial's functions
+    "ensure_valid_token",
+    "handle_stream_error",
+    "make_streaming_request",
+    "parse_sse_line",
+    "stream_completion",
+    "render_stream_to_terminal",
+    "main",
+]
+
+__version__ = "1.0.0"
+
+DEFAULT_TOKEN_URL = "https://platform.ai.gloo.com/oauth2/token"
+DEFAULT_API_URL = "https://platform.ai.gloo.com/ai/v2/chat/completions"
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+_USER_AGENT = "gloo-stream/" + __version__
+_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_ERROR_BODY_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+log = logging.getLogger("gloo_stream")
+
+
+# ---------------------------------------------------------------------------
+# Secrets: registered values are scrubbed from every message this module builds
+# ---------------------------------------------------------------------------
+
+_secrets: "set[str]" = set()
+_secrets_lock = threading.Lock()
+
+
+def _register_secret(value: Optional[str]) -> None:
+    # Short values would scrub ordinary words; real secrets and tokens are long.
+    if value and len(value) >= 8:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def _redact(text: str) -> str:
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class GlooError(Exception):
+    """Root of every error this module raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigurationError(GlooError):
+    """Missing or invalid configuration (credentials, URLs, options)."""
+
+
+class TokenError(GlooError):
+    """The OAuth2 token endpoint refused, failed or answered something unusable."""
+
+    def __init__(self, message: str, *, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class APIStatusError(GlooError):
+    """The completions endpoint answered a non-2xx status before the stream began."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        headers: Optional[Mapping[str, str]] = None,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = _redact(body)
+        self.headers = dict(headers or {})
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the token is missing, invalid or expired."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the credentials lack permission."""
+
+
+class NotFoundError(APIStatusError):
+    """404: wrong URL or unknown model."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: well-formed JSON that failed validation."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; `retry_after` says how long to wait when known."""
+
+
+class ServerError(APIStatusError):
+    """5xx (and 408): a failure on the server's side."""
+
+
+class APIConnectionError(GlooError):
+    """The server could not be reached (refused, DNS, TLS, reset before any answer)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """Connecting, or waiting for the response headers, took too long."""
+
+
+class UnexpectedResponseError(GlooError):
+    """A 2xx answer that is not an event stream (wrong Content-Type, HTML, JSON)."""
+
+    def __init__(self, message: str, *, status: int, body: str = "", content_type: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = _redact(body)
+        self.content_type = content_type
+
+
+class StreamError(GlooError):
+    """A failure after the stream began. `text` keeps the partial answer."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, text: str = "", result: Optional["ChatResult"] = None) -> None:
+        super().__init__(message)
+        self.text = text
+        self.result = result
+
+
+class ConnectionLostError(StreamError):
+    """The connection dropped, or the body ended, before the answer finished."""
+
+
+class StreamTimeoutError(StreamError):
+    """The server sent nothing for longer than the idle timeout, or the deadline passed."""
+
+
+class ProviderError(StreamError):
+    """The stream carried a structured error (`finish_reason: "error"`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        text: str = "",
+        result: Optional["ChatResult"] = None,
+        code: Any = None,
+        name: str = "",
+    ) -> None:
+        super().__init__(message, text=text, result=result)
+        self.code = code
+        self.name = name
+
+
+class EventTooLargeError(StreamError):
+    """One event grew past the decoder's `max_event_bytes`."""
+
+    retryable = False
+
+
+# ---------------------------------------------------------------------------
+# SSE decoding (pure, no I/O): the WHATWG "interpreting an event stream" rules
+# https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+# ---------------------------------------------------------------------------
+
+
+class ServerSentEvent(NamedTuple):
+    """One dispatched event: type, data, the last event id, and a `retry` field if one came.
+
+    An immutable value (a named tuple: cheap to build, which matters at tens of thousands a second).
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: str = ""
+    retry: Optional[int] = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON (raises ValueError when it is not JSON)."""
+        return json.loads(self.data)
+
+
+class SSEDecoder:
+    """Turns the bytes of an event stream into events, whatever the read boundaries.
+
+    Two stages: bytes to complete lines (decoded as UTF-8 only once a line is whole, so a
+    character split across reads is never broken), then lines to events. The cost is
+    linear in the input, even for one enormous line fed in small reads.
+    """
+
+    def __init__(self, *, max_event_bytes: Optional[int] = None) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.last_event_id = ""
+        self.retry: Optional[int] = None  # the stream's reconnection time, once set
+        # Incremental UTF-8: a character split across reads waits for its last byte, invalid
+        # bytes become U+FFFD, and "-sig" strips one leading BOM (even one split across reads).
+        self._decode = codecs.getincrementaldecoder("utf-8-sig")("replace").decode
+        self._pending: List[str] = []  # pieces of the current, unterminated line
+        self._pending_size = 0
+        self._skip_lf = False  # the previous read ended in CR: a leading LF completes CRLF
+        self._event_type = ""
+        self._data: List[str] = []
+        self._data_size = 0
+        self._block_retry: Optional[int] = None
+
+    def feed(self, data: bytes) -> List[ServerSentEvent]:
+        """Decode one read; returns the events it completed (often none, sometimes many)."""
+        text = self._decode(data)
+        if not text:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+                if not text:
+                    return []
+        # Only CR, LF and CRLF end a line (never str.splitlines: it also splits on \x0b, \x85, ...).
+        if "\r" in text:
+            # A CR that ends the read ends a line now; an LF that starts the next read belongs to it.
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:
+            self._pending.append(text)
+            self._pending_size += len(data)
+            if self.max_event_bytes is not None:
+                self._check_size()
+            return []
+        if self._pending:
+            self._pending.append(text)
+            text = "".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
+        if text[-1] != "\n":
+            cut = text.rfind("\n") + 1
+            rest = text[cut:]
+            self._pending.append(rest)
+            self._pending_size = len(rest)
+            text = text[:cut]
+        return self._process(text)
+
+    def close(self) -> List[ServerSentEvent]:
+        """End of body: an unterminated last line or event is discarded, as the spec says."""
+        self._decode(b"", True)
+        self._pending = []
+        self._pending_size = 0
+        self._data = []
+        self._data_size = 0
+        self._event_type = ""
+        self._block_retry = None
+        return []
+
+    @property
+    def has_partial_event(self) -> bool:
+        """True while bytes of an event not yet dispatched are held."""
+        return bool(self._pending or self._data or self._event_type)
+
+    def _check_size(self) -> None:
+        limit = self.max_event_bytes
+        if limit is not None and self._pending_size + self._data_size > limit:
+            size = self._pending_size + self._data_size
+            self._pending = []
+            self._pending_size = 0
+            self._data = []
+            self._data_size = 0
+            raise EventTooLargeError(f"an event exceeded the {limit}-byte limit ({size} bytes and counting)")
+
+    def _process(self, text: str) -> List[ServerSentEvent]:
+        # `text` is whole lines, LF-ended. The common stream is `data: X` blocks, so split at
+        # "\n\ndata: " (the end of one block and the start of the next): each piece with no line
+        # end inside is one event's data. Anything else (comments, ids, multi-line data, event
+        # types, blank-line runs) takes the general line-by-line path. Both give exactly the
+        # events the line rules give.
+        pieces = text.split("\n\ndata: ")
+        events: List[ServerSentEvent] = []
+        if len(pieces) == 1:
+            lines = text.split("\n")
+            lines.pop()  # the text ends with a line end, so its last piece is empty
+            self._process_lines(lines, events)
+            return events
+        new, cls = _new_event, ServerSentEvent
+        last = pieces.pop()
+        first = pieces[0]
+        if (first[:6] == "data: " and "\n" not in first and not self._data and not self._event_type
+                and self._block_retry is None):
+            events.append(new(cls, ("message", first[6:], self.last_event_id, None)))
+        else:
+            self._process_lines(first.split("\n") + [""], events)
+        middle = pieces[1:]
+        last_id = self.last_event_id
+        # Each separator holds two line ends; a count of exactly that many means that no middle
+        # piece holds a line end of its own: all are single-line events.
+        if middle and "".join(middle).count("\n") == 0:
+            events += [new(cls, ("message", piece, last_id, None)) for piece in middle]
+        else:
+            for piece in middle:
+                if "\n" in piece:
+                    self._process_lines(("data: " + piece).split("\n") + [""], events)
+                    last_id = self.last_event_id
+                else:
+                    events.append(new(cls, ("message", piece, last_id, None)))
+        if last[-2:] == "\n\n" and "\n" not in last[:-2]:
+            events.append(new(cls, ("message", last[:-2], last_id, None)))
+        else:
+            lines = ("data: " + last).split("\n")
+            lines.pop()
+            self._process_lines(lines, events)
+        return events
+
+    def _process_lines(self, lines: List[str], events: List[ServerSentEvent]) -> None:
+        # The line rules, with state in locals written back once at the end.
+        emit = events.append
+        data = self._data
+        kept = len(data)  # data lines carried over from earlier reads
+        dispatched = False
+        event_type = self._event_type
+        last_id = self.last_event_id
+        block_retry = self._block_retry
+        for line in lines:
+            if not line:
+                # A blank line dispatches the event; one with no data is not dispatched,
+                # but its type buffer is reset all the same.
+                if data:
+                    emit(ServerSentEvent(event_type or "message", "\n".join(data), last_id, block_retry))
+                    data = []
+                dispatched = True
+                event_type = ""
+                block_retry = None
+            elif line[0] == ":":
+                continue  # a comment
+            else:
+                name, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]  # only one leading space is removed
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    event_type = value
+                elif name == "id":
+                    if "\0" not in value:  # an id with NUL is ignored
+                        last_id = value
+                elif name == "retry":
+                    if value.isdigit() and value.isascii():  # only ASCII digits
+                        self.retry = block_retry = int(value)
+                # any other field name is ignored
+        self._data = data
+        self._event_type = event_type
+        self.last_event_id = last_id
+        self._block_retry = block_retry
+        if self.max_event_bytes is not None and data:
+            # Count only what this read added, so the check stays linear.
+            added = data if dispatched else data[kept:]
+            size = sum(map(len, added)) + len(added)
+            self._data_size = size if dispatched else self._data_size + size
+            self._check_size()
+        elif not data:
+            self._data_size = 0
+
+
+_new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
+
+
+# ---------------------------------------------------------------------------
+# Chat chunks and their accumulation
+# ---------------------------------------------------------------------------
+
+
+def _first_choice(chunk: Any) -> Optional[dict]:
+    if not isinstance(chunk, dict):
+        return None
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def extract_token_content(chunk: Any) -> str:
+    """The text a chunk carries (`choices[0].delta.content`), or "" for anything else. Never raises."""
+    choice = _first_choice(chunk)
+    if choice is None:
+        return ""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return ""
+    content = delta.get("content")
+    return content if isinstance(content, str) else ""
+
+
+@dataclass
+class ChatResult:
+    """A finished (or failed) completion: the text and everything known about how it went."""
+
+    text: str = ""
+    token_count: int = 0
+    duration_ms: int = 0
+    finish_reason: str = "unknown"
+    ttft_ms: Optional[int] = None
+    model: Optional[str] = None
+    usage: Optional[dict] = None
+    tool_calls: List[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    id: Optional[str] = None
+    provider: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict (the shape `stream_completion` returns)."""
+        return {
+            "text": self.text,
+            "token_count": self.token_count,
+            "duration_ms": self.duration_ms,
+            "finish_reason": self.finish_reason,
+            "ttft_ms": self.ttft_ms,
+            "model": self.model,
+            "usage": self.usage,
+            "tool_calls": [dict(call, function=dict(call["function"])) for call in self.tool_calls],
+            "error": self.error,
+            "id": self.id,
+            "provider": self.provider,
+        }
+
+
+class ChatAccumulator:
+    """Folds chunks into one answer: content, tool calls, finish reason, usage, first-token time.
+
+    `add()` never raises, whatever the chunk holds.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, started: Optional[float] = None) -> None:
+        self._clock = clock
+        self.started = clock() if started is None else started
+        self.first_token_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self._parts: List[str] = []
+        self.token_count = 0
+        self.finish_reason: Optional[str] = None
+        self.model: Optional[str] = None
+        self.id: Optional[str] = None
+        self.provider: Optional[str] = None
+        self.usage: Optional[dict] = None
+        self.server_ttft_ms: Optional[int] = None
+        self.error: Optional[dict] = None
+        self._tools: Dict[int, dict] = {}
+
+    @property
+    def text(self) -> str:
+        """All content so far."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @property
+    def tool_calls(self) -> List[dict]:
+        """Tool calls merged by index, in index order."""
+        return [self._tools[index] for index in sorted(self._tools)]
+
+    @property
+    def ttft_ms(self) -> Optional[int]:
+        """Milliseconds from the start to the first content token, as the client saw it."""
+        if self.first_token_at is None:
+            return None
+        return int((self.first_token_at - self.started) * 1000)
+
+    def add(self, chunk: Any) -> str:
+        """Fold one chunk in; returns the content it carried ("" if none)."""
+        if not isinstance(chunk, dict):
+            return ""
+        for key in ("model", "id", "provider"):
+            value = chunk.get(key)
+            if isinstance(value, str) and value:
+                setattr(self, key, value)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        ttft = chunk.get("ttft_ms")
+        if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and self.server_ttft_ms is None:
+            self.server_ttft_ms = int(ttft)
+        error = chunk.get("error")
+        choice = _first_choice(chunk)
+        content = ""
+        if choice is not None:
+            if error is None:
+                error = choice.get("error")
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                value = delta.get("content")
+                if isinstance(value, str) and value:
+                    content = value
+                    self._parts.append(value)
+                    self.token_count += 1
+                    if self.first_token_at is None:
+                        self.first_token_at = self._clock()
+                calls = delta.get("tool_calls")
+                if isinstance(calls, list):
+                    for call in calls:
+                        self._merge_tool_call(call)
+        if error is not None:
+            self.error = _error_fields(error)
+        return content
+
+    def _merge_tool_call(self, call: Any) -> None:
+        if not isinstance(call, dict):
+            return
+        index = call.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            return
+        merged = self._tools.get(index)
+        if merged is None:
+            merged = self._tools[index] = {"index": index, "id": None, "type": "function",
+                                           "function": {"name": None, "arguments": ""}}
+        for key in ("id", "type"):
+            value = call.get(key)
+            if isinstance(value, str) and value:
+                merged[key] = value
+        function = call.get("function")
+        if isinstance(function, dict):
+            name = function.get("name")
+            if isinstance(name, str) and name:
+                merged["function"]["name"] = name
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                merged["function"]["arguments"] += arguments
+
+    def result(self, *, error: Optional[str] = None) -> ChatResult:
+        """A snapshot of what has been accumulated."""
+        end = self.finished_at if self.finished_at is not None else self._clock()
+        if error is None and self.error is not None:
+            error = _describe_provider_error(self.error)
+        return ChatResult(
+            text=self.text,
+            token_count=self.token_count,
+            duration_ms=int((end - self.started) * 1000),
+            finish_reason=self.finish_reason or "unknown",
+            ttft_ms=self.ttft_ms,
+            model=self.model,
+            usage=self.usage,
+            tool_calls=[dict(call, function=dict(call["function"])) for call in self.tool_calls],
+            error=error,
+            id=self.id,
+            provider=self.provider,
+        )
+
+
+def _error_fields(error: Any) -> dict:
+    if isinstance(error, dict):
+        return {
+            "code": error.get("code"),
+            "name": str(error.get("name") or error.get("type") or ""),
+            "message": str(error.get("message") or ""),
+        }
+    return {"code": None, "name": "", "message": str(error)}
+
+
+def _describe_provider_error(error: dict) -> str:
+    label = error.get("name") or "error"
+    if error.get("code") is not None:
+        label = f"{label} ({error['code']})"
+    message = error.get("message")
+    return f"{label}: {message}" if message else str(label)
+
+
+# ---------------------------------------------------------------------------
+# Configuration: explicit argument, then the environment, then .env
+# ---------------------------------------------------------------------------
+
+
+def _parse_dotenv(text: str) -> Dict[str, str]:
+    values: Dict[str, str] = {}
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[7:].lstrip()
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or not key or not key.replace("_", "").replace(".", "").isalnum():
+            continue
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            quote = value[0]
+            end = value.find(quote, 1)
+            while quote == '"' and end > 0 and value[end - 1] == "\\":
+                end = value.find(quote, end + 1)
+            inner = value[1:end] if end > 0 else value[1:]
+            if quote == '"':
+                inner = (inner.replace("\\n", "\n").replace("\\t", "\t")
+                         .replace('\\"', '"').replace("\\\\", "\\"))
+            value = inner
+        else:
+            hash_at = value.find(" #")
+            if hash_at >= 0:
+                value = value[:hash_at].rstrip()
+        values[key] = value
+    return values
+
+
+def load_dotenv(path: Union[str, os.PathLike] = ".env", *, override: bool = False) -> Dict[str, str]:
+    """Read KEY=VALUE lines from `path` into os.environ; existing variables win unless `override`.
+
+    Handles comments, blank lines, `export ` prefixes and single or double quotes.
+    Returns the values the file holds (empty when there is no file).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = _parse_dotenv(handle.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {os.fspath(path)}: {exc.__class__.__name__}") from None
+    for key, value in values.items():
+        if override or key not in os.environ:
+            os.environ[key] = value
+    return values
+
+
+def _setting(explicit: Optional[str], name: str, default: Optional[str] = None) -> Optional[str]:
+    if explicit is not None:
+        return explicit
+    value = os.environ.get(name)
+    return value if value else default
+
+
+# ---------------------------------------------------------------------------
+# Transport: urllib.request only
+# ---------------------------------------------------------------------------
+
+
+def _response_socket(response: Any) -> Optional[socket.socket]:
+    """The socket under an http.client response, to shut it down from another thread."""
+    raw = getattr(getattr(response, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _read_error_body(error: urllib.error.HTTPError) -> str:
+    try:
+        data = error.read(_ERROR_BODY_LIMIT)
+    except (OSError, http.client.HTTPException):
+        data = b""
+    finally:
+        error.close()
+    return data.decode("utf-8", "replace")
+
+
+def _parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> Optional[float]:
+    """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and when.tzinfo is not None:
+                return max(0.0, when.timestamp() - now())
+    value = (headers.get("X-RateLimit-Reset") or "").strip()
+    if value:
+        try:
+            reset = float(value)
+        except ValueError:
+            return None
+        # Either seconds from now or a Unix time; a Unix time is far larger than any sane wait.
+        if reset > 1_000_000_000:
+            return max(0.0, reset - now())
+        return max(0.0, reset)
+    return None
+
+
+_STATUS_ERRORS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: ServerError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def _status_message(status: int, body: str) -> str:
+    if status == 401:
+        return "Authentication failed (401): Invalid or expired token"
+    if status == 403:
+        return "Authorization failed (403): Insufficient permissions"
+    if status == 429:
+        return "Rate limit exceeded (429): Too many requests"
+    return f"API error ({status}): {body[:200]}"
+
+
+def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, str]] = None) -> APIStatusError:
+    headers = dict(headers or {})
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIStatusError)
+    return cls(
+        _status_message(status, _redact(body)),
+        status=status,
+        body=body,
+        headers=headers,
+        retry_after=_parse_retry_after(headers),
+    )
+
+
+class TokenCache:
+    """OAuth2 client-credentials tokens, fetched once and shared by every thread until near expiry.
+
+    A token is refreshed 5 minutes before it expires, or halfway through a shorter life.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        token_url: str = DEFAULT_TOKEN_URL,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        opener: Optional[urllib.request.OpenerDirector] = None,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ConfigurationError(
+                "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET in the environment or in .env"
+            )
+        _register_secret(client_secret)
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.token_url = token_url
+        self.timeout = timeout
+        self._clock = clock
+        self._opener = opener or urllib.request.build_opener()
+        self._lock = threading.Lock()
+        self._token: Optional[str] = None
+        self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self.fetch_count = 0
+
+    def __repr__(self) -> str:  # never show the secret or the token
+        return f"TokenCache(client_id={self.client_id!r}, token_url={self.token_url!r})"
+
+    def get(self) -> str:
+        """A valid access token, fetching a new one only when needed."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._refresh_at:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, token: Optional[str] = None) -> None:
+        """Forget the cached token (only if it is still `token`, when given)."""
+        with self._lock:
+            if token is None or token == self._token:
+                self._token = None
+
+    @property
+    def expires_at(self) -> float:
+        """When the cached token expires, on the cache's clock (0 when none is cached)."""
+        return self._expires_at if self._token else 0.0
+
+    def _fetch(self) -> None:
+        form = urllib.parse.urlencode(
+            {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._client_secret}
+        ).encode("ascii")
+        request = urllib.request.Request(
+            self.token_url,
+            data=form,
+            method="POST",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+                "User-Agent": _USER_AGENT,
+            },
+        )
+        self.fetch_count += 1
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                raw = response.read(_ERROR_BODY_LIMIT + 1)
+        except urllib.error.HTTPError as exc:
+            body = _read_error_body(exc)
+            hint = " (check GLOO_CLIENT_ID and GLOO_CLIENT_SECRET)" if exc.code in (400, 401, 403) else ""
+            raise TokenError(
+                f"token request failed ({exc.code}){hint}: {_redact(body)[:200]}", status=exc.code
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise TokenError(f"token endpoint unreachable at {self.token_url}: {_describe_os_error(exc)}") from None
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise TokenError("token endpoint answered something that is not JSON") from None
+        token = payload.get("access_token") if isinstance(payload, dict) else None
+        if not isinstance(token, str) or not token:
+            raise TokenError("token endpoint answered without an access_token")
+        _register_secret(token)
+        lifetime = payload.get("expires_in", 3600)
+        try:
+            lifetime = float(lifetime)
+        except (TypeError, ValueError):
+            lifetime = 3600.0
+        if lifetime <= 0:
+            lifetime = 3600.0
+        now = self._clock()
+        self._token = token
+        self._expires_at = now + lifetime
+        self._refresh_at = now + lifetime - min(300.0, lifetime / 2)
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        exc = reason
+    elif isinstance(reason, str):
+        return reason
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    text = str(exc) or exc.__class__.__name__
+    return _redact(text)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
+
+
+Messages = Union[str, Sequence[Mapping[str, Any]]]
+
+
+def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
+    if isinstance(message, str):
+        messages: List[dict] = [{"role": "user", "content": message}]
+    elif isinstance(message, Sequence) and message and all(isinstance(m, Mapping) for m in message):
+        messages = [dict(m) for m in message]
+    else:
+        raise ConfigurationError("message must be a string or a non-empty list of chat messages")
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+class GlooClient:
+    """A configured connection to the completions API.
+
+    Credentials come from the arguments, else GLOO_CLIENT_ID / GLOO_CLIENT_SECRET (or a static
+    GLOO_API_KEY for OpenAI-compatible servers); URLs from GLOO_TOKEN_URL / GLOO_API_URL.
+    Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: Optional[str] = None,
+        client_secret: Optional[str] = None,
+        api_key: Optional[str] = None,
+        token_url: Optional[str] = None,
+        api_url: Optional[str] = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        deadline: Optional[float] = None,
+        max_retries: int = 2,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_wait: float = 30.0,
+        max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        token_cache: Optional[TokenCache] = None,
+    ) -> None:
+        self.api_url = _setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
+        self.token_url = _setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL
+        for url in (self.api_url, self.token_url):
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigurationError(f"not an http(s) URL: {url!r} (check GLOO_API_URL and GLOO_TOKEN_URL)")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.deadline = deadline
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_wait = max_retry_wait
+        self.max_event_bytes = max_event_bytes
+        self._sleep = sleep
+        self._clock = clock
+        self._opener = urllib.request.build_opener()
+        self._api_key = _setting(api_key, "GLOO_API_KEY")
+        _register_secret(self._api_key)
+        if token_cache is not None:
+            self.tokens: Optional[TokenCache] = token_cache
+        elif self._api_key:
+            self.tokens = None
+        else:
+            cid = _setting(client_id, "GLOO_CLIENT_ID")
+            secret = _setting(client_secret, "GLOO_CLIENT_SECRET")
+            if not cid or not secret:
+                raise ConfigurationError(
+                    "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET "
+                    "in the environment or in .env (or GLOO_API_KEY for an OpenAI-compatible server)"
+                )
+            self.tokens = TokenCache(
+                client_id=cid, client_secret=secret, token_url=self.token_url,
+                timeout=connect_timeout, clock=clock, opener=self._opener,
+            )
+
+    def __repr__(self) -> str:
+        return f"GlooClient(api_url={self.api_url!r}, auth={'api_key' if self.tokens is None else 'oauth'})"
+
+    # -- requests ---------------------------------------------------------
+
+    def token(self) -> str:
+        """The bearer credential: a cached OAuth token, or the static API key."""
+        if self.tokens is None:
+            assert self._api_key is not None
+            return self._api_key
+        return self.tokens.get()
+
+    def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
+                      **options: Any) -> dict:
+        """The JSON body for `message` (string or chat messages) and completion options.
+
+        Auto routing is used unless `model`, `model_family` or `auto_routing` is given;
+        options whose value is None are left out.
+        """
+        payload: dict = {"messages": _as_messages(message, system)}
+        payload.update({key: value for key, value in options.items() if value is not None})
+        if not any(key in payload for key in ("auto_routing", "model", "model_family")):
+            payload["auto_routing"] = True
+        payload["stream"] = stream
+        return payload
+
+    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> Any:
+        """POST `payload` and return the open response once its status is 200.
+
+        Retries happen here, before the first byte of the body: a 401 refreshes the token
+        once; 408/429/5xx and connection failures back off and retry up to `max_retries`.
+        """
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        started = self._clock()
+        attempt = 0
+        refreshed = False
+        while True:
+            bearer = token or self.token()
+            request = urllib.request.Request(
+                self.api_url,
+                data=body,
+                method="POST",
+                headers={
+                    "Authorization": "Bearer " + bearer,
+                    "Content-Type": "application/json",
+                    "Accept": "text/event-stream" if payload.get("stream") else "application/json",
+                    "User-Agent": _USER_AGENT,
+                },
+            )
+            timeout = self.connect_timeout
+            if self.deadline is not None:
+                timeout = min(timeout, max(0.001, self.deadline - (self._clock() - started)))
+            try:
+                response = self._opener.open(request, timeout=timeout)
+            except urllib.error.HTTPError as exc:
+                status, headers = exc.code, dict(exc.headers.items()) if exc.headers else {}
+                error_body = _read_error_body(exc)
+                if status == 401 and self.tokens is not None and token is None and not refreshed:
+                    refreshed = True
+                    self.tokens.invalidate(bearer)
+                    log.info("completions answered 401; fetching a new token and retrying once")
+                    continue
+                error = _status_error(status, error_body, headers)
+                if status in _RETRYABLE_STATUSES and attempt < self.max_retries:
+                    wait = self._backoff(attempt, error.retry_after)
+                    if wait is not None and self._within_deadline(started, wait):
+                        log.info("completions answered %d; retry %d in %.2fs", status, attempt + 1, wait)
+                        self._sleep(wait)
+                        attempt += 1
+                        continue
+                raise error from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                if attempt < self.max_retries:
+                    wait = self._backoff(attempt, None)
+                    if wait is not None and self._within_deadline(started, wait):
+                        log.info("connection failed (%s); retry %d in %.2fs",
+                                 _describe_os_error(exc), attempt + 1, wait)
+                        self._sleep(wait)
+                        attempt += 1
+                        continue
+                cls = APITimeoutError if _is_timeout(exc) else APIConnectionError
+                raise cls(f"cannot reach {self.api_url}: {_describe_os_error(exc)}") from None
+            return self._check_response(response, payload)
+
+    def _check_response(self, response: Any, payload: Mapping[str, Any]) -> Any:
+        content_type = response.headers.get("Content-Type", "") or ""
+        if payload.get("stream"):
+            if not content_type.lower().startswith("text/event-stream"):
+                try:
+                    data = response.read(_ERROR_BODY_LIMIT)
+                except (OSError, http.client.HTTPException):
+                    data = b""
+                response.close()
+                shown = content_type or "none"
+                raise UnexpectedResponseError(
+                    f"expected an event stream but got Content-Type {shown} ({response.status}): "
+                    f"{_redact(data.decode('utf-8', 'replace'))[:200]}",
+                    status=response.status,
+                    body=data.decode("utf-8", "replace"),
+                    content_type=content_type,
+                )
+            sock = _response_socket(response)
+            if sock is not None:
+                sock.settimeout(self.read_timeout)
+        return response
+
+    def _backoff(self, attempt: int, retry_after: Optional[float]) -> Optional[float]:
+        """Seconds to wait before retry `attempt` + 1, or None when the server asks for too long."""
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_wait else None
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+        return ceiling * (0.5 + random.random() / 2)  # jitter: spread the herd
+
+    def _within_deadline(self, started: float, wait: float) -> bool:
+        return self.deadline is None or (self._clock() - started) + wait < self.deadline
+
+    def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
+               **options: Any) -> "ChatStream":
+        """Start a streamed completion; iterate the returned ChatStream for text deltas."""
+        payload = self.build_payload(message, system=system, stream=True, **options)
+        return self.stream_payload(payload, token=token)
+
+    def stream_payload(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> "ChatStream":
+        """Start a streamed completion from a ready JSON body (`stream` is forced on)."""
+        payload = dict(payload)
+        payload["stream"] = True
+        started = self._clock()
+        response = self.open(payload, token=token)
+        return ChatStream(response, clock=self._clock, started=started, read_timeout=self.read_timeout,
+                          deadline=self.deadline, max_event_bytes=self.max_event_bytes)
+
+    def complete(self, message: Messages, *, on_delta: Optional[Callable[[str], None]] = None,
+                 system: Optional[str] = None, token: Optional[str] = None, **options: Any) -> ChatResult:
+        """Stream a completion to the end and return its ChatResult.
+
+        Failures before the stream raise; failures during it are recorded in `result.error`
+        with the partial text kept.
+        """
+        with self.stream(message, system=system, token=token, **options) as stream:
+            try:
+                for delta in stream:
+                    if on_delta is not None:
+                        on_delta(delta)
+            except StreamError as exc:
+                return exc.result or stream.result()
+            return stream.result()
+
+
+class ChatStream:
+    """An open completion stream.
+
+    Iterate it for text deltas, or use `chunks()` for the chunk dicts, `events()` for the raw
+    events, or `event_batches()` for the events of each network read. `result()` gives the
+    ChatResult so far. Mid-stream failures raise a StreamError carrying the partial text.
+    Stopping early (break, close, an exception, Ctrl-C) closes the connection at once.
+    """
+
+    def __init__(self, response: Any, *, clock: Callable[[], float] = time.monotonic,
+                 started: Optional[float] = None, read_timeout: Optional[float] = 60.0,
+                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.response = response
+        self.status = getattr(response, "status", 200)
+        self.headers = dict(response.headers.items()) if getattr(response, "headers", None) else {}
+        self._clock = clock
+        self.accumulator = ChatAccumulator(clock=clock, started=started)
+        self.read_timeout = read_timeout
+        self.deadline = deadline
+        self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._sock = _response_socket(response)
+        self._closed = False
+        self._done = False  # `data: [DONE]` seen
+        self._consumed = False
+        self.error: Optional[StreamError] = None
+        self.bytes_read = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def __enter__(self) -> "ChatStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.accumulator.finished_at is None:
+            self.accumulator.finished_at = self._clock()
+        try:
+            self.response.close()
+        except (OSError, http.client.HTTPException):
+            pass
+
+    def abort(self) -> None:
+        """Cut the connection from any thread: a read blocked in another thread returns at once."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- reading ----------------------------------------------------------
+
+    def _read(self) -> bytes:
+        if self.deadline is not None and self._sock is not None:
+            remaining = self.deadline - (self._clock() - self.accumulator.started)
+            if remaining <= 0:
+                raise StreamTimeoutError("the stream passed its deadline")
+            self._sock.settimeout(min(self.read_timeout or remaining, remaining))
+        read1 = getattr(self.response, "read1", None)
+        return read1(_READ_SIZE) if read1 is not None else self.response.read(_READ_SIZE)
+
+    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
+        """The events completed by each network read, as they arrive (empty batches skipped).
+
+        Raises ConnectionLostError or StreamTimeoutError on a transport failure, and
+        EventTooLargeError when one event passes `max_event_bytes`.
+        """
+        if self._consumed:
+            raise GlooError("a ChatStream can be read only once")
+        self._consumed = True
+        try:
+            while not self._closed:
+                try:
+                    data = self._read()
+                except socket.timeout:
+                    raise self._fail(StreamTimeoutError,
+                                     f"no data from the server for {self.read_timeout:g}s") from None
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    if self._closed:
+                        return
+                    raise self._fail(ConnectionLostError,
+                                     f"connection lost mid-stream: {_describe_os_error(exc)}") from None
+                if not data:
+                    self._decoder.close()
+                    return
+                self.bytes_read += len(data)
+                try:
+                    events = self._decoder.feed(data)
+                except EventTooLargeError as exc:
+                    raise self._fail(EventTooLargeError, str(exc)) from None
+                if events:
+                    yield events
+        finally:
+            self.close()
+
+    def events(self) -> Iterator[ServerSentEvent]:
+        """Every event, one at a time."""
+        for batch in self.event_batches():
+            yield from batch
+
+    def chunks(self) -> Iterator[dict]:
+        """The chunk dicts, read to `data: [DONE]` or the end of the body (never stopped at finish_reason).
+
+        At the end, raises ProviderError for a structured error, ConnectionLostError when the
+        body ended before any finish_reason.
+        """
+        accumulator = self.accumulator
+        try:
+            for batch in self.event_batches():
+                for event in batch:
+                    data = event.data
+                    if data == "[DONE]":
+                        self._done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+                        continue
+                    if event.event == "error" and isinstance(chunk, dict) and accumulator.error is None:
+                        accumulator.error = _error_fields(chunk.get("error", chunk))
+                        if accumulator.finish_reason is None:
+                            accumulator.finish_reason = "error"
+                    accumulator.add(chunk)
+                    yield chunk
+                if self._done:
+                    break
+        finally:
+            self.close()
+        if accumulator.error is not None:
+            error = accumulator.error
+            raise self._fail(ProviderError, "stream error: " + _describe_provider_error(error),
+                             code=error.get("code"), name=error.get("name") or "")
+        if not self._done and accumulator.finish_reason is None:
+            raise self._fail(ConnectionLostError, "the stream ended before the answer finished")
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas as they arrive."""
+        for chunk in self.chunks():
+            content = extract_token_content(chunk)
+            if content:
+                yield content
+
+    def _fail(self, cls: type, message: str, **fields: Any) -> StreamError:
+        self.close()
+        result = self.accumulator.result(error=_redact(message))
+        error = cls(message, text=result.text, result=result, **fields)
+        self.error = error
+        return error
+
+    def result(self) -> ChatResult:
+        """What has been received so far (the whole answer once iteration ends)."""
+        error = str(self.error) if self.error is not None else None
+        return self.accumulator.result(error=error)
+
+    @property
+    def text(self) -> str:
+        return self.accumulator.text
+
+
+# ---------------------------------------------------------------------------
+# The tutorial's functions (same names and behaviour, so tutorial code runs unchanged)
+# ---------------------------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default_client: Optional[GlooClient] = None
+
+
+def _client() -> GlooClient:
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            load_dotenv()
+            _default_client = GlooClient()
+        return _default_client
+
+
+def _reset_default_client() -> None:
+    """Forget the shared client (tests, or after changing the environment)."""
+    global _default_client
+    with _default_lock:
+        _default_client = None
+
+
+def ensure_valid_token() -> str:
+    """A valid access token from the shared token cache, fetched or refreshed when needed."""
+    return _client().token()
+
+
+def handle_stream_error(status_code: int, response_body: str = "") -> None:
+    """Raise the error for a non-200 status, with the tutorial's messages; 200 returns None."""
+    if status_code == 200:
+        return None
+    raise _status_error(int(status_code), response_body or "")
+
+
+def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> Any:
+    """Open the streaming POST and return the response once its status is 200 (else raise)."""
+    client = _client()
+    return client.open(client.build_payload(message, stream=True, **options), token=token)
+
+
+def parse_sse_line(line: Union[str, bytes]) -> Union[None, str, dict]:
+    """One line of the stream: None (not data, or not JSON), "[DONE]", or the chunk dict. Never raises."""
+    if isinstance(line, (bytes, bytearray)):
+        line = bytes(line).decode("utf-8", "replace")
+    if not isinstance(line, str):
+        return None
+    line = line.rstrip("\r\n")
+    if not line.startswith("data:"):
+        return None
+    data = line[5:]
+    if data[:1] == " ":
+        data = data[1:]
+    if data.strip() == "[DONE]":
+        return "[DONE]"
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
+def stream_completion(message: Messages, token: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+    """Stream a completion to the end; returns text, token_count, duration_ms, finish_reason, ...
+
+    Failures before the stream raise; a mid-stream failure keeps the partial text and sets `error`.
+    """
+    on_delta = options.pop("on_delta", None)
+    return _client().complete(message, token=token, on_delta=on_delta, **options).to_dict()
+
+
+def render_stream_to_terminal(message: Messages, token: Optional[str] = None, *, file: Any = None,
+                              **options: Any) -> Dict[str, Any]:
+    """Print `Prompt: …`, then `Response: ` and each token as it arrives, then `[N tokens, finish_reason=X]`."""
+    out = file if file is not None else sys.stdout
+    prompt = message if isinstance(message, str) else _last_user_text(message)
+    print(f"Prompt: {prompt}", file=out)
+    print("Response: ", end="", file=out, flush=True)
+
+    def show(delta: str) -> None:
+        out.write(delta)
+        out.flush()
+
+    result = stream_completion(message, token, on_delta=show, **options)
+    print(file=out)
+    if result["error"]:
+        print(f"[error: {result['error']}]", file=out)
+    print(f"[{result['token_count']} tokens, finish_reason={result['finish_reason']}]", file=out, flush=True)
+    return result
+
+
+def _last_user_text(messages: Any) -> str:
+    try:
+        for item in reversed(list(messages)):
+            if item.get("role") == "user":
+                return str(item.get("content", ""))
+    except (TypeError, AttributeError):
+        pass
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+_EXIT_OK, _EXIT_ERROR, _EXIT_USAGE, _EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Spinner:
+    """A small waiting indicator on stderr until the first token (terminals only)."""
+
+    _FRAMES = "|/-\\"
+
+    def __init__(self, stream: Any, *, color: bool) -> None:
+        self._stream = stream
+        self._color = color
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gloo-spinner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        frame = 0
+        while not self._stop.wait(0.1):
+            mark = self._FRAMES[frame % len(self._FRAMES)]
+            text = f"{mark} waiting for the first token…"
+            if self._color:
+                text = f"\033[2m{text}\033[0m"
+            self._stream.write("\r" + text)
+            self._stream.flush()
+            frame += 1
+
+    def stop(self) -> None:
+        if self._thread is None or self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self._stream.write("\r\033[K")
+        self._stream.flush()
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gloo_stream.py",
+        description="Stream a Gloo AI chat completion to stdout, token by token.",
+        epilog=(
+            "Credentials: GLOO_CLIENT_ID and GLOO_CLIENT_SECRET (environment or .env), or GLOO_API_KEY for an "
+            "OpenAI-compatible server; GLOO_API_URL and GLOO_TOKEN_URL point elsewhere. "
+            "Exit codes: 0 done, 1 API or stream error, 2 usage or configuration error, 130 interrupted."
+        ),
+    )
+    parser.add_argument("question", nargs="?", default=None, help="the question; read from stdin when absent or '-'")
+    parser.add_argument("--system", help="a system message sent before the question")
+    routing = parser.add_mutually_exclusive_group()
+    routing.add_argument("--model", help="a specific model (default: auto routing)")
+    routing.add_argument("--model-family", choices=["openai", "anthropic", "google", "open source"],
+                         help="let Gloo pick a model of this family")
+    parser.add_argument("--tradition", choices=["evangelical", "catholic", "mainline", "not_faith_specific"],
+                        help="the theological perspective of the answer")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=int, help="the most tokens to generate (at least 1)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the final result as one JSON object")
+    output.add_argument("--raw", action="store_true", help="print the raw event stream as received (for debugging)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds of silence before giving up (default 60)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command-line tool; returns the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    err = sys.stderr
+    color = err.isatty() and not os.environ.get("NO_COLOR")
+    if args.temperature is not None and not 0 <= args.temperature <= 2:
+        parser.error("--temperature must be between 0 and 2")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        parser.error("--max-tokens must be at least 1")
+    question = args.question
+    if question is None or question == "-":
+        if sys.stdin is None or (question is None and sys.stdin.isatty()):
+            parser.error("give a question, or pipe one on stdin")
+        question = sys.stdin.read().strip()
+    if not question:
+        parser.error("the question is empty")
+    logging.basicConfig(level=logging.WARNING, format="gloo_stream: %(message)s")
+    spinner: Optional[_Spinner] = None
+    stream: Optional[ChatStream] = None
+    out = sys.stdout
+    try:
+        load_dotenv()
+        client = GlooClient(read_timeout=args.timeout)
+        options = {"model": args.model, "model_family": args.model_family, "tradition": args.tradition,
+                   "temperature": args.temperature, "max_tokens": args.max_tokens}
+        if err.isatty() and not args.json and not args.raw:
+            spinner = _Spinner(err, color=bool(color))
+            spinner.start()
+        stream = client.stream(question, system=args.system, **options)
+        failure: Optional[StreamError] = None
+        if args.raw:
+            binary = getattr(out, "buffer", None)
+            for batch in stream.event_batches():
+                for event in batch:
+                    text = _format_event(event)
+                    if binary is not None:
+                        binary.write(text.encode("utf-8"))
+                        binary.flush()
+                    else:
+                        out.write(text)
+                        out.flush()
+                    if event.data.strip() != "[DONE]":
+                        try:
+                            stream.accumulator.add(json.loads(event.data))
+                        except ValueError:
+                            pass
+        else:
+            try:
+                for delta in stream:
+                    if spinner is not None:
+                        spinner.stop()
+                    if not args.json:
+                        out.write(delta)
+                        out.flush()
+            except StreamError as exc:
+                failure = exc
+        if spinner is not None:
+            spinner.stop()
+        result = stream.result()
+        if args.json:
+            json.dump(result.to_dict(), out, ensure_ascii=False)
+            out.write("\n")
+        elif not args.raw and result.text and not result.text.endswith("\n"):
+            out.write("\n")
+        out.flush()
+        _print_stats(result, err, color=bool(color))
+        if failure is not None:
+            print(f"error: {failure}", file=err)
+            return _EXIT_ERROR
+        if result.finish_reason == "content_filter":
+            print("error: the answer was stopped by the content filter", file=err)
+            return _EXIT_ERROR
+        return _EXIT_OK
+    except KeyboardInterrupt:
+        if spinner is not None:
+            spinner.stop()
+        if stream is not None:
+            stream.close()
+        out.write("\n")
+        print("interrupted", file=err)
+        return _EXIT_INTERRUPTED
+    except ConfigurationError as exc:
+        if spinner is not None:
+            spinner.stop()
+        print(f"error: {exc}", file=err)
+        return _EXIT_USAGE
+    except GlooError as exc:
+        if spinner is not None:
+            spinner.stop()
+        print(f"error: {exc}", file=err)
+        return _EXIT_ERROR
+
+
+def _format_event(event: ServerSentEvent) -> str:
+    lines = []
+    if event.event != "message":
+        lines.append(f"event: {event.event}")
+    if event.id:
+        lines.append(f"id: {event.id}")
+    lines.extend("data: " + line for line in event.data.split("\n"))
+    return "\n".join(lines) + "\n\n"
+
+
+def _print_stats(result: ChatResult, err: Any, *, color: bool) -> None:
+    parts = [f"{result.token_count} tokens"]
+    if result.ttft_ms is not None:
+        parts.append(f"first token {result.ttft_ms} ms")
+    parts.append(f"{result.duration_ms} ms")
+    parts.append(f"finish_reason={result.finish_reason}")
+    line = "[" + " · ".join(parts) + "]"
+    if color:
+        line = f"\033[2m{line}\033[0m"
+    print(line, file=err, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
