@@ -545,7 +545,7 @@ class ChatAccumulator:
         """Milliseconds from the start to the first content token, as the client saw it."""
         if self.first_token_at is None:
             return None
-        return int((self.first_token_at - self.started) * 1000)
+        return int(round((self.first_token_at - self.started) * 1000))
 
     def add(self, chunk: Any) -> str:
         """Fold one chunk in; returns the content it carried ("" if none)."""
@@ -618,7 +618,7 @@ class ChatAccumulator:
         return ChatResult(
             text=self.text,
             token_count=self.token_count,
-            duration_ms=int((end - self.started) * 1000),
+            duration_ms=int(round((end - self.started) * 1000)),
             finish_reason=self.finish_reason or "unknown",
             ttft_ms=self.ttft_ms,
             model=self.model,
@@ -715,10 +715,228 @@ def _setting(explicit: Optional[str], name: str, default: Optional[str] = None) 
 # ---------------------------------------------------------------------------
 
 
+class _SocketReader:
+    """The buffered reader under a streaming http.client response.
+
+    Like the BufferedReader that `socket.makefile` gives, with two differences a relay needs:
+    it says how many bytes it holds (`buffered`), so a caller can poll the socket without
+    stalling on data already read; and a read timeout leaves it usable (SocketIO is poisoned
+    by its first timeout).
+    """
+
+    def __init__(self, file: Any) -> None:
+        self._file = file  # the makefile() object: closing it releases the socket
+        self._sock = file.raw._sock
+        self._buf = b""
+        self._pos = 0
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    @property
+    def buffered(self) -> int:
+        """Bytes already received and not yet read (TLS records decrypted but unread included)."""
+        pending = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (pending() if pending is not None else 0)
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._file.close()
+
+    def _take(self, n: int) -> bytes:
+        end = self._pos + n if n >= 0 else len(self._buf)
+        data = self._buf[self._pos : end]
+        self._pos += len(data)
+        if self._pos >= len(self._buf):
+            self._buf = b""
+            self._pos = 0
+        return data
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(_READ_SIZE)
+        if not data:
+            return False
+        self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+        self._pos = 0
+        return True
+
+    def read1(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if self._pos >= len(self._buf) and not self._fill():
+            return b""
+        return self._take(n)
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self._take(-1)]
+            while self._fill():
+                parts.append(self._take(-1))
+            return b"".join(parts)
+        while len(self._buf) - self._pos < n and self._fill():
+            pass
+        return self._take(n)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        start = self._pos
+        while True:
+            end = self._buf.find(b"\n", start)
+            if end >= 0:
+                return self._take(min(end + 1 - self._pos, limit) if limit >= 0 else end + 1 - self._pos)
+            if 0 <= limit <= len(self._buf) - self._pos:
+                return self._take(limit)
+            start = len(self._buf) - self._pos
+            if not self._fill():
+                return self._take(-1)
+
+    def peek(self, n: int = 0) -> bytes:
+        if self._pos >= len(self._buf):
+            self._fill()
+        return self._buf[self._pos :]
+
+
+class _ChunkedDecoder:
+    """HTTP/1.1 chunked transfer coding, decoded from whatever bytes each read brings.
+
+    http.client decodes chunks with blocking reads of its own (a chunk's trailing CRLF, the
+    next size line), which would stall a relay waiting on the socket; this never blocks.
+    """
+
+    _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+    _MAX_LINE = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._state = self._SIZE
+        self._left = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state == self._DONE
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes that `data` completes; raises ValueError on broken framing."""
+        buf = self._buf + data if self._buf else data
+        out: List[bytes] = []
+        pos, end = 0, len(buf)
+        while pos < end and self._state != self._DONE:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._left, end - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = self._DATA_END
+            elif state == self._DATA_END:
+                if end - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+                pos += 2
+                self._state = self._SIZE
+            else:  # a size line or a trailer line
+                newline = buf.find(b"\n", pos)
+                if newline < 0:
+                    if end - pos > self._MAX_LINE:
+                        raise ValueError("a chunk size line is too long")
+                    break
+                line = buf[pos:newline].rstrip(b"\r")
+                pos = newline + 1
+                if state == self._SIZE:
+                    size_text = line.split(b";", 1)[0].strip()
+                    if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
+                        raise ValueError("a chunk size is not hexadecimal")
+                    self._left = int(size_text, 16)
+                    self._state = self._DATA if self._left else self._TRAILER
+                elif not line:
+                    self._state = self._DONE
+        self._buf = buf[pos:] if self._state != self._DONE else b""
+        return b"".join(out) if len(out) != 1 else out[0]
+
+
+class _BodyReader:
+    """The body of a response whose headers http.client has read, framed as they said."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._reader: _SocketReader = response.fp  # type: ignore[assignment]
+        self._chunked = _ChunkedDecoder() if response.chunked else None
+        self._left = response.length  # None: until the connection closes
+        self.eof = False
+
+    def read(self) -> bytes:
+        """Body bytes from one socket read (b"" when only framing came); sets `eof` at the end."""
+        raw = self._reader.read1(_READ_SIZE)
+        if not raw:
+            self.eof = True
+            if (self._chunked is not None and not self._chunked.done) or self._left:
+                raise http.client.IncompleteRead(b"")
+            return b""
+        if self._chunked is not None:
+            data = self._chunked.feed(raw)
+            self.eof = self._chunked.done
+            return data
+        if self._left is not None:
+            raw = raw[: self._left]
+            self._left -= len(raw)
+            self.eof = self._left == 0
+        return raw
+
+
+class _StreamingResponse(http.client.HTTPResponse):
+    """An http.client response read through a _SocketReader."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = _SocketReader(self.fp)  # nothing has been read yet, so nothing is lost
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    response_class = _StreamingResponse
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _StreamingResponse
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+def _build_opener() -> urllib.request.OpenerDirector:
+    # Proxies come from the environment (HTTPS_PROXY, NO_PROXY), as urllib always does.
+    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+
+
 def _response_socket(response: Any) -> Optional[socket.socket]:
-    """The socket under an http.client response, to shut it down from another thread."""
-    raw = getattr(getattr(response, "fp", None), "raw", None)
-    sock = getattr(raw, "_sock", None)
+    """The socket under an http.client response, to poll it or shut it down from another thread."""
+    fp = getattr(response, "fp", None)
+    if isinstance(fp, _SocketReader):
+        return fp.sock
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
     return sock if isinstance(sock, socket.socket) else None
 
 
@@ -817,7 +1035,7 @@ class TokenCache:
         self.token_url = token_url
         self.timeout = timeout
         self._clock = clock
-        self._opener = opener or urllib.request.build_opener()
+        self._opener = opener or _build_opener()
         self._lock = threading.Lock()
         self._token: Optional[str] = None
         self._refresh_at = 0.0
@@ -968,7 +1186,7 @@ class GlooClient:
         self.max_event_bytes = max_event_bytes
         self._sleep = sleep
         self._clock = clock
-        self._opener = urllib.request.build_opener()
+        self._opener = _build_opener()
         self._api_key = _setting(api_key, "GLOO_API_KEY")
         _register_secret(self._api_key)
         if token_cache is not None:
@@ -1157,6 +1375,9 @@ class ChatStream:
         self.deadline = deadline
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
         self._sock = _response_socket(response)
+        fp = getattr(response, "fp", None)
+        self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
+        self._eof = False
         self._closed = False
         self._done = False  # `data: [DONE]` seen
         self._consumed = False
@@ -1202,44 +1423,84 @@ class ChatStream:
         if self.deadline is not None and self._sock is not None:
             remaining = self.deadline - (self._clock() - self.accumulator.started)
             if remaining <= 0:
-                raise StreamTimeoutError("the stream passed its deadline")
+                raise socket.timeout("deadline")
             self._sock.settimeout(min(self.read_timeout or remaining, remaining))
+        if self._body is not None:
+            return self._body.read()
         read1 = getattr(self.response, "read1", None)
-        return read1(_READ_SIZE) if read1 is not None else self.response.read(_READ_SIZE)
+        data = read1(_READ_SIZE) if read1 is not None else self.response.read(_READ_SIZE)
+        self._eof = not data
+        return data
 
-    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
-        """The events completed by each network read, as they arrive (empty batches skipped).
+    def fileno(self) -> int:
+        """The connection's file descriptor, to wait on it with select/poll."""
+        if self._sock is None:
+            raise GlooError("this stream has no socket to wait on")
+        return self._sock.fileno()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded: read them before waiting on the socket."""
+        fp = getattr(self.response, "fp", None)
+        return fp.buffered if isinstance(fp, _SocketReader) else 0
+
+    def read_batch(self) -> Optional[List[ServerSentEvent]]:
+        """One network read's worth of events (possibly none); None at the end of the body.
 
         Raises ConnectionLostError or StreamTimeoutError on a transport failure, and
         EventTooLargeError when one event passes `max_event_bytes`.
         """
+        if self._closed or self._eof:
+            self._decoder.close()
+            self.close()
+            return None
+        try:
+            data = self._read()
+        except socket.timeout:
+            if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
+                raise self._fail(StreamTimeoutError, f"the stream passed its {self.deadline:g}s deadline") from None
+            raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if self._closed:
+                return None
+            raise self._fail(ConnectionLostError, f"connection lost mid-stream: {_describe_os_error(exc)}") from None
+        if self._body is not None and self._body.eof:
+            self._eof = True
+        if not data:
+            if self._eof:
+                self._decoder.close()
+                self.close()
+                return None
+            return []  # only transfer framing arrived
+        self.bytes_read += len(data)
+        try:
+            return self._decoder.feed(data)
+        except EventTooLargeError as exc:
+            raise self._fail(EventTooLargeError, str(exc)) from None
+
+    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
+        """The events completed by each network read, as they arrive (empty batches skipped)."""
         if self._consumed:
             raise GlooError("a ChatStream can be read only once")
         self._consumed = True
         try:
-            while not self._closed:
-                try:
-                    data = self._read()
-                except socket.timeout:
-                    raise self._fail(StreamTimeoutError,
-                                     f"no data from the server for {self.read_timeout:g}s") from None
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    if self._closed:
-                        return
-                    raise self._fail(ConnectionLostError,
-                                     f"connection lost mid-stream: {_describe_os_error(exc)}") from None
-                if not data:
-                    self._decoder.close()
+            while True:
+                batch = self.read_batch()
+                if batch is None:
                     return
-                self.bytes_read += len(data)
-                try:
-                    events = self._decoder.feed(data)
-                except EventTooLargeError as exc:
-                    raise self._fail(EventTooLargeError, str(exc)) from None
-                if events:
-                    yield events
+                if batch:
+                    yield batch
         finally:
             self.close()
+
+    def _batches_until_finished(self) -> Iterator[List[ServerSentEvent]]:
+        # A body cut short after the finish chunk (or [DONE]) lost nothing: the answer is whole.
+        try:
+            yield from self.event_batches()
+        except ConnectionLostError:
+            if self.accumulator.finish_reason is None and not self._done:
+                raise
+            self.error = None
 
     def events(self) -> Iterator[ServerSentEvent]:
         """Every event, one at a time."""
@@ -1254,7 +1515,7 @@ class ChatStream:
         """
         accumulator = self.accumulator
         try:
-            for batch in self.event_batches():
+            for batch in self._batches_until_finished():
                 for event in batch:
                     data = event.data
                     if data == "[DONE]":

@@ -233,6 +233,76 @@ class FuzzTests(unittest.TestCase):
                 self.assertEqual(decode_random(data, rng), expected)
 
 
+def reference_decode(data: bytes) -> list:
+    """The spec's algorithm written as literally as possible: slow, obvious, whole-input."""
+    text = data.decode("utf-8", "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\r":
+            lines.append("".join(current))
+            current = []
+            if i + 1 < len(text) and text[i + 1] == "\n":
+                i += 1
+        elif ch == "\n":
+            lines.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    events, data_buf, event_type, last_id, retry = [], "", "", "", None
+    for line in lines:  # the unterminated `current` is discarded at the end of the stream
+        if line == "":
+            if data_buf:
+                events.append(E(event_type or "message", data_buf[:-1], last_id, retry))
+            data_buf, event_type, retry = "", "", None
+            continue
+        if line.startswith(":"):
+            continue
+        if ":" in line:
+            name, value = line.split(":", 1)
+            if value.startswith(" "):
+                value = value[1:]
+        else:
+            name, value = line, ""
+        if name == "data":
+            data_buf += value + "\n"
+        elif name == "event":
+            event_type = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+        elif name == "retry" and value and all(c in "0123456789" for c in value):
+            retry = int(value)
+    return events
+
+
+class ReferenceTests(unittest.TestCase):
+    """The optimised decoder against a literal reading of the spec, on random streams."""
+
+    PARTS = [b"data: ", b"data:", b"data", b"event: up", b"id: 7", b"id", b"retry: 5", b"retry: x", b": c",
+             b"data: {\"a\": 1}", b"data: \xe2\x82\xac", b"\xff", b"x", b" ", b"", b"field: v",
+             b"\xef\xbb\xbf", b"data: [DONE]"]
+    ENDS = [b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n"]
+
+    def test_random_streams_match_reference(self):
+        rng = random.Random(99)
+        for _ in range(1500):
+            data = b"".join(rng.choice(self.PARTS) + rng.choice(self.ENDS) for _ in range(rng.randint(0, 25)))
+            if rng.random() < 0.3:
+                data += rng.choice(self.PARTS)  # an unterminated tail
+            expected = reference_decode(data)
+            with self.subTest(data=data):
+                self.assertEqual(decode_whole(data), expected)
+                self.assertEqual(decode_random(data, rng), expected)
+
+    def test_vectors_match_reference(self):
+        for name, data, expected in VECTORS:
+            with self.subTest(name):
+                self.assertEqual(reference_decode(data), expected)
+
+
 class ParseLineTests(unittest.TestCase):
     CASES = [
         ('data: {"a": 1}', {"a": 1}),
