@@ -1,0 +1,175 @@
+"""Helpers for the proxy tests: a simulator plus a proxy on loopback, and raw HTTP tools."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from fake_gloo import FakeGloo
+from gloo_stream import GlooClient
+from proxy_server import ProxyConfig, ProxyServer
+from tests.support import IsolatedTestCase
+
+
+class LogCapture(logging.Handler):
+    """Collects the proxy's log lines (request lines and diagnostics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def wait_for(self, text: str, timeout: float = 3.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.01)
+        return False
+
+
+class ProxyTestCase(IsolatedTestCase):
+    """A simulator and a proxy relaying it, fresh for each test; `proxy_options` adjusts the config."""
+
+    proxy_options: Dict[str, Any] = {}
+    fake_options: Dict[str, Any] = {}
+    client_options: Dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake = FakeGloo(**self.fake_options)
+        self.fake.start()
+        self.addCleanup(self.fake.stop)
+        self.logs = LogCapture()
+        diagnostics = logging.getLogger("gloo_proxy")
+        diagnostics.addHandler(self.logs)
+        diagnostics.setLevel(logging.INFO)
+        self.addCleanup(diagnostics.removeHandler, self.logs)
+        self.proxy = self.start_proxy()
+
+    def start_proxy(self, **overrides: Any) -> ProxyServer:
+        options = dict(port=0, client_id=self.fake.client_id, client_secret=self.fake.client_secret,
+                       token_url=self.fake.token_url, api_url=self.fake.api_url,
+                       cors_origins=("http://allowed.example",))
+        options.update(self.proxy_options)
+        options.update(overrides)
+        config = ProxyConfig(**options)
+        client = None
+        if self.client_options:
+            client = GlooClient(client_id=config.client_id, client_secret=config.client_secret,
+                                token_url=config.token_url, api_url=config.api_url,
+                                read_timeout=config.upstream_idle_seconds, **self.client_options)
+        proxy = ProxyServer(config, client=client, log_handler=self.logs)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        return proxy
+
+    # -- requests -------------------------------------------------------------
+
+    def connection(self, proxy: Optional[ProxyServer] = None, timeout: float = 10) -> http.client.HTTPConnection:
+        proxy = proxy or self.proxy
+        host, port = proxy.server_address[:2]
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.addCleanup(conn.close)
+        return conn
+
+    def request(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None,
+                proxy: Optional[ProxyServer] = None) -> Tuple[int, Dict[str, str], bytes]:
+        conn = self.connection(proxy)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        all_headers.update(headers or {})
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        payload = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+
+    def post_stream(self, prompt: str, path: str = "/api/stream", **extra: Any) -> Tuple[int, Dict[str, str], bytes]:
+        body = {"messages": [{"role": "user", "content": prompt}]}
+        body.update(extra)
+        return self.request("POST", path, body)
+
+    def raw_socket(self, proxy: Optional[ProxyServer] = None, timeout: float = 10) -> socket.socket:
+        proxy = proxy or self.proxy
+        sock = socket.create_connection(proxy.server_address[:2], timeout=timeout)
+        self.addCleanup(sock.close)
+        return sock
+
+
+def raw_request(path: str, body: bytes, *, extra_headers: str = "") -> bytes:
+    """A POST written by hand, so tests control every byte."""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra_headers}\r\n").encode() + body
+
+
+def read_until_closed(sock: socket.socket, limit: int = 10_000_000) -> bytes:
+    parts = []
+    total = 0
+    while total < limit:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not data:
+            break
+        parts.append(data)
+        total += len(data)
+    return b"".join(parts)
+
+
+def split_head(raw: bytes) -> Tuple[int, Dict[str, str], bytes]:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, rest
+
+
+def chunk_frames(body: bytes) -> List[bytes]:
+    """The payloads of an HTTP/1.1 chunked body, frame by frame (the terminating frame excluded)."""
+    frames = []
+    pos = 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return frames
+        frames.append(body[end + 2 : end + 2 + size])
+        assert body[end + 2 + size : end + 4 + size] == b"\r\n"
+        pos = end + 4 + size
+
+
+def sse_blocks(text: str) -> List[str]:
+    return [block for block in text.split("\n\n") if block]
+
+
+def data_events(text: str) -> List[Any]:
+    """The `data:` payloads of an event stream body, JSON-decoded where possible."""
+    events = []
+    for block in sse_blocks(text):
+        data = "\n".join(line[6:] for line in block.split("\n") if line.startswith("data: "))
+        if not data:
+            continue
+        try:
+            events.append(json.loads(data))
+        except ValueError:
+            events.append(data)
+    return events
+
+
+def content_of(events: List[Any]) -> str:
+    text = []
+    for event in events:
+        if isinstance(event, dict):
+            for choice in event.get("choices") or []:
+                text.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(text)

@@ -1,0 +1,704 @@
+"""The relay proxy against the simulator on loopback: routes, relaying, limits, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from proxy_server import ProxyConfig, ProxyServer
+from tests.proxy_support import (
+    ProxyTestCase,
+    chunk_frames,
+    content_of,
+    data_events,
+    raw_request,
+    read_until_closed,
+    split_head,
+)
+from tests.support import clean_environment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = {"messages": [{"role": "user", "content": "What is the significance of the resurrection?"}]}
+
+
+class RouteTests(ProxyTestCase):
+    def test_health(self):
+        status, headers, body = self.request("GET", "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "application/json")
+        health = json.loads(body)
+        self.assertEqual((health["status"], health["service"]), ("ok", "completions-streaming-proxy"))
+        self.assertEqual(health["active_streams"], 0)
+        self.assertIsInstance(health["uptime_seconds"], float)
+        self.assertFalse(health["auth_required"])
+
+    def test_unknown_path_404_json(self):
+        status, _, body = self.request("GET", "/nope")
+        self.assertEqual(status, 404)
+        error = json.loads(body)["error"]
+        self.assertEqual(sorted(error), ["code", "message", "type"])
+
+    def test_wrong_method_405_with_allow(self):
+        for method, path, allow in (("GET", "/api/stream", "POST, OPTIONS"), ("DELETE", "/health", "GET"),
+                                    ("PUT", "/v1/chat/completions", "POST, OPTIONS")):
+            with self.subTest(method=method, path=path):
+                status, headers, body = self.request(method, path)
+                self.assertEqual(status, 405)
+                self.assertEqual(headers["allow"], allow)
+                self.assertEqual(json.loads(body)["error"]["code"], "method_not_allowed")
+
+    def test_models(self):
+        status, _, body = self.request("GET", "/v1/models")
+        self.assertEqual(status, 200)
+        self.assertIn("auto", [model["id"] for model in json.loads(body)["data"]])
+
+    def test_page_is_served_with_strict_headers(self):
+        status, headers, body = self.request("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/html"))
+        self.assertIn("default-src 'self'", headers["content-security-policy"])
+        self.assertEqual(headers["x-content-type-options"], "nosniff")
+        self.assertIn(b"<html", body.lower())
+
+    def test_paths_outside_web_are_never_served(self):
+        for path in ("/../proxy_server.py", "/%2e%2e/proxy_server.py", "/..%2fproxy_server.py", "//etc/passwd",
+                     "/web/../proxy_server.py", "/index.html%00.js", "/.hidden", "/gloo_stream.py"):
+            with self.subTest(path=path):
+                status, _, body = self.request("GET", path)
+                self.assertEqual(status, 404)
+                self.assertNotIn(b"import", body)
+
+
+class RelayTests(ProxyTestCase):
+    def test_stream_headers_and_answer(self):
+        status, headers, body = self.request("POST", "/api/stream", PROMPT)
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "text/event-stream; charset=utf-8")
+        self.assertEqual(headers["cache-control"], "no-cache")
+        self.assertEqual(headers["x-accel-buffering"], "no")
+        self.assertEqual(headers["transfer-encoding"], "chunked")
+        self.assertNotIn("content-encoding", headers)
+        events = data_events(body.decode())
+        self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
+        self.assertIn("resurrection", content_of(events).lower())
+        self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events))
+
+    def test_upstream_request_is_forced_to_stream_with_auto_routing(self):
+        self.request("POST", "/api/stream", dict(PROMPT, stream=False, temperature=0.2, tradition="catholic",
+                                                 unknown_field="dropped"))
+        body = self.fake.requests[-1]["body"]
+        self.assertEqual((body["stream"], body["auto_routing"], body["temperature"], body["tradition"]),
+                         (True, True, 0.2, "catholic"))
+        self.assertNotIn("unknown_field", body)
+
+    def test_model_family_passes_through(self):
+        self.request("POST", "/api/stream", dict(PROMPT, model_family="anthropic"))
+        body = self.fake.requests[-1]["body"]
+        self.assertEqual(body["model_family"], "anthropic")
+        self.assertNotIn("auto_routing", body)
+
+    def test_two_routing_fields_rejected(self):
+        status, _, body = self.request("POST", "/api/stream", dict(PROMPT, model="m", model_family="google"))
+        self.assertEqual(status, 400)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_client_headers_never_go_upstream(self):
+        self.request("POST", "/api/stream", PROMPT, headers={"Cookie": "session=abc", "X-Custom": "1",
+                                                             "Authorization": "Bearer client-secret-xyz"})
+        upstream = {k.lower(): v for k, v in self.fake.requests[-1]["headers"].items()}
+        self.assertNotIn("cookie", upstream)
+        self.assertNotIn("x-custom", upstream)
+        self.assertTrue(upstream["authorization"].startswith("Bearer fake-token-"))
+
+    def test_each_chunk_frame_holds_whole_events(self):
+        for marker in ("", "[[crlf]]", "[[cr]]", "[[split_utf8]]", "[[heartbeat]]", "[[trickle]]"):
+            with self.subTest(marker=marker):
+                sock = self.raw_socket()
+                body = json.dumps({"messages": [{"role": "user", "content": "[[echo]] ἀγάπη 🙏 words " + marker}]})
+                sock.sendall(raw_request("/api/stream", body.encode(), extra_headers="Connection: close\r\n"))
+                status, _, rest = split_head(read_until_closed(sock))
+                self.assertEqual(status, 200)
+                frames = chunk_frames(rest)
+                for frame in frames:
+                    text = frame.decode("utf-8")  # a frame never splits a character
+                    self.assertTrue(text.endswith("\n\n"), frame)
+                    self.assertNotIn("\r", text)
+                events = data_events(b"".join(frames).decode())
+                self.assertIn("ἀγάπη 🙏 words", content_of(events))
+                self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
+
+    def test_event_and_id_fields_are_kept(self):
+        self.fake.enqueue(status=200, headers={"Content-Type": "text/event-stream"}, writes=[
+            b'id: 1\ndata: {"choices":[{"delta":{"content":"a"}}]}\n\n',
+            b'event: note\ndata: {"choices":[{"delta":{"content":"b"}}]}\n\n',
+            b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'])
+        status, _, body = self.request("POST", "/api/stream", PROMPT)
+        self.assertEqual(body.decode(), 'id: 1\ndata: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+                                        'event: note\ndata: {"choices":[{"delta":{"content":"b"}}]}\n\n'
+                                        'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
+
+    def test_keep_alive_between_requests(self):
+        conn = self.connection()
+        for _ in range(3):
+            conn.request("POST", "/api/stream", body=json.dumps(PROMPT), headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            response.read()
+        conn.request("GET", "/health")
+        self.assertEqual(conn.getresponse().status, 200)
+
+    def test_first_event_arrives_before_the_stream_ends(self):
+        sock = self.raw_socket()
+        body = json.dumps({"messages": [{"role": "user", "content": "[[slow:0.1]] [[long:15]]"}]}).encode()
+        started = time.monotonic()
+        sock.sendall(raw_request("/api/stream", body))
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        first_at = time.monotonic() - started
+        rest = read_until_closed_or_terminated(sock)
+        total = time.monotonic() - started
+        self.assertLess(first_at, 0.6)
+        self.assertGreater(total, 1.2)
+        self.assertTrue(rest.endswith(b"0\r\n\r\n"))
+
+
+def read_until_closed_or_terminated(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class OpenAIRouteTests(ProxyTestCase):
+    def test_streaming_ends_with_done(self):
+        status, headers, body = self.request("POST", "/v1/chat/completions",
+                                             dict(PROMPT, model="auto", stream=True))
+        self.assertEqual(status, 200)
+        events = data_events(body.decode())
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(self.fake.requests[-1]["body"]["auto_routing"], True)
+        self.assertNotIn("model", self.fake.requests[-1]["body"])
+
+    def test_done_not_doubled(self):
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       {"messages": [{"role": "user", "content": "Hi [[openai]]"}], "stream": True})
+        self.assertEqual(data_events(body.decode()).count("[DONE]"), 1)
+
+    def test_named_model_passes_through(self):
+        self.request("POST", "/v1/chat/completions", dict(PROMPT, model="gloo-anthropic-claude", stream=True))
+        body = self.fake.requests[-1]["body"]
+        self.assertEqual(body["model"], "gloo-anthropic-claude")
+        self.assertNotIn("auto_routing", body)
+
+    def test_not_streaming(self):
+        status, headers, body = self.request("POST", "/v1/chat/completions", dict(PROMPT, model="auto"))
+        self.assertEqual(status, 200)
+        completion = json.loads(body)
+        self.assertEqual(completion["object"], "chat.completion")
+        choice = completion["choices"][0]
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertEqual(choice["message"]["role"], "assistant")
+        self.assertIn("resurrection", choice["message"]["content"].lower())
+
+    def test_not_streaming_tool_calls(self):
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       {"messages": [{"role": "user", "content": "[[tools]]"}]})
+        message = json.loads(body)["choices"][0]["message"]
+        self.assertEqual(len(message["tool_calls"]), 2)
+        json.loads(message["tool_calls"][0]["function"]["arguments"])
+
+
+class BadRequestTests(ProxyTestCase):
+    proxy_options = {"max_body_bytes": 4096}
+
+    def test_json_errors(self):
+        big = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+        cases = [
+            ("not json", b"{nope", {}, 400),
+            ("invalid utf-8", b'{"messages": "\xff"}', {}, 400),
+            ("array body", b"[1, 2]", {}, 400),
+            ("number body", b"42", {}, 400),
+            ("no messages", b"{}", {}, 400),
+            ("empty messages", b'{"messages": []}', {}, 400),
+            ("messages not objects", b'{"messages": ["hi"]}', {}, 400),
+            ("message without role", b'{"messages": [{"content": "hi"}]}', {}, 400),
+            ("infinite number", b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e999999}', {}, 400),
+            ("NaN", b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', {}, 400),
+            ("deep nesting", b"[" * 100000 + b"]" * 100000, {"max": True}, 400),
+            ("too large", big, {}, 413),
+            ("wrong content type", b'{"messages": []}', {"Content-Type": "text/plain"}, 415),
+        ]
+        for name, body, headers, expected in cases:
+            with self.subTest(name):
+                if headers.pop("max", False):
+                    proxy = self.start_proxy(max_body_bytes=1_000_000)
+                else:
+                    proxy = self.proxy
+                status, response_headers, payload = self.request("POST", "/api/stream", body, headers=headers,
+                                                                 proxy=proxy)
+                self.assertEqual(status, expected)
+                self.assertEqual(response_headers["content-type"], "application/json")
+                self.assertIn("message", json.loads(payload)["error"])
+        self.assertEqual(self.fake.requests, [])
+
+    def test_framing_errors_close_cleanly(self):
+        cases = [
+            ("chunked body", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+            ("length and chunked", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}", 400),
+            ("negative length", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: -5\r\n\r\n", 400),
+            ("non-numeric length", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: ten\r\n\r\n", 400),
+            ("two lengths", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400),
+            ("no length", b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n", 411),
+            ("huge header line", b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n", 431),
+            ("too many headers", b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+             + b"\r\n", 431),
+            ("request line too long", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+            ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+        ]
+        for name, raw, expected in cases:
+            with self.subTest(name):
+                sock = self.raw_socket(timeout=5)
+                try:
+                    sock.sendall(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                response = read_until_closed(sock)
+                status, headers, body = split_head(response)
+                self.assertEqual(status, expected)
+                self.assertIn(b'"error"', body)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_no_request_smuggled_behind_a_conflicting_one(self):
+        sock = self.raw_socket(timeout=5)
+        smuggled = (b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                    b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(smuggled)
+        response = read_until_closed(sock)
+        self.assertEqual(response.count(b"HTTP/1.1 "), 1)
+        self.assertTrue(response.startswith(b"HTTP/1.1 400"))
+
+    def test_body_shorter_than_announced_times_out(self):
+        proxy = self.start_proxy(request_timeout_seconds=0.5)
+        sock = self.raw_socket(proxy, timeout=5)
+        sock.sendall(b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"messages\"")
+        started = time.monotonic()
+        status, _, _ = split_head(read_until_closed(sock))
+        self.assertEqual(status, 408)
+        self.assertLess(time.monotonic() - started, 3)
+
+
+class LimitTests(ProxyTestCase):
+    proxy_options = {"rate_limit_per_minute": 3}
+
+    def test_rate_limit_per_client(self):
+        statuses = [self.request("POST", "/api/stream", PROMPT)[0] for _ in range(3)]
+        self.assertEqual(statuses, [200, 200, 200])
+        status, headers, body = self.request("POST", "/api/stream", PROMPT)
+        self.assertEqual(status, 429)
+        self.assertGreaterEqual(int(headers["retry-after"]), 1)
+        self.assertEqual(json.loads(body)["error"]["type"], "rate_limit_error")
+        self.assertEqual(self.request("GET", "/health")[0], 200)  # not rate limited
+
+    def test_zero_turns_it_off(self):
+        proxy = self.start_proxy(rate_limit_per_minute=0)
+        statuses = {self.request("GET", "/v1/models", proxy=proxy)[0] for _ in range(10)}
+        self.assertEqual(statuses, {200})
+
+    def test_stream_cap(self):
+        proxy = self.start_proxy(max_streams=1, rate_limit_per_minute=0)
+        sock = self.raw_socket(proxy)
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi [[stall]]"}]}).encode()
+        sock.sendall(raw_request("/api/stream", body))
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        status, headers, payload = self.request("POST", "/api/stream", PROMPT, proxy=proxy)
+        self.assertEqual(status, 503)
+        self.assertEqual(headers["retry-after"], "1")
+        self.assertEqual(json.loads(self.request("GET", "/health", proxy=proxy)[2])["active_streams"], 1)
+        sock.close()
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and proxy.active_streams:
+            time.sleep(0.01)
+        self.assertEqual(self.request("POST", "/api/stream", PROMPT, proxy=proxy)[0], 200)
+
+    def test_slowloris_headers_cut_off(self):
+        proxy = self.start_proxy(request_timeout_seconds=0.5)
+        sock = self.raw_socket(proxy, timeout=5)
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        closed = False
+        for byte in b"X-Slow: abcdefghijklmnop":
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+        response = read_until_closed(sock)
+        self.assertTrue(closed or response.startswith(b"HTTP/1.1 408"), response[:80])
+        self.assertLess(time.monotonic() - started, 4)
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        proxy = self.start_proxy(request_timeout_seconds=0.3)
+        sock = self.raw_socket(proxy, timeout=5)
+        started = time.monotonic()
+        self.assertEqual(sock.recv(10), b"")
+        self.assertLess(time.monotonic() - started, 3)
+
+    def test_client_that_stops_reading_is_cut_off(self):
+        proxy = self.start_proxy(write_timeout_seconds=0.5, rate_limit_per_minute=0)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(proxy.server_address[:2])
+        self.addCleanup(sock.close)
+        body = json.dumps({"messages": [{"role": "user", "content": "[[long:200000]]"}]}).encode()
+        sock.sendall(raw_request("/api/stream", body))
+        self.assertTrue(self.fake.wait_for_disconnect(10))  # the proxy gave up on us and closed the upstream
+        self.assertTrue(self.logs.wait_for("slow_client"))
+
+
+class AuthTests(ProxyTestCase):
+    proxy_options = {"api_key": "proxy-key-0123456789"}
+
+    def test_api_routes_need_the_key(self):
+        for headers, expected in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                  ({"Authorization": "Basic proxy-key-0123456789"}, 401),
+                                  ({"Authorization": "Bearer proxy-key-0123456789"}, 200)):
+            with self.subTest(headers=headers):
+                status, response_headers, body = self.request("POST", "/api/stream", PROMPT, headers=headers)
+                self.assertEqual(status, expected)
+                if expected == 401:
+                    self.assertEqual(json.loads(body)["error"]["type"], "authentication_error")
+                    self.assertNotIn(b"proxy-key-0123456789", body)
+
+    def test_health_is_open_and_says_auth_required(self):
+        status, _, body = self.request("GET", "/health")
+        self.assertEqual(status, 200)
+        self.assertTrue(json.loads(body)["auth_required"])
+
+    def test_metrics_need_the_key(self):
+        self.assertEqual(self.request("GET", "/metrics")[0], 401)
+        status, _, body = self.request("GET", "/metrics", headers={"Authorization": "Bearer proxy-key-0123456789"})
+        self.assertEqual(status, 200)
+        self.assertIn(b"gloo_proxy_requests_total", body)
+
+    def test_guessing_is_rate_limited(self):
+        statuses = [self.request("GET", "/v1/models", headers={"Authorization": f"Bearer guess{i}"})[0]
+                    for i in range(12)]
+        self.assertEqual(statuses[:10], [401] * 10)
+        self.assertEqual(statuses[10:], [429, 429])
+
+
+class CORSTests(ProxyTestCase):
+    def test_allowed_origin_is_echoed(self):
+        status, headers, _ = self.request("POST", "/api/stream", PROMPT, headers={"Origin": "http://allowed.example"})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["access-control-allow-origin"], "http://allowed.example")
+        self.assertEqual(headers["vary"], "Origin")
+
+    def test_preflight_allowed(self):
+        status, headers, body = self.request("OPTIONS", "/api/stream", headers={
+            "Origin": "http://allowed.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        self.assertEqual(status, 204)
+        self.assertEqual(body, b"")
+        self.assertEqual(headers["access-control-allow-origin"], "http://allowed.example")
+        self.assertEqual(headers["access-control-allow-methods"], "POST, OPTIONS")
+        self.assertEqual(headers["access-control-allow-headers"], "Content-Type, Authorization")
+        self.assertEqual(headers["access-control-max-age"], "600")
+
+    def test_foreign_origin_refused(self):
+        for method in ("OPTIONS", "POST"):
+            with self.subTest(method=method):
+                status, headers, _ = self.request(method, "/api/stream", PROMPT if method == "POST" else None,
+                                                  headers={"Origin": "http://evil.example"})
+                self.assertEqual(status, 403)
+                self.assertNotIn("access-control-allow-origin", headers)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_same_origin_page_needs_no_setting(self):
+        status, headers, _ = self.request("POST", "/api/stream", PROMPT, headers={"Origin": self.proxy.url})
+        self.assertEqual(status, 200)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+    def test_dns_rebinding_host_is_not_same_origin(self):
+        host = "attacker.example:%d" % self.proxy.server_address[1]
+        status, _, _ = self.request("POST", "/api/stream", PROMPT,
+                                    headers={"Origin": "http://" + host, "Host": host})
+        self.assertEqual(status, 403)
+
+    def test_origin_with_control_characters(self):
+        sock = self.raw_socket(timeout=5)
+        sock.sendall(b"OPTIONS /api/stream HTTP/1.1\r\nHost: x\r\nOrigin: http://allowed.example\x00\x07evil\r\n"
+                     b"Connection: close\r\n\r\n")
+        status, headers, _ = split_head(read_until_closed(sock))
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+
+class UpstreamFailureTests(ProxyTestCase):
+    client_options = {"max_retries": 1, "backoff_base": 0.01, "connect_timeout": 1.0}
+
+    def test_status_mapping(self):
+        cases = [(400, 400), (422, 422), (401, 502), (403, 502), (404, 502), (408, 502), (429, 429),
+                 (500, 502), (502, 502), (503, 502)]
+        for upstream, expected in cases:
+            with self.subTest(upstream=upstream):
+                status, headers, body = self.post_stream(f"Hi {upstream} [[status:{upstream}:retry=0]]")
+                self.assertEqual(status, expected)
+                error = json.loads(body)["error"]
+                self.assertEqual(sorted(error), ["code", "message", "type"])
+                if expected == 429:
+                    self.assertEqual(headers["retry-after"], "1")
+
+    def test_credentials_rejected_is_logged(self):
+        self.post_stream("Hi [[status:403]]")
+        self.assertTrue(self.logs.wait_for("credentials"))
+
+    def test_token_endpoint_refuses(self):
+        proxy = self.start_proxy(client_secret="wrong-secret-abcdef")
+        status, _, body = self.request("POST", "/api/stream", PROMPT, proxy=proxy)
+        self.assertEqual(status, 502)
+        self.assertNotIn(b"wrong-secret-abcdef", body)
+
+    def test_unreachable_upstream(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proxy = self.start_proxy(api_url=f"http://127.0.0.1:{port}/x")
+        status, _, body = self.request("POST", "/api/stream", PROMPT, proxy=proxy)
+        self.assertEqual(status, 502)
+        self.assertEqual(json.loads(body)["error"]["code"], "upstream_unreachable")
+
+    def test_upstream_timeout_before_headers(self):
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        self.addCleanup(silent.close)
+        port = silent.getsockname()[1]
+        proxy = self.start_proxy(api_url=f"http://127.0.0.1:{port}/x")
+        status, _, body = self.request("POST", "/api/stream", PROMPT, proxy=proxy)
+        self.assertEqual(status, 504)
+
+    def test_drop_mid_stream_is_one_error_event(self):
+        status, _, body = self.post_stream("Hi [[drop:3]]")
+        self.assertEqual(status, 200)
+        events = data_events(body.decode())
+        errors = [e for e in events if isinstance(e, dict) and "error" in e and "choices" not in e]
+        self.assertEqual(len(errors), 1)
+        self.assertIs(events[-1], errors[0])
+        self.assertEqual(errors[0]["error"]["type"], "upstream_disconnected")
+        self.assertEqual(len(content_of(events)) > 0, True)
+
+    def test_error_chunk_is_relayed_then_one_error_event(self):
+        status, _, body = self.post_stream("Hi [[error]]")
+        events = data_events(body.decode())
+        self.assertEqual(events[-2]["choices"][0]["finish_reason"], "error")
+        self.assertEqual(events[-1]["error"]["code"], "PROVIDER_TIMEOUT")
+        self.assertEqual(sum(1 for e in events if isinstance(e, dict) and set(e) == {"error"}), 1)
+
+    def test_not_an_event_stream(self):
+        status, _, body = self.post_stream("Hi [[html]]")
+        self.assertEqual(status, 502)
+        self.assertEqual(json.loads(body)["error"]["code"], "upstream_bad_response")
+
+    def test_huge_event_is_bounded(self):
+        proxy = self.start_proxy(max_event_bytes=64 * 1024)
+        status, _, body = self.request("POST", "/api/stream",
+                                       {"messages": [{"role": "user", "content": "[[huge_event:5000000:open]]"}]},
+                                       proxy=proxy)
+        events = data_events(body.decode())
+        self.assertEqual(events[-1]["error"]["type"], "upstream_event_too_large")
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+
+
+class TimingTests(ProxyTestCase):
+    proxy_options = {"heartbeat_seconds": 0.1, "upstream_idle_seconds": 0.6}
+
+    def test_heartbeat_while_upstream_is_silent(self):
+        status, _, body = self.post_stream("Hi [[stall:0.45]]")
+        text = body.decode()
+        self.assertGreaterEqual(text.count(": keep-alive\n\n"), 2)
+        self.assertEqual(data_events(text)[-1]["choices"][0]["finish_reason"], "stop")
+
+    def test_idle_upstream_ends_with_an_error_event(self):
+        started = time.monotonic()
+        status, _, body = self.post_stream("Hi [[stall]]")
+        self.assertLess(time.monotonic() - started, 3)
+        events = data_events(body.decode())
+        self.assertEqual(events[-1]["error"]["type"], "upstream_timeout")
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+
+
+class DisconnectTests(ProxyTestCase):
+    def check_client_going_away(self, prompt: str) -> None:
+        sock = self.raw_socket()
+        sock.sendall(raw_request("/api/stream", json.dumps({"messages": [{"role": "user", "content": prompt}]})
+                                 .encode()))
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        closed_at = time.monotonic()
+        sock.close()
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+        self.assertLess(time.monotonic() - closed_at, 1.5)
+        self.assertTrue(self.logs.wait_for("client_gone"))
+        deadline = time.monotonic() + 3
+        while self.proxy.active_streams and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.proxy.active_streams, 0)
+
+    def test_while_upstream_is_silent(self):
+        self.check_client_going_away("Hi [[stall]]")
+
+    def test_while_upstream_is_streaming(self):
+        self.check_client_going_away("Hi [[slow:0.05]] [[long:400]]")
+
+
+class LogTests(ProxyTestCase):
+    def test_one_line_per_request_without_secrets(self):
+        self.request("POST", "/api/stream", {"messages": [{"role": "user", "content": "my private question"}]},
+                     headers={"Authorization": "Bearer some-client-token-123"})
+        self.request("GET", "/health?token=querysecret")
+        self.request("GET", "/nope")
+        lines = [line for line in self.logs.lines if re.match(r"^\d{4}-\d\d-\d\dT", line)]
+        self.assertEqual(len(lines), 3, self.logs.lines)
+        self.assertRegex(lines[0], r"127\.0\.0\.1 POST /api/stream 200 \d+ms complete .*events=\d+ ttft_ms=\d+")
+        self.assertIn("prompt_chars=19", lines[0])
+        joined = "\n".join(self.logs.lines)
+        for secret in [self.fake.client_secret, "my private question", "querysecret", "some-client-token-123"] + \
+                list(self.fake.issued_tokens):
+            self.assertNotIn(secret, joined)
+
+    def test_json_log_format(self):
+        proxy = self.start_proxy(log_format="json")
+        self.request("GET", "/health", proxy=proxy)
+        record = json.loads([line for line in self.logs.lines if line.startswith("{")][-1])
+        self.assertEqual((record["method"], record["path"], record["status"], record["outcome"]),
+                         ("GET", "/health", 200, "ok"))
+
+
+class MetricsTests(ProxyTestCase):
+    def test_prometheus_text(self):
+        self.post_stream("Hi")
+        self.post_stream("Hi [[drop:2]]")
+        status, headers, body = self.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/plain; version=0.0.4"))
+        text = body.decode()
+        self.assertIn('gloo_proxy_requests_total{route="/api/stream",status="200"} 2', text)
+        self.assertIn('gloo_proxy_streams_total{outcome="complete"} 1', text)
+        self.assertIn('gloo_proxy_streams_total{outcome="upstream_disconnected"} 1', text)
+        self.assertIn("gloo_proxy_active_streams 0", text)
+        self.assertRegex(text, r'gloo_proxy_time_to_first_token_seconds_bucket\{le="\+Inf"\} 2')
+        self.assertRegex(text, r"gloo_proxy_relayed_bytes_total [1-9]\d*")
+        for line in text.splitlines():
+            self.assertRegex(line, r'^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [0-9.e+-]+)$')
+
+
+class DrainTests(ProxyTestCase):
+    def test_drain_lets_streams_finish_and_refuses_new_ones(self):
+        results = {}
+
+        def stream():
+            results["response"] = self.post_stream("Hi [[slow:0.05]] [[long:20]]")
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        deadline = time.monotonic() + 3
+        while not self.proxy.active_streams and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.proxy.active_streams, 1)
+        self.assertTrue(self.proxy.drain(5))
+        thread.join(5)
+        status, _, body = results["response"]
+        self.assertEqual(status, 200)
+        self.assertEqual(data_events(body.decode())[-1]["choices"][0]["finish_reason"], "stop")
+        with self.assertRaises(OSError):
+            socket.create_connection(self.proxy.server_address[:2], timeout=1).close()
+
+
+class ProcessTests(unittest.TestCase):
+    """proxy_server.py as a process: configuration errors, --offline, SIGTERM."""
+
+    def run_proxy(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        cwd = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(cwd, ignore_errors=True))
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "proxy_server.py"), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                env=clean_environment(env or {}))
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        return proc
+
+    def test_missing_credentials_exit_2(self):
+        proc = self.run_proxy("--port", "0")
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("GLOO_CLIENT_ID", err)
+        self.assertIn("--offline", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_bad_setting_exit_2(self):
+        proc = self.run_proxy("--offline", "--port", "0", env={"PROXY_MAX_STREAMS": "many"})
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("PROXY_MAX_STREAMS", err)
+
+    def test_offline_serves_then_drains_on_sigterm(self):
+        proc = self.run_proxy("--offline", "--port", "0")
+        url = None
+        seen = []
+        deadline = time.monotonic() + 15
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                url = match.group(1)
+        self.assertIsNotNone(url, seen)
+        self.assertTrue(any("offline" in line and "simulator" in line for line in seen))
+        import http.client
+        host, port = url[len("http://"):].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/api/stream", body=json.dumps({"messages": [{"role": "user", "content": "Hi [[long:40]]"}]}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        first = response.read1(100)
+        self.assertTrue(first)
+        proc.send_signal(signal.SIGTERM)
+        rest = response.read()
+        conn.close()
+        events = data_events((first + rest).decode())
+        self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("draining", err)
+        self.assertNotIn("Traceback", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
