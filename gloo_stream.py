@@ -280,9 +280,8 @@ class SSEDecoder:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""
         self.retry: Optional[int] = None  # the stream's reconnection time, once set
-        # Incremental UTF-8: a character split across reads waits for its last byte, invalid
-        # bytes become U+FFFD, and "-sig" strips one leading BOM (even one split across reads).
-        self._decode = codecs.getincrementaldecoder("utf-8-sig")("replace").decode
+        self._undecoded = b""  # the start of a UTF-8 character split across reads
+        self._at_start = True  # one leading BOM is stripped, even one split across reads
         self._pending: List[str] = []  # pieces of the current, unterminated line
         self._pending_size = 0
         self._skip_lf = False  # the previous read ended in CR: a leading LF completes CRLF
@@ -293,42 +292,103 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Decode one read; returns the events it completed (often none, sometimes many)."""
-        text = self._decode(data)
+        if self._undecoded or self._at_start:
+            data = self._take_undecoded(data)
+        # Incremental UTF-8 in C: a character split across reads waits for its last byte, and
+        # invalid bytes become U+FFFD (per complete line, the same as decoding line by line).
+        text, used = _utf8_decode(data, "replace", False)
+        if used != len(data):
+            self._undecoded = data[used:]
+        if self._skip_lf or "\r" in text:
+            text = self._normalise_line_ends(text)
         if not text:
             return []
-        if self._skip_lf:
-            self._skip_lf = False
-            if text[0] == "\n":
-                text = text[1:]
-                if not text:
-                    return []
-        # Only CR, LF and CRLF end a line (never str.splitlines: it also splits on \x0b, \x85, ...).
-        if "\r" in text:
-            # A CR that ends the read ends a line now; an LF that starts the next read belongs to it.
-            self._skip_lf = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        pending = self._pending
         if "\n" not in text:
-            self._pending.append(text)
+            pending.append(text)
             self._pending_size += len(data)
             if self.max_event_bytes is not None:
                 self._check_size()
             return []
-        if self._pending:
-            self._pending.append(text)
-            text = "".join(self._pending)
-            self._pending = []
-            self._pending_size = 0
-        if text[-1] != "\n":
-            cut = text.rfind("\n") + 1
-            rest = text[cut:]
-            self._pending.append(rest)
-            self._pending_size = len(rest)
-            text = text[:cut]
-        return self._process(text)
+        if pending:
+            pending.append(text)
+            text = "".join(pending)
+        # The common stream is `data: X` blocks: split at "\n\ndata: " (the end of one block and
+        # the start of the next), and each piece with no line end inside is one event's data.
+        # Anything else (comments, ids, multi-line data, event types, runs of blank lines)
+        # takes the general line-by-line path. Both give exactly the events the line rules give.
+        pieces = text.split("\n\ndata: ")
+        last = pieces.pop()
+        if not pieces:
+            return self._general(last, [])
+        events: List[ServerSentEvent] = []
+        new, cls = _new_event, ServerSentEvent
+        first = pieces[0]
+        if (first[:6] == "data: " and "\n" not in first and not self._data and not self._event_type
+                and self._block_retry is None):
+            events.append(new(cls, ("message", first[6:], self.last_event_id, None)))
+        else:
+            self._process_lines(first.split("\n") + [""], events)
+        last_id = self.last_event_id
+        if len(pieces) > 1:
+            middle = pieces[1:]
+            # Each separator holds two line ends: no more than that (and those of the first and
+            # last pieces) means every middle piece is a single-line event, the usual case.
+            if text.count("\n") == 2 * len(pieces) + first.count("\n") + last.count("\n"):
+                events += [new(cls, ("message", piece, last_id, None)) for piece in middle]
+            else:
+                for piece in middle:
+                    if "\n" in piece:
+                        self._process_lines(("data: " + piece).split("\n") + [""], events)
+                        last_id = self.last_event_id
+                    else:
+                        events.append(new(cls, ("message", piece, last_id, None)))
+        if "\n" not in last:
+            # The read ended inside the first line of the next event.
+            self._pending = ["data: ", last]
+            self._pending_size = len(last) + 6
+            return events
+        return self._general("data: " + last, events)
+
+    def _general(self, text: str, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
+        # Whole lines go through the line rules; an unterminated last line waits in `_pending`.
+        cut = text.rfind("\n") + 1
+        rest = text[cut:]
+        self._pending = [rest] if rest else []
+        self._pending_size = len(rest)
+        lines = text[:cut].split("\n")
+        lines.pop()  # the cut text ends with a line end, so its last piece is empty
+        self._process_lines(lines, events)
+        return events
+
+    def _take_undecoded(self, data: bytes) -> bytes:
+        if self._undecoded:
+            data = self._undecoded + data
+            self._undecoded = b""
+        if self._at_start:
+            if len(data) < 3 and _BOM.startswith(data):
+                self._undecoded = data  # too short to tell whether it is a BOM yet
+                return b""
+            self._at_start = False
+            if data[:3] == _BOM:
+                data = data[3:]
+        return data
+
+    def _normalise_line_ends(self, text: str) -> str:
+        # Only CR, LF and CRLF end a line (never str.splitlines: it also splits on \x0b, \x85, ...).
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        if "\r" in text:
+            # A CR that ends the read ends a line now; an LF that starts the next read belongs to it.
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return text
 
     def close(self) -> List[ServerSentEvent]:
         """End of body: an unterminated last line or event is discarded, as the spec says."""
-        self._decode(b"", True)
+        self._undecoded = b""
         self._pending = []
         self._pending_size = 0
         self._data = []
@@ -351,48 +411,6 @@ class SSEDecoder:
             self._data = []
             self._data_size = 0
             raise EventTooLargeError(f"an event exceeded the {limit}-byte limit ({size} bytes and counting)")
-
-    def _process(self, text: str) -> List[ServerSentEvent]:
-        # `text` is whole lines, LF-ended. The common stream is `data: X` blocks, so split at
-        # "\n\ndata: " (the end of one block and the start of the next): each piece with no line
-        # end inside is one event's data. Anything else (comments, ids, multi-line data, event
-        # types, blank-line runs) takes the general line-by-line path. Both give exactly the
-        # events the line rules give.
-        pieces = text.split("\n\ndata: ")
-        events: List[ServerSentEvent] = []
-        if len(pieces) == 1:
-            lines = text.split("\n")
-            lines.pop()  # the text ends with a line end, so its last piece is empty
-            self._process_lines(lines, events)
-            return events
-        new, cls = _new_event, ServerSentEvent
-        last = pieces.pop()
-        first = pieces[0]
-        if (first[:6] == "data: " and "\n" not in first and not self._data and not self._event_type
-                and self._block_retry is None):
-            events.append(new(cls, ("message", first[6:], self.last_event_id, None)))
-        else:
-            self._process_lines(first.split("\n") + [""], events)
-        middle = pieces[1:]
-        last_id = self.last_event_id
-        # Each separator holds two line ends; a count of exactly that many means that no middle
-        # piece holds a line end of its own: all are single-line events.
-        if middle and "".join(middle).count("\n") == 0:
-            events += [new(cls, ("message", piece, last_id, None)) for piece in middle]
-        else:
-            for piece in middle:
-                if "\n" in piece:
-                    self._process_lines(("data: " + piece).split("\n") + [""], events)
-                    last_id = self.last_event_id
-                else:
-                    events.append(new(cls, ("message", piece, last_id, None)))
-        if last[-2:] == "\n\n" and "\n" not in last[:-2]:
-            events.append(new(cls, ("message", last[:-2], last_id, None)))
-        else:
-            lines = ("data: " + last).split("\n")
-            lines.pop()
-            self._process_lines(lines, events)
-        return events
 
     def _process_lines(self, lines: List[str], events: List[ServerSentEvent]) -> None:
         # The line rules, with state in locals written back once at the end.
@@ -444,6 +462,8 @@ class SSEDecoder:
             self._data_size = 0
 
 
+_BOM = b"\xef\xbb\xbf"
+_utf8_decode = codecs.utf_8_decode
 _new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
 
 

@@ -386,6 +386,7 @@ def _reject_constant(name: str) -> Any:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # never answer in HTTP/0.9 style (a body with no status line)
     server_version = "gloo-stream-proxy/" + gloo_stream.__version__
     sys_version = ""
     disable_nagle_algorithm = True  # small event writes must leave at once
@@ -1182,7 +1183,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def start(self) -> "ProxyServer":
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, name="gloo-proxy", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="gloo-proxy", daemon=True)
         self._thread.start()
         return self
 

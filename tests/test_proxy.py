@@ -460,7 +460,7 @@ class CORSTests(ProxyTestCase):
 
 
 class UpstreamFailureTests(ProxyTestCase):
-    client_options = {"max_retries": 1, "backoff_base": 0.01, "connect_timeout": 1.0}
+    client_options = {"max_retries": 1, "backoff_base": 0.01, "connect_timeout": 0.5}
 
     def test_status_mapping(self):
         cases = [(400, 400), (422, 422), (401, 502), (403, 502), (404, 502), (408, 502), (429, 429),

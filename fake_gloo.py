@@ -1,0 +1,1129 @@
+#!/usr/bin/env python3
+"""fake_gloo: a local simulator of the Gloo AI API (OAuth tokens and chat completions).
+
+Used by `python demo.py` without credentials, by `proxy_server.py --offline`, by the tests
+and by the benchmarks. Standard library only; imports nothing of the project.
+
+    with FakeGloo(delay=0.0) as fake:          # 127.0.0.1 on a port from the OS
+        os.environ.update(fake.env)            # GLOO_CLIENT_ID, ..._SECRET, ..._TOKEN_URL, ..._API_URL
+
+    python fake_gloo.py --port 3002            # in the foreground; prints the `export` lines
+
+Endpoints: POST /oauth2/token (form or HTTP Basic credentials) and
+POST /ai/v2/chat/completions (Bearer token; streaming or not).
+
+Scenario markers go in the last user message (or in FakeGloo(scenario=...) for every request);
+they combine, and an unknown `[[name]]` is left alone as ordinary text:
+
+    [[slow:S]]              S seconds before each content token (instead of `delay`)
+    [[status:N]]            answer status N with a JSON error; 429 and 503 carry Retry-After: 1,
+    [[status:N:retry=R]]      429 also X-RateLimit-Reset (a Unix time); retry=R sets the wait
+    [[fail:N:K]]            the first K requests with this exact prompt get status N
+                              (Retry-After: 0), later ones succeed
+    [[drop]] [[drop:N]]     close the connection after N content chunks (default 3), no finish chunk
+    [[error]]               3 content chunks, then finish_reason "error" with a top-level
+                              "error": {"code": 504, "name": "PROVIDER_TIMEOUT", "message": ...}
+    [[content_filter]]      3 content chunks, then finish_reason "content_filter"
+    [[crlf]] [[cr]]         end lines with CRLF / CR instead of LF
+    [[split_utf8]]          a multi-byte answer, every multi-byte character split across two writes
+    [[heartbeat]]           a `: keep-alive` comment between events
+    [[stall]] [[stall:S]]   after the first content chunk send nothing until the client goes away
+                              (at most 60 s); with S, stall S seconds and then go on
+    [[openai]] [[usage]]    OpenAI ending: finish chunk without usage, a {"choices": [], "usage": ...}
+                              chunk, then `data: [DONE]` (also FakeGloo(style="openai"))
+    [[tools]]               two tool calls (index 0 and 1) streamed as deltas; finish "tool_calls"
+    [[long]] [[long:N]]     exactly N content tokens (default 2000)
+    [[markdown]]            a markdown answer: heading, emphasis, code, a python block, lists, a link
+    [[hostile]]             an answer full of script tags, event handlers and javascript: links
+    [[echo]]                answer with the prompt itself, markers removed
+    [[stamp]]               every chunk carries "sent_ns": time.time_ns() taken as it is written
+    [[html]]                200 with Content-Type text/html and an HTML page
+    [[garbage]]             200 text/event-stream of random bytes that are not SSE
+    [[huge_event:N]]        one `data:` line of exactly N bytes, written in 64 KiB pieces;
+    [[huge_event:N:open]]     with `open` the line never ends (held until the client goes away)
+    [[reset]]               200 headers, then the connection closes
+    [[trickle]] [[trickle:S]]  the body one byte per write, S seconds apart (default 0.0002)
+
+Everything else gets a plausible answer: canned ones for the demo's questions about the
+resurrection and about discipleship, and a generic one that mentions the question. A request's
+`max_tokens` cuts the answer with finish_reason "length".
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import math
+import random
+import re
+import secrets
+import select
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["FakeGloo", "main"]
+
+TOKEN_PATH = "/oauth2/token"
+COMPLETIONS_PATH = "/ai/v2/chat/completions"
+_MAX_BODY_BYTES = 8 * 1024 * 1024
+_POLL_SECONDS = 0.1          # how often a pause looks for a client that went away
+_STALL_LIMIT = 60.0
+_HUGE_WRITE = 64 * 1024
+_FEW = 3                     # content chunks before [[drop]], [[error]], [[content_filter]]
+_log = logging.getLogger("fake_gloo")
+
+
+# ---------------------------------------------------------------------------
+# Scenario markers
+# ---------------------------------------------------------------------------
+
+_MARKER = re.compile(r"[ \t]*\[\[([a-z][a-z0-9_]*)(?::([^\[\]]*))?\]\]")
+_FLAGS = ("error", "content_filter", "split_utf8", "heartbeat", "tools", "markdown", "hostile", "echo",
+          "stamp", "html", "garbage", "reset")
+_KNOWN = set(_FLAGS) | {"slow", "status", "fail", "drop", "crlf", "cr", "stall", "openai", "usage", "long",
+                        "huge_event", "trickle"}
+
+
+class _BadMarker(ValueError):
+    """A known marker with an argument it cannot use."""
+
+
+@dataclass
+class _Scenario:
+    """The markers of one request, parsed."""
+
+    slow: Optional[float] = None
+    status: Optional[int] = None
+    retry_after: int = 1
+    fail: Optional[Tuple[int, int]] = None
+    drop: Optional[int] = None
+    error: bool = False
+    content_filter: bool = False
+    eol: bytes = b"\n"
+    split_utf8: bool = False
+    heartbeat: bool = False
+    stall: Optional[float] = None
+    openai: bool = False
+    tools: bool = False
+    long: Optional[int] = None
+    markdown: bool = False
+    hostile: bool = False
+    echo: bool = False
+    stamp: bool = False
+    html: bool = False
+    garbage: bool = False
+    huge_event: Optional[int] = None
+    huge_open: bool = False
+    reset: bool = False
+    trickle: Optional[float] = None
+
+
+def _parse_scenario(text: str) -> _Scenario:
+    """Every known marker in `text`, later ones winning; raises _BadMarker on a bad argument."""
+    scenario = _Scenario()
+    for match in _MARKER.finditer(text):
+        name, arg = match.group(1), match.group(2)
+        if name not in _KNOWN:
+            continue  # e.g. a wiki link; not ours
+        try:
+            _apply_marker(scenario, name, [] if arg is None else arg.split(":"))
+        except ValueError as exc:
+            raise _BadMarker(f"bad scenario marker {match.group(0).strip()}: {exc}") from None
+    return scenario
+
+
+def _apply_marker(s: _Scenario, name: str, args: List[str]) -> None:
+    if name in _FLAGS:
+        setattr(s, name, True)
+    elif name in ("openai", "usage"):
+        s.openai = True
+    elif name in ("crlf", "cr"):
+        s.eol = b"\r\n" if name == "crlf" else b"\r"
+    elif name == "slow":
+        s.slow = _seconds(args[0] if args else "")
+    elif name == "status":
+        s.status = _status(args[0] if args else "")
+        for option in args[1:]:
+            key, _, value = option.partition("=")
+            if key != "retry":
+                raise ValueError(f"unknown option {option!r} (only retry=SECONDS)")
+            s.retry_after = _count(value)
+    elif name == "fail":
+        if len(args) != 2:
+            raise ValueError("expected [[fail:STATUS:TIMES]]")
+        s.fail = (_status(args[0]), _count(args[1]))
+    elif name == "drop":
+        s.drop = _count(args[0]) if args else _FEW
+    elif name == "stall":
+        s.stall = _seconds(args[0]) if args else _STALL_LIMIT
+    elif name == "long":
+        s.long = _count(args[0]) if args else 2000
+    elif name == "huge_event":
+        if not args or args[1:] not in ([], ["open"]):
+            raise ValueError("expected [[huge_event:BYTES]] or [[huge_event:BYTES:open]]")
+        s.huge_event, s.huge_open = _count(args[0]), args[1:] == ["open"]
+    elif name == "trickle":
+        s.trickle = _seconds(args[0]) if args else 0.0002
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < 3600:
+        raise ValueError(f"{text!r} is out of range")
+    return value
+
+
+def _status(text: str) -> int:
+    value = _count(text)
+    if not 400 <= value <= 599:
+        raise ValueError(f"{value} is not an error status (400-599)")
+    return value
+
+
+def _strip_markers(text: str) -> str:
+    """The prompt as a person wrote it: known markers (and the blanks before them) removed."""
+    return _MARKER.sub(lambda m: "" if m.group(1) in _KNOWN else m.group(0), text).strip()
+
+
+# ---------------------------------------------------------------------------
+# Answers
+# ---------------------------------------------------------------------------
+
+_RESURRECTION = (
+    "The resurrection of Jesus is the cornerstone of Christian faith. Paul puts it bluntly: if Christ "
+    "has not been raised, faith is futile (1 Corinthians 15:17). The empty tomb is what turns the death "
+    "of a good teacher into good news.\n\n"
+    "Its significance is usually described in three ways. First, it vindicates Jesus: God affirms his "
+    "life, his teaching and his claims. Second, it is victory over sin and death, so forgiveness and new "
+    "life are offered to everyone. Third, it is a promise: Christians hope for their own resurrection and "
+    "for the renewal of all creation.\n\n"
+    "Catholic, Orthodox and Protestant traditions stress these threads differently, but all of them see "
+    "the resurrection shaping worship, giving hope in grief, and calling believers to live as people of "
+    "a new beginning."
+)
+_DISCIPLESHIP = (
+    "Christian discipleship means following Jesus as a whole way of life, not only holding beliefs about "
+    "him. A disciple is a learner or apprentice: someone who stays close to a teacher in order to become "
+    "like them.\n\n"
+    "In the Gospels Jesus says \"Come, follow me\" (Mark 1:17), and the Great Commission sends his "
+    "followers to make disciples, teaching them to obey everything he commanded (Matthew 28:19-20).\n\n"
+    "Discipleship is practiced through prayer, Scripture, worship, community and service, and it is "
+    "shaped by love of God and neighbor. Traditions describe it in different language, from spiritual "
+    "formation to sanctification, yet they agree that it is lifelong, grounded in grace rather than "
+    "performance, and lived out in ordinary relationships and work."
+)
+_UTF8_ANSWER = (
+    "Grâce — ἀγάπη 🙏. Naïve café façade, “quotes”, 愛 and محبة: every one of these characters takes "
+    "more than one byte in UTF-8."
+)
+_MARKDOWN = (
+    "# Practices of discipleship\n\n"
+    "Discipleship is **a whole way of life**, shaped by *grace* rather than performance. Some people "
+    "keep their reading plan in a `plan.md` file.\n\n"
+    "```python\n"
+    "def reading_for(day, plan):\n"
+    "    return plan[day % len(plan)]\n"
+    "```\n\n"
+    "1. Prayer\n2. Scripture\n3. Community\n\n"
+    "- Worship on Sunday\n- Service during the week\n- Rest and Sabbath\n\n"
+    "Read more at [the Bible Project](https://bibleproject.com)."
+)
+_HOSTILE = (
+    "Here is a normal sentence before the tricks. <script>window.__pwned=1</script> "
+    "An image: <img src=x onerror=\"window.__pwned=1\"> and a [click](javascript:window.__pwned=1) link. "
+    "Also <a href=\"javascript:alert(1)\">x</a> and <b onclick=\"window.__pwned=1\">bold text</b>, "
+    "<div onmouseover=\"window.__pwned=1\">hover here</div>. The answer ends with ordinary words."
+)
+_TOOL_CALLS = (("lookup_verse", {"reference": "John 11:25-26", "translation": "ESV"}),
+               ("search_commentary", {"query": "resurrection hope", "limit": 3}))
+_FAMILY_MODELS = {
+    "openai": "gloo-openai-gpt-5-mini",
+    "anthropic": "gloo-anthropic-claude-sonnet-4.5",
+    "google": "gloo-google-gemini-2.5-flash",
+    "open source": "gloo-meta-llama-3.3-70b-instruct",
+}
+_FAMILY_ALIASES = {"open_source": "open source", "opensource": "open source"}
+_TRADITIONS = ("evangelical", "catholic", "mainline", "not_faith_specific")
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+# Words keep their leading blanks, punctuation stands alone: the pieces join back to the text exactly.
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+
+
+def _tokenize(text: str) -> List[str]:
+    return _TOKEN.findall(text)
+
+
+def _generic_answer(question: str) -> str:
+    shown = " ".join(question.split())
+    if not shown:
+        return ("Hello! Ask me about faith, Scripture or Christian life, and I will give you a clear, "
+                "balanced answer.")
+    if len(shown) > 160:
+        shown = shown[:157].rstrip() + "..."
+    return (f"You asked: \u201c{shown}\u201d. A careful answer would look at what Scripture says, how "
+            "different Christian traditions have understood it, and what it means for everyday life, "
+            "noting where thoughtful people disagree.\n\n"
+            "This reply comes from the local Gloo simulator, so it stands in for a real model's answer. "
+            "Point the client at the Gloo API with real credentials to hear from an actual model.")
+
+
+def _answer_tokens(question: str, scenario: _Scenario) -> List[str]:
+    if scenario.long is not None:
+        base = _tokenize(_RESURRECTION + "\n\n" + _DISCIPLESHIP + "\n\n")
+        return list(itertools.islice(itertools.cycle(base), scenario.long))
+    if scenario.echo:
+        text = question
+    elif scenario.markdown:
+        text = _MARKDOWN
+    elif scenario.hostile:
+        text = _HOSTILE
+    elif scenario.split_utf8:
+        text = _UTF8_ANSWER
+    elif "resurrection" in question.lower():
+        text = _RESURRECTION
+    elif "disciple" in question.lower():
+        text = _DISCIPLESHIP
+    else:
+        text = _generic_answer(question)
+    return _tokenize(text)
+
+
+def _tool_calls() -> List[dict]:
+    return [{"index": i, "id": "call_" + secrets.token_hex(12), "type": "function",
+             "function": {"name": name, "arguments": json.dumps(arguments)}}
+            for i, (name, arguments) in enumerate(_TOOL_CALLS)]
+
+
+def _tool_deltas(calls: List[dict]) -> List[dict]:
+    """Each call opens with its id and name, then its arguments arrive in small pieces."""
+    deltas = []
+    for call in calls:
+        head = dict(call, function={"name": call["function"]["name"], "arguments": ""})
+        deltas.append({"tool_calls": [head]})
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), 7):
+            piece = {"index": call["index"], "function": {"arguments": arguments[start:start + 7]}}
+            deltas.append({"tool_calls": [piece]})
+    return deltas
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _last_user_text(messages: List[dict]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _route(body: dict, prompt: str) -> Tuple[str, str]:
+    """(model, provider) for the request's routing choice; auto routing picks by the prompt."""
+    if body.get("model"):
+        model = str(body["model"])
+    elif body.get("model_family"):
+        family = body["model_family"]
+        model = _FAMILY_MODELS[_FAMILY_ALIASES.get(family, family)]
+    else:
+        models = list(_FAMILY_MODELS.values())
+        model = models[zlib.crc32(prompt.encode("utf-8", "replace")) % len(models)]
+    parts = model.split("-")
+    return model, parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
+
+
+def _problem(body: Any) -> Optional[Tuple[int, str]]:
+    """Why a completion request is invalid, as (status, message), or None."""
+    if not isinstance(body, dict):
+        return 400, "the request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return 400, "messages must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return 400, f"messages[{i}] must be an object with a role"
+        if message["role"] not in _ROLES:
+            return 422, f"messages[{i}].role must be one of {', '.join(_ROLES)}"
+        if not isinstance(message.get("content"), (str, list, type(None))):
+            return 422, f"messages[{i}].content must be a string or a list of content parts"
+    if not isinstance(body.get("auto_routing", False), bool):
+        return 422, "auto_routing must be true or false"
+    routes = [key for key in ("auto_routing", "model", "model_family") if body.get(key) not in (None, False)]
+    if len(routes) != 1:
+        return 422, "give exactly one of auto_routing: true, model or model_family"
+    if "model" in routes and not (isinstance(body["model"], str) and body["model"].strip()):
+        return 422, "model must be a non-empty string"
+    family = body.get("model_family")
+    if "model_family" in routes and _FAMILY_ALIASES.get(family, family) not in _FAMILY_MODELS:
+        return 422, f"model_family must be one of {', '.join(_FAMILY_MODELS)}"
+    if body.get("tradition") is not None and body["tradition"] not in _TRADITIONS:
+        return 422, f"tradition must be one of {', '.join(_TRADITIONS)}"
+    temperature = body.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        return 422, "temperature must be a number from 0 to 2"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        return 422, "max_tokens must be a whole number of at least 1"
+    if not isinstance(body.get("stream", False), bool):
+        return 422, "stream must be true or false"
+    if not isinstance(body.get("tools", []), list):
+        return 422, "tools must be a list"
+    return None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass
+class _Reply:
+    """One answer, ready to send as chunks or as one chat.completion."""
+
+    model: str
+    provider: str
+    deltas: List[dict]
+    finish_reason: str
+    prompt_tokens: int
+    started: float  # time.monotonic() when the request arrived
+    tool_calls: Optional[List[dict]] = None
+
+    def __post_init__(self) -> None:
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def envelope(self, kind: str = "chat.completion.chunk") -> Dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "provider": self.provider}
+
+    def chunk(self, delta: dict, finish_reason: Optional[str] = None) -> Dict[str, Any]:
+        chunk = self.envelope()
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        return chunk
+
+    def usage(self, completion_tokens: int) -> Dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
+
+    def elapsed_ms(self) -> int:
+        return int(round((time.monotonic() - self.started) * 1000))
+
+
+_PROVIDER_TIMEOUT = {"code": 504, "name": "PROVIDER_TIMEOUT", "message": "The model provider timed out"}
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_denied",
+                404: "not_found", 408: "request_timeout", 413: "request_too_large", 422: "validation_error",
+                429: "rate_limit_exceeded", 500: "internal_server_error", 502: "bad_gateway",
+                503: "service_unavailable", 504: "gateway_timeout"}
+_ERROR_MESSAGES = {401: "Invalid or expired token", 403: "Insufficient permissions",
+                   429: "Too many requests", 500: "Internal server error (simulated)"}
+_HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head>\n"
+              b"<body><h1>Network login required</h1><p>This network intercepts web traffic. "
+              b"Sign in to continue.</p></body></html>\n")
+
+
+def _split_mid_character(data: bytes) -> List[bytes]:
+    """`data` cut right after every UTF-8 lead byte, so each multi-byte character spans two pieces."""
+    pieces, start = [], 0
+    for i in range(1, len(data)):
+        if data[i - 1] >= 0xC0 and 0x80 <= data[i] <= 0xBF:
+            pieces.append(data[start:i])
+            start = i
+    pieces.append(data[start:])
+    return pieces
+
+
+# ---------------------------------------------------------------------------
+# The wire: writes, pauses, and noticing a client that went away
+# ---------------------------------------------------------------------------
+
+class _ClientGone(Exception):
+    """The client closed its end while we were still answering."""
+
+
+class _Stopping(Exception):
+    """The simulator is shutting down; end the response now."""
+
+
+class _Wire:
+    """The body of one response, written event by event, each write flushed."""
+
+    def __init__(self, handler: "_Handler", scenario: _Scenario) -> None:
+        self._out = handler.wfile
+        self._sock: socket.socket = handler.connection
+        self._stopping = handler.server.fake._stopping
+        self._eol = scenario.eol
+        self._split = scenario.split_utf8
+        self._trickle = scenario.trickle
+        self._stamp = scenario.stamp
+
+    def event(self, chunk: Dict[str, Any]) -> None:
+        if self._stamp:
+            chunk["sent_ns"] = time.time_ns()
+        self.data(_dumps(chunk))
+
+    def data(self, payload: bytes) -> None:
+        self.write(b"data: " + payload + self._eol + self._eol)
+
+    def comment(self, text: str = "keep-alive") -> None:
+        self.write(b": " + text.encode("utf-8") + self._eol + self._eol)
+
+    def write(self, data: bytes) -> None:
+        if self._trickle is not None:
+            for i in range(len(data)):
+                if i:
+                    self.pause(self._trickle)
+                self._send(data[i:i + 1])
+        elif self._split:
+            for i, piece in enumerate(_split_mid_character(data)):
+                if i:
+                    self.pause(0.002)  # so the reader very likely sees the halves apart
+                self._send(piece)
+        else:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._out.write(data)
+            self._out.flush()
+        except OSError:  # BrokenPipe, ConnectionReset, a send timeout: the reader is gone
+            raise _ClientGone from None
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but end early (raising) if the client goes away or the simulator stops."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stopping.is_set():
+                raise _Stopping
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                readable = select.select([self._sock], [], [], min(remaining, _POLL_SECONDS))[0]
+                # Readable with nothing to peek at is the end of the client's stream.
+                gone = bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
+            except (OSError, ValueError):
+                gone = True
+            if gone:
+                raise _ClientGone
+            if readable:  # the client sent more bytes: we cannot see its EOF, so just wait
+                time.sleep(min(max(0.0, deadline - time.monotonic()), _POLL_SECONDS))
+
+
+# ---------------------------------------------------------------------------
+# HTTP handler
+# ---------------------------------------------------------------------------
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, address: Tuple[str, int], fake: "FakeGloo") -> None:
+        self.fake = fake
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.debug("error while answering %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeGloo/1.0"
+    sys_version = ""
+    timeout = 30  # seconds a silent client may hold a connection (header or body read)
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):  # every flush its own segment, as a streaming server does
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        if not self.server.fake.quiet:
+            sys.stderr.write("fake_gloo: %s %s\n" % (self.address_string(), format % args))
+
+    # -- routing ------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            if path == TOKEN_PATH:
+                self._token()
+            elif path == COMPLETIONS_PATH:
+                self._completions()
+            else:
+                self._send_error(404, f"no such endpoint: POST {path}", close=True)
+        except Exception:  # the request boundary: log it, end the connection, never crash the server
+            _log.debug("failed to answer POST %s", path, exc_info=True)
+            self.close_connection = True
+
+    def _not_allowed(self) -> None:
+        path = urlsplit(self.path).path
+        if path in (TOKEN_PATH, COMPLETIONS_PATH):
+            self._send_error(405, f"{self.command} is not allowed here; use POST", {"Allow": "POST"}, close=True)
+        else:
+            self._send_error(404, f"no such endpoint: {self.command} {path}", close=True)
+
+    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The stdlib's errors (bad request line, unknown method, ...) as JSON, like ours."""
+        self._send_error(int(code), message or HTTPStatus(int(code)).phrase, close=True)
+
+    # -- responses ----------------------------------------------------------
+
+    def _send_json(self, status: int, payload: Any, headers: Optional[Mapping[str, str]] = None, *,
+                   close: bool = False) -> None:
+        data = _dumps(payload)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+            self.wfile.flush()
+
+    def _send_error(self, status: int, message: Optional[str] = None,
+                    headers: Optional[Mapping[str, str]] = None, *, close: bool = False) -> None:
+        error = {"message": message or _ERROR_MESSAGES.get(status) or HTTPStatus(status).phrase,
+                 "type": _ERROR_TYPES.get(status, "api_error"), "code": status}
+        self._send_json(status, {"error": error}, headers, close=close)
+
+    def _start_body(self, content_type: str = "text/event-stream") -> None:
+        """Status and headers of a body that runs until the connection closes."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def _read_body(self) -> Optional[bytes]:
+        """The request body, or None after answering why it could not be read."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._send_error(411, "send the body with a Content-Length, not chunked", close=True)
+            return None
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self._send_error(411, "Content-Length required", close=True)
+            return None
+        if not length.strip().isdigit():
+            self._send_error(400, "bad Content-Length", close=True)
+            return None
+        if int(length) > _MAX_BODY_BYTES:
+            self._send_error(413, f"the body is over {_MAX_BODY_BYTES} bytes", close=True)
+            return None
+        data = self.rfile.read(int(length))
+        if len(data) < int(length):
+            self.close_connection = True  # the client went away mid-body: no one to answer
+            return None
+        return data
+
+    # -- token endpoint -----------------------------------------------------
+
+    def _token(self) -> None:
+        fake = self.server.fake
+        body = self._read_body()
+        if body is None:
+            return
+        fake._count_token_request()
+        if fake.token_delay:
+            time.sleep(fake.token_delay)
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+        def field(name: str) -> str:
+            return (form.get(name) or [""])[0]
+
+        client_id, client_secret = _basic_credentials(self.headers.get("Authorization", "")) or (
+            field("client_id"), field("client_secret"))
+        if (client_id, client_secret) != (fake.client_id, fake.client_secret):
+            self._send_json(401, {"error": "invalid_client", "error_description": "Client authentication failed"},
+                            {"WWW-Authenticate": 'Basic realm="fake-gloo"'})
+        elif not field("grant_type"):
+            self._send_json(400, {"error": "invalid_request", "error_description": "grant_type is required"})
+        elif field("grant_type") != "client_credentials":
+            self._send_json(400, {"error": "unsupported_grant_type",
+                                  "error_description": "only client_credentials is supported"})
+        elif field("scope") not in ("", "api/access"):
+            self._send_json(400, {"error": "invalid_scope", "error_description": "the scope is api/access"})
+        else:
+            self._send_json(200, {"access_token": fake._issue_token(), "expires_in": fake.expires_in,
+                                  "token_type": "Bearer"}, {"Cache-Control": "no-store"})
+
+    # -- completions endpoint -----------------------------------------------
+
+    def _completions(self) -> None:
+        fake = self.server.fake
+        started = time.monotonic()
+        raw = self._read_body()
+        if raw is None:
+            return
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = _INVALID
+        else:
+            fake._record({"body": body, "headers": dict(self.headers.items()), "path": self.path})
+        scripted = fake._next_scripted()
+        if scripted is not None:
+            self._play(scripted)
+            return
+        if body is _INVALID:
+            self._send_error(400, "the request body is not valid JSON")
+            return
+        if not fake._authorized(self.headers.get("Authorization", "")):
+            self._send_error(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return
+        problem = _problem(body)
+        if problem is not None:
+            self._send_error(*problem)
+            return
+        prompt = _last_user_text(body["messages"])
+        try:
+            scenario = _parse_scenario(fake.scenario + " " + prompt)
+        except _BadMarker as exc:
+            self._send_error(400, str(exc))
+            return
+        if scenario.fail is not None and fake._should_fail(prompt, scenario.fail[1]):
+            self._send_error(scenario.fail[0], headers=_retry_headers(scenario.fail[0], 0, always=True))
+        elif scenario.status is not None:
+            self._send_error(scenario.status, headers=_retry_headers(scenario.status, scenario.retry_after))
+        elif scenario.html:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(_HTML_PAGE)))
+            self.end_headers()
+            self.wfile.write(_HTML_PAGE)
+        elif scenario.reset:
+            self._start_body("text/event-stream" if body.get("stream") else "application/json")
+        else:
+            reply = _build_reply(body, prompt, scenario, started)
+            if body.get("stream"):
+                self._stream(reply, scenario)
+            else:
+                self._answer(reply, scenario)
+
+    def _stream(self, reply: _Reply, scenario: _Scenario) -> None:
+        fake = self.server.fake
+        self._start_body()
+        wire = _Wire(self, scenario)
+        delay = scenario.slow if scenario.slow is not None else fake.delay
+        with fake._responding(stream=True):
+            if scenario.garbage:
+                rng = random.Random(1234)
+                wire.write(bytes(rng.randrange(256) for _ in range(4096)))
+                return
+            wire.event(reply.chunk({"role": "assistant", "content": ""}))
+            if scenario.huge_event is not None:
+                wire.pause(delay)
+                line = _huge_event_line(reply, scenario.huge_event)
+                for start in range(0, len(line), _HUGE_WRITE):
+                    wire.write(line[start:start + _HUGE_WRITE])
+                if scenario.huge_open:
+                    wire.pause(_STALL_LIMIT)
+                    return
+                wire.write(scenario.eol * 2)
+            for index, delta in enumerate(reply.deltas):
+                if index == scenario.drop:
+                    return
+                if scenario.heartbeat:
+                    wire.comment()
+                wire.pause(delay)
+                chunk = reply.chunk(delta)
+                if index == 0:
+                    chunk["ttft_ms"] = reply.elapsed_ms()
+                wire.event(chunk)
+                if index == 0 and scenario.stall is not None:
+                    wire.pause(scenario.stall)
+            if scenario.drop is not None:
+                return  # fewer content chunks than the drop point: drop before the finish
+            if scenario.heartbeat:
+                wire.comment()
+            finish = reply.chunk({}, reply.finish_reason)
+            usage = reply.usage(len(reply.deltas))
+            if reply.finish_reason == "error":
+                finish["error"] = dict(_PROVIDER_TIMEOUT)
+                wire.event(finish)
+            elif scenario.openai or fake.style == "openai":
+                wire.event(finish)
+                wire.event(dict(reply.envelope(), choices=[], usage=usage))
+                wire.data(b"[DONE]")
+            else:
+                finish["usage"] = usage
+                wire.event(finish)
+
+    def _answer(self, reply: _Reply, scenario: _Scenario) -> None:
+        """The whole answer as one chat.completion, after the time streaming it would take."""
+        fake = self.server.fake
+        delay = scenario.slow if scenario.slow is not None else fake.delay
+        wire = _Wire(self, scenario)
+        self.close_connection = True  # unless the answer below is sent whole
+        with fake._responding(stream=False):
+            wire.pause(delay * len(reply.deltas) + (scenario.stall or 0.0))
+            if scenario.drop is not None:
+                return
+            self.close_connection = False
+            if reply.finish_reason == "error":
+                self._send_error(504, _PROVIDER_TIMEOUT["message"])
+                return
+            message: Dict[str, Any] = {"role": "assistant",
+                                       "content": "".join(d.get("content", "") for d in reply.deltas)}
+            if reply.tool_calls:
+                message = {"role": "assistant", "content": None, "tool_calls": reply.tool_calls}
+            answer = dict(reply.envelope("chat.completion"), usage=reply.usage(len(reply.deltas)))
+            answer["choices"] = [{"index": 0, "message": message, "finish_reason": reply.finish_reason}]
+            self._send_json(200, answer)
+
+    def _play(self, scripted: "_Scripted") -> None:
+        self.send_response(scripted.status)
+        for name, value in scripted.headers:
+            self.send_header(name, value)
+        if "connection" not in {name.lower() for name, _ in scripted.headers}:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        wire = _Wire(self, _Scenario())
+        with self.server.fake._responding(stream=True):
+            for index, data in enumerate(scripted.writes):
+                if index:
+                    wire.pause(scripted.delay)
+                wire.write(data)
+
+
+_INVALID = object()
+
+
+def _basic_credentials(header: str) -> Optional[Tuple[str, str]]:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    client_id, sep, client_secret = decoded.partition(":")
+    return (client_id, client_secret) if sep else None
+
+
+def _retry_headers(status: int, seconds: int, *, always: bool = False) -> Dict[str, str]:
+    headers = {}
+    if always or status in (429, 503):
+        headers["Retry-After"] = str(seconds)
+    if status == 429:
+        headers["X-RateLimit-Reset"] = str(math.ceil(time.time() + seconds))  # a Unix time, as Gloo's gateway
+    return headers
+
+
+def _build_reply(body: dict, prompt: str, scenario: _Scenario, started: float) -> _Reply:
+    model, provider = _route(body, prompt)
+    prompt_tokens = sum(len(_tokenize(_content_text(m.get("content")))) for m in body["messages"])
+    calls = None
+    if scenario.tools:
+        calls = _tool_calls()
+        deltas, finish = _tool_deltas(calls), "tool_calls"
+    else:
+        tokens, finish = _answer_tokens(_strip_markers(prompt), scenario), "stop"
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        if scenario.error or scenario.content_filter:
+            tokens, finish = tokens[:_FEW], "error" if scenario.error else "content_filter"
+        deltas = [{"content": token} for token in tokens]
+    return _Reply(model, provider, deltas, finish, prompt_tokens, started, calls)
+
+
+def _huge_event_line(reply: _Reply, size: int) -> bytes:
+    """`data: <content chunk>` padded with "x" content to exactly `size` bytes (if it fits)."""
+    chunk = reply.chunk({"content": ""})
+    padding = max(0, size - len(b"data: " + _dumps(chunk)))
+    chunk["choices"][0]["delta"]["content"] = "x" * padding
+    return b"data: " + _dumps(chunk)
+
+
+# ---------------------------------------------------------------------------
+# The simulator
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Scripted:
+    status: int
+    headers: Tuple[Tuple[str, str], ...]
+    writes: Tuple[bytes, ...]
+    delay: float
+
+
+class FakeGloo:
+    """The Gloo API on loopback: a ThreadingHTTPServer in a background thread.
+
+    Use it as a context manager, or call start() and stop(). `delay` and `style` may be changed
+    while it runs. `clock` (seconds, monotonic) decides when tokens expire; tests pass a fake one.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, client_id: str = "fake-client-id",
+                 client_secret: str = "fake-client-secret", expires_in: int = 3600, delay: float = 0.0,
+                 style: str = "gloo", api_key: Optional[str] = None, token_delay: float = 0.0,
+                 scenario: str = "", quiet: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        if style not in ("gloo", "openai"):
+            raise ValueError(f"style must be 'gloo' or 'openai', not {style!r}")
+        _parse_scenario(scenario)  # a bad marker fails here, not on every request
+        self.host, self.port = host, port
+        self.client_id, self.client_secret = client_id, client_secret
+        self.expires_in, self.delay, self.style = expires_in, delay, style
+        self.api_key, self.token_delay, self.scenario = api_key, token_delay, scenario
+        self.quiet, self.clock = quiet, clock
+        self.issued_tokens: List[str] = []
+        self.requests: List[Dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._disconnected = threading.Condition(self._lock)
+        self._token_requests = self._disconnects = self._active_streams = 0
+        self._token_expiry: Dict[str, float] = {}
+        self._failures: Dict[str, int] = {}
+        self._script: Deque[_Scripted] = collections.deque()
+        self._stopping = threading.Event()
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self) -> "FakeGloo":
+        """Bind and serve in a background thread (idempotent); returns self."""
+        if self._server is None:
+            self._stopping.clear()
+            self._server = _Server((self.host, self.port), self)
+            self.port = self._server.server_address[1]
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name=f"fake-gloo-{self.port}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end any stream in progress, and close the socket (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> "FakeGloo":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- addresses ------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:PORT` once started."""
+        if self._server is None:
+            raise RuntimeError("FakeGloo is not running: call start() or use it in a with block")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth token endpoint."""
+        return self.base_url + TOKEN_PATH
+
+    @property
+    def api_url(self) -> str:
+        """The chat completions endpoint."""
+        return self.base_url + COMPLETIONS_PATH
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """The environment that points a client here (GLOO_API_KEY only when api_key is set)."""
+        env = {"GLOO_CLIENT_ID": self.client_id, "GLOO_CLIENT_SECRET": self.client_secret,
+               "GLOO_TOKEN_URL": self.token_url, "GLOO_API_URL": self.api_url}
+        if self.api_key is not None:
+            env["GLOO_API_KEY"] = self.api_key
+        return env
+
+    # -- what happened ----------------------------------------------------------
+
+    @property
+    def token_requests(self) -> int:
+        """POSTs to the token endpoint so far, granted or not."""
+        with self._lock:
+            return self._token_requests
+
+    @property
+    def disconnects(self) -> int:
+        """Completion responses whose client went away before the end."""
+        with self._lock:
+            return self._disconnects
+
+    @property
+    def active_streams(self) -> int:
+        """Streaming responses being written right now."""
+        with self._lock:
+            return self._active_streams
+
+    def wait_for_disconnect(self, timeout: float = 5.0, *, count: int = 1) -> bool:
+        """True once `count` clients in all have gone away mid-response; False after `timeout`."""
+        with self._disconnected:
+            return self._disconnected.wait_for(lambda: self._disconnects >= count, timeout)
+
+    def enqueue(self, status: int = 200, headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+                writes: Sequence[bytes] = (), delay: float = 0.0) -> None:
+        """Script the next completion response exactly: status, headers, then each bytes object
+        written and flushed on its own, `delay` seconds apart, then the connection closes."""
+        pairs = tuple((headers or {}).items()) if isinstance(headers, Mapping) else tuple(headers or ())
+        if not all(isinstance(data, bytes) for data in writes):
+            raise TypeError("writes must be a sequence of bytes objects")
+        with self._lock:
+            self._script.append(_Scripted(status, pairs, tuple(writes), delay))
+
+    # -- for the handler --------------------------------------------------------
+
+    def _count_token_request(self) -> None:
+        with self._lock:
+            self._token_requests += 1
+
+    def _issue_token(self) -> str:
+        token = "fake-token-" + secrets.token_hex(16)
+        with self._lock:
+            self._token_expiry[token] = self.clock() + self.expires_in
+            self.issued_tokens.append(token)
+        return token
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return False
+        if self.api_key is not None and token == self.api_key:
+            return True
+        with self._lock:
+            expiry = self._token_expiry.get(token)
+        return expiry is not None and self.clock() < expiry
+
+    def _record(self, request: Dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _next_scripted(self) -> Optional[_Scripted]:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _should_fail(self, prompt: str, times: int) -> bool:
+        with self._lock:
+            seen = self._failures.get(prompt, 0)
+            self._failures[prompt] = seen + 1
+        return seen < times
+
+    @contextlib.contextmanager
+    def _responding(self, *, stream: bool) -> Iterator[None]:
+        """Counts the stream while it runs, and the client if it goes away."""
+        if stream:
+            with self._lock:
+                self._active_streams += 1
+        gone = False
+        try:
+            yield
+        except _ClientGone:
+            gone = True
+        except _Stopping:
+            pass
+        finally:
+            with self._disconnected:  # both counts change together: a waiter sees them consistent
+                self._active_streams -= 1 if stream else 0
+                if gone:
+                    self._disconnects += 1
+                    self._disconnected.notify_all()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve in the foreground until Ctrl-C; print the `export` lines that point a client here."""
+    parser = argparse.ArgumentParser(
+        prog="fake_gloo.py", description="Run a local simulator of the Gloo AI API (OAuth + chat completions).",
+        epilog="Scenario markers such as [[slow:0.2]], [[status:429]] or [[drop]] in a prompt pick a "
+               "behaviour; the module docstring lists them all.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3002, help="port (default 3002; 0 picks a free one)")
+    parser.add_argument("--delay", type=float, default=0.03, help="seconds between tokens (default 0.03)")
+    parser.add_argument("--style", choices=["gloo", "openai"], default="gloo",
+                        help="stream ending: gloo (no [DONE]) or openai (usage chunk and [DONE])")
+    parser.add_argument("--expires-in", type=int, default=3600, help="token lifetime in seconds (default 3600)")
+    parser.add_argument("--scenario", default="", help="markers applied to every request, e.g. '[[slow:0.2]]'")
+    parser.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    args = parser.parse_args(argv)
+    if args.delay < 0 or args.expires_in < 1 or not 0 <= args.port <= 65535:
+        parser.error("--delay must be >= 0, --expires-in >= 1 and --port 0-65535")
+    try:
+        fake = FakeGloo(host=args.host, port=args.port, delay=args.delay, style=args.style,
+                        expires_in=args.expires_in, scenario=args.scenario, quiet=not args.verbose)
+        fake.start()
+    except ValueError as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"fake_gloo: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"fake_gloo: warning: listening on {args.host}, not only loopback", file=sys.stderr)
+    lines = [f"# Simulated Gloo API at {fake.base_url} (Ctrl-C to stop). Point a client at it:"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in fake.env.items()]
+    print("\n".join(lines), flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
