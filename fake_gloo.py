@@ -46,7 +46,10 @@ they combine, and an unknown `[[name]]` is left alone as ordinary text:
 
 Everything else gets a plausible answer: canned ones for the demo's questions about the
 resurrection and about discipleship, and a generic one that mentions the question. A request's
-`max_tokens` cuts the answer with finish_reason "length".
+`max_tokens` cuts the answer with finish_reason "length". Without `"stream": true` the answer is one
+chat.completion object, sent after the time streaming it would take; there [[drop]] closes without
+an answer and [[error]] is a 504. Responses scripted with FakeGloo.enqueue() come before all of this
+(no auth check, no validation).
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["FakeGloo", "main"]
 
-TOKEN_PATH = "/oauth2/token"
-COMPLETIONS_PATH = "/ai/v2/chat/completions"
+_TOKEN_PATH = "/oauth2/token"
+_COMPLETIONS_PATH = "/ai/v2/chat/completions"
 _MAX_BODY_BYTES = 8 * 1024 * 1024
 _POLL_SECONDS = 0.1          # how often a pause looks for a client that went away
 _STALL_LIMIT = 60.0
@@ -238,8 +241,8 @@ _DISCIPLESHIP = (
     "performance, and lived out in ordinary relationships and work."
 )
 _UTF8_ANSWER = (
-    "Grâce — ἀγάπη 🙏. Naïve café façade, “quotes”, 愛 and محبة: every one of these characters takes "
-    "more than one byte in UTF-8."
+    "Grâce — ἀγάπη 🙏. Naïve café façade, “quotes”, 愛 and محبة: every one of these characters "
+    "takes more than one byte in UTF-8."
 )
 _MARKDOWN = (
     "# Practices of discipleship\n\n"
@@ -581,9 +584,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         try:
-            if path == TOKEN_PATH:
+            if path == _TOKEN_PATH:
                 self._token()
-            elif path == COMPLETIONS_PATH:
+            elif path == _COMPLETIONS_PATH:
                 self._completions()
             else:
                 self._send_error(404, f"no such endpoint: POST {path}", close=True)
@@ -593,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         path = urlsplit(self.path).path
-        if path in (TOKEN_PATH, COMPLETIONS_PATH):
+        if path in (_TOKEN_PATH, _COMPLETIONS_PATH):
             self._send_error(405, f"{self.command} is not allowed here; use POST", {"Allow": "POST"}, close=True)
         else:
             self._send_error(404, f"no such endpoint: {self.command} {path}", close=True)
@@ -930,7 +933,8 @@ class FakeGloo:
             self._stopping.clear()
             self._server = _Server((self.host, self.port), self)
             self.port = self._server.server_address[1]
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            # stop() waits for one poll of the accept loop: keep it short, tests start and stop many servers.
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
                                             name=f"fake-gloo-{self.port}", daemon=True)
             self._thread.start()
         return self
@@ -965,12 +969,12 @@ class FakeGloo:
     @property
     def token_url(self) -> str:
         """The OAuth token endpoint."""
-        return self.base_url + TOKEN_PATH
+        return self.base_url + _TOKEN_PATH
 
     @property
     def api_url(self) -> str:
         """The chat completions endpoint."""
-        return self.base_url + COMPLETIONS_PATH
+        return self.base_url + _COMPLETIONS_PATH
 
     @property
     def env(self) -> Dict[str, str]:
