@@ -25,6 +25,15 @@ class LogCapture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
 
+    def request_lines(self, count: int, timeout: float = 3.0) -> List[str]:
+        """The request log lines, once at least `count` have been written (the line follows the answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.lines if line[:4].isdigit() or line.startswith("{")]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.01)
+
     def wait_for(self, text: str, timeout: float = 3.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
