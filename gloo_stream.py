@@ -1791,21 +1791,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream = client.stream(question, system=args.system, **options)
         failure: Optional[StreamError] = None
         if args.raw:
-            binary = getattr(out, "buffer", None)
-            for batch in stream.event_batches():
-                for event in batch:
-                    text = _format_event(event)
-                    if binary is not None:
-                        binary.write(text.encode("utf-8"))
-                        binary.flush()
-                    else:
-                        out.write(text)
-                        out.flush()
-                    if event.data.strip() != "[DONE]":
-                        try:
-                            stream.accumulator.add(json.loads(event.data))
-                        except ValueError:
-                            pass
+            try:
+                if not _print_raw(stream, out) and stream.accumulator.finish_reason is None:
+                    failure = ConnectionLostError("the stream ended before the answer finished")
+            except StreamError as exc:
+                failure = exc
         else:
             try:
                 for delta in stream:
@@ -1851,6 +1841,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             spinner.stop()
         print(f"error: {exc}", file=err)
         return _EXIT_ERROR
+
+
+def _print_raw(stream: ChatStream, out: Any) -> bool:
+    """Print each event in wire form as it arrives; True if `data: [DONE]` came."""
+    done = False
+    binary = getattr(out, "buffer", None)
+    for batch in stream.event_batches():
+        for event in batch:
+            text = _format_event(event)
+            if binary is not None:
+                binary.write(text.encode("utf-8"))
+                binary.flush()
+            else:
+                out.write(text)
+                out.flush()
+            if event.data == "[DONE]":
+                done = True
+                continue
+            try:
+                stream.accumulator.add(json.loads(event.data))
+            except ValueError:
+                pass
+    return done
 
 
 def _format_event(event: ServerSentEvent) -> str:

@@ -70,6 +70,12 @@ class CLIOutputTests(CLITestCase):
         self.assertTrue(all(b.startswith("data: ") for b in blocks))
         self.assertEqual(json.loads(blocks[-1][6:])["choices"][0]["finish_reason"], "stop")
 
+    def test_raw_output_of_a_broken_stream_exit_1(self):
+        proc = self.run_cli("--raw", "Hi [[drop:2]]")
+        self.assertEqual(proc.returncode, 1)
+        self.assertTrue(proc.stdout.startswith("data: "))
+        self.assertIn("ended before", proc.stderr)
+
     def test_options_reach_the_request(self):
         proc = self.run_cli("--model-family", "google", "--tradition", "mainline", "--temperature", "0.3",
                             "--max-tokens", "40", "--system", "Be brief.", "Hi there")
