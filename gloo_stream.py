@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import email.utils
+import functools
 import http.client
 import json
 import logging
@@ -29,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 __all__ = [
@@ -321,9 +323,28 @@ class SSEDecoder:
         last = pieces.pop()
         if not pieces:
             return self._general(last, [])
+        first = pieces[0]
+        # Each separator holds two line ends: no more than that (and those of the last piece)
+        # means the first and middle pieces are all single-line events, the usual case.
+        if (first[:6] == "data: " and text.count("\n") == 2 * len(pieces) + last.count("\n")
+                and not self._data and not self._event_type and self._block_retry is None):
+            pieces[0] = first[6:]
+            if "\n" not in last:  # the read ended inside the first line of the next event
+                self._pending = ["data: ", last]
+                self._pending_size = len(last) + 6
+                tail = None
+            elif last[-2:] == "\n\n" and last.count("\n") == 2:
+                pieces.append(last[:-2])
+                self._pending = []
+                self._pending_size = 0
+                tail = None
+            else:
+                tail = "data: " + last
+            # Build the events in C (zip makes the field tuples, map the named tuples).
+            events = list(map(_make_event, zip(_MESSAGE, pieces, repeat(self.last_event_id), _NONE)))
+            return events if tail is None else self._general(tail, events)
         events: List[ServerSentEvent] = []
         new, cls = _new_event, ServerSentEvent
-        first = pieces[0]
         if (first[:6] == "data: " and "\n" not in first and not self._data and not self._event_type
                 and self._block_retry is None):
             events.append(new(cls, ("message", first[6:], self.last_event_id, None)))
@@ -465,6 +486,9 @@ class SSEDecoder:
 _BOM = b"\xef\xbb\xbf"
 _utf8_decode = codecs.utf_8_decode
 _new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
+_make_event = functools.partial(tuple.__new__, ServerSentEvent)
+_MESSAGE = repeat("message")
+_NONE = repeat(None)
 
 
 # ---------------------------------------------------------------------------
