@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -391,6 +392,24 @@ class ShortTokenLifetimeTests(SimulatorTestCase):
         self.assertEqual(client.token(), first)
         clock.now += 2
         self.assertNotEqual(client.token(), first)
+
+
+class OutboundProxyTests(SimulatorTestCase):
+    def test_http_proxy_from_the_environment_is_used(self):
+        # The simulator stands in for a forward proxy: with HTTP_PROXY set, urllib sends it the
+        # absolute URL of a host that does not exist (.invalid is reserved), and it answers.
+        os.environ.pop("NO_PROXY", None)
+        os.environ.pop("no_proxy", None)
+        os.environ["HTTP_PROXY"] = self.fake.base_url
+        client = self.client(token_url="http://gloo.invalid/oauth2/token",
+                             api_url="http://gloo.invalid/ai/v2/chat/completions")
+        self.assertEqual(client.complete("Hi").finish_reason, "stop")
+        self.assertEqual(self.fake.requests[-1]["path"], "http://gloo.invalid/ai/v2/chat/completions")
+
+    def test_no_proxy_bypasses_it(self):
+        os.environ["HTTP_PROXY"] = "http://127.0.0.1:9"  # nothing listens there: using it would fail
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1"
+        self.assertEqual(self.client().complete("Hi").finish_reason, "stop")
 
 
 class RetryAfterParsingTests(unittest.TestCase):
