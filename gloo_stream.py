@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import email.utils
-import functools
 import http.client
 import json
 import logging
@@ -30,7 +29,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 __all__ = [
@@ -340,8 +338,8 @@ class SSEDecoder:
                 tail = None
             else:
                 tail = "data: " + last
-            # Build the events in C (zip makes the field tuples, map the named tuples).
-            events = list(map(_make_event, zip(_MESSAGE, pieces, repeat(self.last_event_id), _NONE)))
+            new, cls, last_id = _new_event, ServerSentEvent, self.last_event_id
+            events = [new(cls, ("message", data, last_id, None)) for data in pieces]
             return events if tail is None else self._general(tail, events)
         events: List[ServerSentEvent] = []
         new, cls = _new_event, ServerSentEvent
@@ -486,9 +484,6 @@ class SSEDecoder:
 _BOM = b"\xef\xbb\xbf"
 _utf8_decode = codecs.utf_8_decode
 _new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
-_make_event = functools.partial(tuple.__new__, ServerSentEvent)
-_MESSAGE = repeat("message")
-_NONE = repeat(None)
 
 
 # ---------------------------------------------------------------------------
