@@ -417,6 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.path = ""
         self.request_version = "HTTP/1.1"
         self.headers = None  # type: ignore[assignment]
+        self._body_read = False
         config = self.server.config
         self._reader.deadline = time.monotonic() + config.request_timeout_seconds
         try:
@@ -528,6 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
         return [("Vary", "Origin")] if origin else []
 
     def _start(self, status: int, headers: Sequence[Tuple[str, str]]) -> None:
+        self._discard_unread_body()
         self._status = status
         self.send_response_only(status)
         self.send_header("Date", self.date_time_string())
@@ -562,6 +564,27 @@ class _Handler(BaseHTTPRequestHandler):
         body = {"error": {"message": error.message, "type": error.error_type,
                           "code": error.code if error.code is not None else error.status}}
         self._send_json(error.status, body, list(error.headers.items()))
+
+    _DISCARD_LIMIT = 64 * 1024
+
+    def _discard_unread_body(self) -> None:
+        """A body left unread would be taken for the next request: read a small one, else close."""
+        if self._body_read or self.close_connection or self.headers is None:
+            return
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            return
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        if not raw_length.isdigit() or not raw_length.isascii() or int(raw_length) > self._DISCARD_LIMIT:
+            self.close_connection = True
+            return
+        length = int(raw_length)
+        try:
+            if length and len(self.rfile.read(length)) < length:
+                self.close_connection = True
+        except OSError:
+            self.close_connection = True
+        self._body_read = True
 
     # -- checks -------------------------------------------------------------
 
@@ -696,8 +719,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length > config.max_body_bytes:
             raise _HTTPError(413, f"the body is larger than {config.max_body_bytes} bytes", close=True)
         if content_type != "application/json":
-            raise _HTTPError(415, "send the body as Content-Type: application/json",
-                             close=length > 0)
+            raise _HTTPError(415, "send the body as Content-Type: application/json")
+        self._body_read = True  # from here on, whatever happens, the body is not left for the next request
         try:
             raw = self.rfile.read(length)
         except socket.timeout:

@@ -240,6 +240,7 @@ class BadRequestTests(ProxyTestCase):
             ("deep nesting", b"[" * 100000 + b"]" * 100000, {"max": True}, 400),
             ("too large", big, {}, 413),
             ("wrong content type", b'{"messages": []}', {"Content-Type": "text/plain"}, 415),
+            ("no content type", b'{"messages": []}', {"Content-Type": ""}, 415),
         ]
         for name, body, headers, expected in cases:
             with self.subTest(name):
@@ -393,6 +394,19 @@ class AuthTests(ProxyTestCase):
                 if expected == 401:
                     self.assertEqual(json.loads(body)["error"]["type"], "authentication_error")
                     self.assertNotIn(b"proxy-key-0123456789", body)
+
+    def test_refused_body_is_not_read_as_the_next_request(self):
+        conn = self.connection()
+        body = json.dumps(PROMPT)
+        conn.request("POST", "/api/stream", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 401)
+        response.read()
+        conn.request("POST", "/api/stream", body=body, headers={"Content-Type": "application/json",
+                                                                "Authorization": "Bearer proxy-key-0123456789"})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        self.assertIn(b"finish_reason", response.read())
 
     def test_health_is_open_and_says_auth_required(self):
         status, _, body = self.request("GET", "/health")
