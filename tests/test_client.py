@@ -206,6 +206,47 @@ class MidStreamFailureTests(SimulatorTestCase):
         self.assertEqual(len(self.fake.requests), 1)
 
 
+class EveryScenarioTests(SimulatorTestCase):
+    """Each simulator scenario through the client: the outcome a caller sees."""
+
+    CASES = [
+        # prompt, finish_reason, error contains (None: no error), check on the text
+        ("Hi", "stop", None, lambda t: len(t) > 20),
+        ("[[openai]]", "stop", None, None),
+        ("[[usage]]", "stop", None, None),
+        ("[[markdown]]", "stop", None, lambda t: "```" in t and "**" in t),
+        ("[[hostile]]", "stop", None, lambda t: "<script>" in t),
+        ("[[echo]] ping", "stop", None, lambda t: t.strip() == "ping"),
+        ("[[stamp]]", "stop", None, None),
+        ("[[long:7]]", "stop", None, None),
+        ("[[heartbeat]]", "stop", None, None),
+        ("[[crlf]]", "stop", None, None),
+        ("[[cr]]", "stop", None, None),
+        ("[[split_utf8]]", "stop", None, lambda t: "\ufffd" not in t),
+        ("[[trickle]]", "stop", None, None),
+        ("[[tools]]", "tool_calls", None, lambda t: t == ""),
+        ("[[content_filter]]", "content_filter", None, None),
+        ("[[error]]", "error", "PROVIDER_TIMEOUT", lambda t: len(t) > 0),
+        ("[[drop:2]]", "unknown", "ended before", lambda t: len(t) > 0),
+        ("[[reset]]", "unknown", "ended before", lambda t: t == ""),
+        ("[[garbage]]", "unknown", "ended before", None),
+        ("[[stall:0.2]]", "stop", None, None),
+    ]
+
+    def test_every_scenario(self):
+        client = self.client()
+        for prompt, finish, error, check in self.CASES:
+            with self.subTest(prompt):
+                result = client.complete(prompt)
+                self.assertEqual(result.finish_reason, finish, result.error)
+                if error is None:
+                    self.assertIsNone(result.error)
+                else:
+                    self.assertIn(error, result.error)
+                if check is not None:
+                    self.assertTrue(check(result.text), result.text[:200])
+
+
 class EarlyStopTests(SimulatorTestCase):
     def test_break_closes_the_connection(self):
         self.fake.delay = 0.05

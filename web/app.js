@@ -83,7 +83,8 @@
     return n + " " + word + (n === 1 ? "" : "s");
   }
 
-  function metaText(run) {
+  /** The figures of a run: "N tokens", "X ms", and once content came, first token and tokens/s. */
+  function metaParts(run) {
     var end = run.finished === null ? now() : run.finished;
     var ms = Math.max(0, Math.round(end - run.started));
     var parts = [plural(run.tokens, "token"), ms + " ms"];
@@ -91,7 +92,23 @@
       parts.push("first token " + Math.round(run.firstToken - run.started) + " ms");
       if (ms > 0 && run.tokens > 0) parts.push((run.tokens / (ms / 1000)).toFixed(1) + " tokens/s");
     }
-    return parts.join(" \u2022 ");
+    return parts;
+  }
+
+  /** `target` as "a • b • c", each figure kept whole when the line wraps on a narrow screen. */
+  function fillMeta(target, parts) {
+    target.replaceChildren();
+    for (var i = 0; i < parts.length; i++) {
+      if (i > 0) target.appendChild(document.createTextNode(" \u2022 "));
+      var part = document.createElement("span");
+      part.className = "meta-part";
+      part.textContent = parts[i];
+      target.appendChild(part);
+    }
+  }
+
+  function showMeta(parts) {
+    fillMeta(ui.meta, parts);
   }
 
   function setStreaming(streaming) {
@@ -154,7 +171,7 @@
     var fragment = window.GlooMarkdown.render(run.text);
     if (streaming) cursorHost(fragment).appendChild(makeCursor());
     ui.output.replaceChildren(fragment);
-    ui.meta.textContent = metaText(run);
+    showMeta(metaParts(run));
     if (follow) scrollToEnd();
   }
 
@@ -179,8 +196,9 @@
       var answer = block("div", "answer markdown");
       while (ui.output.firstChild) answer.appendChild(ui.output.firstChild);
       answerBlock.appendChild(answer);
-      var note = (run.outcome && run.outcome !== "Done" ? run.outcome + " \u2022 " : "") + metaText(run);
-      answerBlock.appendChild(block("p", "turn-meta" + (run.outcome.indexOf("Error") === 0 ? " is-error" : ""), note));
+      var note = block("p", "turn-meta" + (run.outcome.indexOf("Error") === 0 ? " is-error" : ""));
+      fillMeta(note, (run.outcome && run.outcome !== "Done" ? [run.outcome] : []).concat(metaParts(run)));
+      answerBlock.appendChild(note);
       turn.appendChild(question);
       turn.appendChild(answerBlock);
       ui.history.appendChild(turn);
@@ -379,7 +397,7 @@
     }
     run.outcome = outcome;
     setStatus(outcome, kind);
-    ui.meta.textContent = run.gotResponse && (run.text || run.error === null) ? metaText(run) : "";
+    showMeta(run.gotResponse && (run.text || run.error === null) ? metaParts(run) : []);
 
     if (run.text) {
       // Even a stopped or broken answer is context: the next question may be about it.

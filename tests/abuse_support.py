@@ -1,0 +1,505 @@
+"""Helpers for the fault, abuse and secret tests: scripted servers, a proxy process, a crowd of sockets.
+
+- `ScriptedServer`: a TCP server on 127.0.0.1 (port from the OS) that runs a handler per connection
+  in a thread; the handler writes exactly the bytes a fault needs (a reset with RST, a stall,
+  a trickle, an endless line, plain TCP where TLS is expected). Stop it with `addCleanup`.
+- `ProxyProcess`: `proxy_server.py` in a subprocess, so its threads, memory and open files can be
+  read from /proc while thousands of connections hit it.
+- `Crowd`: many non-blocking client sockets driven from one thread with `selectors`.
+
+Everything binds 127.0.0.1, every wait has a time limit, and everything stops by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from tests.support import clean_environment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_POLL_IN = select.POLLIN
+_POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+# ---------------------------------------------------------------------------
+# Wire pieces
+# ---------------------------------------------------------------------------
+
+
+def chunk_event(content: Optional[str] = None, finish: Optional[str] = None, **extra: Any) -> bytes:
+    """One `data:` event holding a chat.completion.chunk."""
+    delta = {} if content is None else {"content": content}
+    body: Dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "model": "scripted",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body.update(extra)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def answer_events(words: Sequence[str], finish: str = "stop") -> List[bytes]:
+    """A whole streamed answer: a content event per word, then the finish event."""
+    return [chunk_event(word) for word in words] + [chunk_event(None, finish)]
+
+
+def http_head(status: int = 200, headers: Sequence[Tuple[str, str]] = (("Content-Type", "text/event-stream"),),
+              reason: str = "OK") -> bytes:
+    """A response head whose body runs until the connection closes."""
+    lines = [f"HTTP/1.1 {status} {reason}"] + [f"{name}: {value}" for name, value in headers]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def json_response(status: int, payload: Any, reason: str = "OK") -> bytes:
+    """A complete JSON response with a Content-Length."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return http_head(status, (("Content-Type", "application/json"), ("Content-Length", str(len(body)))),
+                     reason) + body
+
+
+def stream_request(path: str, prompt: str, *, headers: str = "", close: bool = True) -> bytes:
+    """A POST of one user message written by hand."""
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
+    connection = "Connection: close\r\n" if close else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{connection}{headers}\r\n").encode() + body
+
+
+# ---------------------------------------------------------------------------
+# A scripted TCP server
+# ---------------------------------------------------------------------------
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes
+
+    def prompt(self) -> str:
+        """The last message's content of a JSON chat body ("" when there is none)."""
+        try:
+            messages = json.loads(self.body)["messages"]
+            return str(messages[-1].get("content", ""))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return ""
+
+
+class Peer:
+    """One accepted connection, as a handler sees it."""
+
+    def __init__(self, sock: socket.socket, server: "ScriptedServer") -> None:
+        self.sock = sock
+        self.server = server
+        self._buffer = b""
+        self.sent = 0
+        self.gone = False
+
+    def read_request(self, timeout: float = 10.0) -> Optional[Request]:
+        """The next HTTP request (head and Content-Length body), or None if the peer closed."""
+        self.sock.settimeout(timeout)
+        try:
+            while b"\r\n\r\n" not in self._buffer:
+                data = self.sock.recv(65536)
+                if not data:
+                    return None
+                self._buffer += data
+            head, _, rest = self._buffer.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path = lines[0].split(" ")[:2]
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0") or 0)
+            while len(rest) < length:
+                data = self.sock.recv(65536)
+                if not data:
+                    return None
+                rest += data
+            self._buffer = rest[length:]
+            return Request(method, path, headers, rest[:length])
+        except (OSError, ValueError):
+            return None
+
+    def send(self, data: bytes, timeout: float = 10.0) -> bool:
+        """Write all of `data`; False (and the peer counted as gone) when it cannot be written."""
+        if self.server.stopping.is_set():
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self._mark_gone()
+            return False
+        self.sent += len(data)
+        return True
+
+    def pause(self, seconds: float) -> bool:
+        """Wait `seconds`; False at once if the peer goes away or the server stops."""
+        deadline = time.monotonic() + seconds
+        poller = select.poll()
+        poller.register(self.sock, _POLL_IN)
+        while not self.server.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            ready = poller.poll(min(remaining, 0.05) * 1000)
+            if ready:
+                if self._peer_closed(ready[0][1]):
+                    self._mark_gone()
+                    return False
+                time.sleep(min(max(0.0, deadline - time.monotonic()), 0.05))  # bytes we will not read
+        return False
+
+    def wait_gone(self, timeout: float = 10.0) -> bool:
+        """True once the peer closes its end (within `timeout`)."""
+        return not self.pause(timeout) and self.gone
+
+    def reset(self) -> None:
+        """Close with RST (SO_LINGER 0), as a crashed server or a middlebox does."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _peer_closed(self, flags: int) -> bool:
+        if flags & _POLL_GONE:
+            return True
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
+    def _mark_gone(self) -> None:
+        if not self.gone:
+            self.gone = True
+            self.server._note_gone()
+
+
+class ScriptedServer:
+    """A TCP server on 127.0.0.1:0 running `handler(peer)` in a thread per connection.
+
+    `gone` counts connections whose peer went away while a handler was writing or waiting;
+    `wait_gone(n)` waits for it. `stop()` ends every handler and closes every socket.
+    """
+
+    def __init__(self, handler: Callable[[Peer], None]) -> None:
+        self.handler = handler
+        self.stopping = threading.Event()
+        self.connections = 0
+        self.gone = 0
+        self.finished = 0
+        self._cond = threading.Condition()
+        self._socks: "set[socket.socket]" = set()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(1024)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, name=f"scripted-{self.port}", daemon=True)
+
+    def start(self) -> "ScriptedServer":
+        self._thread.start()
+        return self
+
+    def url(self, path: str = "/ai/v2/chat/completions", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._cond:
+                self.connections += 1
+                self._socks.add(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        peer = Peer(sock, self)
+        try:
+            self.handler(peer)
+        except OSError:
+            peer._mark_gone()
+        finally:
+            with self._cond:
+                self._socks.discard(sock)
+                self.finished += 1
+                self._cond.notify_all()
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _note_gone(self) -> None:
+        with self._cond:
+            self.gone += 1
+            self._cond.notify_all()
+
+    def wait_gone(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """True once `count` peers in all went away mid-answer; False after `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.gone >= count, timeout)
+
+    def wait_finished(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """True once `count` handlers in all have returned."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.finished >= count, timeout)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._cond:
+            socks = list(self._socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(2)
+
+
+def serve(test: Any, handler: Callable[[Peer], None]) -> ScriptedServer:
+    """A started ScriptedServer, stopped when `test` ends."""
+    server = ScriptedServer(handler).start()
+    test.addCleanup(server.stop)
+    return server
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# The proxy as a process
+# ---------------------------------------------------------------------------
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (Threads, VmRSS, VmHWM in KiB)."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class ProxyProcess:
+    """`proxy_server.py --port 0` in a subprocess; its stderr lines are collected in `lines`."""
+
+    def __init__(self, env: Dict[str, str], *args: str) -> None:
+        self.cwd = tempfile.mkdtemp()  # no stray .env from the checkout
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "proxy_server.py"), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd,
+                                     env=clean_environment(env))
+        self.lines: List[str] = []
+        self.url = ""
+        deadline = time.monotonic() + 20
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            match = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", line)
+            if match:
+                self.url, self.port = match.group(1), int(match.group(2))
+                break
+        if not self.url:
+            self.stop()
+            raise RuntimeError("the proxy did not start: " + "".join(self.lines))
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # never let the proxy block on a full pipe
+            self.lines.append(line)
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def threads(self) -> int:
+        return proc_status(self.pid, "Threads")
+
+    def rss_kib(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return proc_status(self.pid, "VmHWM")
+
+    def open_files(self) -> int:
+        return open_files(self.pid)
+
+    def wait_threads(self, at_most: int, timeout: float) -> int:
+        """The thread count, once it is `at_most` or fewer (or the last count seen after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.threads()
+            if count <= at_most or time.monotonic() > deadline:
+                return count
+            time.sleep(0.02)
+
+    def wait_open_files(self, at_most: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.open_files()
+            if count <= at_most or time.monotonic() > deadline:
+                return count
+            time.sleep(0.02)
+
+    def log_records(self) -> List[Dict[str, Any]]:
+        """The JSON request log lines written so far (PROXY_LOG_FORMAT=json)."""
+        records = []
+        for line in list(self.lines):
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+        return records
+
+    def stop(self) -> Tuple[str, str]:
+        """SIGTERM, then kill if it lingers; returns (stdout, stderr so far)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        out = self.proc.stdout.read() if self.proc.stdout else ""
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._reader.join(2) if hasattr(self, "_reader") else None
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        shutil.rmtree(self.cwd, ignore_errors=True)
+        return out, "".join(self.lines)
+
+
+# ---------------------------------------------------------------------------
+# A crowd of non-blocking client sockets
+# ---------------------------------------------------------------------------
+
+
+class _Member:
+    __slots__ = ("sock", "out", "received", "closed_at", "opened_at")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.out = b""
+        self.received = b""
+        self.closed_at: Optional[float] = None
+        self.opened_at = time.monotonic()
+
+
+class Crowd:
+    """`count` connections to `address`, all driven from this thread (no thread per connection)."""
+
+    def __init__(self, address: Tuple[str, int], count: int, *, rcvbuf: Optional[int] = None) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.members: List[_Member] = []
+        for _ in range(count):
+            sock = socket.socket()
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            sock.connect_ex(address)
+            member = _Member(sock)
+            self.members.append(member)
+            self.selector.register(sock, selectors.EVENT_READ, member)
+
+    @property
+    def open(self) -> List[_Member]:
+        return [m for m in self.members if m.closed_at is None]
+
+    @property
+    def closed_count(self) -> int:
+        return sum(1 for m in self.members if m.closed_at is not None)
+
+    def send(self, data: bytes, members: Optional[List[_Member]] = None) -> None:
+        """Queue `data` on every open member (or the given ones); `pump` writes it."""
+        for member in (self.open if members is None else members):
+            if member.closed_at is None:
+                member.out += data
+                self.selector.modify(member.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, member)
+
+    def pump(self, seconds: float, *, until: Optional[Callable[[], bool]] = None,
+             tick: Optional[Callable[[], None]] = None, read: bool = True) -> None:
+        """Write queued bytes and read answers for `seconds` (or until `until()` is true)."""
+        deadline = time.monotonic() + seconds
+        next_tick = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (until is not None and until()):
+                return
+            if tick is not None and now >= next_tick:
+                tick()
+                next_tick = now + 0.05
+            for key, mask in self.selector.select(min(0.05, max(0.0, deadline - now))):
+                member: _Member = key.data
+                if member.closed_at is not None:
+                    continue
+                try:
+                    if mask & selectors.EVENT_WRITE and member.out:
+                        sent = member.sock.send(member.out)
+                        member.out = member.out[sent:]
+                        if not member.out:
+                            self.selector.modify(member.sock, selectors.EVENT_READ, member)
+                    if mask & selectors.EVENT_READ:
+                        if not read:
+                            continue
+                        data = member.sock.recv(65536)
+                        if data:
+                            member.received += data
+                            continue
+                        self._closed(member)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # reset, or refused: the server ended it
+                    self._closed(member)
+
+    def _closed(self, member: _Member) -> None:
+        member.closed_at = time.monotonic()
+        self.selector.unregister(member.sock)
+        member.sock.close()
+
+    def close(self) -> None:
+        for member in self.members:
+            if member.closed_at is None:
+                self.selector.unregister(member.sock)
+                member.sock.close()
+                member.closed_at = time.monotonic()
+        self.selector.close()
