@@ -1226,7 +1226,10 @@ class GlooClient:
         self._sleep = sleep
         self._clock = clock
         self._opener = _build_opener()
-        self._api_key = _setting(api_key, "GLOO_API_KEY")
+        # Explicit OAuth credentials win over a GLOO_API_KEY left in the environment.
+        explicit_oauth = client_id is not None and client_secret is not None
+        self._api_key = api_key if api_key is not None else (
+            None if explicit_oauth else _setting(None, "GLOO_API_KEY"))
         _register_secret(self._api_key)
         if token_cache is not None:
             self.tokens: Optional[TokenCache] = token_cache

@@ -74,6 +74,12 @@ class LoadDotenvTests(IsolatedTestCase):
         self.assertEqual(client.tokens.client_id, "arg-id")
         self.assertEqual(GlooClient().api_url, "http://127.0.0.1:9/env")
 
+    def test_explicit_credentials_beat_an_api_key_in_the_environment(self):
+        os.environ["GLOO_API_KEY"] = "env-api-key-123"
+        self.assertIsNotNone(GlooClient(client_id="id", client_secret="secret-123").tokens)
+        self.assertIsNone(GlooClient().tokens)  # no explicit credentials: the key is used
+        self.assertEqual(GlooClient().token(), "env-api-key-123")
+
     def test_defaults_are_gloo_production(self):
         os.environ.update(GLOO_CLIENT_ID="id", GLOO_CLIENT_SECRET="secret-123")
         client = GlooClient()
