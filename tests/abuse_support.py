@@ -265,6 +265,10 @@ class ScriptedServer:
     def stop(self) -> None:
         self.stopping.set()
         try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
+        try:
             self._listener.close()
         except OSError:
             pass

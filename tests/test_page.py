@@ -109,10 +109,10 @@ class PageTestCase(unittest.TestCase):
         return page
 
     def _screenshot_on_failure(self, page: Any) -> None:
-        outcome = getattr(self, "_outcome", None)
-        failed = outcome is not None and (not getattr(outcome, "success", True) or
-                                          any(exc for _, exc in getattr(outcome, "errors", []) or []))
-        if failed:
+        # unittest resets its success flag for each cleanup, so look at what the result recorded.
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        recorded = list(getattr(result, "failures", [])) + list(getattr(result, "errors", []))
+        if any(test is self or getattr(test, "test_case", None) is self for test, _ in recorded):
             os.makedirs(FAILURE_DIR, exist_ok=True)
             try:
                 page.screenshot(path=os.path.join(FAILURE_DIR, self.id().rsplit(".", 2)[-1] + ".png"),
