@@ -406,6 +406,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._reader = _DeadlineReader(self.connection)
         self.rfile.close()
         self.rfile = io.BufferedReader(self._reader, 64 * 1024)
+        self.server.connection_opened(self.connection)
+
+    def finish(self) -> None:
+        self.server.connection_closed(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the client is gone; nothing is left to flush
 
     def handle_one_request(self) -> None:
         self._started = time.monotonic()
@@ -420,11 +428,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_read = False
         config = self.server.config
         self._reader.deadline = time.monotonic() + config.request_timeout_seconds
+        server = self.server
+        server.mark_idle(self.connection, True)
         try:
             self.raw_requestline = self.rfile.readline(65537)
         except OSError:  # idle keep-alive connection timed out, or the client vanished
             self.close_connection = True
             return
+        finally:
+            server.mark_idle(self.connection, False)
         if not self.raw_requestline:
             self.close_connection = True
             return
@@ -804,16 +816,24 @@ class _Handler(BaseHTTPRequestHandler):
         config = server.config
         conn = self.connection
         conn.settimeout(config.write_timeout_seconds)
-        self._start(200, [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            ("X-Accel-Buffering", "no"),
-            ("Transfer-Encoding", "chunked"),
-        ])
+        # HTTP/1.1 clients get chunked framing; an HTTP/1.0 client (no chunked coding) gets the
+        # bare stream, ended by closing the connection.
+        chunked = self.request_version != "HTTP/1.0"
+        if not chunked:
+            self.close_connection = True
+        headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+                   ("X-Accel-Buffering", "no")]
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        self._start(200, headers)
+        raw_write = self.wfile.write
+
+        def write(payload: bytes) -> None:
+            raw_write(b"%x\r\n%s\r\n" % (len(payload), payload) if chunked else payload)
+
         self._outcome = "complete"
         started = self._started
         accumulator = stream.accumulator
-        write = self.wfile.write
         poller = select.poll()
         upstream_fd = stream.fileno()
         client_fd = conn.fileno()
@@ -851,7 +871,7 @@ class _Handler(BaseHTTPRequestHandler):
                             self._outcome = "upstream_timeout"
                             break
                         if now - last_write >= config.heartbeat_seconds:
-                            write(b"%x\r\n%s\r\n" % (len(_HEARTBEAT_FRAME), _HEARTBEAT_FRAME))
+                            write(_HEARTBEAT_FRAME)
                             last_write = now
                         continue
                 batch = stream.read_batch()
@@ -878,7 +898,7 @@ class _Handler(BaseHTTPRequestHandler):
                     last_id = event.id
                     events += 1
                 payload = "".join(parts).encode("utf-8")
-                write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                write(payload)
                 nbytes += len(payload)
                 last_write = time.monotonic()
                 if done:
@@ -924,8 +944,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif openai and not done:
             tail += b"data: [DONE]\n\n"
         if tail:
-            write(b"%x\r\n%s\r\n" % (len(tail), tail))
-        write(b"0\r\n\r\n")
+            write(tail)
+        if chunked:
+            raw_write(b"0\r\n\r\n")
         if self.server.draining:
             self.close_connection = True
 
@@ -984,6 +1005,13 @@ class _Handler(BaseHTTPRequestHandler):
         }
         record.update({key: value for key, value in self._extra.items() if value is not None})
         server.log_line(record)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _encode_event(event: ServerSentEvent, last_id: str) -> str:
@@ -1088,6 +1116,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._streams_lock = threading.Condition()
         self._active = 0
         self._tracked: "set[ChatStream]" = set()
+        self._connections: Dict[socket.socket, bool] = {}  # open client connections: idle between requests?
         self._thread: Optional[threading.Thread] = None
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
@@ -1181,6 +1210,30 @@ class ProxyServer(ThreadingHTTPServer):
         with self._streams_lock:
             self._tracked.discard(stream)
 
+    # -- connections --------------------------------------------------------
+
+    def connection_opened(self, sock: socket.socket) -> None:
+        with self._streams_lock:
+            self._connections[sock] = False
+
+    def connection_closed(self, sock: socket.socket) -> None:
+        with self._streams_lock:
+            self._connections.pop(sock, None)
+
+    def mark_idle(self, sock: socket.socket, idle: bool) -> None:
+        """Note whether a connection waits between requests; while draining, such a one is closed."""
+        with self._streams_lock:
+            if sock in self._connections:
+                self._connections[sock] = idle
+        if idle and self.draining:
+            _shutdown(sock)
+
+    def _shutdown_connections(self, *, idle_only: bool) -> None:
+        with self._streams_lock:
+            chosen = [sock for sock, idle in self._connections.items() if idle or not idle_only]
+        for sock in chosen:
+            _shutdown(sock)
+
     # -- logging ------------------------------------------------------------
 
     def log_line(self, record: Dict[str, Any]) -> None:
@@ -1221,6 +1274,7 @@ class ProxyServer(ThreadingHTTPServer):
             self.socket.close()  # new connections are refused at once
         except OSError:
             pass
+        self._shutdown_connections(idle_only=True)  # kept-alive connections between requests
         deadline = time.monotonic() + grace
         with self._streams_lock:
             while self._active > 0:
@@ -1240,6 +1294,7 @@ class ProxyServer(ThreadingHTTPServer):
             tracked = list(self._tracked)
         for stream in tracked:
             stream.abort()
+        self._shutdown_connections(idle_only=False)
         self.server_close()
 
     def __enter__(self) -> "ProxyServer":
@@ -1341,7 +1396,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return
         stopping.set()
         log.info("signal %d: draining streams in flight (up to %gs), then exiting", signum, config.drain_seconds)
-        threading.Thread(target=server.shutdown, name="gloo-proxy-stop", daemon=True).start()
+        def stop_accepting() -> None:
+            server.shutdown()  # the accept loop ends within its 50 ms poll
+            try:
+                server.socket.close()  # new connections are refused at once, so a balancer retries elsewhere
+            except OSError:
+                pass
+
+        threading.Thread(target=stop_accepting, name="gloo-proxy-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -1349,7 +1411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              server.upstream_label, ",".join(config.cors_origins) or "none",
              "required" if config.api_key else "not required")
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.05)  # a stop request is noticed within 50 ms
     finally:
         drained = server.drain(config.drain_seconds)
         if not drained:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 from tests.support import clean_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1024 * 1024
 _POLL_IN = select.POLLIN
 _POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -294,6 +295,116 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# Handlers for the faults an upstream (or a token endpoint) can commit
+# ---------------------------------------------------------------------------
+
+SSE_HEAD = http_head()
+
+
+def reply(*writes: bytes, pause: float = 0.0, rst: bool = False, hold: float = 0.0) -> Callable[[Peer], None]:
+    """A handler: read the request, send each write (`pause` apart), then RST, or hold the
+    connection open for up to `hold` seconds (until the client goes away), or close."""
+
+    def handler(peer: Peer) -> None:
+        if peer.read_request() is None:
+            return
+        for index, data in enumerate(writes):
+            if index and pause and not peer.pause(pause):
+                return
+            if not peer.send(data):
+                return
+        if rst:
+            peer.pause(0.1)  # the client has read what was sent and waits in recv
+            peer.reset()
+        elif hold:
+            peer.wait_gone(hold)
+
+    return handler
+
+
+def endless_line(sent: List[int], cap: int = 512 * MiB) -> Callable[[Peer], None]:
+    """A `data:` line that never ends: 64 KiB of "x" after another until the reader leaves."""
+
+    def handler(peer: Peer) -> None:
+        if peer.read_request() is None:
+            return
+        peer.send(SSE_HEAD + b"data: ")
+        block = b"x" * 65536
+        while peer.sent < cap and peer.send(block):
+            pass
+        sent.append(peer.sent)
+
+    return handler
+
+
+def trickle(head: bytes, body: bytes, interval: float, cap: float) -> Callable[[Peer], None]:
+    """`head`, then `body` one byte per `interval`, for at most `cap` seconds."""
+
+    def handler(peer: Peer) -> None:
+        if peer.read_request() is None or not peer.send(head):
+            return
+        started = time.monotonic()
+        for i in range(len(body)):
+            if time.monotonic() - started > cap or not peer.pause(interval) or not peer.send(body[i:i + 1]):
+                return
+        peer.wait_gone(cap)
+
+    return handler
+
+
+def not_tls(peer: Peer) -> None:
+    """A plain-TCP server where the client expects TLS: it reads the ClientHello, answers HTTP."""
+    try:
+        peer.sock.settimeout(5)
+        peer.sock.recv(4096)
+    except OSError:
+        return
+    peer.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def token_reply(status: int, body: bytes, content_type: str = "application/json") -> Callable[[Peer], None]:
+    def handler(peer: Peer) -> None:
+        if peer.read_request() is not None:
+            peer.send(http_head(status, (("Content-Type", content_type), ("Content-Length", str(len(body))))) + body)
+
+    return handler
+
+
+class CrowdUpstream:
+    """The upstream for the crowd tests: short answers, a barrier that holds streams open
+    until `target` are open at once (`[[together]]`), and an endless fast stream (`[[flood]]`)."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.open_now = 0
+        self.most_open = 0
+        self.cond = threading.Condition()
+
+    def __call__(self, peer: Peer) -> None:
+        request = peer.read_request()
+        if request is None:
+            return
+        prompt = request.prompt()
+        if "[[flood]]" in prompt:
+            block = chunk_event("x" * 1000) * 16
+            peer.send(http_head())
+            while peer.sent < 256 * 1024 * 1024 and peer.send(block):
+                pass
+            return
+        if "[[together]]" in prompt:
+            peer.send(http_head() + chunk_event(""))
+            with self.cond:
+                self.open_now += 1
+                self.most_open = max(self.most_open, self.open_now)
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.most_open >= self.target, 30)
+                self.open_now -= 1
+            peer.send(b"".join(answer_events(["Grace", " is", " a", " gift."])))
+            return
+        peer.send(http_head() + b"".join(answer_events(["Grace", " is", " a", " gift."])))
 
 
 # ---------------------------------------------------------------------------

@@ -23,17 +23,8 @@ from typing import Dict, List, Tuple
 from unittest import mock
 
 import proxy_server
-from tests.abuse_support import (
-    Crowd,
-    Peer,
-    ProxyProcess,
-    ScriptedServer,
-    answer_events,
-    chunk_event,
-    http_head,
-    stream_request,
-)
-from tests.proxy_support import ProxyTestCase, data_events, raw_request, read_until_closed, split_head
+from tests.abuse_support import Crowd, CrowdUpstream, ProxyProcess, ScriptedServer, free_port, stream_request
+from tests.proxy_support import ProxyTestCase, read_until_closed, split_head
 
 PROMPT = {"messages": [{"role": "user", "content": "What is grace?"}]}
 FINISHED = re.compile(rb'"finish_reason": ?"stop"')
@@ -44,51 +35,19 @@ FINISHED = re.compile(rb'"finish_reason": ?"stop"')
 # ---------------------------------------------------------------------------
 
 
-class _CrowdUpstream:
-    """The upstream for the crowd tests: short answers, a barrier that holds streams open
-    until `target` are open at once (`[[together]]`), and an endless fast stream (`[[flood]]`)."""
-
-    def __init__(self) -> None:
-        self.target = 0
-        self.open_now = 0
-        self.most_open = 0
-        self.cond = threading.Condition()
-
-    def __call__(self, peer: Peer) -> None:
-        request = peer.read_request()
-        if request is None:
-            return
-        prompt = request.prompt()
-        if "[[flood]]" in prompt:
-            block = chunk_event("x" * 1000) * 16
-            peer.send(http_head())
-            while peer.sent < 256 * 1024 * 1024 and peer.send(block):
-                pass
-            return
-        if "[[together]]" in prompt:
-            peer.send(http_head() + chunk_event(""))
-            with self.cond:
-                self.open_now += 1
-                self.most_open = max(self.most_open, self.open_now)
-                self.cond.notify_all()
-                self.cond.wait_for(lambda: self.most_open >= self.target, 30)
-                self.open_now -= 1
-            peer.send(b"".join(answer_events(["Grace", " is", " a", " gift."])))
-            return
-        peer.send(http_head() + b"".join(answer_events(["Grace", " is", " a", " gift."])))
-
-
 class CrowdTests(unittest.TestCase):
     """500 slowloris connections, 2,000 idle ones, 1,000 concurrent streams, a client that stops reading."""
 
-    REQUEST_TIMEOUT = 1.0
+    REQUEST_TIMEOUT = 0.5
+    WRITE_TIMEOUT = 0.5
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.upstream_handler = _CrowdUpstream()
+        cls.upstream_handler = CrowdUpstream()
         cls.upstream = ScriptedServer(cls.upstream_handler).start()
         env = {"GLOO_API_KEY": "crowd-upstream-key-0001", "GLOO_API_URL": cls.upstream.url(),
-               "PROXY_REQUEST_TIMEOUT_SECONDS": str(cls.REQUEST_TIMEOUT), "PROXY_WRITE_TIMEOUT_SECONDS": "1",
+               "PROXY_REQUEST_TIMEOUT_SECONDS": str(cls.REQUEST_TIMEOUT),
+               "PROXY_WRITE_TIMEOUT_SECONDS": str(cls.WRITE_TIMEOUT),
                "PROXY_RATE_LIMIT_PER_MINUTE": "0", "PROXY_MAX_STREAMS": "2000", "PROXY_DRAIN_SECONDS": "1",
                "PROXY_LOG_FORMAT": "json", "PROXY_UPSTREAM_IDLE_SECONDS": "20"}
         try:
@@ -112,8 +71,8 @@ class CrowdTests(unittest.TestCase):
         self.peak_threads = max(self.peak_threads, self.proxy.threads())
 
     def assert_back_to_baseline(self) -> None:
-        self.assertLessEqual(self.proxy.wait_threads(self.baseline_threads + 1, 5), self.baseline_threads + 1)
-        self.assertLessEqual(self.proxy.wait_open_files(self.baseline_files + 1, 5), self.baseline_files + 1)
+        self.assertLessEqual(self.proxy.wait_threads(self.baseline_threads + 1, 10), self.baseline_threads + 1)
+        self.assertLessEqual(self.proxy.wait_open_files(self.baseline_files + 1, 10), self.baseline_files + 1)
 
     def get(self, path: str) -> Tuple[int, bytes]:
         conn = http.client.HTTPConnection(*self.proxy.address, timeout=10)
@@ -135,8 +94,9 @@ class CrowdTests(unittest.TestCase):
             conn.close()
 
     def test_slowloris_500_connections_are_cut_off_while_real_requests_are_served(self):
-        # Each sends a request line, then one header byte every 0.3 s: faster than the 1 s timeout,
-        # so only a deadline on the whole request (not on each read) can stop them.
+        # Each sends a request line, then one header byte every 0.15 s: faster than the 0.5 s
+        # timeout, so only a deadline on the whole request (not on each read) can stop them.
+        # (bench/soak.py runs it at one byte a second against the default 10 s timeout.)
         crowd = Crowd(self.proxy.address, 500)
         self.addCleanup(crowd.close)
         crowd.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -153,16 +113,17 @@ class CrowdTests(unittest.TestCase):
         worker.start()
         started = time.monotonic()
         for byte in b"X-Slow: " + b"a" * 40:
-            if not crowd.open or time.monotonic() - started > 6:
+            if not crowd.open or time.monotonic() - started > 5:
                 break
             crowd.send(bytes([byte]))
-            crowd.pump(0.3, tick=self.sample)
+            crowd.pump(0.15, tick=self.sample)
         stop.set()
         worker.join(10)
+        crowd.pump(8, until=lambda: crowd.closed_count == 500)  # only a loaded machine needs this
         self.assertEqual(crowd.closed_count, 500, "slowloris connections still open")
         for member in crowd.members:
             # Cut off by the request deadline: a 408 (headers begun) or a plain close, never served.
-            self.assertLess(member.closed_at - member.opened_at, self.REQUEST_TIMEOUT + 3)
+            self.assertLess(member.closed_at - member.opened_at, self.REQUEST_TIMEOUT + 5)
             self.assertTrue(member.received == b"" or member.received.startswith(b"HTTP/1.1 408 "),
                             member.received[:60])
         self.assertGreaterEqual(len(served), 4)
@@ -177,7 +138,7 @@ class CrowdTests(unittest.TestCase):
         self.addCleanup(crowd.close)
         crowd.pump(0.3, tick=self.sample)
         self.assertEqual(self.get("/health")[0], 200)  # served while 2,000 sockets sit idle
-        crowd.pump(self.REQUEST_TIMEOUT + 6, until=lambda: crowd.closed_count == 2000, tick=self.sample)
+        crowd.pump(self.REQUEST_TIMEOUT + 10, until=lambda: crowd.closed_count == 2000, tick=self.sample)
         self.assertEqual(crowd.closed_count, 2000, "idle connections still open")
         self.assertTrue(all(member.received == b"" for member in crowd.members))  # closed, nothing said
         status, body = self.stream()
@@ -200,7 +161,7 @@ class CrowdTests(unittest.TestCase):
         self.assertGreaterEqual(self.peak_threads, 1000)
 
         # Now one client stops reading: its receive window fills, the proxy's write blocks and
-        # the write timeout (1 s) cuts it off and closes the upstream.
+        # the write timeout (0.5 s) cuts it off and closes the upstream.
         gone_before = self.upstream.gone
         slow = socket.socket()
         self.addCleanup(slow.close)
@@ -239,7 +200,7 @@ SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 class FramingTests(ProxyTestCase):
     """Every framing error closes the connection: bytes after it are never read as a request."""
 
-    proxy_options = {"request_timeout_seconds": 0.5}
+    proxy_options = {"request_timeout_seconds": 0.25}
 
     def test_no_request_is_served_behind_a_framing_error(self):
         post = b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -321,6 +282,7 @@ class JSONBombTests(ProxyTestCase):
     100,000-deep nesting and invalid UTF-8 in a value.)"""
 
     proxy_options = {"max_body_bytes": 2 * 1024 * 1024}
+    client_options = {"max_retries": 0}
 
     def post(self, body: bytes, proxy=None) -> Tuple[int, Dict[str, str], bytes]:
         return self.request("POST", "/api/stream", body, proxy=proxy)
@@ -377,11 +339,13 @@ class JSONBombTests(ProxyTestCase):
     # GlooClient.open: a 500 and a stack trace in the log (about depth 975-984 on CPython 3.11).
     @unittest.expectedFailure
     def test_nesting_just_under_the_parser_limit_is_never_a_500(self):
+        # Nothing listens upstream: a payload that encodes is a quick 502, one that does not a 500.
+        proxy = self.start_proxy(api_url=f"http://127.0.0.1:{free_port()}/x")
         statuses = {}
         for depth in range(900, 1001):
             body = ('{"messages": [{"role": "user", "content": ' + "[" * depth + "]" * depth + "}]}").encode()
-            statuses[depth] = self.post(body)[0]
-        self.assertNotIn(500, statuses.values(), statuses)
+            statuses[depth] = self.post(body, proxy)[0]
+        self.assertEqual([depth for depth, status in statuses.items() if status == 500], [])
 
 
 class HeaderGameTests(ProxyTestCase):

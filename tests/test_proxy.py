@@ -656,6 +656,37 @@ class DrainTests(ProxyTestCase):
             socket.create_connection(self.proxy.server_address[:2], timeout=1).close()
 
 
+class ConnectionLifecycleTests(ProxyTestCase):
+    def test_http_1_0_client_gets_the_bare_stream(self):
+        sock = self.raw_socket()
+        body = json.dumps(PROMPT).encode()
+        sock.sendall(b"POST /api/stream HTTP/1.0\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        status, headers, rest = split_head(read_until_closed(sock))
+        self.assertEqual(status, 200)
+        self.assertNotIn("transfer-encoding", headers)
+        self.assertEqual(headers["connection"], "close")
+        self.assertTrue(rest.startswith(b"data: {"))
+        self.assertEqual(data_events(rest.decode())[-1]["choices"][0]["finish_reason"], "stop")
+
+    def test_close_ends_idle_kept_alive_connections(self):
+        conn = self.connection()
+        conn.request("GET", "/health")
+        self.assertEqual(conn.getresponse().read()[:1], b"{")
+        sock = conn.sock
+        self.proxy.close()
+        sock.settimeout(3)
+        self.assertEqual(sock.recv(100), b"")  # closed, not answered with a 503
+
+    def test_drain_ends_idle_kept_alive_connections(self):
+        conn = self.connection()
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        self.assertTrue(self.proxy.drain(2))
+        conn.sock.settimeout(3)
+        self.assertEqual(conn.sock.recv(100), b"")
+
+
 class ProcessTests(unittest.TestCase):
     """proxy_server.py as a process: configuration errors, --offline, SIGTERM."""
 
