@@ -531,7 +531,7 @@ class _Wire:
             if remaining <= 0:
                 return
             try:
-                readable = select.select([self._sock], [], [], min(remaining, _POLL_SECONDS))[0]
+                readable = _wait_readable(self._sock, min(remaining, _POLL_SECONDS))
                 # Readable with nothing to peek at is the end of the client's stream.
                 gone = bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
             except (OSError, ValueError):
@@ -545,6 +545,15 @@ class _Wire:
 # ---------------------------------------------------------------------------
 # HTTP handler
 # ---------------------------------------------------------------------------
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """True if `sock` is readable within `timeout` (poll, unlike select, takes any descriptor number)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(timeout * 1000))
+    return bool(select.select([sock], [], [], timeout)[0])
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True

@@ -19,6 +19,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -29,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 __all__ = [
     # SSE decoding
@@ -91,21 +92,20 @@ log = logging.getLogger("gloo_stream")
 # Secrets: registered values are scrubbed from every message this module builds
 # ---------------------------------------------------------------------------
 
-_secrets: "set[str]" = set()
+_secrets: Tuple[str, ...] = ()  # longest first; replaced whole, so reading it needs no lock
 _secrets_lock = threading.Lock()
 
 
 def _register_secret(value: Optional[str]) -> None:
     # Short values would scrub ordinary words; real secrets and tokens are long.
-    if value and len(value) >= 8:
+    global _secrets
+    if value and len(value) >= 8 and value not in _secrets:
         with _secrets_lock:
-            _secrets.add(value)
+            _secrets = tuple(sorted(set(_secrets) | {value}, key=len, reverse=True))
 
 
 def _redact(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
     return text
@@ -306,7 +306,7 @@ class SSEDecoder:
         pending = self._pending
         if "\n" not in text:
             pending.append(text)
-            self._pending_size += len(data)
+            self._pending_size += len(text)
             if self.max_event_bytes is not None:
                 self._check_size()
             return []
@@ -338,6 +338,12 @@ class SSEDecoder:
                 tail = None
             else:
                 tail = "data: " + last
+            limit = self.max_event_bytes
+            if limit is not None:
+                # An event's size is its lines with their line ends: `data: ` + data + LF here.
+                if len(text) > limit and max(map(len, pieces)) + 7 > limit:
+                    self._too_large(max(map(len, pieces)) + 7)
+                self._check_size()
             new, cls, last_id = _new_event, ServerSentEvent, self.last_event_id
             events = [new(cls, ("message", data, last_id, None)) for data in pieces]
             return events if tail is None else self._general(tail, events)
@@ -422,21 +428,28 @@ class SSEDecoder:
         return bool(self._pending or self._data or self._event_type)
 
     def _check_size(self) -> None:
+        # The event being received: its complete lines so far plus its unterminated line. This
+        # grows as bytes arrive, so every way of splitting the same bytes reaches the limit alike.
         limit = self.max_event_bytes
         if limit is not None and self._pending_size + self._data_size > limit:
-            size = self._pending_size + self._data_size
-            self._pending = []
-            self._pending_size = 0
-            self._data = []
-            self._data_size = 0
-            raise EventTooLargeError(f"an event exceeded the {limit}-byte limit ({size} bytes and counting)")
+            self._too_large(self._pending_size + self._data_size)
+
+    def _too_large(self, size: int) -> None:
+        self._pending = []
+        self._pending_size = 0
+        self._data = []
+        self._data_size = 0
+        self._event_type = ""
+        self._block_retry = None
+        raise EventTooLargeError(f"an event exceeded the {self.max_event_bytes}-byte limit "
+                                 f"({size} bytes and counting)")
 
     def _process_lines(self, lines: List[str], events: List[ServerSentEvent]) -> None:
         # The line rules, with state in locals written back once at the end.
         emit = events.append
         data = self._data
-        kept = len(data)  # data lines carried over from earlier reads
-        dispatched = False
+        limit = self.max_event_bytes
+        size = self._data_size  # the current event's lines so far, with their line ends
         event_type = self._event_type
         last_id = self.last_event_id
         block_retry = self._block_retry
@@ -444,13 +457,17 @@ class SSEDecoder:
             if not line:
                 # A blank line dispatches the event; one with no data is not dispatched,
                 # but its type buffer is reset all the same.
+                if limit is not None and size > limit:
+                    self._too_large(size)
                 if data:
                     emit(ServerSentEvent(event_type or "message", "\n".join(data), last_id, block_retry))
                     data = []
-                dispatched = True
+                size = 0
                 event_type = ""
                 block_retry = None
-            elif line[0] == ":":
+                continue
+            size += len(line) + 1
+            if line[0] == ":":
                 continue  # a comment
             else:
                 name, _, value = line.partition(":")
@@ -471,14 +488,9 @@ class SSEDecoder:
         self._event_type = event_type
         self.last_event_id = last_id
         self._block_retry = block_retry
-        if self.max_event_bytes is not None and data:
-            # Count only what this read added, so the check stays linear.
-            added = data if dispatched else data[kept:]
-            size = sum(map(len, added)) + len(added)
-            self._data_size = size if dispatched else self._data_size + size
+        self._data_size = size
+        if limit is not None:
             self._check_size()
-        elif not data:
-            self._data_size = 0
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -598,7 +610,8 @@ class ChatAccumulator:
         if isinstance(usage, dict):
             self.usage = usage
         ttft = chunk.get("ttft_ms")
-        if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and self.server_ttft_ms is None:
+        if (isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and self.server_ttft_ms is None
+                and math.isfinite(ttft)):
             self.server_ttft_ms = int(ttft)
         error = chunk.get("error")
         choice = _first_choice(chunk)
@@ -763,11 +776,14 @@ class _SocketReader:
     by its first timeout).
     """
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, *, deadline: Optional[float] = None) -> None:
         self._file = file  # the makefile() object: closing it releases the socket
         self._sock = file.raw._sock
         self._buf = b""
         self._pos = 0
+        # While set (time.monotonic), every read ends by then: headers that trickle in, or an
+        # endless run of "100 Continue", cannot outlast it one patient byte at a time.
+        self.deadline = deadline
 
     @property
     def sock(self) -> socket.socket:
@@ -804,6 +820,13 @@ class _SocketReader:
         return data
 
     def _fill(self) -> bool:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("the response took too long to start")
+            timeout = self._sock.gettimeout()
+            if timeout is None or timeout > remaining:
+                self._sock.settimeout(remaining)
         data = self._sock.recv(_READ_SIZE)
         if not data:
             return False
@@ -944,8 +967,11 @@ class _StreamingResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.fp = _SocketReader(self.fp)  # nothing has been read yet, so nothing is lost
+        # Nothing has been read yet, so nothing is lost by swapping the reader.
+        self.fp = _SocketReader(self.fp, deadline=getattr(_response_deadline, "value", None))
 
+
+_response_deadline = threading.local()  # set around opener.open(): when the response must have begun
 
 class _HTTPConnection(http.client.HTTPConnection):
     response_class = _StreamingResponse
@@ -1079,16 +1105,33 @@ class TokenCache:
         self._token: Optional[str] = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
+        self._attempts = 0
+        self._last_failure: Optional[TokenError] = None
         self.fetch_count = 0
 
     def __repr__(self) -> str:  # never show the secret or the token
         return f"TokenCache(client_id={self.client_id!r}, token_url={self.token_url!r})"
 
     def get(self) -> str:
-        """A valid access token, fetching a new one only when needed."""
+        """A valid access token, fetching a new one only when needed.
+
+        One fetch at a time: callers that queued behind a fetch that failed get its error at
+        once instead of each trying again, so N callers fail in one timeout, not N.
+        """
+        ticket = self._attempts
         with self._lock:
-            if self._token is None or self._clock() >= self._refresh_at:
+            if self._token is not None and self._clock() < self._refresh_at:
+                return self._token
+            failure = self._last_failure
+            if failure is not None and self._attempts != ticket:
+                raise TokenError(str(failure), status=failure.status)
+            self._attempts += 1
+            try:
                 self._fetch()
+            except TokenError as exc:
+                self._last_failure = exc
+                raise
+            self._last_failure = None
             assert self._token is not None
             return self._token
 
@@ -1118,6 +1161,7 @@ class TokenCache:
             },
         )
         self.fetch_count += 1
+        _response_deadline.value = time.monotonic() + 2 * self.timeout
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read(_ERROR_BODY_LIMIT + 1)
@@ -1129,9 +1173,11 @@ class TokenCache:
             ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise TokenError(f"token endpoint unreachable at {self.token_url}: {_describe_os_error(exc)}") from None
+        finally:
+            _response_deadline.value = None
         try:
             payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise TokenError("token endpoint answered something that is not JSON") from None
         token = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or not token:
@@ -1142,8 +1188,8 @@ class TokenCache:
             lifetime = float(lifetime)
         except (TypeError, ValueError):
             lifetime = 3600.0
-        if lifetime <= 0:
-            lifetime = 3600.0
+        if not math.isfinite(lifetime) or lifetime <= 0:
+            lifetime = 3600.0  # Gloo's documented lifetime; a 401 forces a refresh anyway
         now = self._clock()
         self._token = token
         self._expires_at = now + lifetime
@@ -1165,6 +1211,19 @@ def _describe_os_error(exc: BaseException) -> str:
 def _is_timeout(exc: BaseException) -> bool:
     reason = getattr(exc, "reason", None)
     return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
+
+
+def _encode_payload(payload: Mapping[str, Any]) -> bytes:
+    try:
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        pass  # a lone surrogate: it can travel only as a \u escape
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"the request cannot be sent as JSON ({exc.__class__.__name__})") from None
+    try:
+        return json.dumps(payload).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"the request cannot be sent as JSON ({exc.__class__.__name__})") from None
 
 
 Messages = Union[str, Sequence[Mapping[str, Any]]]
@@ -1280,8 +1339,12 @@ class GlooClient:
         Retries happen here, before the first byte of the body: a 401 refreshes the token
         once; 408/429/5xx and connection failures back off and retry up to `max_retries`.
         """
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        body = _encode_payload(payload)
         started = self._clock()
+        # The response must begin (status and headers) within the deadline, or else within a
+        # connect timeout plus an idle timeout, however slowly its bytes trickle in.
+        headers_by = time.monotonic() + (self.deadline if self.deadline is not None
+                                         else self.connect_timeout + self.read_timeout)
         attempt = 0
         refreshed = False
         while True:
@@ -1300,6 +1363,7 @@ class GlooClient:
             timeout = self.connect_timeout
             if self.deadline is not None:
                 timeout = min(timeout, max(0.001, self.deadline - (self._clock() - started)))
+            _response_deadline.value = headers_by
             try:
                 response = self._opener.open(request, timeout=timeout)
             except urllib.error.HTTPError as exc:
@@ -1330,6 +1394,8 @@ class GlooClient:
                         continue
                 cls = APITimeoutError if _is_timeout(exc) else APIConnectionError
                 raise cls(f"cannot reach {self.api_url}: {_describe_os_error(exc)}") from None
+            finally:
+                _response_deadline.value = None
             return self._check_response(response, payload)
 
     def _check_response(self, response: Any, payload: Mapping[str, Any]) -> Any:
@@ -1352,6 +1418,8 @@ class GlooClient:
             sock = _response_socket(response)
             if sock is not None:
                 sock.settimeout(self.read_timeout)
+        if isinstance(getattr(response, "fp", None), _SocketReader):
+            response.fp.deadline = None  # the body has its own idle timeout and deadline
         return response
 
     def _backoff(self, attempt: int, retry_after: Optional[float]) -> Optional[float]:
@@ -1565,7 +1633,7 @@ class ChatStream:
                         break
                     try:
                         chunk = json.loads(data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
                         continue
                     if event.event == "error" and isinstance(chunk, dict) and accumulator.error is None:
@@ -1883,7 +1951,7 @@ def _print_raw(stream: ChatStream, out: Any) -> bool:
                 continue
             try:
                 stream.accumulator.add(json.loads(event.data))
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
     return done
 

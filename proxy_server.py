@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -354,6 +355,40 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+class _HeaderRecorder:
+    """Stands in for rfile while http.server reads the header lines, to vet the raw bytes."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.bare_cr = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.file.readline(limit)
+        if b"\r" in line.rstrip(b"\r\n") or (line.endswith(b"\r") and not line.endswith(b"\r\n")):
+            self.bare_cr = True
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def _is_loopback_name(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name could be made to point here (DNS rebinding)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def _printable(text: str) -> str:
+    """Control characters (and backslashes) escaped, so a log line shows them and cannot be forged."""
+    return _UNPRINTABLE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
 class _HTTPError(Exception):
     """An answer decided while handling a request: status, JSON error fields, extra headers."""
 
@@ -366,6 +401,28 @@ class _HTTPError(Exception):
         self.code = code
         self.headers = headers or {}
         self.close = close
+
+
+_MAX_JSON_DEPTH = 64  # far beyond any chat request; keeps re-encoding well inside the recursion limit
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (iterative: no recursion to exhaust)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > _MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _finite_float(text: str) -> float:
@@ -448,12 +505,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._answer_error(_HTTPError(414, "request line too long", close=True))
                 return
+            if b"\r" in self.raw_requestline.rstrip(b"\r\n"):
+                self.close_connection = True
+                self._answer_error(_HTTPError(400, "the request line holds a bare CR", close=True))
+                return
+            recorder = _HeaderRecorder(self.rfile)
+            self.rfile = recorder  # type: ignore[assignment]
             try:
                 if not self.parse_request():  # it answered the error itself
                     return
             except socket.timeout:
                 self.close_connection = True
                 self._answer_error(_HTTPError(408, "request headers took too long", close=True))
+                return
+            finally:
+                self.rfile = recorder.file
+            if recorder.bare_cr:
+                # RFC 9112 2.2: a bare CR is not a line end. Python's header parser splits on it,
+                # so a header could hide inside another from a front proxy that keeps it.
+                self.headers = None  # type: ignore[assignment]  # none of them is believed
+                self.close_connection = True
+                self._answer_error(_HTTPError(400, "a header holds a bare CR", close=True))
                 return
             self._dispatch()
         except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as exc:
@@ -475,7 +547,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._log_request()
 
     def _dispatch(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path or "/"
+        try:
+            path = urllib.parse.urlsplit(self.path).path or "/"
+        except ValueError:
+            self._answer_error(_HTTPError(400, "the request target is not a valid URL", close=True))
+            return
         method = self.command
         self._path = path
         if self.server.draining:
@@ -610,13 +686,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _same_origin(self, origin: str) -> bool:
         # The page the proxy serves posts to the proxy: Origin is the proxy's own address.
         host = (self.headers.get("Host") or "").strip().lower()
-        parts = urllib.parse.urlsplit(origin.strip().lower())
+        try:
+            parts = urllib.parse.urlsplit(origin.strip().lower())
+            hostname = parts.hostname or ""
+        except ValueError:  # e.g. an unbalanced "[": not an origin at all
+            return False
         if not host or parts.scheme not in ("http", "https") or parts.netloc != host:
             return False
         # Guard against DNS rebinding: on a loopback address, only loopback names are "us".
         if self.server.loopback_only and not self._from_trusted_proxy():
-            hostname = (parts.hostname or "")
-            return hostname in ("localhost", "::1") or hostname.startswith("127.")
+            return _is_loopback_name(hostname)
         return True
 
     def _check_origin(self) -> None:
@@ -748,6 +827,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(400, "the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise _HTTPError(400, "the body must be a JSON object")
+        if _depth(body) > _MAX_JSON_DEPTH:
+            raise _HTTPError(400, f"the body is nested more than {_MAX_JSON_DEPTH} levels deep")
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _HTTPError(400, "the body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
         return body
 
     def _build_payload(self, body: Dict[str, Any], *, openai: bool) -> Dict[str, Any]:
@@ -875,11 +960,19 @@ class _Handler(BaseHTTPRequestHandler):
                             last_write = now
                         continue
                 batch = stream.read_batch()
-                last_upstream = time.monotonic()
                 if batch is None:
                     break
                 if not batch:
+                    # Bytes but no whole event: idleness counts from the last whole event, so an
+                    # upstream that trickles without ever finishing one still times out.
+                    if time.monotonic() - last_upstream >= config.upstream_idle_seconds:
+                        error = {"message": f"the upstream sent no complete event for "
+                                            f"{config.upstream_idle_seconds:g}s",
+                                 "type": "upstream_timeout", "code": 504}
+                        self._outcome = "upstream_timeout"
+                        break
                     continue
+                last_upstream = time.monotonic()
                 parts: List[str] = []
                 for event in batch:
                     data = event.data
@@ -889,7 +982,7 @@ class _Handler(BaseHTTPRequestHandler):
                         had_content = accumulator.token_count
                         try:
                             chunk = json.loads(data)
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             chunk = None
                         accumulator.add(chunk)
                         if first_content is None and accumulator.token_count > had_content:
@@ -897,7 +990,8 @@ class _Handler(BaseHTTPRequestHandler):
                     parts.append(_encode_event(event, last_id))
                     last_id = event.id
                     events += 1
-                payload = "".join(parts).encode("utf-8")
+                # An upstream that echoes the proxy's own bearer token never hands it to a client.
+                payload = gloo_stream._redact("".join(parts)).encode("utf-8")
                 write(payload)
                 nbytes += len(payload)
                 last_write = time.monotonic()
@@ -940,7 +1034,7 @@ class _Handler(BaseHTTPRequestHandler):
         tail = b""
         if error is not None:
             server.metrics.upstream_error(error["type"])
-            tail += ("data: " + json.dumps({"error": error}) + "\n\n").encode()
+            tail += gloo_stream._redact("data: " + json.dumps({"error": error}) + "\n\n").encode()
         elif openai and not done:
             tail += b"data: [DONE]\n\n"
         if tail:
@@ -1065,7 +1159,7 @@ def _map_upstream_error(exc: Exception) -> Tuple[str, _HTTPError]:
 def _upstream_detail(body: str) -> str:
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
     if isinstance(error, dict):
@@ -1239,8 +1333,9 @@ class ProxyServer(ThreadingHTTPServer):
     def log_line(self, record: Dict[str, Any]) -> None:
         """One line per request, text or JSON; never a secret (nothing from headers or bodies)."""
         if self.config.log_format == "json":
-            line = json.dumps(record, separators=(",", ":"))
+            line = json.dumps(record, separators=(",", ":"))  # escapes control characters itself
         else:
+            record = {key: _printable(value) if isinstance(value, str) else value for key, value in record.items()}
             head = "{time} {client} {method} {path} {status} {duration_ms}ms {outcome}".format(**record)
             rest = " ".join(f"{key}={value}" for key, value in record.items()
                             if key not in ("time", "client", "method", "path", "status", "duration_ms", "outcome"))
