@@ -569,6 +569,7 @@ class ChatAccumulator:
         self.first_token_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self._parts: List[str] = []
+        self.keep_text = True  # a relay that only counts tokens turns this off: memory stays flat
         self.token_count = 0
         self.finish_reason: Optional[str] = None
         self.model: Optional[str] = None
@@ -627,7 +628,8 @@ class ChatAccumulator:
                 value = delta.get("content")
                 if isinstance(value, str) and value:
                     content = value
-                    self._parts.append(value)
+                    if self.keep_text:
+                        self._parts.append(value)
                     self.token_count += 1
                     if self.first_token_at is None:
                         self.first_token_at = self._clock()

@@ -919,6 +919,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._outcome = "complete"
         started = self._started
         accumulator = stream.accumulator
+        accumulator.keep_text = False  # the relay counts tokens; the text goes to the client, not memory
         poller = select.poll()
         upstream_fd = stream.fileno()
         client_fd = conn.fileno()

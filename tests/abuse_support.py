@@ -366,6 +366,8 @@ def not_tls(peer: Peer) -> None:
 
 
 def token_reply(status: int, body: bytes, content_type: str = "application/json") -> Callable[[Peer], None]:
+    """A handler that answers `status` with `body` (a token endpoint, say), Content-Length framed."""
+
     def handler(peer: Peer) -> None:
         if peer.read_request() is not None:
             peer.send(http_head(status, (("Content-Type", content_type), ("Content-Length", str(len(body))))) + body)
@@ -517,7 +519,8 @@ class ProxyProcess:
         out = self.proc.stdout.read() if self.proc.stdout else ""
         if self.proc.stdout:
             self.proc.stdout.close()
-        self._reader.join(2) if hasattr(self, "_reader") else None
+        if hasattr(self, "_reader"):
+            self._reader.join(2)
         if self.proc.stderr:
             self.proc.stderr.close()
         shutil.rmtree(self.cwd, ignore_errors=True)
