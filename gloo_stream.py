@@ -289,9 +289,27 @@ class SSEDecoder:
         self._data: List[str] = []
         self._data_size = 0
         self._block_retry: Optional[int] = None
+        self._deferred: Optional[EventTooLargeError] = None
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
-        """Decode one read; returns the events it completed (often none, sometimes many)."""
+        """Decode one read; returns the events it completed (often none, sometimes many).
+
+        Raises EventTooLargeError when an event passes `max_event_bytes`; events completed
+        before it in the same read are returned first, and the error comes on the next call.
+        """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        events: List[ServerSentEvent] = []
+        try:
+            self._feed(data, events)
+        except EventTooLargeError as exc:
+            if not events:
+                raise
+            self._deferred = exc  # the same outcome whatever the read boundaries
+        return events
+
+    def _feed(self, data: bytes, events: List[ServerSentEvent]) -> None:
         if self._undecoded or self._at_start:
             data = self._take_undecoded(data)
         # Incremental UTF-8 in C: a character split across reads waits for its last byte, and
@@ -302,14 +320,14 @@ class SSEDecoder:
         if self._skip_lf or "\r" in text:
             text = self._normalise_line_ends(text)
         if not text:
-            return []
+            return
         pending = self._pending
         if "\n" not in text:
             pending.append(text)
             self._pending_size += len(text)
             if self.max_event_bytes is not None:
                 self._check_size()
-            return []
+            return
         if pending:
             pending.append(text)
             text = "".join(pending)
@@ -320,13 +338,22 @@ class SSEDecoder:
         pieces = text.split("\n\ndata: ")
         last = pieces.pop()
         if not pieces:
-            return self._general(last, [])
+            self._general(last, events)
+            return
+        limit = self.max_event_bytes
+        new, cls = _new_event, ServerSentEvent
         first = pieces[0]
         # Each separator holds two line ends: no more than that (and those of the last piece)
         # means the first and middle pieces are all single-line events, the usual case.
         if (first[:6] == "data: " and text.count("\n") == 2 * len(pieces) + last.count("\n")
-                and not self._data and not self._event_type and self._block_retry is None):
+                and not self._data_size and not self._event_type and self._block_retry is None):
             pieces[0] = first[6:]
+            # An event's size is its lines with their line ends: `data: ` + data + LF here.
+            if limit is not None and len(text) > limit and max(map(len, pieces)) + 7 > limit:
+                fits = next(i for i, piece in enumerate(pieces) if len(piece) + 7 > limit)
+                last_id = self.last_event_id
+                events += [new(cls, ("message", data, last_id, None)) for data in pieces[:fits]]
+                self._too_large(len(pieces[fits]) + 7)
             if "\n" not in last:  # the read ended inside the first line of the next event
                 self._pending = ["data: ", last]
                 self._pending_size = len(last) + 6
@@ -338,44 +365,38 @@ class SSEDecoder:
                 tail = None
             else:
                 tail = "data: " + last
-            limit = self.max_event_bytes
-            if limit is not None:
-                # An event's size is its lines with their line ends: `data: ` + data + LF here.
-                if len(text) > limit and max(map(len, pieces)) + 7 > limit:
-                    self._too_large(max(map(len, pieces)) + 7)
+            last_id = self.last_event_id
+            events += [new(cls, ("message", data, last_id, None)) for data in pieces]
+            if tail is not None:
+                self._general(tail, events)
+            elif limit is not None:
                 self._check_size()
-            new, cls, last_id = _new_event, ServerSentEvent, self.last_event_id
-            events = [new(cls, ("message", data, last_id, None)) for data in pieces]
-            return events if tail is None else self._general(tail, events)
-        events: List[ServerSentEvent] = []
-        new, cls = _new_event, ServerSentEvent
-        if (first[:6] == "data: " and "\n" not in first and not self._data and not self._event_type
+            return
+        if (first[:6] == "data: " and "\n" not in first and not self._data_size and not self._event_type
                 and self._block_retry is None):
-            events.append(new(cls, ("message", first[6:], self.last_event_id, None)))
+            self._single_line_event(first[6:], events)
         else:
             self._process_lines(first.split("\n") + [""], events)
-        last_id = self.last_event_id
-        if len(pieces) > 1:
-            middle = pieces[1:]
-            # Each separator holds two line ends: no more than that (and those of the first and
-            # last pieces) means every middle piece is a single-line event, the usual case.
-            if text.count("\n") == 2 * len(pieces) + first.count("\n") + last.count("\n"):
-                events += [new(cls, ("message", piece, last_id, None)) for piece in middle]
+        for piece in pieces[1:]:
+            if "\n" in piece:
+                self._process_lines(("data: " + piece).split("\n") + [""], events)
             else:
-                for piece in middle:
-                    if "\n" in piece:
-                        self._process_lines(("data: " + piece).split("\n") + [""], events)
-                        last_id = self.last_event_id
-                    else:
-                        events.append(new(cls, ("message", piece, last_id, None)))
+                self._single_line_event(piece, events)
         if "\n" not in last:
             # The read ended inside the first line of the next event.
             self._pending = ["data: ", last]
             self._pending_size = len(last) + 6
-            return events
-        return self._general("data: " + last, events)
+            if limit is not None:
+                self._check_size()
+            return
+        self._general("data: " + last, events)
 
-    def _general(self, text: str, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
+    def _single_line_event(self, data: str, events: List[ServerSentEvent]) -> None:
+        if self.max_event_bytes is not None and len(data) + 7 > self.max_event_bytes:
+            self._too_large(len(data) + 7)
+        events.append(_new_event(ServerSentEvent, ("message", data, self.last_event_id, None)))
+
+    def _general(self, text: str, events: List[ServerSentEvent]) -> None:
         # Whole lines go through the line rules; an unterminated last line waits in `_pending`.
         cut = text.rfind("\n") + 1
         rest = text[cut:]
@@ -384,7 +405,6 @@ class SSEDecoder:
         lines = text[:cut].split("\n")
         lines.pop()  # the cut text ends with a line end, so its last piece is empty
         self._process_lines(lines, events)
-        return events
 
     def _take_undecoded(self, data: bytes) -> bytes:
         if self._undecoded:
@@ -412,7 +432,13 @@ class SSEDecoder:
         return text
 
     def close(self) -> List[ServerSentEvent]:
-        """End of body: an unterminated last line or event is discarded, as the spec says."""
+        """End of body: an unterminated last line or event is discarded, as the spec says.
+
+        Raises an EventTooLargeError still owed from the last read.
+        """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
         self._undecoded = b""
         self._pending = []
         self._pending_size = 0
@@ -421,6 +447,11 @@ class SSEDecoder:
         self._event_type = ""
         self._block_retry = None
         return []
+
+    @property
+    def owes_error(self) -> bool:
+        """True when the next feed() or close() will raise an EventTooLargeError."""
+        return self._deferred is not None
 
     @property
     def has_partial_event(self) -> bool:
@@ -1563,9 +1594,10 @@ class ChatStream:
         EventTooLargeError when one event passes `max_event_bytes`.
         """
         if self._closed or self._eof:
-            self._decoder.close()
-            self.close()
+            self._end_of_body()
             return None
+        if self._decoder.owes_error:  # an event was too large: say so before waiting on the network
+            self._feed(b"")
         try:
             data = self._read()
         except socket.timeout:
@@ -1580,15 +1612,25 @@ class ChatStream:
             self._eof = True
         if not data:
             if self._eof:
-                self._decoder.close()
-                self.close()
+                self._end_of_body()
                 return None
             return []  # only transfer framing arrived
         self.bytes_read += len(data)
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> List[ServerSentEvent]:
         try:
             return self._decoder.feed(data)
         except EventTooLargeError as exc:
             raise self._fail(EventTooLargeError, str(exc)) from None
+
+    def _end_of_body(self) -> None:
+        try:
+            self._decoder.close()
+        except EventTooLargeError as exc:
+            raise self._fail(EventTooLargeError, str(exc)) from None
+        finally:
+            self.close()
 
     def event_batches(self) -> Iterator[List[ServerSentEvent]]:
         """The events completed by each network read, as they arrive (empty batches skipped)."""

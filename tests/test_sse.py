@@ -202,6 +202,27 @@ class SizeLimitTests(unittest.TestCase):
         events = decoder.feed((b"data: " + b"x" * 900 + b"\n\n") * 5)
         self.assertEqual(len(events), 5)
 
+    def test_events_before_an_oversized_one_come_first_then_the_error(self):
+        data = b"data: a\n\ndata: b\n\ndata: " + b"x" * 100 + b"\n\n"
+        for sizes in ([len(data)], [1] * len(data), [3, 50, 200]):
+            with self.subTest(sizes=sizes[:3]):
+                decoder = SSEDecoder(max_event_bytes=50)
+                events, raised, i = [], False, 0
+                try:
+                    for size in sizes:
+                        events += decoder.feed(data[i : i + size])
+                        i += size
+                    events += decoder.close()
+                except EventTooLargeError:
+                    raised = True
+                self.assertEqual((events, raised), ([E("message", "a"), E("message", "b")], True))
+
+    def test_limit_counts_every_line_of_the_event(self):
+        # An id and a comment count too: the limit bounds memory, whatever the lines are.
+        decoder = SSEDecoder(max_event_bytes=30)
+        with self.assertRaises(EventTooLargeError):
+            decoder.feed(b": a long comment line here\nid: 12345\ndata: x\n\n")
+
     def test_no_limit_by_default(self):
         decoder = SSEDecoder()
         self.assertEqual(decoder.feed(b"data: " + b"x" * 3_000_000 + b"\n\n")[0].data, "x" * 3_000_000)
