@@ -348,12 +348,6 @@ class SSEDecoder:
         if (first[:6] == "data: " and text.count("\n") == 2 * len(pieces) + last.count("\n")
                 and not self._data_size and not self._event_type and self._block_retry is None):
             pieces[0] = first[6:]
-            # An event's size is its lines with their line ends: `data: ` + data + LF here.
-            if limit is not None and len(text) > limit and max(map(len, pieces)) + 7 > limit:
-                fits = next(i for i, piece in enumerate(pieces) if len(piece) + 7 > limit)
-                last_id = self.last_event_id
-                events += [new(cls, ("message", data, last_id, None)) for data in pieces[:fits]]
-                self._too_large(len(pieces[fits]) + 7)
             if "\n" not in last:  # the read ended inside the first line of the next event
                 self._pending = ["data: ", last]
                 self._pending_size = len(last) + 6
@@ -366,6 +360,11 @@ class SSEDecoder:
             else:
                 tail = "data: " + last
             last_id = self.last_event_id
+            # An event's size is its lines with their line ends: `data: ` + data + LF here.
+            if limit is not None and len(text) > limit and max(map(len, pieces)) + 7 > limit:
+                fits = next(i for i, piece in enumerate(pieces) if len(piece) + 7 > limit)
+                events += [new(cls, ("message", data, last_id, None)) for data in pieces[:fits]]
+                self._too_large(len(pieces[fits]) + 7)
             events += [new(cls, ("message", data, last_id, None)) for data in pieces]
             if tail is not None:
                 self._general(tail, events)
