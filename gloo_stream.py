@@ -86,6 +86,7 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 
 log = logging.getLogger("gloo_stream")
+log.addHandler(logging.NullHandler())  # a library stays quiet unless the application configures logging
 
 
 # ---------------------------------------------------------------------------
@@ -439,13 +440,16 @@ class SSEDecoder:
             error, self._deferred = self._deferred, None
             raise error
         self._undecoded = b""
+        self._discard_event()
+        return []
+
+    def _discard_event(self) -> None:
         self._pending = []
         self._pending_size = 0
         self._data = []
         self._data_size = 0
         self._event_type = ""
         self._block_retry = None
-        return []
 
     @property
     def owes_error(self) -> bool:
@@ -465,12 +469,7 @@ class SSEDecoder:
             self._too_large(self._pending_size + self._data_size)
 
     def _too_large(self, size: int) -> None:
-        self._pending = []
-        self._pending_size = 0
-        self._data = []
-        self._data_size = 0
-        self._event_type = ""
-        self._block_retry = None
+        self._discard_event()
         raise EventTooLargeError(f"an event exceeded the {self.max_event_bytes}-byte limit "
                                  f"({size} bytes and counting)")
 
