@@ -117,6 +117,7 @@ class ProxyConfig:
     api_key: Optional[str] = field(default=None, repr=False)  # PROXY_API_KEY: what clients must send
     max_body_bytes: int = 1024 * 1024
     max_streams: int = 256
+    max_connections: int = 4096
     rate_limit_per_minute: int = 120
     auth_failures_per_minute: int = 10
     heartbeat_seconds: float = 15.0
@@ -148,6 +149,7 @@ class ProxyConfig:
             "api_key": env.get("PROXY_API_KEY") or None,
             "max_body_bytes": int(_env_number(env, "PROXY_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1)),
             "max_streams": int(_env_number(env, "PROXY_MAX_STREAMS", cls.max_streams, minimum=1)),
+            "max_connections": int(_env_number(env, "PROXY_MAX_CONNECTIONS", cls.max_connections, minimum=1)),
             "rate_limit_per_minute": int(_env_number(env, "PROXY_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute)),
             "heartbeat_seconds": _env_number(env, "PROXY_HEARTBEAT_SECONDS", cls.heartbeat_seconds, minimum=0.01),
             "upstream_idle_seconds": _env_number(env, "PROXY_UPSTREAM_IDLE_SECONDS", cls.upstream_idle_seconds,
@@ -255,6 +257,7 @@ class _Metrics:
         self.upstream_errors: Dict[str, int] = {}
         self.bytes_relayed = 0
         self.events_relayed = 0
+        self.refused_connections = 0
         self.ttft = _Histogram((0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.duration = _Histogram((0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 
@@ -270,6 +273,10 @@ class _Metrics:
                 self.ttft.observe(ttft)
             self.events_relayed += events
             self.bytes_relayed += nbytes
+
+    def connection_refused(self) -> None:
+        with self._lock:
+            self.refused_connections += 1
 
     def upstream_error(self, kind: str) -> None:
         with self._lock:
@@ -294,6 +301,9 @@ class _Metrics:
             family("gloo_proxy_upstream_errors_total", "counter", "Upstream failures, by kind.")
             for kind, count in sorted(self.upstream_errors.items()):
                 out.append(f'gloo_proxy_upstream_errors_total{{kind="{kind}"}} {count}')
+            family("gloo_proxy_refused_connections_total", "counter",
+                   "Connections answered 503 at once because PROXY_MAX_CONNECTIONS were open.")
+            out.append(f"gloo_proxy_refused_connections_total {self.refused_connections}")
             family("gloo_proxy_relayed_bytes_total", "counter", "Event-stream bytes written to clients.")
             out.append(f"gloo_proxy_relayed_bytes_total {self.bytes_relayed}")
             family("gloo_proxy_relayed_events_total", "counter", "Events written to clients.")
@@ -320,6 +330,12 @@ class _Metrics:
                 "events_relayed": self.events_relayed,
             }
 
+
+_OVERLOADED_BODY = json.dumps({"error": {"message": "too many open connections; try again shortly",
+                                         "type": "server_error", "code": "overloaded"}}).encode()
+_OVERLOADED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
 
 _FALLBACK_PAGE_MARKER = "\0builtin-page"
 _FALLBACK_PAGE = b"""<!doctype html>
@@ -1212,6 +1228,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._active = 0
         self._tracked: "set[ChatStream]" = set()
         self._connections: Dict[socket.socket, bool] = {}  # open client connections: idle between requests?
+        self._open_connections = 0  # admitted by process_request, released by shutdown_request
         self._thread: Optional[threading.Thread] = None
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
@@ -1350,6 +1367,29 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Every connection is a thread: past the cap, answer 503 on the spot (no thread) and close.
+        with self._streams_lock:
+            admitted = self._open_connections < self.config.max_connections
+            if admitted:
+                self._open_connections += 1
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        self.metrics.connection_refused()
+        try:
+            request.setblocking(False)
+            request.send(_OVERLOADED_RESPONSE)
+        except OSError:
+            pass
+        self.shutdown_request(request, admitted=False)
+
+    def shutdown_request(self, request: Any, admitted: bool = True) -> None:
+        if admitted:
+            with self._streams_lock:
+                self._open_connections -= 1
+        super().shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unhandled error on a connection")
 
@@ -1419,6 +1459,8 @@ def _build_parser() -> argparse.ArgumentParser:
     option("--cors-origin", help="comma-separated allowed origins [PROXY_CORS_ORIGIN, default http://localhost:3000]")
     option("--max-body-bytes", type=int, help="largest request body [PROXY_MAX_BODY_BYTES, default 1048576]")
     option("--max-streams", type=int, help="streams relayed at once [PROXY_MAX_STREAMS, default 256]")
+    option("--max-connections", type=int,
+           help="client connections open at once, each a thread [PROXY_MAX_CONNECTIONS, default 4096]")
     option("--rate-limit-per-minute", type=int,
            help="requests per client address per minute, 0 for none [PROXY_RATE_LIMIT_PER_MINUTE, default 120]")
     option("--heartbeat-seconds", type=float,
@@ -1460,6 +1502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "host": args.host, "port": args.port,
             "cors_origins": _split_list(args.cors_origin) if args.cors_origin is not None else None,
             "max_body_bytes": args.max_body_bytes, "max_streams": args.max_streams,
+            "max_connections": args.max_connections,
             "rate_limit_per_minute": args.rate_limit_per_minute, "heartbeat_seconds": args.heartbeat_seconds,
             "upstream_idle_seconds": args.upstream_idle_seconds,
             "request_timeout_seconds": args.request_timeout_seconds,

@@ -344,6 +344,36 @@ class LimitTests(ProxyTestCase):
             time.sleep(0.01)
         self.assertEqual(self.request("POST", "/api/stream", PROMPT, proxy=proxy)[0], 200)
 
+    def test_connection_cap(self):
+        proxy = self.start_proxy(max_connections=3)
+        held = [self.raw_socket(proxy) for _ in range(3)]
+        for sock in held:  # make sure each is admitted (a thread is reading from it)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 200"))
+        status, headers, body = split_head(read_until_closed(self.raw_socket(proxy, timeout=5)))
+        self.assertEqual((status, headers["retry-after"]), (503, "1"))
+        self.assertEqual(json.loads(body)["error"]["code"], "overloaded")
+        held[0].close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            sock = self.raw_socket(proxy, timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if split_head(read_until_closed(sock))[0] == 200:
+                break
+            time.sleep(0.05)
+        else:
+            self.fail("a freed connection slot was never reused")
+        for sock in held[1:]:
+            sock.close()
+        metrics = b""
+        deadline = time.monotonic() + 3
+        while b"gloo_proxy_refused_connections_total" not in metrics and time.monotonic() < deadline:
+            try:
+                metrics = self.request("GET", "/metrics", proxy=proxy)[2]
+            except (ConnectionError, OSError):
+                time.sleep(0.05)  # slots are freed as the closed connections' threads finish
+        self.assertRegex(metrics.decode(), r"gloo_proxy_refused_connections_total [1-9]")
+
     def test_slowloris_headers_cut_off(self):
         proxy = self.start_proxy(request_timeout_seconds=0.5)
         sock = self.raw_socket(proxy, timeout=5)
