@@ -582,7 +582,7 @@ class PropertyTests(unittest.TestCase):
                 ChatAccumulator().add(json.loads('{"ttft_ms": %s, "choices": []}' % text))
 
 
-class SimulatorFaultTests(unittest.TestCase):
+class SimulatorFaultTests(IsolatedTestCase):
     # Regression guard for a fixed bug: fake_gloo._Wire.pause uses select.select, which cannot watch a descriptor numbered
     # 1024 or more (ValueError, taken as "the client went away"): once a process holds about 1,000
     # open files, every stream with a delay is cut after its first chunk. `proxy_server.py
