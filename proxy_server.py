@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -45,7 +45,6 @@ from gloo_stream import (
     ChatStream,
     ConfigurationError,
     GlooClient,
-    GlooError,
     ServerSentEvent,
     StreamError,
     StreamTimeoutError,

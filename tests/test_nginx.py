@@ -38,6 +38,7 @@ from tests.nginx_support import (
     Nginx,
     ProxyProcess,
     Site,
+    TimedStream,
     derived_config,
     find_nginx,
     free_port,

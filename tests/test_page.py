@@ -10,7 +10,7 @@ import os
 import re
 import time
 import unittest
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from tests.page_support import serving, start_browser
 from tests.support import clean_environment

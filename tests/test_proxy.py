@@ -14,7 +14,6 @@ import threading
 import time
 import unittest
 
-from proxy_server import ProxyConfig, ProxyServer
 from tests.proxy_support import (
     ProxyTestCase,
     chunk_frames,
