@@ -90,6 +90,7 @@ class NginxDeploymentTests(IsolatedTestCase):
         cls.limited = [cls.start_proxy(rate_limit_per_minute=LIMIT) for _ in range(2)]
         cls.failover = [cls.start_proxy() for _ in range(2)]
         cls.full = [cls.start_proxy(max_streams=1) for _ in range(2)]
+        cls.slow = [cls.start_proxy(write_timeout_seconds=0.5) for _ in range(2)]
         draining_ports = tuple(process.wait_listening() for process in cls.processes)
 
         cls.sites = {
@@ -97,6 +98,7 @@ class NginxDeploymentTests(IsolatedTestCase):
             "limited": Site("limited", free_port(), tuple(p.server_address[1] for p in cls.limited)),
             "failover": Site("failover", free_port(), tuple(p.server_address[1] for p in cls.failover)),
             "full": Site("full", free_port(), tuple(p.server_address[1] for p in cls.full)),
+            "slow": Site("slow", free_port(), tuple(p.server_address[1] for p in cls.slow)),
             "draining": Site("draining", free_port(), draining_ports),
         }
         prefix = os.path.join(cls.workdir, "nginx")
@@ -199,6 +201,27 @@ class NginxDeploymentTests(IsolatedTestCase):
         conn.close()
         self.assertTrue(self.fake.wait_for_disconnect(5, count=before + 1))
         self.figure("upstream_closed_after_s", round(time.monotonic() - closed_at, 3))
+
+    def test_a_client_that_stops_reading_is_cut_off_through_nginx(self):
+        # With nginx buffering on, only the proxy's `X-Accel-Buffering: no` stops nginx from
+        # spooling the stream to disk for a client that reads nothing: unbuffered, the back
+        # pressure reaches the proxy, whose write timeout cuts the stream and closes the upstream.
+        before = self.fake.disconnects
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", self.sites["slow"].port))
+        self.addCleanup(sock.close)
+        body = prompt_body("[[long:400000]]")
+        started = time.monotonic()
+        sock.sendall(b"POST /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertTrue(self.fake.wait_for_disconnect(20, count=before + 1))  # never read a byte
+        self.figure("upstream_closed_after_s", round(time.monotonic() - started, 3))
+        deadline = time.monotonic() + 3
+        while not any("slow_client" in line for proxy in self.slow for line in self.logs[proxy].lines):
+            self.assertLess(time.monotonic(), deadline, "no instance logged the slow client")
+            time.sleep(0.01)
 
     # -- spreading and the per-instance endpoints -----------------------------
 
