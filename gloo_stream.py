@@ -579,7 +579,7 @@ class ChatResult:
             "ttft_ms": self.ttft_ms,
             "model": self.model,
             "usage": self.usage,
-            "tool_calls": [dict(call, function=dict(call["function"])) for call in self.tool_calls],
+            "tool_calls": _copy_tool_calls(self.tool_calls),
             "error": self.error,
             "id": self.id,
             "provider": self.provider,
@@ -706,11 +706,16 @@ class ChatAccumulator:
             ttft_ms=self.ttft_ms,
             model=self.model,
             usage=self.usage,
-            tool_calls=[dict(call, function=dict(call["function"])) for call in self.tool_calls],
+            tool_calls=_copy_tool_calls(self.tool_calls),
             error=error,
             id=self.id,
             provider=self.provider,
         )
+
+
+def _copy_tool_calls(calls: List[dict]) -> List[dict]:
+    """Copies deep enough that a caller changing one never changes the accumulator's."""
+    return [dict(call, function=dict(call["function"])) for call in calls]
 
 
 def _error_fields(error: Any) -> dict:

@@ -470,6 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/v1/models": ("GET", "OPTIONS"),
     }
     _OPEN_ROUTES = {"/health": ("GET",), "/metrics": ("GET",)}
+    _ROUTES = {**_OPEN_ROUTES, **_API_ROUTES}  # every fixed route and its methods; static files aside
 
     # -- connection and request lifecycle ---------------------------------
 
@@ -571,17 +572,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._path = path
         if self.server.draining:
             self.close_connection = True
-            raise_error = _HTTPError(503, "the proxy is shutting down", error_type="server_error",
-                                     headers={"Retry-After": "1"}, close=True)
-            self._answer_error(raise_error)
+            self._answer_error(_HTTPError(503, "the proxy is shutting down", error_type="server_error",
+                                          headers={"Retry-After": "1"}, close=True))
             return
-        routes = dict(self._OPEN_ROUTES)
-        routes.update(self._API_ROUTES)
-        static = self.server.static_file(path) if path not in routes else None
+        allowed = self._ROUTES.get(path)
+        static = self.server.static_file(path) if allowed is None else None
         if static is not None:
-            routes[path] = ("GET", "HEAD")
-        allowed = routes.get(path)
-        self._route = path if path in routes and static is None else ("static" if static else "other")
+            allowed = ("GET", "HEAD")
+        self._route = "static" if static is not None else (path if allowed is not None else "other")
         try:
             if allowed is None:
                 raise _HTTPError(404, f"no route for {method} {path}", code="not_found")

@@ -749,8 +749,13 @@ class LifeCycleTests(unittest.TestCase):
 
     def test_stop_is_idempotent(self):
         fake = FakeGloo().start()
+        port = fake.port
         fake.stop()
         fake.stop()
+        with self.assertRaises(RuntimeError):
+            fake.base_url  # noqa: B018 - stopped: no address any more
+        with socket.socket() as probe:
+            self.assertNotEqual(probe.connect_ex(("127.0.0.1", port)), 0)  # the port is closed
 
 
 class CLITests(unittest.TestCase):

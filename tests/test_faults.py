@@ -579,7 +579,9 @@ class PropertyTests(unittest.TestCase):
     def test_a_non_finite_ttft_ms_never_raises(self):
         for text in ("1e999", "-1e999", "Infinity", "NaN"):
             with self.subTest(ttft_ms=text):
-                ChatAccumulator().add(json.loads('{"ttft_ms": %s, "choices": []}' % text))
+                accumulator = ChatAccumulator()
+                self.assertEqual(accumulator.add(json.loads('{"ttft_ms": %s, "choices": []}' % text)), "")
+                self.assertIsNone(accumulator.server_ttft_ms)  # a non-finite value is ignored
 
 
 class SimulatorFaultTests(IsolatedTestCase):
