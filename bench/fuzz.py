@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -50,7 +50,7 @@ SSE_PIECES = [b"data: ", b"data:", b"data", b"event: x", b"id: 1", b"id: \x00", 
               b'{"a": 1}', b" ", b"data: [DONE]", b"\x0b", b"\xc2\x85"]
 
 
-def decode(data: bytes, sizes: List[int], limit: Optional[int] = None) -> Tuple[list, bool]:
+def decode(data: bytes, sizes: list[int], limit: int | None = None) -> tuple[list, bool]:
     decoder = SSEDecoder(max_event_bytes=limit)
     events: list = []
     i = 0
@@ -76,16 +76,16 @@ def random_stream(rng: random.Random) -> bytes:
     return b"".join(parts)
 
 
-def random_sizes(rng: random.Random, length: int) -> List[int]:
+def random_sizes(rng: random.Random, length: int) -> list[int]:
     return [rng.choice((0, 1, 1, 2, 3, 5, 8, 64, 1000)) for _ in range(length + 1)]
 
 
 class Runner:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.cases: Dict[str, int] = {}
-        self.failures: Dict[str, List[str]] = {}
-        self.failure_counts: Dict[str, int] = {}
+        self.cases: dict[str, int] = {}
+        self.failures: dict[str, list[str]] = {}
+        self.failure_counts: dict[str, int] = {}
 
     def fail(self, name: str, detail: str) -> None:
         self.failure_counts[name] = self.failure_counts.get(name, 0) + 1
@@ -129,7 +129,7 @@ class Runner:
             self.fail("decoder-limit", f"limit {limit}: whole and byte-by-byte disagree on {data[:120]!r}")
         self.count("decoder-limit")
 
-    def _value(self, depth: int, leaves: List[Any]) -> Any:
+    def _value(self, depth: int, leaves: list[Any]) -> Any:
         rng = self.rng
         keys = ["choices", "delta", "content", "finish_reason", "tool_calls", "index", "function", "arguments",
                 "name", "id", "type", "usage", "model", "error", "provider", "code", "message", "role", "ttft_ms"]
@@ -140,7 +140,7 @@ class Runner:
             return [self._value(depth + 1, leaves) for _ in range(rng.randint(0, 4))]
         return {rng.choice(keys): self._value(depth + 1, leaves) for _ in range(rng.randint(0, 5))}
 
-    def _accumulate(self, name: str, leaves: List[Any]) -> None:
+    def _accumulate(self, name: str, leaves: list[Any]) -> None:
         rng = self.rng
         accumulator = ChatAccumulator()
         chunk: Any = None
@@ -183,14 +183,14 @@ class Runner:
         self.count("parse-line")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
     parser.add_argument("--seed", type=int, default=None, help="the random seed (default: a new one, printed)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2 ** 32)
     runner = Runner(seed)
-    properties: List[Callable[[], None]] = [runner.decoder_splits, runner.decoder_reference, runner.decoder_limit,
+    properties: list[Callable[[], None]] = [runner.decoder_splits, runner.decoder_reference, runner.decoder_limit,
                                             runner.accumulator, runner.accumulator_floats, runner.parse_line]
     started = time.monotonic()
     while time.monotonic() - started < args.seconds:

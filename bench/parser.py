@@ -40,7 +40,7 @@ def make_stream(count: int) -> tuple:
                          "finish_reason": None}],
             "usage": None,
             "service_tier": "default",
-            "gloo": {"request_id": "req_%08d" % i, "routing": "auto", "tradition": "not_faith_specific"},
+            "gloo": {"request_id": f"req_{i:08d}", "routing": "auto", "tradition": "not_faith_specific"},
         }
         payloads.append(json.dumps(chunk, separators=(",", ":")))
     body = "".join("data: " + p + "\n\n" for p in payloads).encode()

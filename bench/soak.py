@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,7 +53,7 @@ def mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
-def spread(values: List[float]) -> str:
+def spread(values: list[float]) -> str:
     if not values:
         return "n/a"
     return f"min {min(values):.2f} s, median {statistics.median(values):.2f} s, max {max(values):.2f} s"
@@ -75,7 +75,7 @@ class Sampler:
             pass
 
 
-def proxy_env(upstream: ScriptedServer, **settings: str) -> Dict[str, str]:
+def proxy_env(upstream: ScriptedServer, **settings: str) -> dict[str, str]:
     env = {"GLOO_API_KEY": "soak-upstream-key-0001", "GLOO_API_URL": upstream.url(),
            "PROXY_RATE_LIMIT_PER_MINUTE": "0", "PROXY_MAX_STREAMS": "5000", "PROXY_DRAIN_SECONDS": "1",
            "PROXY_LOG_FORMAT": "json"}
@@ -83,7 +83,7 @@ def proxy_env(upstream: ScriptedServer, **settings: str) -> Dict[str, str]:
     return env
 
 
-def get(address: Tuple[str, int], path: str) -> Tuple[int, float]:
+def get(address: tuple[str, int], path: str) -> tuple[int, float]:
     started = time.monotonic()
     conn = http.client.HTTPConnection(*address, timeout=30)
     try:
@@ -95,7 +95,7 @@ def get(address: Tuple[str, int], path: str) -> Tuple[int, float]:
         conn.close()
 
 
-def post_stream(address: Tuple[str, int], prompt: str = "Hi") -> Tuple[int, float, bytes]:
+def post_stream(address: tuple[str, int], prompt: str = "Hi") -> tuple[int, float, bytes]:
     started = time.monotonic()
     conn = http.client.HTTPConnection(*address, timeout=30)
     try:
@@ -124,7 +124,7 @@ def slowloris(args: argparse.Namespace) -> None:
         sampler = Sampler(proxy)
         crowd = Crowd(proxy.address, count)
         crowd.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        served: List[Tuple[int, float]] = []
+        served: list[tuple[int, float]] = []
         stop = threading.Event()
 
         def real_traffic() -> None:
@@ -190,7 +190,7 @@ def idle(args: argparse.Namespace) -> None:
         upstream.stop()
 
 
-def run_streams(proxy: ProxyProcess, handler: CrowdUpstream, count: int) -> Tuple[int, float, Sampler]:
+def run_streams(proxy: ProxyProcess, handler: CrowdUpstream, count: int) -> tuple[int, float, Sampler]:
     handler.target = count
     handler.most_open = 0
     sampler = Sampler(proxy)
@@ -260,7 +260,7 @@ def rounds(args: argparse.Namespace) -> None:
 
 def endless(args: argparse.Namespace) -> None:
     cap = (64 if args.quick else 512) * MiB
-    sent: List[int] = []
+    sent: list[int] = []
     upstream = ScriptedServer(endless_line(sent, cap)).start()
     proxy = ProxyProcess(proxy_env(upstream))
     try:
@@ -304,7 +304,7 @@ def faults(args: argparse.Namespace) -> None:
     from gloo_stream import GlooClient, GlooError, TokenCache
 
     trickle_body = b"".join(answer_events([" is", " a", " gift"] * 20))
-    cases: List[Tuple[str, Callable[..., Any], Dict[str, Any]]] = [
+    cases: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
         ("connection refused", None, {}),
         ("reset (RST) after the headers", reply(SSE_HEAD, rst=True), {}),
         ("reset (RST) mid-event", reply(SSE_HEAD + chunk_event("Hello") + b'data: {"cho', rst=True), {}),
@@ -328,7 +328,7 @@ def faults(args: argparse.Namespace) -> None:
         else:
             server = ScriptedServer(handler).start()
             url = server.url(scheme="https" if options.pop("https", False) else "http")
-        settings: Dict[str, Any] = dict(api_key="soak-upstream-key-0001", api_url=url, max_retries=1,
+        settings: dict[str, Any] = dict(api_key="soak-upstream-key-0001", api_url=url, max_retries=1,
                                         backoff_base=0.1, connect_timeout=5.0, read_timeout=5.0)
         settings.update(options)
         started = time.monotonic()
@@ -368,7 +368,7 @@ def faults(args: argparse.Namespace) -> None:
     server = ScriptedServer(reply(hold=30)).start()
     cache = TokenCache(client_id="soak", client_secret="soak-secret-0001", token_url=server.url("/t"), timeout=1.0)
     started = time.monotonic()
-    finished: List[float] = []
+    finished: list[float] = []
 
     def call() -> None:
         try:
@@ -390,7 +390,7 @@ SECTIONS = {"slowloris": slowloris, "idle": idle, "streams": streams, "rounds": 
             "faults": faults}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller counts and timeouts (a smoke run)")
