@@ -14,7 +14,6 @@ Copy this file anywhere CPython 3.9+ runs; it imports nothing outside the standa
 from __future__ import annotations
 
 import argparse
-import codecs
 import email.utils
 import http.client
 import json
@@ -262,37 +261,100 @@ class ServerSentEvent(NamedTuple):
     event: str = "message"
     data: str = ""
     id: str = ""
-    retry: Optional[int] = None
+    retry: int | None = None
 
     def json(self) -> Any:
         """The data parsed as JSON (raises ValueError when it is not JSON)."""
         return json.loads(self.data)
 
 
+_BOM = b"\xef\xbb\xbf"
+_MAX_RETRY_DIGITS = 10  # a longer `retry:` is no sane number of milliseconds (10 digits: 115 days)
+# The fast path's shapes: a `data: X` line, and the blank line plus next `data: ` between two such events.
+_DATA_PREFIX = b"data: "
+_BLOCK_END = b"\n\n"
+_BETWEEN_BLOCKS = _BLOCK_END + _DATA_PREFIX
+_BETWEEN_BLOCKS_TEXT = _BETWEEN_BLOCKS.decode()
+_new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
+
+
+class _LineDecoder:
+    """Stage 1: bytes to complete lines, whatever the read boundaries.
+
+    feed() returns the lines one read completed as one bytes block, each line ended by LF
+    (CR and CRLF become LF), or b"" when the read completed none. Lines stay bytes: stage 2
+    decodes UTF-8 from whole lines only, so a character split across reads is never broken
+    (invalid bytes become U+FFFD, as the spec's "UTF-8 decode" says), and sizes are in bytes.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []  # the unterminated line's reads: joined once, so huge lines stay linear
+        self.pending_size = 0  # its length in bytes
+        self._head: bytes | None = b""  # the stream's first bytes, until it is known whether they are a BOM
+        self._skip_lf = False  # the last read ended in CR: an LF first in the next one completes that CRLF
+
+    def feed(self, data: bytes) -> bytes:
+        if self._head is not None:
+            data = self._strip_bom(self._head + data)
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\r" in data:
+            # Only CR, LF and CRLF end a line (never splitlines(): it also splits on \x0b, \x1c, ...).
+            # A CR that ends the read ends its line now, without waiting to see whether an LF follows.
+            self._skip_lf = data[-1:] == b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if data:
+                self.pending.append(data)
+                self.pending_size += len(data)
+            return b""
+        block = data[:cut]  # the whole read when it ends with a line end: no copy
+        if self.pending:
+            self.pending.append(block)
+            block = b"".join(self.pending)
+        rest = data[cut:]
+        self.pending = [rest] if rest else []
+        self.pending_size = len(rest)
+        return block
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        # The spec's "UTF-8 decode" drops one leading BOM, even one split across reads.
+        if len(data) < len(_BOM) and _BOM.startswith(data):
+            self._head = data  # too short to tell yet
+            return b""
+        self._head = None
+        return data[len(_BOM):] if data.startswith(_BOM) else data
+
+    def discard(self) -> None:
+        """Drop the unterminated line (end of body, or an oversized event)."""
+        self.pending = []
+        self.pending_size = 0
+
+
 class SSEDecoder:
     """Turns the bytes of an event stream into events, whatever the read boundaries.
 
-    Two stages: bytes to complete lines (decoded as UTF-8 only once a line is whole, so a
-    character split across reads is never broken), then lines to events. The cost is
-    linear in the input, even for one enormous line fed in small reads.
+    Two stages: bytes to complete lines (`_LineDecoder`), then lines to events (the spec's line
+    rules). The cost is linear in the input, even for one enormous line fed in small reads.
     """
 
-    def __init__(self, *, max_event_bytes: Optional[int] = None) -> None:
+    def __init__(self, *, max_event_bytes: int | None = None) -> None:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""
-        self.retry: Optional[int] = None  # the stream's reconnection time, once set
-        self._undecoded = b""  # the start of a UTF-8 character split across reads
-        self._at_start = True  # one leading BOM is stripped, even one split across reads
-        self._pending: List[str] = []  # pieces of the current, unterminated line
-        self._pending_size = 0
-        self._skip_lf = False  # the previous read ended in CR: a leading LF completes CRLF
-        self._event_type = ""
-        self._data: List[str] = []
-        self._data_size = 0
-        self._block_retry: Optional[int] = None
-        self._deferred: Optional[EventTooLargeError] = None
+        self.retry: int | None = None  # the stream's reconnection time, once set
+        self._lines = _LineDecoder()
+        # The event being received (the spec's buffers). `_size` is the bytes of its complete lines
+        # with their line ends: never 0 once any line of it, even a comment, has arrived.
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event_type = b""
+        self._block_retry: int | None = None
+        self._deferred: EventTooLargeError | None = None
 
-    def feed(self, data: bytes) -> List[ServerSentEvent]:
+    def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Decode one read; returns the events it completed (often none, sometimes many).
 
         Raises EventTooLargeError when an event passes `max_event_bytes`; events completed
@@ -301,137 +363,23 @@ class SSEDecoder:
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
             raise error
-        events: List[ServerSentEvent] = []
+        events: list[ServerSentEvent] = []
         try:
-            self._feed(data, events)
+            block = self._lines.feed(data)
+            if block and not self._data_blocks(block, events):
+                self._dispatch_lines(block, events)
+            limit = self.max_event_bytes
+            # The event being received is its complete lines so far plus its unterminated line: this
+            # grows as bytes arrive, so every way of splitting the same bytes reaches the limit alike.
+            if limit is not None and self._lines.pending_size + self._size > limit:
+                self._too_large(self._lines.pending_size + self._size)
         except EventTooLargeError as exc:
             if not events:
                 raise
             self._deferred = exc  # the same outcome whatever the read boundaries
         return events
 
-    def _feed(self, data: bytes, events: List[ServerSentEvent]) -> None:
-        if self._undecoded or self._at_start:
-            data = self._take_undecoded(data)
-        # Incremental UTF-8 in C: a character split across reads waits for its last byte, and
-        # invalid bytes become U+FFFD (per complete line, the same as decoding line by line).
-        text, used = _utf8_decode(data, "replace", False)
-        if used != len(data):
-            self._undecoded = data[used:]
-        if self._skip_lf or "\r" in text:
-            text = self._normalise_line_ends(text)
-        if not text:
-            return
-        pending = self._pending
-        if "\n" not in text:
-            pending.append(text)
-            self._pending_size += len(text)
-            if self.max_event_bytes is not None:
-                self._check_size()
-            return
-        if pending:
-            pending.append(text)
-            text = "".join(pending)
-        # The common stream is `data: X` blocks: split at "\n\ndata: " (the end of one block and
-        # the start of the next), and each piece with no line end inside is one event's data.
-        # Anything else (comments, ids, multi-line data, event types, runs of blank lines)
-        # takes the general line-by-line path. Both give exactly the events the line rules give.
-        pieces = text.split("\n\ndata: ")
-        last = pieces.pop()
-        if not pieces:
-            self._general(last, events)
-            return
-        limit = self.max_event_bytes
-        new, cls = _new_event, ServerSentEvent
-        first = pieces[0]
-        # Each separator holds two line ends: no more than that (and those of the last piece)
-        # means the first and middle pieces are all single-line events, the usual case.
-        if (first[:6] == "data: " and text.count("\n") == 2 * len(pieces) + last.count("\n")
-                and not self._data_size and not self._event_type and self._block_retry is None):
-            pieces[0] = first[6:]
-            if "\n" not in last:  # the read ended inside the first line of the next event
-                self._pending = ["data: ", last]
-                self._pending_size = len(last) + 6
-                tail = None
-            elif last[-2:] == "\n\n" and last.count("\n") == 2:
-                pieces.append(last[:-2])
-                self._pending = []
-                self._pending_size = 0
-                tail = None
-            else:
-                tail = "data: " + last
-            last_id = self.last_event_id
-            # An event's size is its lines with their line ends: `data: ` + data + LF here.
-            if limit is not None and len(text) > limit and max(map(len, pieces)) + 7 > limit:
-                fits = next(i for i, piece in enumerate(pieces) if len(piece) + 7 > limit)
-                events += [new(cls, ("message", data, last_id, None)) for data in pieces[:fits]]
-                self._too_large(len(pieces[fits]) + 7)
-            events += [new(cls, ("message", data, last_id, None)) for data in pieces]
-            if tail is not None:
-                self._general(tail, events)
-            elif limit is not None:
-                self._check_size()
-            return
-        if (first[:6] == "data: " and "\n" not in first and not self._data_size and not self._event_type
-                and self._block_retry is None):
-            self._single_line_event(first[6:], events)
-        else:
-            self._process_lines(first.split("\n") + [""], events)
-        for piece in pieces[1:]:
-            if "\n" in piece:
-                self._process_lines(("data: " + piece).split("\n") + [""], events)
-            else:
-                self._single_line_event(piece, events)
-        if "\n" not in last:
-            # The read ended inside the first line of the next event.
-            self._pending = ["data: ", last]
-            self._pending_size = len(last) + 6
-            if limit is not None:
-                self._check_size()
-            return
-        self._general("data: " + last, events)
-
-    def _single_line_event(self, data: str, events: List[ServerSentEvent]) -> None:
-        if self.max_event_bytes is not None and len(data) + 7 > self.max_event_bytes:
-            self._too_large(len(data) + 7)
-        events.append(_new_event(ServerSentEvent, ("message", data, self.last_event_id, None)))
-
-    def _general(self, text: str, events: List[ServerSentEvent]) -> None:
-        # Whole lines go through the line rules; an unterminated last line waits in `_pending`.
-        cut = text.rfind("\n") + 1
-        rest = text[cut:]
-        self._pending = [rest] if rest else []
-        self._pending_size = len(rest)
-        lines = text[:cut].split("\n")
-        lines.pop()  # the cut text ends with a line end, so its last piece is empty
-        self._process_lines(lines, events)
-
-    def _take_undecoded(self, data: bytes) -> bytes:
-        if self._undecoded:
-            data = self._undecoded + data
-            self._undecoded = b""
-        if self._at_start:
-            if len(data) < 3 and _BOM.startswith(data):
-                self._undecoded = data  # too short to tell whether it is a BOM yet
-                return b""
-            self._at_start = False
-            if data[:3] == _BOM:
-                data = data[3:]
-        return data
-
-    def _normalise_line_ends(self, text: str) -> str:
-        # Only CR, LF and CRLF end a line (never str.splitlines: it also splits on \x0b, \x85, ...).
-        if self._skip_lf and text:
-            self._skip_lf = False
-            if text[0] == "\n":
-                text = text[1:]
-        if "\r" in text:
-            # A CR that ends the read ends a line now; an LF that starts the next read belongs to it.
-            self._skip_lf = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        return text
-
-    def close(self) -> List[ServerSentEvent]:
+    def close(self) -> list[ServerSentEvent]:
         """End of body: an unterminated last line or event is discarded, as the spec says.
 
         Raises an EventTooLargeError still owed from the last read.
@@ -439,17 +387,8 @@ class SSEDecoder:
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
             raise error
-        self._undecoded = b""
         self._discard_event()
         return []
-
-    def _discard_event(self) -> None:
-        self._pending = []
-        self._pending_size = 0
-        self._data = []
-        self._data_size = 0
-        self._event_type = ""
-        self._block_retry = None
 
     @property
     def owes_error(self) -> bool:
@@ -459,72 +398,85 @@ class SSEDecoder:
     @property
     def has_partial_event(self) -> bool:
         """True while bytes of an event not yet dispatched are held."""
-        return bool(self._pending or self._data or self._event_type)
+        return bool(self._lines.pending or self._data or self._event_type)
 
-    def _check_size(self) -> None:
-        # The event being received: its complete lines so far plus its unterminated line. This
-        # grows as bytes arrive, so every way of splitting the same bytes reaches the limit alike.
+    def _dispatch_lines(self, block: bytes, events: list[ServerSentEvent]) -> None:
+        # Stage 2, the spec's rules for each line. State lives in locals, written back once.
+        data, size, event_type = self._data, self._size, self._event_type
+        last_id, block_retry = self.last_event_id, self._block_retry
         limit = self.max_event_bytes
-        if limit is not None and self._pending_size + self._data_size > limit:
-            self._too_large(self._pending_size + self._data_size)
+        oversized = 0
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a line end, so its last piece is empty
+        for line in lines:
+            if not line:
+                # A blank line dispatches the event: not one with no data, but its type resets anyway.
+                if limit is not None and size > limit:
+                    oversized = size
+                    break
+                if data:
+                    events.append(ServerSentEvent(
+                        event_type.decode("utf-8", "replace") if event_type else "message",
+                        b"\n".join(data).decode("utf-8", "replace"), last_id, block_retry))
+                    data = []
+                size = 0
+                event_type = b""
+                block_retry = None
+                continue
+            size += len(line) + 1
+            if line[:1] == b":":  # a line starting with a colon is a comment
+                continue
+            # The field name runs to the first ":" (a line with none is all name, empty value);
+            # one space after the colon is removed. Unknown field names are ignored.
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event_type = value
+            elif name == b"id":
+                if b"\0" not in value:  # an id containing NUL is ignored
+                    last_id = value.decode("utf-8", "replace")
+            elif name == b"retry":
+                # Only ASCII digits (bytes.isdigit() knows no others). The spec takes any number of
+                # them; more than a sane count is ignored rather than raising (int() refuses 4,300+).
+                if value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
+                    self.retry = block_retry = int(value)
+        self._data, self._size, self._event_type = data, size, event_type
+        self.last_event_id, self._block_retry = last_id, block_retry
+        if oversized:
+            self._too_large(oversized)
+
+    def _data_blocks(self, block: bytes, events: list[ServerSentEvent]) -> bool:
+        # The fast path for the common stream, nothing but `data: X` events: a few C calls for
+        # the whole block instead of the line loop. It gives exactly the events the line rules
+        # give, or returns False (then the line rules run) when the block is any other shape.
+        if self._size or not block.startswith(_DATA_PREFIX) or not block.endswith(_BLOCK_END):
+            return False
+        if self.max_event_bytes is not None and len(block) > self.max_event_bytes:
+            return False  # some event may be too large: the line rules find which
+        text = block.decode("utf-8", "replace")
+        datas = text.split(_BETWEEN_BLOCKS_TEXT)
+        if text.count("\n") != len(datas) * len(_BLOCK_END):
+            return False  # some event has more than one line, or there is a run of blank lines
+        datas[0] = datas[0][len(_DATA_PREFIX):]
+        datas[-1] = datas[-1][:-len(_BLOCK_END)]
+        last_id, new, cls = self.last_event_id, _new_event, ServerSentEvent
+        events += [new(cls, ("message", data, last_id, None)) for data in datas]
+        return True
 
     def _too_large(self, size: int) -> None:
         self._discard_event()
         raise EventTooLargeError(f"an event exceeded the {self.max_event_bytes}-byte limit "
                                  f"({size} bytes and counting)")
 
-    def _process_lines(self, lines: List[str], events: List[ServerSentEvent]) -> None:
-        # The line rules, with state in locals written back once at the end.
-        emit = events.append
-        data = self._data
-        limit = self.max_event_bytes
-        size = self._data_size  # the current event's lines so far, with their line ends
-        event_type = self._event_type
-        last_id = self.last_event_id
-        block_retry = self._block_retry
-        for line in lines:
-            if not line:
-                # A blank line dispatches the event; one with no data is not dispatched,
-                # but its type buffer is reset all the same.
-                if limit is not None and size > limit:
-                    self._too_large(size)
-                if data:
-                    emit(ServerSentEvent(event_type or "message", "\n".join(data), last_id, block_retry))
-                    data = []
-                size = 0
-                event_type = ""
-                block_retry = None
-                continue
-            size += len(line) + 1
-            if line[0] == ":":
-                continue  # a comment
-            else:
-                name, _, value = line.partition(":")
-                if value[:1] == " ":
-                    value = value[1:]  # only one leading space is removed
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    event_type = value
-                elif name == "id":
-                    if "\0" not in value:  # an id with NUL is ignored
-                        last_id = value
-                elif name == "retry":
-                    if value.isdigit() and value.isascii():  # only ASCII digits
-                        self.retry = block_retry = int(value)
-                # any other field name is ignored
-        self._data = data
-        self._event_type = event_type
-        self.last_event_id = last_id
-        self._block_retry = block_retry
-        self._data_size = size
-        if limit is not None:
-            self._check_size()
-
-
-_BOM = b"\xef\xbb\xbf"
-_utf8_decode = codecs.utf_8_decode
-_new_event = tuple.__new__  # builds a ServerSentEvent without a Python-level __init__ frame
+    def _discard_event(self) -> None:
+        self._lines.discard()
+        self._data = []
+        self._size = 0
+        self._event_type = b""
+        self._block_retry = None
 
 
 # ---------------------------------------------------------------------------

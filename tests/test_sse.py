@@ -77,6 +77,10 @@ VECTORS = [
     ("retry with non-ASCII digits ignored", "retry: \u0663\u0660\ndata: a\n\n".encode(), [E("message", "a")]),
     ("retry only applies to its own event", b"retry: 10\ndata: a\n\ndata: b\n\n",
      [E("message", "a", "", 10), E("message", "b")]),
+    ("retry of ten digits kept", b"retry: 9999999999\ndata: a\n\n", [E("message", "a", "", 9999999999)]),
+    ("retry too long to be a sane number ignored", b"retry: 12345678901\ndata: a\n\n", [E("message", "a")]),
+    ("retry of thousands of digits ignored, never an error", b"retry: " + b"9" * 5000 + b"\ndata: a\n\n",
+     [E("message", "a")]),
     ("unknown fields ignored", b"foo: bar\ndata: a\nDATA: b\n\n", [E("message", "a")]),
     ("events with no data are not dispatched", b"event: ping\n\nid: 1\n\n: c\n\n", []),
     ("a type with no data does not leak into the next event", b"event: ping\n\ndata: a\n\n",
@@ -228,6 +232,81 @@ class SizeLimitTests(unittest.TestCase):
         self.assertEqual(decoder.feed(b"data: " + b"x" * 3_000_000 + b"\n\n")[0].data, "x" * 3_000_000)
 
 
+class ByteLimitTests(unittest.TestCase):
+    """max_event_bytes counts the bytes of the event's lines (each with one line end), not characters."""
+
+    CASES = [  # (limit, stream, raised)
+        (20, "data: " + "é" * 6 + "\n\n", False),  # 6 + 12 + 1 = 19 bytes (13 characters)
+        (20, "data: " + "é" * 7 + "\n\n", True),  # 21 bytes, though only 14 characters
+        (20, "data: " + "🙏" * 3 + "\n\n", False),  # 19 bytes
+        (20, "data: " + "🙏" * 4 + "\n\n", True),  # 23 bytes, 11 characters
+        (19, "data: " + "x" * 12 + "\n\n", False),  # exactly the limit passes
+        (19, "data: " + "x" * 13 + "\n\n", True),
+        (20, "data: a\n\n: " + "é" * 9 + "\n\n", True),  # a comment counts too: 2 + 18 + 1 = 21
+    ]
+
+    def test_limit_in_bytes_at_every_split(self):
+        for limit, text, raised in self.CASES:
+            data = text.encode()
+            for cut in range(len(data) + 1):
+                with self.subTest(text, cut=cut):
+                    decoder = SSEDecoder(max_event_bytes=limit)
+                    try:
+                        events = decoder.feed(data[:cut]) + decoder.feed(data[cut:]) + decoder.close()
+                    except EventTooLargeError:
+                        events = None
+                    self.assertEqual(events is None, raised)
+                    if not raised:
+                        self.assertEqual(events, decode_whole(data))
+
+
+class LineRulesOnly(SSEDecoder):
+    """The decoder with its `data: X` fast path turned off: every block goes through the line rules."""
+
+    def _data_blocks(self, block, events):
+        return False
+
+
+class FastPathTests(unittest.TestCase):
+    """The fast path gives exactly what the line rules give, on the streams it is built for and others."""
+
+    def decode(self, cls, data: bytes, sizes: list, limit=None):
+        decoder = cls(max_event_bytes=limit)
+        events, i = [], 0
+        try:
+            for size in sizes:
+                events += decoder.feed(data[i : i + size])
+                i += size
+            events += decoder.feed(data[i:]) + decoder.close()
+        except EventTooLargeError:
+            return events, True
+        return events, False
+
+    def test_fast_path_and_line_rules_agree(self):
+        rng = random.Random(14)
+        words = [b"x", b"{\"a\": 1}", b"\xe2\x82\xac", b"\xff", b"", b" ", b"[DONE]", b"data: ", b":"]
+        extras = [b"\n", b": c\n", b"id: 3\n", b"event: e\n", b"retry: 7\n", b"data: x\n", b"\r\n", b"\r"]
+        for _ in range(400):
+            parts = []
+            for _ in range(rng.randint(0, 30)):
+                parts.append(b"data: " + b"".join(rng.choice(words) for _ in range(rng.randint(0, 8))) + b"\n\n")
+                if rng.random() < 0.1:
+                    parts.append(rng.choice(extras))
+            data = b"".join(parts)
+            sizes = [rng.randint(1, 64) for _ in range(len(data))]
+            limit = rng.choice([None, None, 8, 30, 200])
+            with self.subTest(data=data[:80], limit=limit):
+                expected = self.decode(LineRulesOnly, data, [len(data)], limit)
+                self.assertEqual(self.decode(SSEDecoder, data, [len(data)], limit), expected)
+                self.assertEqual(self.decode(SSEDecoder, data, sizes, limit), expected)
+                self.assertEqual(self.decode(LineRulesOnly, data, sizes, limit), expected)
+
+    def test_vectors_through_the_line_rules_alone(self):
+        for name, data, expected in VECTORS:
+            with self.subTest(name):
+                self.assertEqual(self.decode(LineRulesOnly, data, [len(data)]), (expected, False))
+
+
 class LinearCostTests(unittest.TestCase):
     def test_one_huge_line_in_small_reads_keeps_pieces_not_copies(self):
         # Quadratic copying would hold a growing bytes object; the decoder keeps the reads as pieces.
@@ -236,7 +315,7 @@ class LinearCostTests(unittest.TestCase):
         decoder.feed(b"data: ")
         for _ in range(4096):
             decoder.feed(piece)
-        self.assertEqual(len(decoder._pending), 4097)
+        self.assertEqual(len(decoder._lines.pending), 4097)
         events = decoder.feed(b"\n\n")
         self.assertEqual(len(events[0].data), 4096 * 1024)
 
@@ -294,8 +373,8 @@ def reference_decode(data: bytes) -> list:
             event_type = value
         elif name == "id" and "\0" not in value:
             last_id = value
-        elif name == "retry" and value and all(c in "0123456789" for c in value):
-            retry = int(value)
+        elif name == "retry" and value and all(c in "0123456789" for c in value) and len(value) <= 10:
+            retry = int(value)  # past 10 digits (115 days in ms) gloo_stream ignores it: no sane number
     return events
 
 
