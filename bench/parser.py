@@ -3,9 +3,11 @@
 20,000 realistic Gloo chunks (about 400 bytes each) are read in 1,400-byte pieces, as a
 socket would deliver them. Runs are interleaved (decoder, floor, decoder, ...) and the best
 of each is kept, so machine noise hits both sides alike; the ratio is what to compare.
+The same decoder with its `data: X` fast path turned off (every block through the line rules)
+runs in the same rounds: the difference is what the fast path is worth.
 Then one 4 MiB and one 16 MiB `data:` line fed in 1 KiB reads: linear cost means about 4x.
 
-    python bench/parser.py [--rounds 7]
+    python bench/parser.py [--rounds 7] [--read-size 1400]
 """
 
 from __future__ import annotations
@@ -51,8 +53,15 @@ def pieces(body: bytes, size: int) -> list:
     return [body[i : i + size] for i in range(0, len(body), size)]
 
 
-def run_decoder(reads: list) -> int:
-    decoder = SSEDecoder()
+class LineRulesOnly(SSEDecoder):
+    """The decoder with its fast path turned off."""
+
+    def _data_blocks(self, block: bytes, events: list) -> bool:
+        return False
+
+
+def run_decoder(reads: list, decoder_class: type = SSEDecoder) -> int:
+    decoder = decoder_class()
     loads = json.loads
     n = 0
     for data in reads:
@@ -98,17 +107,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--chunks", type=int, default=20_000)
+    parser.add_argument("--read-size", type=int, default=1400)
     args = parser.parse_args()
     payloads, body = make_stream(args.chunks)
-    reads = pieces(body, 1400)
-    assert run_decoder(reads) == len(payloads)
-    decoder_s, floor_s = best_interleaved([lambda: run_decoder(reads), lambda: run_floor(payloads)], args.rounds)
+    reads = pieces(body, args.read_size)
+    assert run_decoder(reads) == len(payloads) == run_decoder(reads, LineRulesOnly)
+    decoder_s, floor_s, lines_s = best_interleaved(
+        [lambda: run_decoder(reads), lambda: run_floor(payloads), lambda: run_decoder(reads, LineRulesOnly)],
+        args.rounds)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
     print(f"stream: {len(payloads)} chunks, {len(body) / len(payloads):.0f} bytes each on average, "
-          f"{len(reads)} reads of 1400 bytes")
+          f"{len(reads)} reads of {args.read_size} bytes")
     print(f"decoder + json.loads: {decoder_s * 1000:.1f} ms ({len(body) / decoder_s / 1e6:.0f} MB/s)")
     print(f"json.loads alone:     {floor_s * 1000:.1f} ms")
     print(f"ratio: {decoder_s / floor_s:.3f}x the floor (target <= 1.25x)")
+    print(f"fast path off (line rules only) + json.loads: {lines_s * 1000:.1f} ms, "
+          f"{lines_s / floor_s:.3f}x the floor; the fast path saves "
+          f"{(lines_s - decoder_s) / len(payloads) * 1e6:.2f} us an event")
     small = min(huge_line(4 * 1024 * 1024) for _ in range(3))
     large = min(huge_line(16 * 1024 * 1024) for _ in range(3))
     print(f"one 4 MiB data line in 1 KiB reads:  {small * 1000:.1f} ms")
