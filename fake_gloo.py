@@ -502,9 +502,12 @@ class _Wire:
 
     def write(self, data: bytes) -> None:
         if self._trickle is not None:
+            # Byte i goes out at start + i * trickle: a schedule, so the cost of each write and
+            # each wake-up does not add up over thousands of bytes.
+            start = time.monotonic()
             for i in range(len(data)):
                 if i:
-                    self.pause(self._trickle)
+                    self.pause_until(start + i * self._trickle)
                 self._send(data[i:i + 1])
         elif self._split:
             for i, piece in enumerate(_split_mid_character(data)):
@@ -523,15 +526,21 @@ class _Wire:
 
     def pause(self, seconds: float) -> None:
         """Sleep, but end early (raising) if the client goes away or the simulator stops."""
-        deadline = time.monotonic() + seconds
+        self.pause_until(time.monotonic() + seconds)
+
+    def pause_until(self, deadline: float) -> None:
+        """Sleep until `deadline` (time.monotonic()), ending early like pause()."""
         while True:
             if self._stopping.is_set():
                 raise _Stopping
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            # poll() waits whole milliseconds and rounds a fraction up (0.2 ms would take 1 ms): wait
+            # the whole milliseconds there, then sleep the sub-millisecond rest exactly.
+            whole_ms = int(min(remaining, _POLL_SECONDS) * 1000)
             try:
-                readable = _wait_readable(self._sock, min(remaining, _POLL_SECONDS))
+                readable = _wait_readable(self._sock, whole_ms / 1000)
                 # Readable with nothing to peek at is the end of the client's stream.
                 gone = bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
             except (OSError, ValueError):
@@ -540,6 +549,8 @@ class _Wire:
                 raise _ClientGone
             if readable:  # the client sent more bytes: we cannot see its EOF, so just wait
                 time.sleep(min(max(0.0, deadline - time.monotonic()), _POLL_SECONDS))
+            elif not whole_ms:  # under a millisecond left, and the socket was just looked at
+                time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ CLIENT_ID = "client-canary-id"
 CLIENT_SECRET = "SECRET-canary-7f3a9"
 WRONG_SECRET = "SECRET-canary-wrong-88c1"
 PROXY_KEY = "PROXYKEY-canary-4d2e1"
+REQUEST_LINE = re.compile(r" POST /api/stream \d{3} ")  # the proxy's one line per request
 
 SCENARIOS = ["Hi", "Hi [[drop:2]]", "Hi [[error]]", "Hi [[content_filter]]", "Hi [[tools]]", "Hi [[openai]]",
              "Hi [[crlf]]", "Hi [[split_utf8]]", "Hi [[html]]", "Hi [[garbage]]", "Hi [[reset]]",
@@ -49,6 +51,14 @@ class Recorder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+
+
+def wait_logged(test: unittest.TestCase, lines: List[str], *, count: int, timeout: float = 5.0) -> None:
+    """Wait until `lines` holds `count` request lines for POST /api/stream (each is written just after its answer)."""
+    deadline = time.monotonic() + timeout
+    while sum(bool(REQUEST_LINE.search(line)) for line in list(lines)) < count:
+        test.assertLess(time.monotonic(), deadline, f"fewer than {count} requests were logged")
+        time.sleep(0.01)
 
 
 def describe(exc: BaseException) -> str:
@@ -213,7 +223,7 @@ class RelaySecretTests(SecretTestCase):
         self.outputs.append(("wrong upstream secret", raw_exchange(wrong.server_address[:2], (
             f"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
             f"{PROXY_KEY}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)))
-        time.sleep(0.05)  # the last request's log line is written just after its answer
+        wait_logged(self, self.recorder.lines, count=1)  # the last request's line comes just after its answer
         self.assert_no_secret(at_least=100)
 
     # Regression guard for a fixed bug: proxy_server._Handler._relay relays upstream events verbatim and builds the final error
@@ -283,7 +293,7 @@ class CommandLineSecretTests(unittest.TestCase):
                 answers.append(raw_exchange(proxy.address, (
                     f"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: "
                     f"Bearer {key}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body))
-            time.sleep(0.1)
+            wait_logged(self, proxy.lines, count=len(answers))  # every request's line, so every one is checked
         finally:
             out, err = proxy.stop()
         self.assertIn("stopped", err)
