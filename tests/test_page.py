@@ -20,6 +20,14 @@ FINISHED_JS = """() => {
   const s = document.getElementById('status').textContent;
   return s === 'Done' || s.startsWith('Done (') || s === 'Stopped' || s.startsWith('Error: ');
 }"""
+# Records each text #status shows from now on in window.__statuses (one observer per page).
+WATCH_STATUS_JS = """() => {
+  window.__statuses = [];
+  if (window.__watchingStatus) return;
+  window.__watchingStatus = true;
+  new MutationObserver(() => window.__statuses.push(document.getElementById('status').textContent))
+    .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+}"""
 ALLOWED_TAGS = ["H1", "H2", "H3", "H4", "H5", "H6", "P", "STRONG", "EM", "CODE", "PRE", "OL", "UL", "LI", "A", "BR"]
 META = re.compile(r"^(\d+) tokens? \u2022 \d+ ms \u2022 first token \d+ ms \u2022 \d+\.\d tokens/s$")
 
@@ -250,12 +258,16 @@ class FailureTest(PageTestCase):
         page = self.open_page()
         for marker, expected in cases:
             with self.subTest(marker=marker):
-                status = self.ask(page, marker + " [[echo]] alpha beta gamma delta epsilon")
+                page.evaluate(WATCH_STATUS_JS)
+                # Past the end of the stream's request nothing is left that could rewrite the status.
+                with page.expect_request_finished(lambda request: request.url.endswith("/api/stream")):
+                    status = self.ask(page, marker + " [[echo]] alpha beta gamma delta epsilon")
                 self.assertTrue(status.startswith(expected), status)
                 self.assertEqual(page.text_content("#output"), "alpha beta gamma", "the partial answer stays")
                 self.assertIn("is-error", page.get_attribute("#status", "class"))
-                time.sleep(0.2)
-                self.assertEqual(page.text_content("#status"), status, "the error stays visible")
+                statuses = page.evaluate("() => new Promise((done) => setTimeout(() => done(window.__statuses)))")
+                self.assertEqual(statuses[-1], status, "the error stays visible")
+                self.assertEqual(len([s for s in statuses if s.startswith("Error: ")]), 1, statuses)
         self.assertNoErrors()
 
     def test_mid_stream_error_event_message_is_shown(self):
