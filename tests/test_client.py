@@ -139,9 +139,9 @@ class StreamingTests(SimulatorTestCase):
 
 class MidStreamFailureTests(SimulatorTestCase):
     def test_drop_keeps_partial_text(self):
-        result = self.client().complete("Tell me more [[drop:3]]")
+        result = self.client().complete("[[echo]] one two three four five [[drop:3]]")
         self.assertEqual(result.token_count, 3)
-        self.assertTrue(result.text)
+        self.assertEqual(result.text, "one two three")
         self.assertNotEqual(result.finish_reason, "stop")
         self.assertIn("ended before", result.error)
 
@@ -155,18 +155,18 @@ class MidStreamFailureTests(SimulatorTestCase):
         self.assertTrue(caught.exception.retryable)
 
     def test_error_event_keeps_partial_text(self):
-        stream = self.client().stream("Hi [[error]]")
+        stream = self.client().stream("[[echo]] one two three four five [[error]]")
         with self.assertRaises(ProviderError) as caught:
             for _ in stream:
                 pass
         error = caught.exception
         self.assertEqual(error.name, "PROVIDER_TIMEOUT")
         self.assertEqual(error.code, 504)
-        self.assertTrue(error.text)
-        result = self.client().complete("Hi [[error]]")
+        self.assertEqual(error.text, "one two three")
+        result = self.client().complete("[[echo]] one two three four five [[error]]")
         self.assertEqual(result.finish_reason, "error")
         self.assertIn("PROVIDER_TIMEOUT", result.error)
-        self.assertTrue(result.text)
+        self.assertEqual(result.text, "one two three")
 
     def test_content_filter_is_final_and_not_retried(self):
         result = self.client().complete("Hi [[content_filter]]")
@@ -176,10 +176,10 @@ class MidStreamFailureTests(SimulatorTestCase):
 
     def test_stall_hits_the_idle_timeout(self):
         started = time.monotonic()
-        result = self.client(read_timeout=0.3).complete("Hi [[stall]]")
+        result = self.client(read_timeout=0.3).complete("[[echo]] one two three [[stall]]")
         self.assertLess(time.monotonic() - started, 3)
         self.assertIn("no data", result.error)
-        self.assertTrue(result.text)
+        self.assertEqual(result.text, "one")  # the first content chunk, then silence
         self.assertTrue(self.fake.wait_for_disconnect(3))
 
     def test_stall_raises_stream_timeout(self):
@@ -211,7 +211,7 @@ class EveryScenarioTests(SimulatorTestCase):
 
     CASES = [
         # prompt, finish_reason, error contains (None: no error), check on the text
-        ("Hi", "stop", None, lambda t: len(t) > 20),
+        ("Hi", "stop", None, lambda t: t.startswith("You asked: \u201cHi\u201d.") and len(t) > 100),
         ("[[openai]]", "stop", None, None),
         ("[[usage]]", "stop", None, None),
         ("[[markdown]]", "stop", None, lambda t: "```" in t and "**" in t),
@@ -226,8 +226,8 @@ class EveryScenarioTests(SimulatorTestCase):
         ("[[trickle]]", "stop", None, None),
         ("[[tools]]", "tool_calls", None, lambda t: t == ""),
         ("[[content_filter]]", "content_filter", None, None),
-        ("[[error]]", "error", "PROVIDER_TIMEOUT", lambda t: len(t) > 0),
-        ("[[drop:2]]", "unknown", "ended before", lambda t: len(t) > 0),
+        ("[[error]] [[echo]] one two three four", "error", "PROVIDER_TIMEOUT", lambda t: t == "one two three"),
+        ("[[drop:2]] [[echo]] one two three", "unknown", "ended before", lambda t: t == "one two"),
         ("[[reset]]", "unknown", "ended before", lambda t: t == ""),
         ("[[garbage]]", "unknown", "ended before", None),
         ("[[stall:0.2]]", "stop", None, None),

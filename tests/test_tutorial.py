@@ -102,10 +102,10 @@ class TutorialFunctionTests(IsolatedTestCase):
         self.assertEqual(self.fake.requests[-1]["headers"]["Authorization"], "Bearer " + token)
 
     def test_stream_completion_keeps_partial_text_on_drop(self):
-        result = stream_completion("Hi [[drop:4]]")
-        self.assertEqual(result["token_count"], 4)
+        result = stream_completion("[[echo]] one two three four five [[drop:4]]")
+        self.assertEqual((result["text"], result["token_count"]), ("one two three four", 4))
         self.assertNotEqual(result["finish_reason"], "stop")
-        self.assertTrue(result["error"])
+        self.assertIn("ended before", result["error"])
 
     def test_render_stream_to_terminal_format(self):
         out = io.StringIO()
