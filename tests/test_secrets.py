@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import unittest
-from typing import Any, List, Tuple
+from typing import Any
 
 import gloo_stream
 from fake_gloo import FakeGloo
@@ -47,13 +47,13 @@ class Recorder(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-        self.lines: List[str] = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
 
 
-def wait_logged(test: unittest.TestCase, lines: List[str], *, count: int, timeout: float = 5.0) -> None:
+def wait_logged(test: unittest.TestCase, lines: list[str], *, count: int, timeout: float = 5.0) -> None:
     """Wait until `lines` holds `count` request lines for POST /api/stream (each is written just after its answer)."""
     deadline = time.monotonic() + timeout
     while sum(bool(REQUEST_LINE.search(line)) for line in list(lines)) < count:
@@ -68,7 +68,7 @@ def describe(exc: BaseException) -> str:
     return "\n".join([str(exc), repr(exc), repr(fields), json.dumps(result.to_dict()) if result else ""])
 
 
-def raw_exchange(address: Tuple[str, int], request: bytes) -> str:
+def raw_exchange(address: tuple[str, int], request: bytes) -> str:
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(request)
         parts = []
@@ -97,9 +97,9 @@ class SecretTestCase(IsolatedTestCase):
             logger.setLevel(logging.DEBUG)
             self.addCleanup(logger.setLevel, old_level)
             self.addCleanup(logger.removeHandler, self.recorder)
-        self.outputs: List[Tuple[str, str]] = []
+        self.outputs: list[tuple[str, str]] = []
 
-    def secrets(self) -> List[str]:
+    def secrets(self) -> list[str]:
         tokens = list(self.fake.issued_tokens)
         self.assertTrue(tokens)  # the scenarios really ran with issued tokens
         return [CLIENT_SECRET, WRONG_SECRET, PROXY_KEY] + tokens
@@ -226,8 +226,8 @@ class RelaySecretTests(SecretTestCase):
         wait_logged(self, self.recorder.lines, count=1)  # the last request's line comes just after its answer
         self.assert_no_secret(at_least=100)
 
-    # Regression guard for a fixed bug: proxy_server._Handler._relay relays upstream events verbatim and builds the final error
-    # event from the upstream's error message without gloo_stream._redact, so an upstream that
+    # Regression guard for a fixed bug: proxy_server._Handler._relay relays upstream events verbatim and builds
+    # the final error event from the upstream's error message without gloo_stream._redact, so an upstream that
     # quotes the proxy's bearer token in a mid-stream error (some gateways do) hands it to the
     # browser. Fix: pass the relayed batch and the error message through gloo_stream._redact
     # (a substring check per registered secret per batch).
