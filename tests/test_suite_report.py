@@ -34,7 +34,8 @@ def sample_classes() -> tuple:
 
 def run_suite(*classes: type) -> str:
     suite = unittest.TestSuite(unittest.defaultTestLoader.loadTestsFromTestCase(cls) for cls in classes)
-    ids = [test.id() for group in suite for test in group]
+    ids = [f"{cls.__module__}.{cls.__qualname__}.{name}"
+           for cls in classes for name in unittest.defaultTestLoader.getTestCaseNames(cls)]
     result = unittest.TestResult()
     suite.run(result)
     return skip_report(result.skipped, ids)
