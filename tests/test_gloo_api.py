@@ -402,7 +402,8 @@ class StrictSimulatorTests(GlooTestCase):
 
     def test_grounded_answer_without_streaming(self):
         response = self.post("/ai/v2/chat/completions/grounded",
-                             {"messages": [{"role": "user", "content": "Hi"}], "auto_routing": True, "sources_limit": 2})
+                             {"messages": [{"role": "user", "content": "Hi"}], "auto_routing": True,
+                              "sources_limit": 2})
         answer = response.json()
         self.assertEqual((answer["object"], answer["sources_returned"], len(answer["citations"])),
                          ("chat.completion", True, 2))
