@@ -1923,6 +1923,7 @@ class ChatStream:
         self._eof = False
         self._closed = False
         self._finished_at: Optional[float] = None  # when the accumulator first said finished
+        self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
         self.error: Optional[StreamError] = None
         self.bytes_read = 0
@@ -1974,6 +1975,9 @@ class ChatStream:
         if error is not None and not isinstance(error, ProviderError):
             return self.accumulator.outcome(ended=True, failure=str(error), error_name=type(error).__name__,
                                             retryable=error.retryable)
+        if self._closed and not self._body_ended and not self.accumulator.finished:
+            return self.accumulator.outcome(failure="the stream was closed before the answer finished",
+                                            error_name="closed")
         return self.accumulator.outcome(ended=self._closed)
 
     def grace_remaining(self) -> Optional[float]:
@@ -2091,6 +2095,7 @@ class ChatStream:
             raise self._fail(EventTooLargeError, str(exc)) from None
 
     def _end_of_body(self) -> None:
+        self._body_ended = True
         try:
             if not self._closed:
                 self._decoder.close()
