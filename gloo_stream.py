@@ -1720,13 +1720,15 @@ class GlooClient:
 
     def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
                       publisher: Optional[str] = None, sources_limit: Optional[int] = None,
-                      grounded: bool = False, include_usage: bool = True, **options: Any) -> dict:
+                      grounded: bool = False, include_usage: Optional[bool] = None, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
         Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
         whose value is None are left out. `publisher` (Gloo's `rag_publisher`), `sources_limit`
         (1-10) or `grounded=True` make a grounded request, with citations unless
-        `include_citations=False`. A stream asks for usage (`stream_options.include_usage`).
+        `include_citations=False`. `include_usage=True` asks a stream for its usage
+        (`stream_options.include_usage`); by default only grounded streams ask, the one endpoint
+        whose reference documents `stream_options`.
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
@@ -1738,9 +1740,10 @@ class GlooClient:
             payload["sources_limit"] = sources_limit
         if grounded and "rag_publisher" not in payload:
             payload["rag_publisher"] = DEFAULT_PUBLISHER
-        if is_grounded(payload):
+        grounded = is_grounded(payload)
+        if grounded:
             payload.setdefault("include_citations", True)
-        if stream and include_usage:
+        if stream and (include_usage if include_usage is not None else grounded):
             payload.setdefault("stream_options", {"include_usage": True})
         payload["stream"] = stream
         return payload

@@ -250,13 +250,20 @@ class RoutingMetadataTests(GlooTestCase):
         self.assertEqual((result.model, result.provider, result.model_family, result.routing_mechanism),
                          ("gloo-anthropic-claude-sonnet-4.5", "anthropic", "Anthropic", "direct_model_selection"))
 
-    def test_usage_is_asked_for(self):
-        result = self.client().complete("Hi")
+    def test_usage_when_asked(self):
+        result = self.client().complete("Hi", include_usage=True)
         self.assertEqual(self.fake.requests[-1]["body"]["stream_options"], {"include_usage": True})
         self.assertEqual(result.usage["completion_tokens"], result.token_count)
-        unasked = self.client().complete("Hi", include_usage=False)
+        unasked = self.client().complete("Hi")  # the v2 reference does not list stream_options
         self.assertNotIn("stream_options", self.fake.requests[-1]["body"])
         self.assertIsNone(unasked.usage)
+
+    def test_grounded_streams_ask_for_usage(self):
+        result = self.client().complete("Hi", publisher="P")
+        self.assertEqual(self.fake.requests[-1]["body"]["stream_options"], {"include_usage": True})
+        self.assertIsNotNone(result.usage)
+        self.client().complete("Hi", publisher="P", include_usage=False)
+        self.assertNotIn("stream_options", self.fake.requests[-1]["body"])
 
 
 class TutorialCompatibilityTests(GlooTestCase):
