@@ -829,7 +829,8 @@ class ChatAccumulator:
                 log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
             return None
         if is_error:
-            self._set_error(chunk.get("error", chunk) if isinstance(chunk, dict) else chunk)
+            inner = chunk.get("error") if isinstance(chunk, dict) else None
+            self._set_error(inner if isinstance(inner, dict) else chunk)
         elif event.event in _SOURCE_EVENTS and isinstance(chunk, list):
             self._add_sources(chunk)  # a named event whose data is the list itself
             return None
@@ -909,7 +910,8 @@ class ChatAccumulator:
                     for call in calls:
                         self._merge_tool_call(call)
         if error is not None and error is not False and error != "":
-            self.error = _error_fields(error)  # the latest error object is the one that counts
+            # The latest error object is the one that counts; Gloo's flat {"error": "<text>", "code": ...} too.
+            self.error = _error_fields(chunk if isinstance(error, str) and "code" in chunk else error)
             if self.finish_reason is None:
                 self.finish_reason = "error"
         return content
@@ -957,7 +959,7 @@ class ChatAccumulator:
         if self.error is not None:
             error = self.error
             return StreamOutcome("provider_error", self.finish_reason or "error", str(error.get("name") or ""),
-                                 error.get("code"), describe_provider_error(error), True)
+                                 error.get("code"), describe_provider_error(error), error.get("retryable", True))
         if self.finish_reason is not None or self.done:
             return StreamOutcome("finished", self.finish_reason)
         if failure is not None:
@@ -1031,11 +1033,14 @@ def _error_fields(error: Any) -> dict:
         message = error.get("message")
         if not message:  # Gloo's body shape: {"error": "<text>", "code": "<text>"}; or {"detail": "<text>"}
             message = next((error[k] for k in ("error", "detail") if isinstance(error.get(k), str)), "")
-        return {
+        fields = {
             "code": error.get("code"),
             "name": str(error.get("name") or error.get("type") or ""),
             "message": str(message or ""),
         }
+        if isinstance(error.get("retryable"), bool):
+            fields["retryable"] = error["retryable"]
+        return fields
     return {"code": None, "name": "", "message": "" if error is None else str(error)}
 
 
@@ -1046,7 +1051,7 @@ def describe_provider_error(error: Mapping[str, Any]) -> str:
     """
     if not isinstance(error, Mapping):
         error = _error_fields(error)
-    elif set(error) - {"code", "name", "message"}:
+    elif set(error) - {"code", "name", "message", "retryable"}:
         error = _error_fields(dict(error))
     label = error.get("name") or "error"
     if error.get("code") is not None:

@@ -38,6 +38,11 @@ VECTORS = [
      ("provider_error", "error", "", 503, "error (503): provider overloaded"), "Hel"),
     ("event error in plain text", content("Hel") + b"event: error\ndata: provider overloaded\n\n",
      ("provider_error", "error", "", None, "error: provider overloaded"), "Hel"),
+    ("event error in Gloo's flat shape", content("Hel") + b'event: error\ndata: {"error": "provider overloaded", '
+     b'"code": "overloaded"}\n\n',
+     ("provider_error", "error", "", "overloaded", "error (overloaded): provider overloaded"), "Hel"),
+    ("an error chunk without an event name", content("Hel") + data({"error": "provider overloaded", "code": 503}),
+     ("provider_error", "error", "", 503, "error (503): provider overloaded"), "Hel"),
     ("finish_reason error with Gloo's internal code", content("Hel") + finish(
         "error", error={"code": 2001, "name": "PROVIDER_TIMEOUT", "message": "timed out"}),
      ("provider_error", "error", "PROVIDER_TIMEOUT", 2001, "PROVIDER_TIMEOUT (2001): timed out"), "Hel"),
@@ -149,6 +154,14 @@ class OneVerdictTests(unittest.TestCase):
                         break
                 self.assertEqual(_summary(accumulator.outcome(ended=True)), expected)
                 self.assertEqual(accumulator.text, text)
+
+    def test_a_provider_error_says_whether_to_retry(self):
+        body = content("Hi") + finish("error", error={"code": 3001, "name": "CONTENT_POLICY", "message": "no",
+                                                       "retryable": False})
+        stream = ChatStream(_Body(body, 1 << 20))
+        with self.assertRaises(ProviderError):
+            list(stream)
+        self.assertEqual((stream.outcome.kind, stream.outcome.retryable), ("provider_error", False))
 
     def test_outcome_before_the_end_is_streaming(self):
         stream = ChatStream(_Body(content("Hi") + content("there"), 1 << 20))
