@@ -1762,13 +1762,14 @@ class GlooClient:
         """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
         return self.grounded_url if is_grounded(payload) else self.api_url
 
-    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> Any:
-        """POST `payload` and return the open response once its status is 200.
+    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None, url: Optional[str] = None) -> Any:
+        """POST `payload` (to `url`, else `url_for(payload)`) and return the open response once its status is 200.
 
         Retries happen here, before the first byte of the body: a 401 refreshes the token
         once; 408/429/5xx and connection failures back off and retry up to `max_retries`.
         """
         body = _encode_payload(payload)
+        target = url if url is not None else self.url_for(payload)  # grounded bodies go to <api_url>/grounded
         started = self._clock()
         # The response must begin (status and headers) within the deadline, or else within a
         # connect timeout plus an idle timeout, however slowly its bytes trickle in.
@@ -1779,7 +1780,7 @@ class GlooClient:
         while True:
             bearer = token or self.token()
             request = urllib.request.Request(
-                self.url_for(payload),
+                target,
                 data=body,
                 method="POST",
                 headers={
