@@ -1753,15 +1753,6 @@ class GlooClient:
         payload["stream"] = stream
         return payload
 
-    @property
-    def grounded_url(self) -> str:
-        """Where grounded requests go: `<api_url>/grounded`."""
-        return _grounded_url(self.api_url)
-
-    def url_for(self, payload: Mapping[str, Any]) -> str:
-        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
-        return self.grounded_url if is_grounded(payload) else self.api_url
-
     def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None, url: Optional[str] = None) -> Any:
         """POST `payload` (to `url`, else `url_for(payload)`) and return the open response once its status is 200.
 
@@ -1861,6 +1852,15 @@ class GlooClient:
 
     def _within_deadline(self, started: float, wait: float) -> bool:
         return self.deadline is None or (self._clock() - started) + wait < self.deadline
+
+    @property
+    def grounded_url(self) -> str:
+        """Where grounded requests go: `<api_url>/grounded`."""
+        return _grounded_url(self.api_url)
+
+    def url_for(self, payload: Mapping[str, Any]) -> str:
+        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
+        return self.grounded_url if is_grounded(payload) else self.api_url
 
     def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
                **options: Any) -> "ChatStream":
