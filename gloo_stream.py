@@ -2258,6 +2258,8 @@ class TutorialResponse:
         self._content: Optional[bytes] = None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "raw":  # not set yet (a half-built or copied object): no recursion
+            raise AttributeError(name)
         return getattr(self.raw, name)
 
     def __enter__(self) -> "TutorialResponse":
