@@ -826,7 +826,8 @@ class ChatAccumulator:
                 self._set_error({"message": data})
             else:
                 self.skipped_events += 1
-                log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+                if self.skipped_events == 1:  # once per stream: a server sending only such events cannot flood the log
+                    log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
             return None
         if is_error:
             inner = chunk.get("error") if isinstance(chunk, dict) else None
