@@ -780,9 +780,10 @@ class ChatAccumulator:
         self.error: Optional[dict] = None
         self.skipped_events = 0  # events whose data was not JSON
         self._tools: Dict[int, dict] = {}
-        # Chunks add_event() folded that a caller may still hand to add() the old way (parse the
-        # batch read_batch() returned, then add() each chunk): those are not folded twice.
+        # The chunks of the batch ChatStream.read_batch() just folded: a caller may still hand them
+        # to add() the old way (parse the batch, then add() each chunk); they are not folded twice.
         self._unclaimed: List[dict] = []
+        self._claimed = 0
 
     @property
     def text(self) -> str:
@@ -838,7 +839,6 @@ class ChatAccumulator:
         if not isinstance(chunk, dict):
             return None
         self._fold(chunk)
-        self._unclaimed.append(chunk)
         return chunk
 
     def add(self, chunk: Any) -> str:
@@ -847,10 +847,11 @@ class ChatAccumulator:
             return ""
         unclaimed = self._unclaimed
         if unclaimed:
-            if unclaimed[0] is chunk or unclaimed[0] == chunk:
-                del unclaimed[0]
+            at = self._claimed
+            if at < len(unclaimed) and (unclaimed[at] is chunk or unclaimed[at] == chunk):
+                self._claimed = at + 1
                 return extract_token_content(chunk)  # add_event() folded it already
-            unclaimed.clear()
+            self._unclaimed = []
         return self._fold(chunk)
 
     def _set_error(self, error: Any) -> None:
@@ -2085,7 +2086,6 @@ class ChatStream:
 
     def _fold(self, events: List[ServerSentEvent]) -> Tuple[List[ServerSentEvent], List[dict]]:
         accumulator = self.accumulator
-        accumulator._unclaimed.clear()
         chunks: List[dict] = []
         for position, event in enumerate(events):
             chunk = accumulator.add_event(event)
@@ -2096,6 +2096,7 @@ class ChatStream:
                 break
         if self._finished_at is None and accumulator.finished:
             self._finished_at = self._clock()
+        accumulator._unclaimed, accumulator._claimed = chunks[:], 0  # only this batch's: memory stays flat
         return events, chunks
 
     def _feed(self, data: bytes) -> List[ServerSentEvent]:
