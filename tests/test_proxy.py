@@ -92,12 +92,18 @@ class RelayTests(ProxyTestCase):
         self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events))
 
     def test_upstream_request_is_forced_to_stream_with_auto_routing(self):
-        self.request("POST", "/api/stream", dict(PROMPT, stream=False, temperature=0.2, tradition="catholic",
-                                                 unknown_field="dropped"))
+        self.request("POST", "/api/stream", dict(PROMPT, stream=False, temperature=0.2, tradition="catholic"))
         body = self.fake.requests[-1]["body"]
         self.assertEqual((body["stream"], body["auto_routing"], body["temperature"], body["tradition"]),
                          (True, True, 0.2, "catholic"))
-        self.assertNotIn("unknown_field", body)
+
+    def test_an_unknown_field_is_a_400_that_names_it(self):
+        status, _, body = self.post_stream("Hi", unknown_field="dropped")
+        self.assertEqual(status, 400)
+        error = json.loads(body)["error"]
+        self.assertEqual(error["code"], "unsupported_field")
+        self.assertTrue(error["message"].startswith("unknown_field "), error["message"])
+        self.assertEqual(self.fake.requests, [])
 
     def test_model_family_passes_through(self):
         self.request("POST", "/api/stream", dict(PROMPT, model_family="anthropic"))
