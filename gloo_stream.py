@@ -39,7 +39,10 @@ __all__ = [
     # chat chunks
     "ChatAccumulator",
     "ChatResult",
+    "StreamOutcome",
     "extract_token_content",
+    "describe_provider_error",
+    "redact",
     # errors
     "GlooError",
     "ConfigurationError",
@@ -51,6 +54,7 @@ __all__ = [
     "NotFoundError",
     "UnprocessableEntityError",
     "RateLimitError",
+    "SpendLimitError",
     "ServerError",
     "APIConnectionError",
     "APITimeoutError",
@@ -64,14 +68,17 @@ __all__ = [
     "TokenCache",
     "GlooClient",
     "ChatStream",
+    "is_grounded",
     "load_dotenv",
     # the tutorial's functions
     "ensure_valid_token",
+    "get_access_token",
     "handle_stream_error",
     "make_streaming_request",
     "parse_sse_line",
     "stream_completion",
     "render_stream_to_terminal",
+    "TutorialResponse",
     "main",
 ]
 
@@ -79,6 +86,9 @@ __version__ = "1.0.0"
 
 DEFAULT_TOKEN_URL = "https://platform.ai.gloo.com/oauth2/token"
 DEFAULT_API_URL = "https://platform.ai.gloo.com/ai/v2/chat/completions"
+GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
+DEFAULT_PUBLISHER = "GlooGrounded"
+ENDPOINTS = ("completions", "guarded")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _USER_AGENT = "gloo-stream/" + __version__
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -105,11 +115,15 @@ def _register_secret(value: Optional[str]) -> None:
             _secrets = tuple(sorted(set(_secrets) | {value}, key=len, reverse=True))
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
+    """`text` with every registered secret (client secret, token, API key) replaced by `[redacted]`."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+_redact = redact  # the name other modules used before it was public
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +155,13 @@ class TokenError(GlooError):
 
 
 class APIStatusError(GlooError):
-    """The completions endpoint answered a non-2xx status before the stream began."""
+    """The completions endpoint answered a non-2xx status before the stream began.
+
+    `code` is Gloo's string code from the body (`too_many_requests`, `forbidden`, ...) and
+    `detail` the validation list of a 422 (`[{"loc", "msg", "type"}, ...]`), None when absent.
+    """
+
+    retryable = True
 
     def __init__(
         self,
@@ -157,6 +177,11 @@ class APIStatusError(GlooError):
         self.body = _redact(body)
         self.headers = dict(headers or {})
         self.retry_after = retry_after
+        parsed = _parse_error_body(self.body)
+        self.code: Optional[str] = parsed.code
+        self.detail: Optional[List[dict]] = parsed.detail
+        self.reason = parsed.text  # the body's own words for people ("" when it has none)
+        self.spend_limit = status == 429 and parsed.spend_limit
 
 
 class BadRequestError(APIStatusError):
@@ -181,6 +206,12 @@ class UnprocessableEntityError(APIStatusError):
 
 class RateLimitError(APIStatusError):
     """429: too many requests; `retry_after` says how long to wait when known."""
+
+
+class SpendLimitError(RateLimitError):
+    """429 because the organisation's (weekly) spend limit was reached: retrying soon will not help."""
+
+    retryable = False
 
 
 class ServerError(APIStatusError):
@@ -245,6 +276,88 @@ class EventTooLargeError(StreamError):
     """One event grew past the decoder's `max_event_bytes`."""
 
     retryable = False
+
+
+class _ErrorBody(NamedTuple):
+    code: Optional[str]
+    detail: Optional[List[dict]]
+    text: str
+    spend_limit: bool
+
+
+_SPEND_WORDS = ("spend", "spending", "budget", "billing", "quota", "credit", "payment")
+
+
+def _parse_error_body(body: str) -> _ErrorBody:
+    """What an error body says, whatever its shape: Gloo's `{"error": "<text>", "code": "<text>"}`,
+    FastAPI's `{"detail": [{"loc", "msg", "type"}...]}` or `{"detail": "<text>"}`, or OpenAI's
+    `{"error": {"message", "type", "code"}}`. Never raises."""
+    try:
+        data = json.loads(body) if body.lstrip()[:1] == "{" else None
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        return _ErrorBody(None, None, "", False)
+    code: Any = data.get("code")
+    text = ""
+    error = data.get("error")
+    if isinstance(error, str):
+        text = error
+    elif isinstance(error, dict):
+        message = error.get("message")
+        text = message if isinstance(message, str) else ""
+        if code is None:
+            code = error.get("code") if error.get("code") is not None else error.get("type")
+    detail = data.get("detail")
+    items: Optional[List[dict]] = None
+    if isinstance(detail, list):
+        items = [item for item in detail if isinstance(item, dict)]
+        described = [_describe_validation(item) for item in items]
+        text = "; ".join(line for line in described if line) or text
+    elif isinstance(detail, str) and detail:
+        text = text or detail
+    if not text:
+        for key in ("message", "error_description"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                text = value
+                break
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        code = None
+    code = str(code) if code is not None else None
+    said = f"{code or ''} {text}".lower()
+    return _ErrorBody(code, items, text, any(word in said for word in _SPEND_WORDS))
+
+
+def _describe_validation(item: Mapping[str, Any]) -> str:
+    """One FastAPI validation item as `temperature: Input should be less than or equal to 2`."""
+    loc = item.get("loc")
+    parts = [str(part) for part in loc if not isinstance(part, bool)] if isinstance(loc, list) else []
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+    where = ""
+    for part in parts:
+        where += f"[{part}]" if part.isdigit() else (f".{part}" if where else part)
+    message = item.get("msg")
+    message = message if isinstance(message, str) else ""
+    return f"{where}: {message}" if where and message else (message or where)
+
+
+def _describe_status(status: int, body: str) -> str:
+    """The message of an APIStatusError: the tutorial's words for 401/403/429, else Gloo's own."""
+    parsed = _parse_error_body(body)
+    if status == 429 and parsed.spend_limit:
+        return f"Spend limit reached (429): {parsed.text or 'the weekly spend limit was reached'}"
+    if status in (401, 403, 429) or not parsed.text:
+        return _status_message(status, body)
+    code = f" ({parsed.code})" if parsed.code and parsed.code not in parsed.text else ""
+    return f"API error ({status}): {parsed.text[:200]}{code}"
+
+
+def _status_class(status: int, body: str) -> type:
+    if status == 429 and _parse_error_body(body).spend_limit:
+        return SpendLimitError
+    return _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIStatusError)
 
 
 # ---------------------------------------------------------------------------
@@ -553,6 +666,33 @@ def extract_token_content(chunk: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
+@dataclass(frozen=True)
+class StreamOutcome:
+    """The one verdict on a stream: how it ended (or that it has not), decided once from its events.
+
+    `kind` is "streaming", "finished" (a finish_reason or `[DONE]` came), "provider_error" (the
+    stream carried an error) or "cut_short" (the body or the connection ended before any finish).
+    """
+
+    kind: str
+    finish_reason: Optional[str] = None
+    error_name: str = ""
+    error_code: Any = None
+    message: str = ""
+    retryable: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True when the answer is whole (it may still have been stopped by a filter or a length)."""
+        return self.kind == "finished"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict of the fields, plus `complete`."""
+        return {"kind": self.kind, "finish_reason": self.finish_reason, "complete": self.complete,
+                "error_name": self.error_name, "error_code": self.error_code, "message": self.message,
+                "retryable": self.retryable}
+
+
 @dataclass
 class ChatResult:
     """A finished (or failed) completion: the text and everything known about how it went."""
@@ -568,6 +708,14 @@ class ChatResult:
     error: Optional[str] = None
     id: Optional[str] = None
     provider: Optional[str] = None
+    sources: List[dict] = field(default_factory=list)
+    sources_returned: Optional[bool] = None
+    model_family: Optional[str] = None
+    routing_mechanism: Optional[str] = None
+    routing_tier: Optional[str] = None
+    routing_confidence: Optional[float] = None
+    tradition: Optional[str] = None
+    outcome: Optional[StreamOutcome] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict (the shape `stream_completion` returns)."""
@@ -583,31 +731,58 @@ class ChatResult:
             "error": self.error,
             "id": self.id,
             "provider": self.provider,
+            "sources": [dict(source) for source in self.sources],
+            "sources_returned": self.sources_returned,
+            "model_family": self.model_family,
+            "routing_mechanism": self.routing_mechanism,
+            "routing_tier": self.routing_tier,
+            "routing_confidence": self.routing_confidence,
+            "tradition": self.tradition,
+            "outcome": self.outcome.to_dict() if self.outcome is not None else None,
         }
 
 
-class ChatAccumulator:
-    """Folds chunks into one answer: content, tool calls, finish reason, usage, first-token time.
+_ROUTING_KEYS = ("model", "id", "provider", "model_family", "routing_mechanism", "routing_tier", "tradition")
+_SOURCE_LISTS = ("citations", "sources")
+_SOURCE_EVENTS = frozenset({"citations", "sources"})
 
-    `add()` never raises, whatever the chunk holds.
+
+class ChatAccumulator:
+    """Folds a stream into one answer: content, tool calls, finish reason, usage, sources, the verdict.
+
+    `add_event()` interprets one event (once); `add()` folds one chunk dict. Neither raises,
+    whatever the data holds. `outcome()` gives the verdict so far.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, started: Optional[float] = None) -> None:
+    def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
+                 started: Optional[float] = None) -> None:
         self._clock = clock
         self.started = clock() if started is None else started
         self.first_token_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self._parts: List[str] = []
-        self.keep_text = True  # a relay that only counts tokens turns this off: memory stays flat
+        self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
         self.token_count = 0
         self.finish_reason: Optional[str] = None
+        self.done = False  # `data: [DONE]` seen
         self.model: Optional[str] = None
         self.id: Optional[str] = None
         self.provider: Optional[str] = None
+        self.model_family: Optional[str] = None
+        self.routing_mechanism: Optional[str] = None
+        self.routing_tier: Optional[str] = None
+        self.routing_confidence: Optional[float] = None
+        self.tradition: Optional[str] = None
         self.usage: Optional[dict] = None
+        self.sources: List[dict] = []
+        self.sources_returned: Optional[bool] = None
         self.server_ttft_ms: Optional[int] = None
         self.error: Optional[dict] = None
+        self.skipped_events = 0  # events whose data was not JSON
         self._tools: Dict[int, dict] = {}
+        # Chunks add_event() folded that a caller may still hand to add() the old way (parse the
+        # batch read_batch() returned, then add() each chunk): those are not folded twice.
+        self._unclaimed: List[dict] = []
 
     @property
     def text(self) -> str:
@@ -628,14 +803,73 @@ class ChatAccumulator:
             return None
         return int(round((self.first_token_at - self.started) * 1000))
 
+    @property
+    def finished(self) -> bool:
+        """True once the answer can grow no more: a finish_reason, `[DONE]` or an error came."""
+        return self.finish_reason is not None or self.done or self.error is not None
+
+    def add_event(self, event: ServerSentEvent) -> Optional[dict]:
+        """Interpret one event: `[DONE]`, a JSON chunk, `event: error`, the grounded citations event.
+
+        Returns the chunk dict it carried, or None (`[DONE]`, data that is not a JSON object).
+        This is the one place an event's meaning is decided; everything else reads the result.
+        """
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return None
+        is_error = event.event == "error"
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            if is_error:  # `event: error` with plain text: the text is the message
+                self._set_error({"message": data})
+            else:
+                self.skipped_events += 1
+                log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+            return None
+        if is_error:
+            self._set_error(chunk.get("error", chunk) if isinstance(chunk, dict) else chunk)
+        elif event.event in _SOURCE_EVENTS and isinstance(chunk, list):
+            self._add_sources(chunk)  # a named event whose data is the list itself
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        self._fold(chunk)
+        self._unclaimed.append(chunk)
+        return chunk
+
     def add(self, chunk: Any) -> str:
         """Fold one chunk in; returns the content it carried ("" if none)."""
         if not isinstance(chunk, dict):
             return ""
-        for key in ("model", "id", "provider"):
+        unclaimed = self._unclaimed
+        if unclaimed:
+            if unclaimed[0] is chunk or unclaimed[0] == chunk:
+                del unclaimed[0]
+                return extract_token_content(chunk)  # add_event() folded it already
+            unclaimed.clear()
+        return self._fold(chunk)
+
+    def _set_error(self, error: Any) -> None:
+        if self.error is None:
+            self.error = _error_fields(error)
+        if self.finish_reason is None:
+            self.finish_reason = "error"
+
+    def _fold(self, chunk: dict) -> str:
+        for key in _ROUTING_KEYS:
             value = chunk.get(key)
             if isinstance(value, str) and value:
                 setattr(self, key, value)
+        routing = chunk.get("routing")  # liberal: some gateways nest the routing metadata
+        if isinstance(routing, dict):
+            for key in _ROUTING_KEYS[2:]:
+                value = routing.get(key) or routing.get(key.replace("routing_", ""))
+                if isinstance(value, str) and value:
+                    setattr(self, key, value)
+            self._set_confidence(routing.get("confidence", routing.get("routing_confidence")))
+        self._set_confidence(chunk.get("routing_confidence"))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -643,6 +877,14 @@ class ChatAccumulator:
         if (isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and self.server_ttft_ms is None
                 and math.isfinite(ttft)):
             self.server_ttft_ms = int(ttft)
+        returned = chunk.get("sources_returned")
+        if isinstance(returned, bool):
+            self.sources_returned = returned
+        for key in _SOURCE_LISTS:
+            sources = chunk.get(key)
+            if isinstance(sources, list):
+                self._add_sources(sources)
+                break
         error = chunk.get("error")
         choice = _first_choice(chunk)
         content = ""
@@ -666,9 +908,23 @@ class ChatAccumulator:
                 if isinstance(calls, list):
                     for call in calls:
                         self._merge_tool_call(call)
-        if error is not None:
-            self.error = _error_fields(error)
+        if error is not None and error is not False and error != "":
+            self.error = _error_fields(error)  # the latest error object is the one that counts
+            if self.finish_reason is None:
+                self.finish_reason = "error"
         return content
+
+    def _set_confidence(self, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            self.routing_confidence = float(value)
+
+    def _add_sources(self, items: List[Any]) -> None:
+        for item in items:
+            source = _source_fields(item)
+            if source is not None:
+                self.sources.append(source)
+        if self.sources and self.sources_returned is None:
+            self.sources_returned = True
 
     def _merge_tool_call(self, call: Any) -> None:
         if not isinstance(call, dict):
@@ -693,11 +949,31 @@ class ChatAccumulator:
             if isinstance(arguments, str):
                 merged["function"]["arguments"] += arguments
 
-    def result(self, *, error: Optional[str] = None) -> ChatResult:
-        """A snapshot of what has been accumulated."""
+    def outcome(self, ended: bool = False, failure: Optional[str] = None, *, error_name: str = "",
+                retryable: bool = True) -> StreamOutcome:
+        """The verdict so far. `ended`: the body ended (or the stream was closed); `failure`: why the
+        transport failed, if it did. A finished answer stays finished whatever the transport did after.
+        """
+        if self.error is not None:
+            error = self.error
+            return StreamOutcome("provider_error", self.finish_reason or "error", str(error.get("name") or ""),
+                                 error.get("code"), describe_provider_error(error), True)
+        if self.finish_reason is not None or self.done:
+            return StreamOutcome("finished", self.finish_reason)
+        if failure is not None:
+            return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
+        if ended:
+            return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None,
+                                 "the stream ended before the answer finished", retryable)
+        return StreamOutcome("streaming")
+
+    def result(self, *, error: Optional[str] = None, outcome: Optional[StreamOutcome] = None) -> ChatResult:
+        """A snapshot of what has been accumulated (`outcome` defaults to `self.outcome()`)."""
         end = self.finished_at if self.finished_at is not None else self._clock()
+        if outcome is None:
+            outcome = self.outcome()
         if error is None and self.error is not None:
-            error = _describe_provider_error(self.error)
+            error = describe_provider_error(self.error)
         return ChatResult(
             text=self.text,
             token_count=self.token_count,
@@ -710,6 +986,14 @@ class ChatAccumulator:
             error=error,
             id=self.id,
             provider=self.provider,
+            sources=[dict(source) for source in self.sources],
+            sources_returned=self.sources_returned,
+            model_family=self.model_family,
+            routing_mechanism=self.routing_mechanism,
+            routing_tier=self.routing_tier,
+            routing_confidence=self.routing_confidence,
+            tradition=self.tradition,
+            outcome=outcome,
         )
 
 
@@ -718,22 +1002,60 @@ def _copy_tool_calls(calls: List[dict]) -> List[dict]:
     return [dict(call, function=dict(call["function"])) for call in calls]
 
 
+def _first_text(item: Mapping[str, Any], keys: Sequence[str]) -> Optional[str]:
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _source_fields(item: Any) -> Optional[dict]:
+    """One citation as a dict with at least `title` and `url` (None when the item is unusable).
+
+    Liberal in what it takes: `url`/`link`/`uri`/`source_url` for the address, `title`/`name` for
+    the label; every other key is kept as it came.
+    """
+    if isinstance(item, str) and item:
+        return {"title": item, "url": item if item.startswith(("http://", "https://")) else None}
+    if not isinstance(item, dict):
+        return None
+    source = dict(item)
+    source["url"] = _first_text(item, ("url", "link", "uri", "source_url", "href"))
+    source["title"] = _first_text(item, ("title", "name", "label")) or source["url"]
+    return source
+
+
 def _error_fields(error: Any) -> dict:
     if isinstance(error, dict):
+        message = error.get("message")
+        if not message:  # Gloo's body shape: {"error": "<text>", "code": "<text>"}; or {"detail": "<text>"}
+            message = next((error[k] for k in ("error", "detail") if isinstance(error.get(k), str)), "")
         return {
             "code": error.get("code"),
             "name": str(error.get("name") or error.get("type") or ""),
-            "message": str(error.get("message") or ""),
+            "message": str(message or ""),
         }
-    return {"code": None, "name": "", "message": str(error)}
+    return {"code": None, "name": "", "message": "" if error is None else str(error)}
 
 
-def _describe_provider_error(error: dict) -> str:
+def describe_provider_error(error: Mapping[str, Any]) -> str:
+    """A human line for a stream's error object: `NAME (code): message`, secrets redacted.
+
+    Takes the accumulator's `error` or the raw object (`name`/`type`, `code`, `message`/`error`).
+    """
+    if not isinstance(error, Mapping):
+        error = _error_fields(error)
+    elif set(error) - {"code", "name", "message"}:
+        error = _error_fields(dict(error))
     label = error.get("name") or "error"
     if error.get("code") is not None:
         label = f"{label} ({error['code']})"
     message = error.get("message")
-    return f"{label}: {message}" if message else str(label)
+    return redact(f"{label}: {message}" if message else str(label))
+
+
+_describe_provider_error = describe_provider_error  # the name other modules used before it was public
 
 
 # ---------------------------------------------------------------------------
@@ -1100,9 +1422,9 @@ def _status_message(status: int, body: str) -> str:
 
 def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, str]] = None) -> APIStatusError:
     headers = dict(headers or {})
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIStatusError)
+    cls = _status_class(status, body)
     return cls(
-        _status_message(status, _redact(body)),
+        _describe_status(status, _redact(body)),
         status=status,
         body=body,
         headers=headers,
@@ -1264,6 +1586,42 @@ def _encode_payload(payload: Mapping[str, Any]) -> bytes:
 
 Messages = Union[str, Sequence[Mapping[str, Any]]]
 
+_GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
+
+
+def is_grounded(payload: Mapping[str, Any]) -> bool:
+    """True when a request body asks for a grounded answer (`rag_publisher` or `sources_limit`)."""
+    return any(payload.get(key) is not None for key in _GROUNDED_FIELDS)
+
+
+def _endpoint_name(value: Optional[str]) -> str:
+    name = (value or "completions").strip().lower()
+    name = {"": "completions", "default": "completions", "standard": "completions", "chat": "completions"}.get(
+        name, name)
+    if name not in ENDPOINTS:
+        raise ConfigurationError(f"unknown endpoint {value!r}: use 'completions' or 'guarded' (check GLOO_ENDPOINT)")
+    return name
+
+
+def _endpoint_url(url: str, endpoint: str) -> str:
+    """`url` turned to the guarded endpoint when asked (Gloo's path shape only; other URLs are kept)."""
+    if endpoint != "guarded":
+        return url
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/ai/v2/chat/completions") and "/guarded/" not in path:
+        path = path[: -len("/ai/v2/chat/completions")] + "/ai/v2/guarded/chat/completions"
+        return urllib.parse.urlunsplit(parts._replace(path=path))
+    return url
+
+
+def _grounded_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/grounded"):
+        path += "/grounded"
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
 
 def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
     if isinstance(message, str):
@@ -1280,8 +1638,10 @@ def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
 class GlooClient:
     """A configured connection to the completions API.
 
-    Credentials come from the arguments, else GLOO_CLIENT_ID / GLOO_CLIENT_SECRET (or a static
-    GLOO_API_KEY for OpenAI-compatible servers); URLs from GLOO_TOKEN_URL / GLOO_API_URL.
+    Credentials come from the arguments, else GLOO_CLIENT_ID / GLOO_CLIENT_SECRET (OAuth), or
+    GLOO_API_KEY (a Gloo Studio API key, or any OpenAI-compatible server's key); URLs from
+    GLOO_TOKEN_URL / GLOO_API_URL; `endpoint="guarded"` (or GLOO_ENDPOINT=guarded) picks Gloo's
+    guarded completions. Grounded requests (`publisher=`, `sources_limit=`) go to `<api_url>/grounded`.
     Safe to share between threads.
     """
 
@@ -1293,6 +1653,7 @@ class GlooClient:
         api_key: Optional[str] = None,
         token_url: Optional[str] = None,
         api_url: Optional[str] = None,
+        endpoint: Optional[str] = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         deadline: Optional[float] = None,
@@ -1305,7 +1666,9 @@ class GlooClient:
         clock: Callable[[], float] = time.monotonic,
         token_cache: Optional[TokenCache] = None,
     ) -> None:
-        self.api_url = _setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
+        self.endpoint = _endpoint_name(_setting(endpoint, "GLOO_ENDPOINT", "completions"))
+        self.api_url = _endpoint_url(_setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL,
+                                     self.endpoint)
         self.token_url = _setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL
         for url in (self.api_url, self.token_url):
             if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
@@ -1335,8 +1698,8 @@ class GlooClient:
             secret = _setting(client_secret, "GLOO_CLIENT_SECRET")
             if not cid or not secret:
                 raise ConfigurationError(
-                    "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET "
-                    "in the environment or in .env (or GLOO_API_KEY for an OpenAI-compatible server)"
+                    "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET, or GLOO_API_KEY "
+                    "(a Gloo Studio API key), in the environment or in .env"
                 )
             self.tokens = TokenCache(
                 client_id=cid, client_secret=secret, token_url=self.token_url,
@@ -1356,18 +1719,40 @@ class GlooClient:
         return self.tokens.get()
 
     def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
-                      **options: Any) -> dict:
+                      publisher: Optional[str] = None, sources_limit: Optional[int] = None,
+                      grounded: bool = False, include_usage: bool = True, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
-        Auto routing is used unless `model`, `model_family` or `auto_routing` is given;
-        options whose value is None are left out.
+        Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
+        whose value is None are left out. `publisher` (Gloo's `rag_publisher`), `sources_limit`
+        (1-10) or `grounded=True` make a grounded request, with citations unless
+        `include_citations=False`. A stream asks for usage (`stream_options.include_usage`).
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
         if not any(key in payload for key in ("auto_routing", "model", "model_family")):
             payload["auto_routing"] = True
+        if publisher is not None:
+            payload["rag_publisher"] = publisher
+        if sources_limit is not None:
+            payload["sources_limit"] = sources_limit
+        if grounded and "rag_publisher" not in payload:
+            payload["rag_publisher"] = DEFAULT_PUBLISHER
+        if is_grounded(payload):
+            payload.setdefault("include_citations", True)
+        if stream and include_usage:
+            payload.setdefault("stream_options", {"include_usage": True})
         payload["stream"] = stream
         return payload
+
+    @property
+    def grounded_url(self) -> str:
+        """Where grounded requests go: `<api_url>/grounded`."""
+        return _grounded_url(self.api_url)
+
+    def url_for(self, payload: Mapping[str, Any]) -> str:
+        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
+        return self.grounded_url if is_grounded(payload) else self.api_url
 
     def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> Any:
         """POST `payload` and return the open response once its status is 200.
@@ -1386,7 +1771,7 @@ class GlooClient:
         while True:
             bearer = token or self.token()
             request = urllib.request.Request(
-                self.api_url,
+                self.url_for(payload),
                 data=body,
                 method="POST",
                 headers={
@@ -1470,7 +1855,11 @@ class GlooClient:
 
     def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
                **options: Any) -> "ChatStream":
-        """Start a streamed completion; iterate the returned ChatStream for text deltas."""
+        """Start a streamed completion; iterate the returned ChatStream for text deltas.
+
+        Options are the request's fields (`model`, `model_family`, `tradition`, `temperature`,
+        `max_tokens`, `tools`, ...) plus `publisher=` / `sources_limit=` for a grounded answer.
+        """
         payload = self.build_payload(message, system=system, stream=True, **options)
         return self.stream_payload(payload, token=token)
 
@@ -1504,28 +1893,36 @@ class ChatStream:
     """An open completion stream.
 
     Iterate it for text deltas, or use `chunks()` for the chunk dicts, `events()` for the raw
-    events, or `event_batches()` for the events of each network read. `result()` gives the
-    ChatResult so far. Mid-stream failures raise a StreamError carrying the partial text.
-    Stopping early (break, close, an exception, Ctrl-C) closes the connection at once.
+    events, `event_batches()` / `read_batch()` for the events of each network read. Every way of
+    reading folds the events into `accumulator` once, so `outcome` is the one verdict on the
+    stream and `result()` the ChatResult so far. Mid-stream failures raise a StreamError carrying
+    the partial text; a finished answer never becomes an error. Stopping early (break, close, an
+    exception, Ctrl-C) closes the connection at once.
     """
+
+    finish_grace = 2.0  # seconds to wait after a finish for a usage chunk or [DONE]
 
     def __init__(self, response: Any, *, clock: Callable[[], float] = time.monotonic,
                  started: Optional[float] = None, read_timeout: Optional[float] = 60.0,
-                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES) -> None:
+                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES,
+                 finish_grace: Optional[float] = None, keep_text: bool = True) -> None:
         self.response = response
         self.status = getattr(response, "status", 200)
         self.headers = dict(response.headers.items()) if getattr(response, "headers", None) else {}
         self._clock = clock
-        self.accumulator = ChatAccumulator(clock=clock, started=started)
+        self.accumulator = ChatAccumulator(keep_text=keep_text, clock=clock, started=started)
         self.read_timeout = read_timeout
         self.deadline = deadline
+        if finish_grace is not None:
+            self.finish_grace = finish_grace
+        self.tap: Optional[Callable[[bytes], None]] = None  # sees each body read's bytes before decoding
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
         self._sock = _response_socket(response)
         fp = getattr(response, "fp", None)
         self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
         self._eof = False
         self._closed = False
-        self._done = False  # `data: [DONE]` seen
+        self._finished_at: Optional[float] = None  # when the accumulator first said finished
         self._consumed = False
         self.error: Optional[StreamError] = None
         self.bytes_read = 0
@@ -1563,14 +1960,39 @@ class ChatStream:
     def closed(self) -> bool:
         return self._closed
 
+    # -- the verdict ------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the answer can grow no more (a finish_reason, `[DONE]` or an error came)."""
+        return self.accumulator.finished
+
+    @property
+    def outcome(self) -> StreamOutcome:
+        """The one verdict on this stream so far (see StreamOutcome)."""
+        error = self.error
+        if error is not None and not isinstance(error, ProviderError):
+            return self.accumulator.outcome(ended=True, failure=str(error), error_name=type(error).__name__,
+                                            retryable=error.retryable)
+        return self.accumulator.outcome(ended=self._closed)
+
+    def grace_remaining(self) -> Optional[float]:
+        """Seconds left of the finish grace (0 when it is over), or None before the answer finished."""
+        if self._finished_at is None:
+            return None
+        return max(0.0, self.finish_grace - (self._clock() - self._finished_at))
+
     # -- reading ----------------------------------------------------------
 
-    def _read(self) -> bytes:
-        if self.deadline is not None and self._sock is not None:
-            remaining = self.deadline - (self._clock() - self.accumulator.started)
-            if remaining <= 0:
-                raise socket.timeout("deadline")
-            self._sock.settimeout(min(self.read_timeout or remaining, remaining))
+    def _read(self, grace: Optional[float] = None) -> bytes:
+        if self._sock is not None and (self.deadline is not None or grace is not None):
+            limits = [t for t in (self.read_timeout, grace) if t is not None]
+            if self.deadline is not None:
+                remaining = self.deadline - (self._clock() - self.accumulator.started)
+                if remaining <= 0:
+                    raise socket.timeout("deadline")
+                limits.append(remaining)
+            self._sock.settimeout(max(0.001, min(limits)))
         if self._body is not None:
             return self._body.read()
         read1 = getattr(self.response, "read1", None)
@@ -1591,35 +2013,76 @@ class ChatStream:
         return fp.buffered if isinstance(fp, _SocketReader) else 0
 
     def read_batch(self) -> Optional[List[ServerSentEvent]]:
-        """One network read's worth of events (possibly none); None at the end of the body.
+        """One network read's worth of events (possibly none), folded into `accumulator`; None at the end.
 
-        Raises ConnectionLostError or StreamTimeoutError on a transport failure, and
-        EventTooLargeError when one event passes `max_event_bytes`.
+        After a finish it waits at most `finish_grace` seconds for more (usage, `[DONE]`), then
+        ends cleanly. Before a finish, raises ConnectionLostError or StreamTimeoutError on a
+        transport failure, and EventTooLargeError when one event passes `max_event_bytes`.
         """
-        if self._closed or self._eof:
+        batch = self._next_batch()
+        return None if batch is None else batch[0]
+
+    def _next_batch(self) -> Optional[Tuple[List[ServerSentEvent], List[dict]]]:
+        accumulator = self.accumulator
+        if self._closed or self._eof or accumulator.done:
             self._end_of_body()
             return None
-        if self._decoder.owes_error:  # an event was too large: say so before waiting on the network
-            self._feed(b"")
+        grace = self.grace_remaining()
+        if grace is not None and grace <= 0:
+            self._end_of_body()  # finished, and nothing more came in time: a clean end
+            return None
         try:
-            data = self._read()
-        except socket.timeout:
-            if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
-                raise self._fail(StreamTimeoutError, f"the stream passed its {self.deadline:g}s deadline") from None
-            raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            if self._closed:
-                return None
-            raise self._fail(ConnectionLostError, f"connection lost mid-stream: {_describe_os_error(exc)}") from None
-        if self._body is not None and self._body.eof:
-            self._eof = True
-        if not data:
-            if self._eof:
-                self._end_of_body()
-                return None
-            return []  # only transfer framing arrived
-        self.bytes_read += len(data)
-        return self._feed(data)
+            if self._decoder.owes_error:  # an event was too large: say so before waiting on the network
+                self._feed(b"")
+            try:
+                data = self._read(grace)
+            except socket.timeout:
+                if self._finished_at is not None:
+                    self._end_of_body()
+                    return None
+                if self.deadline is not None and self._clock() - accumulator.started >= self.deadline:
+                    raise self._fail(StreamTimeoutError,
+                                     f"the stream passed its {self.deadline:g}s deadline") from None
+                raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if self._closed or self._finished_at is not None:
+                    self.close()
+                    return None
+                raise self._fail(ConnectionLostError,
+                                 f"connection lost mid-stream: {_describe_os_error(exc)}") from None
+            if self._body is not None and self._body.eof:
+                self._eof = True
+            if not data:
+                if self._eof:
+                    self._end_of_body()
+                    return None
+                return [], []  # only transfer framing arrived
+            self.bytes_read += len(data)
+            if self.tap is not None:
+                self.tap(data)
+            events = self._feed(data)
+        except EventTooLargeError:
+            if self._finished_at is None:
+                raise
+            self.error = None  # the answer was whole before the oversized event: it stays whole
+            self.close()
+            return None
+        return self._fold(events)
+
+    def _fold(self, events: List[ServerSentEvent]) -> Tuple[List[ServerSentEvent], List[dict]]:
+        accumulator = self.accumulator
+        accumulator._unclaimed.clear()
+        chunks: List[dict] = []
+        for position, event in enumerate(events):
+            chunk = accumulator.add_event(event)
+            if chunk is not None:
+                chunks.append(chunk)
+            if accumulator.done:
+                del events[position + 1:]  # nothing after [DONE] belongs to the answer
+                break
+        if self._finished_at is None and accumulator.finished:
+            self._finished_at = self._clock()
+        return events, chunks
 
     def _feed(self, data: bytes) -> List[ServerSentEvent]:
         try:
@@ -1629,17 +2092,22 @@ class ChatStream:
 
     def _end_of_body(self) -> None:
         try:
-            self._decoder.close()
+            if not self._closed:
+                self._decoder.close()
         except EventTooLargeError as exc:
-            raise self._fail(EventTooLargeError, str(exc)) from None
+            if self._finished_at is None:
+                raise self._fail(EventTooLargeError, str(exc)) from None
         finally:
             self.close()
 
-    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
-        """The events completed by each network read, as they arrive (empty batches skipped)."""
+    def _claim(self) -> None:
         if self._consumed:
             raise GlooError("a ChatStream can be read only once")
         self._consumed = True
+
+    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
+        """The events completed by each network read, as they arrive (empty batches skipped)."""
+        self._claim()
         try:
             while True:
                 batch = self.read_batch()
@@ -1650,55 +2118,34 @@ class ChatStream:
         finally:
             self.close()
 
-    def _batches_until_finished(self) -> Iterator[List[ServerSentEvent]]:
-        # A body cut short after the finish chunk (or [DONE]) lost nothing: the answer is whole.
-        try:
-            yield from self.event_batches()
-        except ConnectionLostError:
-            if self.accumulator.finish_reason is None and not self._done:
-                raise
-            self.error = None
-
     def events(self) -> Iterator[ServerSentEvent]:
         """Every event, one at a time."""
         for batch in self.event_batches():
             yield from batch
 
     def chunks(self) -> Iterator[dict]:
-        """The chunk dicts, read to `data: [DONE]` or the end of the body (never stopped at finish_reason).
+        """The chunk dicts, read to `data: [DONE]`, the end of the body, or the end of the finish grace.
 
         At the end, raises ProviderError for a structured error, ConnectionLostError when the
         body ended before any finish_reason.
         """
-        accumulator = self.accumulator
+        self._claim()
         try:
-            for batch in self._batches_until_finished():
-                for event in batch:
-                    data = event.data
-                    if data == "[DONE]":
-                        self._done = True
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except (ValueError, RecursionError):
-                        log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
-                        continue
-                    if event.event == "error" and isinstance(chunk, dict) and accumulator.error is None:
-                        accumulator.error = _error_fields(chunk.get("error", chunk))
-                        if accumulator.finish_reason is None:
-                            accumulator.finish_reason = "error"
-                    accumulator.add(chunk)
-                    yield chunk
-                if self._done:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
                     break
+                yield from batch[1]
         finally:
             self.close()
-        if accumulator.error is not None:
-            error = accumulator.error
-            raise self._fail(ProviderError, "stream error: " + _describe_provider_error(error),
-                             code=error.get("code"), name=error.get("name") or "")
-        if not self._done and accumulator.finish_reason is None:
-            raise self._fail(ConnectionLostError, "the stream ended before the answer finished")
+        self._raise_for_outcome()
+
+    def _raise_for_outcome(self) -> None:
+        outcome = self.outcome
+        if outcome.kind == "provider_error":
+            raise self._fail(ProviderError, outcome.message, code=outcome.error_code, name=outcome.error_name)
+        if outcome.kind == "cut_short" and self.error is None:
+            raise self._fail(ConnectionLostError, outcome.message)
 
     def __iter__(self) -> Iterator[str]:
         """Text deltas as they arrive."""
@@ -1709,15 +2156,17 @@ class ChatStream:
 
     def _fail(self, cls: type, message: str, **fields: Any) -> StreamError:
         self.close()
-        result = self.accumulator.result(error=_redact(message))
-        error = cls(message, text=result.text, result=result, **fields)
+        error = cls(message, **fields)
         self.error = error
+        result = self.result()
+        error.text, error.result = result.text, result
         return error
 
     def result(self) -> ChatResult:
-        """What has been received so far (the whole answer once iteration ends)."""
-        error = str(self.error) if self.error is not None else None
-        return self.accumulator.result(error=error)
+        """What has been received so far (the whole answer once reading ends), with the verdict."""
+        outcome = self.outcome
+        error = outcome.message if outcome.kind in ("provider_error", "cut_short") else None
+        return self.accumulator.result(error=error, outcome=outcome)
 
     @property
     def text(self) -> str:
@@ -1757,13 +2206,169 @@ def handle_stream_error(status_code: int, response_body: str = "") -> None:
     """Raise the error for a non-200 status, with the tutorial's messages; 200 returns None."""
     if status_code == 200:
         return None
-    raise _status_error(int(status_code), response_body or "")
+    status, body = int(status_code), response_body or ""
+    error = _status_error(status, body)
+    error.args = (_redact(_status_message(status, body)),)  # the tutorial's exact words
+    raise error
 
 
-def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> Any:
-    """Open the streaming POST and return the response once its status is 200 (else raise)."""
+def get_access_token() -> Dict[str, Any]:
+    """The tutorial's token record: `access_token`, `token_type`, `expires_in` (seconds left) and
+    `expires_at` (a Unix time), from the shared cache (fetched or refreshed when needed).
+
+    With GLOO_API_KEY the key itself is the token; it does not expire (an hour is reported).
+    """
     client = _client()
-    return client.open(client.build_payload(message, stream=True, **options), token=token)
+    token = client.token()
+    left = 3600
+    if client.tokens is not None:
+        left = max(0, int(client.tokens.expires_at - client._clock()))
+    return {"access_token": token, "token_type": "Bearer", "expires_in": left, "expires_at": int(time.time()) + left}
+
+
+class TutorialResponse:
+    """The open streaming response, with the `requests` surface the tutorial's code uses:
+    `status_code`, `headers`, `text`, `json()`, `iter_lines()`, `iter_content()`, `close()`, `with`.
+
+    Everything else (`status`, `read()`, `fp`, ...) is the underlying http.client response's.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self.raw = response
+        self.status_code: int = getattr(response, "status", 200)
+        self.headers = response.headers
+        self.url = getattr(response, "url", None)
+        fp = getattr(response, "fp", None)
+        self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
+        self._eof = False
+        self._content: Optional[bytes] = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def __enter__(self) -> "TutorialResponse":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 400
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self.raw.close()
+        except (OSError, http.client.HTTPException):
+            pass
+
+    def _read(self) -> bytes:
+        """The next body bytes as they arrive; b"" once the body has ended."""
+        while not self._eof:
+            if self._body is not None:
+                data = self._body.read()
+                self._eof = self._body.eof
+            else:
+                read1 = getattr(self.raw, "read1", None)
+                data = read1(_READ_SIZE) if read1 is not None else self.raw.read(_READ_SIZE)
+                self._eof = not data
+            if data:
+                return data
+        return b""
+
+    def iter_content(self, chunk_size: Optional[int] = 1, decode_unicode: bool = False) -> Iterator[Any]:
+        """The body in pieces of at most `chunk_size` bytes (None: as they arrive)."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace") if decode_unicode else None
+        while True:
+            data = self._read()
+            if not data:
+                break
+            step = chunk_size if chunk_size and chunk_size > 0 else len(data)
+            for start in range(0, len(data), step):
+                piece = data[start:start + step]
+                if decoder is None:
+                    yield piece
+                else:
+                    text = decoder.decode(piece)
+                    if text:
+                        yield text
+        if decoder is not None:
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        self.close()
+
+    def iter_lines(self, chunk_size: int = 512, decode_unicode: bool = False,
+                   delimiter: Optional[Union[str, bytes]] = None) -> Iterator[Any]:
+        """The body line by line, as lines arrive, without their ends (blank lines included).
+
+        Lines end at CR, LF or CRLF only (the SSE rule; never `str.splitlines()`).
+        """
+        pending = b""
+        for data in self.iter_content(None):
+            if pending.endswith(b"\r") and data.startswith(b"\n"):
+                data = data[1:]  # the LF of a CRLF split across reads
+            pending += data
+            if delimiter is not None:
+                mark = delimiter.encode("utf-8") if isinstance(delimiter, str) else delimiter
+                *lines, pending = pending.split(mark)
+            else:
+                lines, pending = _split_lines(pending)
+            for line in lines:
+                yield line.decode("utf-8", "replace") if decode_unicode else line
+        if delimiter is None and pending.endswith(b"\r"):
+            pending, last = pending[:-1], True
+        else:
+            last = bool(pending)
+        if last:
+            yield pending.decode("utf-8", "replace") if decode_unicode else pending
+
+    @property
+    def content(self) -> bytes:
+        """The rest of the body, read to its end (the stream is consumed)."""
+        if self._content is None:
+            self._content = b"".join(self.iter_content(None))
+        return self._content
+
+    @property
+    def text(self) -> str:
+        """The rest of the body as text (UTF-8)."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.text, **kwargs)
+
+
+def _split_lines(data: bytes) -> Tuple[List[bytes], bytes]:
+    """Complete lines of `data` (ended by CR, LF or CRLF) and the unfinished rest.
+
+    A CR at the very end stays in the rest: its LF may come with the next read.
+    """
+    lines: List[bytes] = []
+    start, size = 0, len(data)
+    i = 0
+    while i < size:
+        byte = data[i]
+        if byte == 0x0A or byte == 0x0D:
+            if byte == 0x0D and i + 1 == size:
+                break
+            lines.append(data[start:i])
+            i += 2 if byte == 0x0D and data[i + 1] == 0x0A else 1
+            start = i
+            continue
+        i += 1
+    return lines, data[start:]
+
+
+def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> TutorialResponse:
+    """Open the streaming POST and return the response once its status is 200 (else raise).
+
+    The response works like the tutorial's `requests` one: `status_code`, `iter_lines(decode_unicode=True)`, ...
+    """
+    client = _client()
+    return TutorialResponse(client.open(client.build_payload(message, stream=True, **options), token=token))
 
 
 def parse_sse_line(line: Union[str, bytes]) -> Union[None, str, dict]:
