@@ -64,7 +64,6 @@ __all__ = ["SETTINGS", "ProxyConfig", "ProxyServer", "Setting", "main"]
 
 SERVICE_NAME = "completions-streaming-proxy"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -90,8 +89,7 @@ _AUTH_FAILURES_FOR_DEGRADED = 3  # upstream credential failures in a row before 
 
 log = logging.getLogger("gloo_proxy")
 
-# TODO(merge gloo-api): use the public gloo_stream.redact once it exists everywhere.
-_redact: Callable[[str], str] = getattr(gloo_stream, "redact", None) or getattr(gloo_stream, "_redact")
+_redact = gloo_stream.redact
 
 
 # ---------------------------------------------------------------------------
@@ -202,9 +200,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("web_root", "PROXY_WEB_ROOT", "str", os.path.join(_HERE, "web"), "folder of the page's files"),
     Setting("upstream_retries", "PROXY_UPSTREAM_RETRIES", "int", 1,
             "retries of a failed upstream request before its first byte (never a 429)", 0, 5),
-    Setting("endpoint", "PROXY_UPSTREAM_ENDPOINT", "choice", "completions",
-            "Gloo endpoint when GLOO_API_URL is unset: completions, or guarded (Studio API keys)",
-            choices=("completions", "guarded")),
+    Setting("endpoint", "GLOO_ENDPOINT", "choice", None,
+            "Gloo's endpoint: completions (default), or guarded (Studio API keys)",
+            choices=("completions", "guarded"), library=True),
     Setting("api_url", "GLOO_API_URL", "str", None, "the completions URL (grounded requests add /grounded)",
             library=True),
     Setting("token_url", "GLOO_TOKEN_URL", "str", None, "the OAuth token URL", flag=None, library=True),
@@ -876,10 +874,10 @@ class _StreamSink:
     def last_write(self) -> float:
         return self.writer.last_write
 
-    def add(self, batch: List[ServerSentEvent], chunks: List[dict]) -> None:
+    def add(self, batch: List[ServerSentEvent]) -> None:
         self.writer.relay(batch)
-        if not self.usage_sent:
-            self.usage_sent = any(chunk.get("choices") == [] and "usage" in chunk for chunk in chunks)
+        if self.request.include_usage and not self.usage_sent:
+            self.usage_sent = any(_is_usage_chunk(event.data) for event in batch if '"usage"' in event.data)
 
     def heartbeat(self) -> None:
         self.writer.heartbeat()
@@ -896,7 +894,7 @@ class _StreamSink:
                                "object": "chat.completion.chunk", "created": int(time.time()),
                                "model": accumulator.model or "auto", "choices": [], "usage": accumulator.usage}
                 tail += _redact("data: " + json.dumps(usage_chunk) + "\n\n").encode()
-            if not loop.done:
+            if not accumulator.done:
                 tail += b"data: [DONE]\n\n"
         self.writer.end(tail)
 
@@ -911,7 +909,7 @@ class _AnswerSink:
         self.limit = limit
         self.size = 0
 
-    def add(self, batch: List[ServerSentEvent], chunks: List[dict]) -> None:
+    def add(self, batch: List[ServerSentEvent]) -> None:
         self.size += sum(len(event.data) for event in batch)
         if self.size > self.limit:
             raise _RelayError.mid_stream("answer_too_large", f"the answer passed {self.limit} bytes "
@@ -919,6 +917,15 @@ class _AnswerSink:
 
     def heartbeat(self) -> None:  # pragma: no cover - heartbeats are off
         pass
+
+
+def _is_usage_chunk(data: str) -> bool:
+    """True for OpenAI's usage chunk: `choices: []` and a `usage` object."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
 class _ClientGone(Exception):
@@ -929,15 +936,13 @@ class _ClientGone(Exception):
         self.outcome = outcome
 
 
-_FINISH_GRACE_SECONDS = 2.0  # after a finish, how long a silent upstream may take to send usage or [DONE]
-
-
 class _RelayLoop:
     """Moves one upstream stream to one client: waits on both sockets at once, hands whole events
-    to the sink, heartbeats while the upstream is silent, and ends with one verdict.
+    to the sink, heartbeats while the upstream is silent, and ends with the stream's one verdict.
 
     `run()` returns None for a finished answer or the error to tell the client; it raises
-    _ClientGone when the client left, so the upstream is closed at once.
+    _ClientGone when the client left, so the upstream is closed at once. What each event means
+    is decided by the library (`ChatStream.read_batch()` folds them; `ChatStream.outcome`).
     """
 
     def __init__(self, handler: "_Handler", stream: ChatStream, sink: Any) -> None:
@@ -952,19 +957,13 @@ class _RelayLoop:
         self.poller.register(handler.connection.fileno(), _POLL_IN | _POLL_GONE)
         self.last_upstream = time.monotonic()
         self.first_content: Optional[float] = None
-        self.done = False  # `data: [DONE]` seen
-
-    @property
-    def finished(self) -> bool:
-        accumulator = self.stream.accumulator
-        return self.done or accumulator.finish_reason is not None or accumulator.error is not None
 
     def run(self) -> Optional[_RelayError]:
         """Relay until the answer ends (see the class docstring)."""
         try:
             return self._pump()
-        except StreamError as exc:
-            return self._shutdown_error() or _stream_failure(exc)
+        except StreamError:
+            return self._verdict()
         except _RelayError as error:
             return error
         except socket.timeout:
@@ -976,35 +975,34 @@ class _RelayLoop:
         stream = self.stream
         idle = self.config.upstream_idle_seconds
         while True:
-            if not stream.buffered and not self._wait():
-                if self.finished:
-                    return self._verdict()  # finished, then silent: the answer is whole
+            if not stream.buffered and not self._wait() and not stream.finished:
                 return _RelayError.mid_stream("upstream_timeout", f"the upstream sent nothing for {idle:g}s",
                                               status=504, code=504)
-            batch = stream.read_batch()
+            batch = stream.read_batch()  # after a finish and its grace: None, a clean end
             if batch is None:
                 return self._verdict()
             if not batch:
                 # Bytes but no whole event: idleness counts from the last whole event, so an
                 # upstream that trickles without ever finishing one still times out.
-                if time.monotonic() - self.last_upstream >= idle:
+                if time.monotonic() - self.last_upstream >= idle and not stream.finished:
                     return _RelayError.mid_stream("upstream_timeout", f"the upstream sent no complete event "
                                                   f"for {idle:g}s", status=504, code=504)
                 continue
             self.last_upstream = time.monotonic()
-            self.sink.add(batch, self._fold(batch))
-            if self.done:
-                return self._verdict()
+            if self.first_content is None and stream.accumulator.first_token_at is not None:
+                self.first_content = self.last_upstream
+            self.sink.add(batch)
 
     def _wait(self) -> bool:
         """Wait for upstream bytes; False once the upstream has been silent too long. Raises _ClientGone."""
         heartbeat = self.config.heartbeat_seconds
         while True:
-            grace = _FINISH_GRACE_SECONDS if self.finished else self.config.upstream_idle_seconds
-            idle_at = self.last_upstream + grace
+            grace = self.stream.grace_remaining()  # after a finish, only a short wait for usage or [DONE]
+            now = time.monotonic()
+            idle_at = now + grace if grace is not None else self.last_upstream + self.config.upstream_idle_seconds
             wake = min(idle_at, self.sink.last_write + heartbeat) if self.sink.heartbeats else idle_at
             upstream_ready = False
-            for fd, flags in self.poller.poll(max(0.0, wake - time.monotonic()) * 1000):
+            for fd, flags in self.poller.poll(max(0.0, wake - now) * 1000):
                 if fd == self.upstream_fd:
                     upstream_ready = True
                 elif self.client_left(flags):
@@ -1017,72 +1015,27 @@ class _RelayLoop:
             if self.sink.heartbeats and now - self.sink.last_write >= heartbeat:
                 self.sink.heartbeat()
 
-    def _fold(self, batch: List[ServerSentEvent]) -> List[dict]:
-        """Interpret each event once: [DONE], a chunk, `event: error`; returns the chunks."""
-        # TODO(merge gloo-api): ChatStream.read_batch() folds events itself; read stream.outcome.
-        accumulator = self.stream.accumulator
-        chunks = []
-        for event in batch:
-            if event.data == "[DONE]":
-                self.done = True
-                continue
-            try:
-                chunk = json.loads(event.data)
-            except (ValueError, RecursionError):
-                continue
-            if not isinstance(chunk, dict):
-                continue
-            if event.event == "error" and accumulator.error is None:
-                error = chunk.get("error", chunk)
-                accumulator.error = _error_fields(error)
-            tokens = accumulator.token_count
-            accumulator.add(chunk)
-            if self.first_content is None and accumulator.token_count > tokens:
-                self.first_content = time.monotonic()
-            chunks.append(chunk)
-        return chunks
-
     def _verdict(self) -> Optional[_RelayError]:
-        """None for a finished answer; else the one error that ends the stream."""
-        accumulator = self.stream.accumulator
-        if accumulator.error is not None:
-            error = accumulator.error
-            return _RelayError.mid_stream("upstream_error", _describe_error(error),
-                                          code=error.get("name") or error.get("code"))
-        if self.done or accumulator.finish_reason is not None:
+        """None for a finished answer; else the one error that ends the stream, from `stream.outcome`."""
+        outcome = self.stream.outcome
+        if outcome.kind == "finished":
             return None
-        return self._shutdown_error() or _RelayError.mid_stream(
-            "upstream_disconnected", "the upstream connection ended before the answer finished")
-
-    def _shutdown_error(self) -> Optional[_RelayError]:
-        if not self.server.cutting:
-            return None
-        return _RelayError.mid_stream("proxy_shutdown", "the proxy is shutting down and cut this stream; "
-                                      "send the request again", status=503)
-
-
-def _error_fields(error: Any) -> Dict[str, Any]:
-    if isinstance(error, dict):
-        return {"code": error.get("code"), "name": str(error.get("name") or error.get("type") or ""),
-                "message": str(error.get("message") or "")}
-    return {"code": None, "name": "", "message": str(error)}
+        if outcome.kind == "provider_error":
+            return _RelayError.mid_stream("upstream_error", outcome.message,
+                                          code=outcome.error_name or outcome.error_code)
+        if self.server.cutting:
+            return _RelayError.mid_stream("proxy_shutdown", "the proxy is shutting down and cut this stream; "
+                                          "send the request again", status=503)
+        kind, status = _CUT_SHORT.get(outcome.error_name, ("upstream_disconnected", 502))
+        return _RelayError.mid_stream(kind, outcome.message or "the upstream failed", status=status, code=502)
 
 
-def _describe_error(error: Mapping[str, Any]) -> str:
-    # TODO(merge gloo-api): gloo_stream.describe_provider_error
-    label = error.get("name") or "error"
-    if error.get("code") is not None:
-        label = f"{label} ({error['code']})"
-    message = error.get("message")
-    return f"{label}: {message}" if message else str(label)
-
-
-def _stream_failure(exc: StreamError) -> _RelayError:
-    if isinstance(exc, StreamTimeoutError):
-        return _RelayError.mid_stream("upstream_timeout", str(exc), status=504, code=502)
-    if isinstance(exc, gloo_stream.EventTooLargeError):
-        return _RelayError.mid_stream("upstream_event_too_large", str(exc))
-    return _RelayError.mid_stream("upstream_disconnected", str(exc))
+# How a stream cut short is told to the client, by the library's failure (StreamOutcome.error_name).
+_CUT_SHORT = {
+    "StreamTimeoutError": ("upstream_timeout", 504),
+    "EventTooLargeError": ("upstream_event_too_large", 502),
+    "ConnectionLostError": ("upstream_disconnected", 502),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -1489,7 +1442,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.config.write_timeout_seconds)
         self._start(200, [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
                           ("X-Accel-Buffering", "no")] + ([("Transfer-Encoding", "chunked")] if chunked else []))
-        stream.accumulator.keep_text = False  # TODO(merge gloo-api): ChatAccumulator(keep_text=False)
         sink = _StreamSink(_EventWriter(self.wfile.write, chunked=chunked), request)
         loop, error = self._run(stream, sink)
         if loop is not None:
@@ -1586,12 +1538,10 @@ def _shutdown(sock: socket.socket) -> None:
 
 def _client_options(config: Any) -> Dict[str, Any]:
     """GlooClient options from the config: the relay's retries never multiply the caller's."""
-    api_url = config.api_url
-    if api_url is None and config.endpoint == "guarded" and not os.environ.get("GLOO_API_URL"):
-        api_url = _GUARDED_API_URL
     options: Dict[str, Any] = dict(
         client_id=config.client_id, client_secret=config.client_secret, api_key=config.upstream_api_key,
-        token_url=config.token_url, api_url=api_url, read_timeout=config.upstream_idle_seconds,
+        token_url=config.token_url, api_url=config.api_url, endpoint=config.endpoint,
+        read_timeout=config.upstream_idle_seconds,
         max_retries=config.upstream_retries, max_event_bytes=config.max_event_bytes,
     )
     accepted = inspect.signature(GlooClient).parameters
@@ -1619,7 +1569,6 @@ class ProxyServer(ThreadingHTTPServer):
         self.config = config or ProxyConfig()
         self.config.validate()
         self.client = client or GlooClient(**_client_options(self.config))
-        self._grounded_client: Optional[GlooClient] = None
         self.offline = offline
         self.upstream_label = urllib.parse.urlsplit(self.client.api_url).netloc
         self.metrics = _Metrics()
@@ -1728,18 +1677,6 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- upstream -----------------------------------------------------------
 
-    def _client_for(self, request: _CompletionRequest) -> GlooClient:
-        if not request.grounded:
-            return self.client
-        # TODO(merge gloo-api): GlooClient.stream(..., publisher=, sources_limit=) picks the grounded URL.
-        if self._grounded_client is None:
-            options = _client_options(self.config)
-            options["api_url"] = self.client.api_url.rstrip("/") + "/grounded"
-            if self.client.tokens is not None:
-                options["token_cache"] = self.client.tokens
-            self._grounded_client = GlooClient(**options)
-        return self._grounded_client
-
     @contextmanager
     def upstream_stream(self, request: _CompletionRequest) -> Iterator[ChatStream]:
         """A stream slot and the open upstream stream, tracked so close() can cut it; closed after."""
@@ -1762,8 +1699,11 @@ class ProxyServer(ThreadingHTTPServer):
             self.release_stream()
 
     def _open(self, request: _CompletionRequest) -> ChatStream:
+        client = self.client
+        started = time.monotonic()
         try:
-            stream = self._client_for(request).stream_payload(request.payload)
+            # open() picks the grounded endpoint itself when the payload names a publisher or sources.
+            response = client.open(request.payload)
         except (APIStatusError, TokenError, APIConnectionError, UnexpectedResponseError, StreamError,
                 ConfigurationError) as exc:
             kind, error = _from_upstream(exc)
@@ -1775,7 +1715,9 @@ class ProxyServer(ThreadingHTTPServer):
                           "GLOO_CLIENT_SECRET (or GLOO_API_KEY)", getattr(exc, "status", "token"))
             raise error from None
         self.upstream_auth_failures = 0
-        return stream
+        # A relayed answer goes to the client, not to memory: only the non-streaming one keeps its text.
+        return ChatStream(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
+                          max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
 
     def health(self) -> Dict[str, Any]:
         """The /health answer; "degraded" after repeated upstream credential failures."""
