@@ -1038,6 +1038,44 @@ _CUT_SHORT = {
 }
 
 
+class _Origins:
+    """Which pages may call the API: PROXY_CORS_ORIGIN, `*`, and the proxy's own page (same origin)."""
+
+    def __init__(self, server: "ProxyServer") -> None:
+        self.server = server
+        self.listed = server.config.cors_origins
+        self.any = "*" in self.listed
+
+    def allowed(self, origin: str, host: str, peer: str) -> bool:
+        return self.any or origin in self.listed or self.same_origin(origin, host, peer)
+
+    def cors_headers(self, origin: str) -> List[Tuple[str, str]]:
+        """The CORS answer headers for a request with this Origin."""
+        if origin in self.listed:  # (the proxy's own page is same-origin: it needs no CORS header)
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                    ("Access-Control-Expose-Headers", "Retry-After")]
+        if self.any:  # any page, and never with credentials (no Access-Control-Allow-Credentials)
+            return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+        return [("Vary", "Origin")]
+
+    def same_origin(self, origin: str, host: str, peer: str) -> bool:
+        """The page the proxy serves posts to the proxy: Origin is the proxy's own address."""
+        host = host.strip().lower()
+        try:
+            parts = urllib.parse.urlsplit(origin.strip().lower())
+            hostname = parts.hostname or ""
+        except ValueError:  # e.g. an unbalanced "[": not an origin at all
+            return False
+        if not host or parts.scheme not in ("http", "https") or parts.netloc != host:
+            return False
+        server = self.server
+        if server.is_trusted(peer) or hostname in server.config.allowed_hosts:
+            return True
+        # Guard against DNS rebinding, whatever address is bound (0.0.0.0 and :: too): only names
+        # that no one else can point here count as "us"; other names go in PROXY_ALLOWED_HOSTS.
+        return _is_loopback_name(hostname) or (not server.loopback_only and _is_address_literal(hostname))
+
+
 # ---------------------------------------------------------------------------
 # The request handler
 # ---------------------------------------------------------------------------
@@ -1209,9 +1247,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._preflight(route.methods)
                 return
         if route.api or route.key:
-            self._check_api_key()
+            self.server.check_api_key(self.headers.get("Authorization") or "", self.client_ip)
         if route.api:
-            self._check_rate_limit()
+            self.server.check_rate_limit(self.client_ip)
         route.handler(self)
 
     # -- responses ----------------------------------------------------------
@@ -1296,35 +1334,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _cors_headers(self) -> List[Tuple[str, str]]:
         origin = self.headers.get("Origin") if self.headers is not None else None
-        if not origin:
-            return []
-        allowed = self.server.config.cors_origins
-        if origin in allowed:  # (the proxy's own page is same-origin: it needs no CORS header)
-            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                    ("Access-Control-Expose-Headers", "Retry-After")]
-        if "*" in allowed:  # any page, and never with credentials (no Access-Control-Allow-Credentials)
-            return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
-        return [("Vary", "Origin")]
-
-    def _same_origin(self, origin: str) -> bool:
-        # The page the proxy serves posts to the proxy: Origin is the proxy's own address.
-        host = (self.headers.get("Host") or "").strip().lower()
-        try:
-            parts = urllib.parse.urlsplit(origin.strip().lower())
-            hostname = parts.hostname or ""
-        except ValueError:  # e.g. an unbalanced "[": not an origin at all
-            return False
-        if not host or parts.scheme not in ("http", "https") or parts.netloc != host:
-            return False
-        if self.server.is_trusted(self.client_address[0]) or hostname in self.server.config.allowed_hosts:
-            return True
-        # Guard against DNS rebinding: only names that cannot be pointed here by someone else are "us".
-        return _is_loopback_name(hostname) or (not self.server.loopback_only and _is_address_literal(hostname))
+        return self.server.origins.cors_headers(origin) if origin else []
 
     def _check_origin(self) -> None:
         origin = self.headers.get("Origin")
-        allowed = self.server.config.cors_origins
-        if origin is not None and not ("*" in allowed or origin in allowed or self._same_origin(origin)):
+        if origin is not None and not self.server.origins.allowed(origin, self.headers.get("Host") or "",
+                                                                  self.client_address[0]):
             raise _RelayError(403, "this origin is not allowed (set PROXY_CORS_ORIGIN)", code="origin_not_allowed")
 
     def _preflight(self, allowed: Sequence[str]) -> None:
@@ -1337,44 +1352,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.config.write_timeout_seconds)
         self._start(204, headers)
 
-    def _check_api_key(self) -> None:
-        expected = self.server.config.api_key
-        if not expected:
-            return
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of a guess was right.
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
-            return
-        wait = self.server.auth_failures.take(self.client_ip)
-        if wait:
-            raise _RelayError(429, "too many failed authentication attempts", error_type="rate_limit_error",
-                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        raise _RelayError(401, "missing or wrong API key: send Authorization: Bearer <PROXY_API_KEY>",
-                          error_type="authentication_error", code="invalid_api_key",
-                          headers={"WWW-Authenticate": "Bearer"})
-
-    def _check_rate_limit(self) -> None:
-        wait = self.server.limiter.take(self.client_ip)
-        if wait:
-            raise _RelayError(429, "rate limit exceeded: slow down", error_type="rate_limit_error",
-                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-
     @property
     def client_ip(self) -> str:
         """The client's address: the peer, or from X-Forwarded-For when the peer is a trusted proxy."""
-        peer = self.client_address[0]
-        if not self.server.trusted_networks or not self.server.is_trusted(peer):
-            return peer
-        forwarded = ",".join(self.headers.get_all("X-Forwarded-For") or [])
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        for hop in reversed(hops):  # right to left: the first untrusted hop is the client
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                return peer  # a malformed entry: trust nothing beyond the peer
-            if not self.server.is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        return self.server.client_ip(self.client_address[0], self.headers.get_all("X-Forwarded-For") or [])
 
     # -- routes -------------------------------------------------------------
 
@@ -1392,17 +1373,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _static(self) -> None:
         self.exchange.outcome = "static"
-        file_path = self.exchange.static_file
-        if file_path == _FALLBACK_PAGE_MARKER:
-            page = self.server.fallback_page(self.headers.get("Host") or "")
-            self._send_body(200, page, "text/html; charset=utf-8", _SECURITY_HEADERS)
-            return
-        try:
-            with open(file_path, "rb") as handle:
-                body = handle.read()
-        except OSError:
-            raise _RelayError(404, "not found", code="not_found") from None
-        content_type = _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
+        body, content_type = self.server.static_body(self.exchange.static_file, self.headers.get("Host") or "")
         self._send_body(200, body, content_type, _SECURITY_HEADERS)
 
     def _read_body(self) -> bytes:
@@ -1480,19 +1451,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stream_done(self.exchange, loop, error, writer)
 
     def _log_request(self) -> None:
-        exchange = self.exchange
-        self.server.metrics.request(exchange.route, exchange.status)
-        record: Dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "client": self.client_ip if self.headers is not None else self.client_address[0],
-            "method": self.command or "-",
-            "path": exchange.path or "-",  # no query string: it could hold anything
-            "status": exchange.status,
-            "duration_ms": int((time.monotonic() - exchange.started) * 1000),
-            "outcome": exchange.outcome or "ok",
-        }
-        record.update({key: value for key, value in exchange.extra.items() if value is not None})
-        self.server.log_line(record)
+        client = self.client_ip if self.headers is not None else self.client_address[0]
+        self.server.request_done(self.exchange, client, self.command)
 
 
 _STATIC_ROUTE = _Route(("GET", "HEAD"), _Handler._static)
@@ -1589,6 +1549,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._static = self._scan_static(self.config.web_root)
         super().__init__((self.config.host, int(self.config.port)), _Handler)
         self.loopback_only = self._is_loopback(self.server_address[0])
+        self.origins = _Origins(self)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the host's full name: slow or hanging on closed networks.
@@ -1621,6 +1582,43 @@ class ProxyServer(ThreadingHTTPServer):
         except ValueError:
             return False
         return any(ip in network for network in self.trusted_networks)
+
+    def client_ip(self, peer: str, forwarded_for: List[str]) -> str:
+        """The client's address: `peer`, or from X-Forwarded-For when the peer is a trusted proxy."""
+        if not self.trusted_networks or not self.is_trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in ",".join(forwarded_for).split(",") if hop.strip()]
+        for hop in reversed(hops):  # right to left: the first untrusted hop is the client
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a malformed entry: trust nothing beyond the peer
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def check_api_key(self, authorization: str, client_ip: str) -> None:
+        """Raise 401 (or 429 after many guesses) unless `authorization` carries PROXY_API_KEY."""
+        expected = self.config.api_key
+        if not expected:
+            return
+        scheme, _, token = authorization.partition(" ")
+        # compare_digest: the time taken does not reveal how much of a guess was right.
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return
+        wait = self.auth_failures.take(client_ip)
+        if wait:
+            raise _RelayError(429, "too many failed authentication attempts", error_type="rate_limit_error",
+                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        raise _RelayError(401, "missing or wrong API key: send Authorization: Bearer <PROXY_API_KEY>",
+                          error_type="authentication_error", code="invalid_api_key",
+                          headers={"WWW-Authenticate": "Bearer"})
+
+    def check_rate_limit(self, client_ip: str) -> None:
+        wait = self.limiter.take(client_ip)
+        if wait:
+            raise _RelayError(429, "rate limit exceeded: slow down", error_type="rate_limit_error",
+                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     def startup_warnings(self) -> List[str]:
         """What an operator must know before trusting this configuration."""
@@ -1662,6 +1660,17 @@ class ProxyServer(ThreadingHTTPServer):
         if found is None and path == "/":
             return _FALLBACK_PAGE_MARKER
         return found
+
+    def static_body(self, file_path: str, host: str) -> Tuple[bytes, str]:
+        """A page file's bytes and type (the built-in page when web/ is missing); 404 if it went away."""
+        if file_path == _FALLBACK_PAGE_MARKER:
+            return self.fallback_page(host), "text/html; charset=utf-8"
+        try:
+            with open(file_path, "rb") as handle:
+                body = handle.read()
+        except OSError:
+            raise _RelayError(404, "not found", code="not_found") from None
+        return body, _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
 
     _HOST_SHAPE = re.compile(r"^(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
 
@@ -1794,6 +1803,21 @@ class ProxyServer(ThreadingHTTPServer):
             _shutdown(sock)
 
     # -- logging ------------------------------------------------------------
+
+    def request_done(self, exchange: _Exchange, client: str, method: str) -> None:
+        """Count the request and write its one log line."""
+        self.metrics.request(exchange.route, exchange.status)
+        record: Dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "client": client,
+            "method": method or "-",
+            "path": exchange.path or "-",  # no query string: it could hold anything
+            "status": exchange.status,
+            "duration_ms": int((time.monotonic() - exchange.started) * 1000),
+            "outcome": exchange.outcome or "ok",
+        }
+        record.update({key: value for key, value in exchange.extra.items() if value is not None})
+        self.log_line(record)
 
     def log_line(self, record: Dict[str, Any]) -> None:
         """One line per request, text or JSON; never a secret (nothing from headers or bodies)."""
