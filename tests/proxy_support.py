@@ -62,7 +62,7 @@ class ProxyTestCase(IsolatedTestCase):
         self.addCleanup(diagnostics.removeHandler, self.logs)
         self.proxy = self.start_proxy()
 
-    def start_proxy(self, **overrides: Any) -> ProxyServer:
+    def start_proxy(self, *, offline: bool = False, **overrides: Any) -> ProxyServer:
         options = dict(port=0, client_id=self.fake.client_id, client_secret=self.fake.client_secret,
                        token_url=self.fake.token_url, api_url=self.fake.api_url,
                        cors_origins=("http://allowed.example",))
@@ -74,7 +74,7 @@ class ProxyTestCase(IsolatedTestCase):
             client = GlooClient(client_id=config.client_id, client_secret=config.client_secret,
                                 token_url=config.token_url, api_url=config.api_url,
                                 read_timeout=config.upstream_idle_seconds, **self.client_options)
-        proxy = ProxyServer(config, client=client, log_handler=self.logs)
+        proxy = ProxyServer(config, client=client, log_handler=self.logs, offline=offline)
         proxy.start()
         self.addCleanup(proxy.close)
         return proxy

@@ -14,6 +14,8 @@ import threading
 import time
 import unittest
 
+import gloo_stream
+
 from tests.proxy_support import (
     ProxyTestCase,
     chunk_frames,
@@ -720,6 +722,224 @@ class ConnectionLifecycleTests(ProxyTestCase):
         self.assertTrue(self.proxy.drain(2))
         conn.sock.settimeout(3)
         self.assertEqual(conn.sock.recv(100), b"")
+
+
+def send_and_read(sock: socket.socket, raw: bytes) -> bytes:
+    try:
+        sock.sendall(raw)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return read_until_closed(sock)
+
+
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+POST_HEAD = b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+class FramingDefectTests(ProxyTestCase):
+    """#11 defect 1: framing that two parsers could read differently is a 400 that closes."""
+
+    proxy_options = {"request_timeout_seconds": 0.5}
+
+    def test_differing_content_lengths_and_header_lines_without_colon_are_400_and_close(self):
+        cases = [
+            ("two different lengths", POST_HEAD + b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}"),
+            ("header line without a colon", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length 40\r\n\r\n"),
+            ("a colon-less line before the length", POST_HEAD + b"X-Junk\r\nContent-Length: 2\r\n\r\n{}"),
+            ("whitespace before the colon", POST_HEAD + b"Content-Length : 2\r\n\r\n{}"),
+            ("folded header line", POST_HEAD + b"X-A: 1\r\n Content-Length: 2\r\n\r\n{}"),
+        ]
+        for name, raw in cases:
+            with self.subTest(name):
+                response = send_and_read(self.raw_socket(timeout=5), raw + SMUGGLED)
+                status, headers, body = split_head(response)
+                self.assertEqual(status, 400)
+                self.assertEqual(headers["connection"], "close")
+                self.assertEqual(response.count(b"HTTP/1.1 "), 1, response[:300])
+                self.assertIn("message", json.loads(body)["error"])
+        self.assertEqual(self.fake.requests, [])
+
+    def test_a_content_length_of_thousands_of_digits_is_413_never_a_traceback(self):
+        for digits in (20, 5000, 50000):
+            with self.subTest(digits=digits):
+                raw = POST_HEAD + b"Content-Length: " + b"9" * digits + b"\r\n\r\n"
+                status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                self.assertEqual(status, 413)
+                self.assertEqual(headers["connection"], "close")
+        self.assertFalse(any("Traceback" in line or "unexpected error" in line for line in self.logs.lines))
+
+
+class HTTPNitTests(ProxyTestCase):
+    """#11 defect 7: HEAD, Host, 100 Continue and a string "stream"."""
+
+    def test_no_body_after_a_head_error_answer(self):
+        for path in ("/nope", "/api/stream", "/health"):
+            with self.subTest(path=path):
+                raw = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                status, headers, rest = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                self.assertEqual(status, 405 if path != "/nope" else 404)
+                self.assertGreater(int(headers["content-length"]), 0)  # the length a GET would get
+                self.assertEqual(rest, b"")
+
+    def test_http_1_1_without_host_is_400(self):
+        status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5),
+                                                         b"GET /health HTTP/1.1\r\n\r\n"))
+        self.assertEqual(status, 400)
+        self.assertIn("Host", json.loads(body)["error"]["message"])
+
+    def test_no_100_continue_before_a_final_4xx(self):
+        cases = [
+            ("foreign origin", b"Origin: http://evil.example\r\n", 403),
+            ("too large", b"", 413),
+            ("wrong type", b"", 415),
+        ]
+        for name, extra, expected in cases:
+            with self.subTest(name):
+                length = 10 ** 7 if name == "too large" else 2
+                content_type = b"text/plain" if name == "wrong type" else b"application/json"
+                raw = (b"POST /api/stream HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: "
+                       + content_type + b"\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length)
+                response = send_and_read(self.raw_socket(timeout=5), raw)
+                self.assertTrue(response.startswith(b"HTTP/1.1 %d " % expected), response[:100])
+                self.assertNotIn(b"100 Continue", response)
+
+    def test_100_continue_once_the_body_is_wanted(self):
+        sock = self.raw_socket(timeout=5)
+        body = json.dumps(PROMPT).encode()
+        sock.sendall(POST_HEAD + b"Expect: 100-continue\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        status, _, rest = split_head(read_until_closed(sock))
+        self.assertEqual(status, 200)
+        self.assertIn(b"finish_reason", rest)
+
+    def test_stream_must_be_a_boolean(self):
+        for value in ("false", "true", 0, 1, None.__class__.__name__):
+            with self.subTest(value=value):
+                status, _, body = self.post_stream("Hi", path="/v1/chat/completions", stream=value)
+                self.assertEqual(status, 400)
+                self.assertIn("stream must be true or false", json.loads(body)["error"]["message"])
+        self.assertEqual(self.fake.requests, [])
+
+
+class ClientDepartureTests(ProxyTestCase):
+    """#11 defects 2 and 3: the upstream is closed soon after the client goes, in every case."""
+
+    def wait_closed(self, closed_at: float) -> None:
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+        self.assertLess(time.monotonic() - closed_at, 1.5)
+
+    def test_non_streaming_v1_closes_the_upstream_when_the_client_goes(self):
+        sock = self.raw_socket()
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi [[slow:0.05]] [[long:400]]"}],
+                           "stream": False}).encode()
+        sock.sendall(raw_request("/v1/chat/completions", body))
+        deadline = time.monotonic() + 3
+        while not self.fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the upstream is generating
+        closed_at = time.monotonic()
+        sock.close()
+        self.wait_closed(closed_at)
+        self.assertTrue(self.logs.wait_for("client_gone"))
+
+    def test_non_streaming_v1_caps_the_buffered_answer(self):
+        proxy = self.start_proxy(max_answer_bytes=4000)
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       {"messages": [{"role": "user", "content": "Hi [[long:2000]]"}],
+                                        "stream": False}, proxy=proxy)
+        self.assertEqual(status, 502)
+        error = json.loads(body)["error"]
+        self.assertIn("PROXY_MAX_ANSWER_BYTES", error["message"])
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+
+    def test_a_client_that_sent_extra_bytes_is_still_noticed_when_it_leaves(self):
+        for when in ("with the request", "mid-stream"):
+            with self.subTest(when=when):
+                sock = self.raw_socket()
+                request = raw_request("/api/stream", json.dumps(
+                    {"messages": [{"role": "user", "content": "Hi [[stall]]"}]}).encode())
+                sock.sendall(request + (SMUGGLED if when == "with the request" else b""))
+                received = b""
+                while b"data: " not in received:
+                    received += sock.recv(65536)
+                if when == "mid-stream":
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nmore bytes")
+                    time.sleep(0.1)
+                closed_at = time.monotonic()
+                sock.close()
+                self.wait_closed(closed_at)
+
+
+class OriginDefectTests(ProxyTestCase):
+    """#11 defects 4 and 5: the rebinding guard on every bind address; `*` and normalised origins."""
+
+    def preflight(self, host: str, origin: str, proxy=None):
+        raw = (f"OPTIONS /api/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
+               f"Connection: close\r\n\r\n").encode()
+        return split_head(send_and_read(self.raw_socket(proxy, timeout=5), raw))[:2]
+
+    def test_dns_rebinding_guard_holds_when_bound_to_every_interface(self):
+        proxy = self.start_proxy(allowed_hosts=("Proxy.Example.",))
+        proxy.loopback_only = False  # as when bound to 0.0.0.0 or :: (tests stay on loopback)
+        port = proxy.server_address[1]
+        cases = [
+            ("a name someone else controls", f"evil.example:{port}", 403),
+            ("a name that starts with 127.", f"127.0.0.1.evil.example:{port}", 403),
+            ("an address literal", f"192.0.2.7:{port}", 204),
+            ("localhost", f"localhost:{port}", 204),
+            ("a name in PROXY_ALLOWED_HOSTS", f"proxy.example:{port}", 204),
+            ("the unspecified address", f"0.0.0.0:{port}", 403),
+        ]
+        for name, host, expected in cases:
+            with self.subTest(name):
+                status, _ = self.preflight(host, "http://" + host, proxy)
+                self.assertEqual(status, expected)
+
+    def test_star_allows_any_page_without_credentials_and_warns(self):
+        proxy = self.start_proxy(cors_origins=("*",))
+        status, headers = self.preflight("x", "https://any.example", proxy)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers["access-control-allow-origin"], "*")
+        self.assertNotIn("access-control-allow-credentials", headers)
+        self.assertTrue(any("PROXY_CORS_ORIGIN=*" in warning for warning in proxy.startup_warnings()))
+        status, headers, _ = self.request("POST", "/api/stream", PROMPT, headers={"Origin": "https://any.example"},
+                                          proxy=proxy)
+        self.assertEqual((status, headers["access-control-allow-origin"]), (200, "*"))
+
+    def test_configured_origins_are_normalised(self):
+        from proxy_server import ProxyConfig
+        config = ProxyConfig(cors_origins=("HTTPS://App.Example.com:443/", "http://LOCALHOST:3000", "*"))
+        config.validate()
+        self.assertEqual(config.cors_origins, ("https://app.example.com", "http://localhost:3000", "*"))
+        proxy = self.start_proxy(cors_origins=("HTTPS://App.Example.com/",))
+        status, headers = self.preflight("x", "https://app.example.com", proxy)
+        self.assertEqual((status, headers["access-control-allow-origin"]), (204, "https://app.example.com"))
+        for bad in ("https://app.example.com/path", "ftp://app.example.com", "https://user@app.example.com"):
+            with self.subTest(bad=bad), self.assertRaises(gloo_stream.ConfigurationError):
+                ProxyConfig(cors_origins=(bad,)).validate()
+
+
+class OfflineCapTests(ProxyTestCase):
+    """#11 defect 6: with --offline the in-process simulator's size and pace markers are capped."""
+
+    def test_scenario_markers_are_capped(self):
+        proxy = self.start_proxy(offline=True, max_event_bytes=64 * 1024)
+        cases = [("[[long:2000000]]", "[[long:5000]]"), ("[[huge_event:500000000:open]]",
+                                                          f"[[huge_event:{128 * 1024}:open]]"),
+                 ("[[slow:3000]]", "[[slow:2]]"), ("[[long:40]]", "[[long:40]]")]
+        for marker, expected in cases:
+            with self.subTest(marker=marker):
+                sock = self.raw_socket(proxy)
+                sock.sendall(raw_request("/api/stream", json.dumps(
+                    {"messages": [{"role": "user", "content": "Hi " + marker}]}).encode()))
+                deadline = time.monotonic() + 3
+                while not self.fake.requests and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                sock.close()
+                self.assertEqual(self.fake.requests.pop()["body"]["messages"][0]["content"], "Hi " + expected)
+        self.assertTrue(proxy.health()["simulator"])
 
 
 class ProcessTests(unittest.TestCase):
