@@ -18,6 +18,9 @@ import gloo_stream
 
 from tests.proxy_support import (
     ProxyTestCase,
+    ScriptedUpstream,
+    content_chunk,
+    sse,
     chunk_frames,
     content_of,
     data_events,
@@ -940,6 +943,198 @@ class OfflineCapTests(ProxyTestCase):
                 sock.close()
                 self.assertEqual(self.fake.requests.pop()["body"]["messages"][0]["content"], "Hi " + expected)
         self.assertTrue(proxy.health()["simulator"])
+
+
+class ScriptedUpstreamTestCase(ProxyTestCase):
+    """A proxy in front of a ScriptedUpstream (a Studio API key, no OAuth)."""
+
+    def setUp(self):
+        super().setUp()
+        self.upstream = ScriptedUpstream().start()
+        self.addCleanup(self.upstream.stop)
+        self.proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
+                                      upstream_api_key="studio-key-0123456789")
+
+    def last_error(self, body: bytes) -> dict:
+        events = data_events(body.decode())
+        ours = [e for e in events if isinstance(e, dict) and set(e) == {"error"} and "type" in e["error"]]
+        self.assertEqual(len(ours), 1, events)  # (an upstream `event: error` is relayed as it came, before)
+        self.assertIs(events[-1], ours[0])
+        return ours[0]["error"]
+
+
+class OneVerdictTests(ScriptedUpstreamTestCase):
+    """#11: the library and the relay give the same verdict for the same upstream bytes."""
+
+    CASES = [
+        ("content then event: error", sse(content_chunk("Hello")) + sse({"error": {"message": "provider overloaded",
+                                                                                 "code": 503}}, event="error"),
+         "provider_error", "upstream_error"),
+        ("finish_reason error", sse(content_chunk("Hi"), {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                                                          "error": {"code": 2001, "name": "PROVIDER_TIMEOUT",
+                                                                    "message": "timed out"}}),
+         "provider_error", "upstream_error"),
+        ("cut short", sse(content_chunk("Hi")), "cut_short", "upstream_disconnected"),
+        ("finished", sse(content_chunk("Hi"), content_chunk("", "stop")), "finished", None),
+        ("content filter", sse(content_chunk("Hi"), content_chunk("", "content_filter")), "finished", None),
+    ]
+
+    def library_outcome(self, writes):
+        self.upstream.answer(writes=[writes])
+        client = gloo_stream.GlooClient(api_key="studio-key-0123456789", api_url=self.upstream.url)
+        stream = client.stream_payload({"messages": [{"role": "user", "content": "Hi"}], "auto_routing": True})
+        try:
+            for _ in stream.chunks():
+                pass
+        except gloo_stream.StreamError:
+            pass
+        return stream.outcome
+
+    def test_library_and_relay_agree(self):
+        for name, writes, kind, relay_type in self.CASES:
+            with self.subTest(name):
+                outcome = self.library_outcome(writes)
+                self.assertEqual(outcome.kind, kind)
+                self.upstream.answer(writes=[writes])
+                status, _, body = self.post_stream("Hi")
+                self.assertEqual(status, 200)
+                events = data_events(body.decode())
+                if relay_type is None:
+                    self.assertFalse(any(isinstance(e, dict) and set(e) == {"error"} for e in events), events)
+                    continue
+                error = self.last_error(body)
+                self.assertEqual(error["type"], relay_type)
+                self.assertEqual(error["message"], outcome.message)
+                if kind == "provider_error":
+                    self.assertEqual(error["code"], outcome.error_name or outcome.error_code)
+
+    def test_provider_overloaded_is_told_as_such(self):
+        self.upstream.answer(writes=[self.CASES[0][1]])
+        error = self.last_error(self.post_stream("Hi")[2])
+        self.assertIn("provider overloaded", error["message"])
+
+    def test_a_finished_answer_then_a_silent_open_connection_ends_cleanly(self):
+        proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
+                                 upstream_api_key="studio-key-0123456789", heartbeat_seconds=0.2,
+                                 upstream_idle_seconds=30)
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=20)
+                started = time.monotonic()
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True), proxy=proxy)
+                self.assertLess(time.monotonic() - started, 6)  # the finish grace, not the idle timeout
+                events = data_events(body.decode())
+                self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events), events)
+                self.assertEqual(events[-1] if path.startswith("/v1") else "", "[DONE]" if path.startswith("/v1") else "")
+
+
+class FieldPolicyTests(ScriptedUpstreamTestCase):
+    """#10.2: documented Gloo fields forwarded, OpenAI names mapped, anything else a 400 naming it."""
+
+    def setUp(self):
+        super().setUp()
+        self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop",
+                                                                          usage={"total_tokens": 3}))])
+
+    def test_every_documented_field_is_forwarded(self):
+        fields = {"model_family": "anthropic", "tradition": "catholic", "temperature": 0.3, "max_tokens": 50,
+                  "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                  "tool_choice": "auto", "parallel_tool_calls": False, "stream_options": {"include_usage": True}}
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, _ = self.request("POST", path, dict(PROMPT, stream=True, **fields))
+                self.assertEqual(status, 200)
+                sent = self.upstream.requests[-1]["body"]
+                self.assertEqual({key: sent[key] for key in fields}, fields)
+                self.assertTrue(self.upstream.requests[-1]["path"].endswith("/chat/completions"))
+
+    def test_max_completion_tokens_becomes_max_tokens(self):
+        self.request("POST", "/v1/chat/completions", dict(PROMPT, stream=True, max_completion_tokens=77))
+        sent = self.upstream.requests[-1]["body"]
+        self.assertEqual(sent["max_tokens"], 77)
+        self.assertNotIn("max_completion_tokens", sent)
+
+    def test_fields_gloo_does_not_accept_are_400_naming_them(self):
+        for name, value in (("top_p", 0.9), ("presence_penalty", 1), ("n", 2), ("logit_bias", {"1": 2})):
+            with self.subTest(name=name):
+                status, _, body = self.request("POST", "/v1/chat/completions", dict(PROMPT, **{name: value}))
+                self.assertEqual(status, 400)
+                self.assertTrue(json.loads(body)["error"]["message"].startswith(name + " "))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_grounded_requests_go_to_the_grounded_endpoint_citations_first(self):
+        citations = {"id": "g1", "object": "chat.completion.chunk", "model": "gloo-test", "choices": [],
+                     "sources_returned": True, "citations": [{"title": "A", "url": "https://a.example/"}]}
+        self.upstream.answer(writes=[sse(citations, content_chunk("Hi"), content_chunk("", "stop"))])
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True, rag_publisher="GlooGrounded",
+                                                                  sources_limit=3, include_citations=True))
+                self.assertEqual(status, 200)
+                request = self.upstream.requests[-1]
+                self.assertTrue(request["path"].endswith("/chat/completions/grounded"), request["path"])
+                self.assertEqual((request["body"]["rag_publisher"], request["body"]["sources_limit"]),
+                                 ("GlooGrounded", 3))
+                self.assertEqual(data_events(body.decode())[0], citations)
+
+    def test_v1_include_usage_ends_with_a_usage_chunk(self):
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       dict(PROMPT, stream=True, stream_options={"include_usage": True}))
+        events = data_events(body.decode())
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual((events[-2]["choices"], events[-2]["usage"]), ([], {"total_tokens": 3}))
+        self.assertEqual(events[-2]["object"], "chat.completion.chunk")
+
+    def test_gloo_error_bodies_become_clear_messages(self):
+        cases = [
+            (422, {"detail": [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2",
+                               "type": "less_than_equal"}]}, 422, "temperature: Input should be less than or equal to 2"),
+            (400, {"error": "unknown model gloo-nope", "code": "invalid_model"}, 400, "unknown model gloo-nope"),
+            (429, {"error": "weekly spend limit reached", "code": "too_many_requests"}, 429,
+             "weekly spend limit reached"),
+        ]
+        for upstream_status, body, expected, message in cases:
+            with self.subTest(upstream_status):
+                self.upstream.answer(upstream_status, [json.dumps(body).encode()], headers={"Retry-After": "7"})
+                status, headers, answer = self.post_stream("Hi")
+                self.assertEqual(status, expected)
+                error = json.loads(answer)["error"]
+                self.assertEqual(error["message"], message)
+                self.assertNotIn("[{", error["message"])
+                if status == 429:
+                    self.assertEqual(headers["retry-after"], "7")
+
+    def test_a_429_is_passed_straight_through_never_waited_on(self):
+        self.upstream.answer(429, [b'{"error": "slow down", "code": "too_many_requests"}'],
+                             headers={"Retry-After": "30"})
+        started = time.monotonic()
+        status, headers, _ = self.post_stream("Hi")
+        self.assertEqual((status, headers["retry-after"]), (429, "30"))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(len(self.upstream.requests), 1)
+
+    def test_other_failures_are_retried_at_most_once(self):
+        self.upstream.answer(500, [b'{"error": "boom"}'])
+        status, _, _ = self.post_stream("Hi")
+        self.assertEqual(status, 502)
+        self.assertLessEqual(len(self.upstream.requests), 2)
+
+
+class HealthTests(ScriptedUpstreamTestCase):
+    def test_simulator_and_status(self):
+        health = json.loads(self.request("GET", "/health")[2])
+        self.assertEqual((health["status"], health["simulator"]), ("ok", False))
+
+    def test_degraded_after_repeated_upstream_auth_failures_then_ok_again(self):
+        self.upstream.answer(401, [b'{"error": "bad key", "code": "unauthorized"}'])
+        for _ in range(3):
+            self.assertEqual(self.post_stream("Hi")[0], 502)
+        health = json.loads(self.request("GET", "/health")[2])
+        self.assertEqual(health["status"], "degraded")
+        self.assertIn("GLOO_API_KEY", health["problem"])
+        self.upstream.answer(writes=[sse(content_chunk("Hi", "stop"))])
+        self.assertEqual(self.post_stream("Hi")[0], 200)
+        self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
 
 
 class ProcessTests(unittest.TestCase):
