@@ -1196,5 +1196,104 @@ class ProcessTests(unittest.TestCase):
         self.assertNotIn("Traceback", err)
 
 
+class StartupTests(unittest.TestCase):
+    """#13 point 5: the proxy's start and stop, as a person at a terminal meets them."""
+
+    run_proxy = ProcessTests.run_proxy
+
+    def test_version_in_isolated_mode(self):
+        result = subprocess.run([sys.executable, "-I", os.path.join(ROOT, "proxy_server.py"), "--version"],
+                                capture_output=True, text=True, timeout=20, cwd=tempfile.gettempdir())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "proxy_server.py " + gloo_stream.__version__)
+
+    def test_bind_error_names_the_real_address_and_the_way_out(self):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        self.addCleanup(holder.close)
+        port = holder.getsockname()[1]
+        proc = self.run_proxy("--offline", "--port", str(port))
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", err)
+        self.assertIn("--port", err)
+        self.assertNotIn("hint: run with --offline", err)  # it was given
+        self.assertNotIn("Traceback", err)
+
+    def test_a_bad_option_value_names_the_option_without_the_offline_hint(self):
+        proc = self.run_proxy("--offline", "--port", "-5")
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("--port must be at least 0", err)
+        self.assertNotIn("hint", err)
+
+    def start_offline(self, *args: str):
+        proc = self.run_proxy("--offline", "--port", "0", *args)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", proc.stderr.readline())
+            if match:
+                return proc, int(match.group(1))
+        self.fail("the proxy did not start")
+
+    def test_a_second_ctrl_c_stops_at_once_and_cut_clients_are_told_so(self):
+        proc, port = self.start_offline("--drain-seconds", "30")
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/api/stream", headers={"Content-Type": "application/json"},
+                     body=json.dumps({"messages": [{"role": "user", "content": "Hi [[slow:0.05]] [[long:400]]"}]}))
+        response = conn.getresponse()
+        first = response.read1(100)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest = response.read()
+        out, err = proc.communicate(timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(proc.returncode, 130, err)
+        events = data_events((first + rest).decode())
+        self.assertEqual(events[-1]["error"]["type"], "proxy_shutdown")
+        self.assertIn("again", err)
+        self.assertNotIn("Traceback", err)
+
+
+class StartupUnitTests(ProxyTestCase):
+    def test_a_loud_warning_beyond_loopback_without_a_client_key(self):
+        self.proxy.loopback_only = False  # as when bound to 0.0.0.0 (tests stay on loopback)
+        warnings = self.proxy.startup_warnings()
+        self.assertTrue(any("PROXY_API_KEY" in w and w.startswith("WARNING") for w in warnings), warnings)
+        keyed = self.start_proxy(api_key="client-key-0123456789")
+        keyed.loopback_only = False
+        self.assertEqual(keyed.startup_warnings(), [])
+        self.proxy.loopback_only = True
+        self.assertEqual(self.proxy.startup_warnings(), [])
+
+    def test_the_fallback_page_shows_the_real_address(self):
+        empty = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, empty)
+        proxy = self.start_proxy(web_root=empty)
+        status, _, body = self.request("GET", "/", proxy=proxy)
+        self.assertEqual(status, 200)
+        self.assertIn(proxy.url.encode() + b"/api/stream", body)
+        self.assertNotIn(b"HOST:PORT", body)
+
+    def test_settings_table_drives_env_and_options(self):
+        from proxy_server import SETTINGS, ProxyConfig, _build_parser
+        options = {action.dest for action in _build_parser()._actions}
+        for setting in SETTINGS:
+            with self.subTest(setting.name):
+                self.assertTrue(setting.env.startswith(("PROXY_", "GLOO_")))
+                self.assertIn(setting.name, ProxyConfig.__dataclass_fields__)
+                if setting.option:
+                    self.assertIn(setting.name, options)
+        config = ProxyConfig.from_env({"PROXY_MAX_CONNECTIONS": "2", "PROXY_CORS_ORIGIN": "https://A.example/"})
+        self.assertEqual((config.max_connections, config.cors_origins), (2, ("https://a.example",)))
+        with self.assertRaisesRegex(gloo_stream.ConfigurationError, "PROXY_MAX_STREAMS"):
+            ProxyConfig.from_env({"PROXY_MAX_STREAMS": "0"})
+
+
 if __name__ == "__main__":
     unittest.main()
