@@ -211,7 +211,6 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("upstream_api_key", "GLOO_API_KEY", "secret", None, "a Gloo Studio API key (instead of OAuth)",
             flag=None, library=True),
 )
-_SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 _PYTHON_TYPES = {"str": Optional[str], "secret": Optional[str], "int": int, "float": float,
                  "list": Tuple[str, ...], "choice": str}
 
@@ -1948,21 +1947,30 @@ def _build_parser() -> argparse.ArgumentParser:
             parser.add_argument(setting.option, dest=setting.name, choices=setting.choices, help=setting.describe())
         else:
             parser.add_argument(setting.option, dest=setting.name, metavar=setting.kind.upper(),
-                                help=setting.describe())
+                                type=_OptionType(setting), help=setting.describe())
     parser.add_argument("--offline", action="store_true",
                         help="relay the built-in simulator (fake_gloo.py) instead of Gloo")
     parser.add_argument("--version", action="version", version=f"%(prog)s {gloo_stream.__version__}")
     return parser
 
 
+class _OptionType:
+    """argparse's `type=` for a setting: its kind and bounds, a usage error (exit 2) when out of them."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.__name__ = setting.kind  # argparse names the type in some messages
+
+    def __call__(self, raw: str) -> Any:
+        try:
+            return self.setting.parse(raw, str(self.setting.option))
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
-    """The options given on the command line, parsed as their settings' kinds."""
-    values = {}
-    for setting in SETTINGS:
-        raw = getattr(args, setting.name, None) if setting.option else None
-        if raw is not None:
-            values[setting.name] = setting.parse(raw, setting.option or setting.env)
-    return values
+    """The options given on the command line (already parsed by their settings)."""
+    return {s.name: getattr(args, s.name) for s in SETTINGS if s.option and getattr(args, s.name) is not None}
 
 
 def _start_offline() -> Any:
