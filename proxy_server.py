@@ -1946,12 +1946,15 @@ def _build_parser() -> argparse.ArgumentParser:
         if setting.kind == "choice":
             parser.add_argument(setting.option, dest=setting.name, choices=setting.choices, help=setting.describe())
         else:
-            parser.add_argument(setting.option, dest=setting.name, metavar=setting.kind.upper(),
+            parser.add_argument(setting.option, dest=setting.name, metavar=_METAVARS[setting.kind],
                                 type=_OptionType(setting), help=setting.describe())
     parser.add_argument("--offline", action="store_true",
                         help="relay the built-in simulator (fake_gloo.py) instead of Gloo")
     parser.add_argument("--version", action="version", version=f"%(prog)s {gloo_stream.__version__}")
     return parser
+
+
+_METAVARS = {"int": "N", "float": "SECONDS", "list": "A,B", "str": "VALUE", "secret": "VALUE"}
 
 
 class _OptionType:

@@ -1280,6 +1280,14 @@ class StartupUnitTests(ProxyTestCase):
         self.assertIn(proxy.url.encode() + b"/api/stream", body)
         self.assertNotIn(b"HOST:PORT", body)
 
+    def test_the_readme_lists_every_setting(self):
+        from proxy_server import SETTINGS
+        with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        for setting in SETTINGS:
+            with self.subTest(setting.env):
+                self.assertIn(f"| `{setting.env}`", readme)
+
     def test_settings_table_drives_env_and_options(self):
         from proxy_server import SETTINGS, ProxyConfig, _build_parser
         options = {action.dest for action in _build_parser()._actions}
