@@ -1142,10 +1142,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.exchange.started = time.monotonic()
         try:
-            if self._parse_head():
-                self._dispatch()
-        except _RelayError as error:
-            self._answer_error(error)
+            try:
+                if self._parse_head():
+                    self._dispatch()
+            except _RelayError as error:
+                self._answer_error(error)
         except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as exc:
             self.close_connection = True
             self.exchange.outcome = self.exchange.outcome or (
