@@ -1720,13 +1720,15 @@ class GlooClient:
 
     def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
                       publisher: Optional[str] = None, sources_limit: Optional[int] = None,
-                      grounded: bool = False, include_usage: bool = True, **options: Any) -> dict:
+                      grounded: bool = False, include_usage: Optional[bool] = None, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
         Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
         whose value is None are left out. `publisher` (Gloo's `rag_publisher`), `sources_limit`
         (1-10) or `grounded=True` make a grounded request, with citations unless
-        `include_citations=False`. A stream asks for usage (`stream_options.include_usage`).
+        `include_citations=False`. `include_usage=True` asks a stream for its usage
+        (`stream_options.include_usage`); by default only grounded streams ask, the one endpoint
+        whose reference documents `stream_options`.
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
@@ -1738,9 +1740,10 @@ class GlooClient:
             payload["sources_limit"] = sources_limit
         if grounded and "rag_publisher" not in payload:
             payload["rag_publisher"] = DEFAULT_PUBLISHER
-        if is_grounded(payload):
+        grounded = is_grounded(payload)
+        if grounded:
             payload.setdefault("include_citations", True)
-        if stream and include_usage:
+        if stream and (include_usage if include_usage is not None else grounded):
             payload.setdefault("stream_options", {"include_usage": True})
         payload["stream"] = stream
         return payload
@@ -1923,6 +1926,7 @@ class ChatStream:
         self._eof = False
         self._closed = False
         self._finished_at: Optional[float] = None  # when the accumulator first said finished
+        self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
         self.error: Optional[StreamError] = None
         self.bytes_read = 0
@@ -1974,6 +1978,9 @@ class ChatStream:
         if error is not None and not isinstance(error, ProviderError):
             return self.accumulator.outcome(ended=True, failure=str(error), error_name=type(error).__name__,
                                             retryable=error.retryable)
+        if self._closed and not self._body_ended and not self.accumulator.finished:
+            return self.accumulator.outcome(failure="the stream was closed before the answer finished",
+                                            error_name="closed")
         return self.accumulator.outcome(ended=self._closed)
 
     def grace_remaining(self) -> Optional[float]:
@@ -2091,6 +2098,7 @@ class ChatStream:
             raise self._fail(EventTooLargeError, str(exc)) from None
 
     def _end_of_body(self) -> None:
+        self._body_ended = True
         try:
             if not self._closed:
                 self._decoder.close()

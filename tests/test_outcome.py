@@ -192,6 +192,21 @@ class OneVerdictTests(unittest.TestCase):
         self.assertEqual(outcome.message, str(caught.exception))
         self.assertEqual(stream.result().error, outcome.message)
 
+    def test_closing_early_is_cut_short_by_the_reader(self):
+        stream = ChatStream(_Body(content("Hi") + content(" there") + finish("stop"), 5))
+        for _ in stream:
+            break
+        outcome = stream.outcome
+        self.assertEqual((outcome.kind, outcome.error_name, outcome.message),
+                         ("cut_short", "closed", "the stream was closed before the answer finished"))
+        self.assertTrue(stream.closed)
+
+    def test_closing_after_the_finish_keeps_it_finished(self):
+        stream = ChatStream(_Body(content("Hi") + finish("stop") + content("late"), 1 << 20))
+        stream.read_batch()
+        stream.close()
+        self.assertEqual(stream.outcome.kind, "finished")
+
     def test_sources_and_routing_never_text(self):
         body = CITATIONS + content("Grace", provider="anthropic", model_family="anthropic",
                                    routing_mechanism="auto_routing", routing_tier="tier_2",
