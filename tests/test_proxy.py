@@ -1120,6 +1120,30 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
         self.assertLessEqual(len(self.upstream.requests), 2)
 
 
+class SimulatorFieldTests(ProxyTestCase):
+    """The field policy against the strict simulator: grounded answers and Gloo's 422s pass through."""
+
+    def test_a_grounded_stream_through_the_relay_starts_with_its_citations(self):
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True, rag_publisher="GlooGrounded",
+                                                                  sources_limit=2))
+                self.assertEqual(status, 200)
+                self.assertTrue(self.fake.requests[-1]["path"].endswith("/grounded"))
+                events = data_events(body.decode())
+                first = events[0]
+                self.assertEqual(first["choices"], [])
+                self.assertTrue(first.get("citations") or first.get("sources"), first)
+                self.assertNotIn("error", events[-1] if isinstance(events[-1], dict) else {})
+
+    def test_a_validation_error_is_a_readable_422(self):
+        status, _, body = self.post_stream("Hi", temperature=5)
+        self.assertEqual(status, 422)
+        message = json.loads(body)["error"]["message"]
+        self.assertIn("temperature", message)
+        self.assertNotIn("[{", message)
+
+
 class HealthTests(ScriptedUpstreamTestCase):
     def test_simulator_and_status(self):
         health = json.loads(self.request("GET", "/health")[2])
