@@ -16,7 +16,10 @@ Standard library only, plus gloo_stream.py beside this file.
 from __future__ import annotations
 
 import argparse
+import errno
 import hmac
+import html
+import inspect
 import io
 import ipaddress
 import json
@@ -33,11 +36,16 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, make_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import gloo_stream
+try:
+    import gloo_stream
+except ModuleNotFoundError:  # `python -I proxy_server.py`: isolated mode leaves the script's folder off sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gloo_stream
 from gloo_stream import (
     APIConnectionError,
     APIStatusError,
@@ -52,13 +60,10 @@ from gloo_stream import (
     UnexpectedResponseError,
 )
 
-__all__ = ["ProxyConfig", "ProxyServer", "main"]
+__all__ = ["SETTINGS", "ProxyConfig", "ProxyServer", "Setting", "main"]
 
 SERVICE_NAME = "completions-streaming-proxy"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_FORWARDED_FIELDS = ("messages", "auto_routing", "model", "model_family", "tradition", "temperature",
-                     "max_tokens", "tools", "tool_choice")
-_ROUTING_FIELDS = ("auto_routing", "model", "model_family")
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -80,103 +85,196 @@ _POLL_IN = select.POLLIN | select.POLLPRI if hasattr(select, "poll") else 0
 _POLL_GONE = (select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
               if hasattr(select, "poll") else 0)
 _HEARTBEAT_FRAME = b": keep-alive\n\n"
+_AUTH_FAILURES_FOR_DEGRADED = 3  # upstream credential failures in a row before /health says "degraded"
 
 log = logging.getLogger("gloo_proxy")
 
+_redact = gloo_stream.redact
+
 
 # ---------------------------------------------------------------------------
-# Configuration
+# Settings: one table generates the config class, from_env, the options and their help
 # ---------------------------------------------------------------------------
 
 
-def _env_number(environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+@dataclass(frozen=True)
+class Setting:
+    """One relay setting: config field, environment variable, kind, default, bounds and help."""
+
+    name: str
+    env: str
+    kind: str  # "str", "secret", "int", "float", "list" (comma-separated) or "choice"
+    default: Any
+    help: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Tuple[str, ...] = ()
+    flag: Optional[str] = ""  # "" derives --name-with-dashes; None: environment only
+    library: bool = False  # gloo_stream reads the variable itself when the value is left None
+
+    @property
+    def option(self) -> Optional[str]:
+        """The command-line option, or None for a setting read from the environment only."""
+        if self.flag is None:
+            return None
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def parse(self, raw: str, source: str) -> Any:
+        """The value for `raw` (from `source`: a variable or an option), checked against the bounds."""
+        if self.kind == "list":
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        text = raw.strip()
+        if self.kind not in ("int", "float"):
+            value: Any = text or None
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigurationError(f"{source} must be a number, got {raw!r}") from None
+            if self.kind == "int":
+                if not value.is_integer():
+                    raise ConfigurationError(f"{source} must be a whole number, got {raw!r}")
+                value = int(value)
+        self.check(value, source)
+        return value
+
+    def check(self, value: Any, source: str) -> None:
+        """Raise ConfigurationError naming `source` when `value` is out of bounds."""
+        if value is None:
+            return
+        if self.kind in ("int", "float"):
+            number = float(value)
+            if not math.isfinite(number) or (self.minimum is not None and number < self.minimum):
+                raise ConfigurationError(f"{source} must be at least {self.minimum:g}, got {value!r}")
+            if self.maximum is not None and number > self.maximum:
+                raise ConfigurationError(f"{source} must be at most {self.maximum:g}, got {value!r}")
+        elif self.kind == "choice" and value not in self.choices:
+            raise ConfigurationError(f"{source} must be one of {', '.join(self.choices)}, got {value!r}")
+
+    def source(self) -> str:
+        """How a person sets it: the variable, and the option when there is one."""
+        return f"{self.env} ({self.option})" if self.option else self.env
+
+    def describe(self) -> str:
+        """The option's help line: what it does, its variable and default."""
+        default = ",".join(self.default) if isinstance(self.default, tuple) else self.default
+        shown = f", default {default}" if default not in (None, "") else ""
+        return f"{self.help} [{self.env}{shown}]"
+
+
+_MIB = 1024 * 1024
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("host", "PROXY_HOST", "str", "127.0.0.1", "address to bind"),
+    Setting("port", "PROXY_PORT", "int", 3001, "port to bind, 0 for any free one", 0, 65535),
+    Setting("cors_origins", "PROXY_CORS_ORIGIN", "list", ("http://localhost:3000",),
+            "comma-separated origins whose pages may call the API; * for any page (no credentials)",
+            flag="--cors-origin"),
+    Setting("allowed_hosts", "PROXY_ALLOWED_HOSTS", "list", (),
+            "host names of this proxy, trusted as its own page's origin when bound beyond loopback"),
+    Setting("api_key", "PROXY_API_KEY", "secret", None,
+            "the key clients must send as Authorization: Bearer (environment only)", flag=None),
+    Setting("max_body_bytes", "PROXY_MAX_BODY_BYTES", "int", _MIB, "largest request body", 1),
+    Setting("max_answer_bytes", "PROXY_MAX_ANSWER_BYTES", "int", 8 * _MIB,
+            "largest answer buffered for a non-streaming /v1 request", 1),
+    Setting("max_streams", "PROXY_MAX_STREAMS", "int", 256, "streams relayed at once", 1),
+    Setting("max_connections", "PROXY_MAX_CONNECTIONS", "int", 4096,
+            "client connections open at once, each a thread", 1),
+    Setting("rate_limit_per_minute", "PROXY_RATE_LIMIT_PER_MINUTE", "int", 120,
+            "requests per client address per minute, 0 for none", 0),
+    Setting("auth_failures_per_minute", "PROXY_AUTH_FAILURES_PER_MINUTE", "int", 10,
+            "wrong PROXY_API_KEY guesses per client address per minute", 0),
+    Setting("heartbeat_seconds", "PROXY_HEARTBEAT_SECONDS", "float", 15.0,
+            "send ': keep-alive' after this much upstream silence", 0.01),
+    Setting("upstream_idle_seconds", "PROXY_UPSTREAM_IDLE_SECONDS", "float", 60.0,
+            "give up on a silent upstream after this long", 0.01),
+    Setting("request_timeout_seconds", "PROXY_REQUEST_TIMEOUT_SECONDS", "float", 10.0,
+            "time to receive a request's headers and body", 0.01),
+    Setting("write_timeout_seconds", "PROXY_WRITE_TIMEOUT_SECONDS", "float", 30.0,
+            "cut off a client that stops reading", 0.01),
+    Setting("max_event_bytes", "PROXY_MAX_EVENT_BYTES", "int", _MIB, "largest upstream event", 1),
+    Setting("trusted_proxies", "PROXY_TRUSTED_PROXIES", "list", (),
+            "addresses/CIDRs whose X-Forwarded-For is believed"),
+    Setting("drain_seconds", "PROXY_DRAIN_SECONDS", "float", 30.0,
+            "on SIGTERM/SIGINT, let streams finish for this long", 0),
+    Setting("log_format", "PROXY_LOG_FORMAT", "choice", "text", "request log format", choices=("text", "json")),
+    Setting("web_root", "PROXY_WEB_ROOT", "str", os.path.join(_HERE, "web"), "folder of the page's files"),
+    Setting("upstream_retries", "PROXY_UPSTREAM_RETRIES", "int", 1,
+            "retries of a failed upstream request before its first byte (never a 429)", 0, 5),
+    Setting("endpoint", "GLOO_ENDPOINT", "choice", None,
+            "Gloo's endpoint: completions (default), or guarded (Studio API keys)",
+            choices=("completions", "guarded"), library=True),
+    Setting("api_url", "GLOO_API_URL", "str", None, "the completions URL (grounded requests add /grounded)",
+            library=True),
+    Setting("token_url", "GLOO_TOKEN_URL", "str", None, "the OAuth token URL", flag=None, library=True),
+    Setting("client_id", "GLOO_CLIENT_ID", "str", None, "OAuth client id", flag=None, library=True),
+    Setting("client_secret", "GLOO_CLIENT_SECRET", "secret", None, "OAuth client secret", flag=None, library=True),
+    Setting("upstream_api_key", "GLOO_API_KEY", "secret", None, "a Gloo Studio API key (instead of OAuth)",
+            flag=None, library=True),
+)
+_PYTHON_TYPES = {"str": Optional[str], "secret": Optional[str], "int": int, "float": float,
+                 "list": Tuple[str, ...], "choice": str}
+
+
+def _normalise_origin(text: str) -> str:
+    """An origin as browsers send it: lower-case scheme and host, no default port, no trailing slash."""
+    if text == "*":
+        return text
     try:
-        value = float(raw)
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum:g}, got {raw!r}")
-    return value
+        raise ConfigurationError(f"PROXY_CORS_ORIGIN: not an origin: {text!r}") from None
+    scheme = parts.scheme.lower()
+    if (scheme not in ("http", "https") or not parts.hostname or parts.username is not None
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ConfigurationError(f"PROXY_CORS_ORIGIN entries must be http(s) origins such as "
+                                 f"https://app.example.com, got {text!r}")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
 
 
-def _split_list(raw: str) -> Tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-@dataclass
-class ProxyConfig:
-    """Everything the proxy needs; `from_env()` reads PROXY_* and GLOO_* variables."""
-
-    host: str = "127.0.0.1"
-    port: int = 3001
-    cors_origins: Tuple[str, ...] = ("http://localhost:3000",)
-    api_key: Optional[str] = field(default=None, repr=False)  # PROXY_API_KEY: what clients must send
-    max_body_bytes: int = 1024 * 1024
-    max_streams: int = 256
-    max_connections: int = 4096
-    rate_limit_per_minute: int = 120
-    auth_failures_per_minute: int = 10
-    heartbeat_seconds: float = 15.0
-    upstream_idle_seconds: float = 60.0
-    request_timeout_seconds: float = 10.0
-    write_timeout_seconds: float = 30.0
-    max_event_bytes: int = 1024 * 1024
-    trusted_proxies: Tuple[str, ...] = ()
-    drain_seconds: float = 30.0
-    log_format: str = "text"
-    web_root: str = os.path.join(_HERE, "web")
-    upstream_retries: int = 2
-    # Upstream (Gloo) settings; None means "from the environment" as gloo_stream reads it.
-    client_id: Optional[str] = None
-    client_secret: Optional[str] = field(default=None, repr=False)
-    upstream_api_key: Optional[str] = field(default=None, repr=False)  # GLOO_API_KEY
-    token_url: Optional[str] = None
-    api_url: Optional[str] = None
+class _ConfigMethods:
+    """The behaviour of ProxyConfig; its fields come from SETTINGS."""
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "ProxyConfig":
-        """Read PROXY_* variables (explicit `overrides` win); raises ConfigurationError on bad values."""
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Any:
+        """Read PROXY_* variables (explicit `overrides` win); raises ConfigurationError on bad values.
+
+        GLOO_* settings are left None here: gloo_stream reads them itself when the client is built.
+        """
         env = os.environ if environ is None else environ
-        values: Dict[str, Any] = {
-            "host": env.get("PROXY_HOST") or cls.host,
-            "port": int(_env_number(env, "PROXY_PORT", cls.port)),
-            "cors_origins": _split_list(env["PROXY_CORS_ORIGIN"]) if env.get("PROXY_CORS_ORIGIN") is not None
-            else cls.cors_origins,
-            "api_key": env.get("PROXY_API_KEY") or None,
-            "max_body_bytes": int(_env_number(env, "PROXY_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1)),
-            "max_streams": int(_env_number(env, "PROXY_MAX_STREAMS", cls.max_streams, minimum=1)),
-            "max_connections": int(_env_number(env, "PROXY_MAX_CONNECTIONS", cls.max_connections, minimum=1)),
-            "rate_limit_per_minute": int(_env_number(env, "PROXY_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute)),
-            "heartbeat_seconds": _env_number(env, "PROXY_HEARTBEAT_SECONDS", cls.heartbeat_seconds, minimum=0.01),
-            "upstream_idle_seconds": _env_number(env, "PROXY_UPSTREAM_IDLE_SECONDS", cls.upstream_idle_seconds,
-                                                 minimum=0.01),
-            "request_timeout_seconds": _env_number(env, "PROXY_REQUEST_TIMEOUT_SECONDS",
-                                                   cls.request_timeout_seconds, minimum=0.01),
-            "write_timeout_seconds": _env_number(env, "PROXY_WRITE_TIMEOUT_SECONDS", cls.write_timeout_seconds,
-                                                 minimum=0.01),
-            "max_event_bytes": int(_env_number(env, "PROXY_MAX_EVENT_BYTES", cls.max_event_bytes, minimum=1)),
-            "trusted_proxies": _split_list(env.get("PROXY_TRUSTED_PROXIES", "")),
-            "drain_seconds": _env_number(env, "PROXY_DRAIN_SECONDS", cls.drain_seconds),
-            "log_format": env.get("PROXY_LOG_FORMAT") or cls.log_format,
-        }
+        values: Dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env)
+            if setting.library or raw is None or (raw.strip() == "" and setting.kind != "list"):
+                continue
+            values[setting.name] = setting.parse(raw, setting.env)
         values.update({key: value for key, value in overrides.items() if value is not None})
         config = cls(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
-        """Raise ConfigurationError when a value cannot work."""
-        if not 0 <= int(self.port) <= 65535:
-            raise ConfigurationError(f"port must be 0-65535, got {self.port}")
-        if self.log_format not in ("text", "json"):
-            raise ConfigurationError(f"log format must be 'text' or 'json', got {self.log_format!r}")
-        for origin in self.cors_origins:
-            if origin != "*" and urllib.parse.urlsplit(origin).scheme not in ("http", "https"):
-                raise ConfigurationError(f"PROXY_CORS_ORIGIN entries must be http(s) origins, got {origin!r}")
-        _parse_networks(self.trusted_proxies)
+        """Raise ConfigurationError when a value cannot work; normalises origins and host names."""
+        for setting in SETTINGS:
+            setting.check(getattr(self, setting.name), setting.source())
+        origins = tuple(_normalise_origin(origin) for origin in getattr(self, "cors_origins"))
+        setattr(self, "cors_origins", origins)
+        setattr(self, "allowed_hosts", tuple(name.strip().lower().rstrip(".") for name in getattr(self, "allowed_hosts")))
+        _parse_networks(getattr(self, "trusted_proxies"))
+
+
+ProxyConfig = make_dataclass(
+    "ProxyConfig",
+    [(s.name, _PYTHON_TYPES[s.kind], field(default=s.default, repr=s.kind != "secret")) for s in SETTINGS],
+    bases=(_ConfigMethods,),
+)
+ProxyConfig.__module__ = __name__
+ProxyConfig.__doc__ = """Everything the proxy needs, one field per entry of SETTINGS; `from_env()` reads PROXY_* variables."""
 
 
 def _parse_networks(entries: Sequence[str]) -> Tuple[Any, ...]:
@@ -337,12 +435,12 @@ _OVERLOADED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: appl
                         % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
 
 _FALLBACK_PAGE_MARKER = "\0builtin-page"
-_FALLBACK_PAGE = b"""<!doctype html>
+_FALLBACK_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gloo-stream proxy</title></head>
 <body><h1>gloo-stream proxy</h1>
 <p>The chat page lives in <code>web/</code> beside <code>proxy_server.py</code>, and that folder was not found.</p>
-<p>The API works: <code>curl -N -X POST http://HOST:PORT/api/stream -H 'Content-Type: application/json'
--d '{"messages":[{"role":"user","content":"Hello"}]}'</code></p></body></html>
+<p>The API works: <code>curl -N -X POST {address}/api/stream -H 'Content-Type: application/json'
+-d '{{"messages":[{{"role":"user","content":"Hello"}}]}}'</code></p></body></html>
 """
 
 
@@ -371,16 +469,32 @@ class _DeadlineReader(io.RawIOBase):
 
 
 class _HeaderRecorder:
-    """Stands in for rfile while http.server reads the header lines, to vet the raw bytes."""
+    """Stands in for rfile while http.server reads the header lines, to vet the raw bytes.
+
+    RFC 9112 5.1-5.2: a line without a colon, whitespace before the colon and obsolete line
+    folding are rejected, as is a bare CR (2.2): Python's parser would read them differently
+    from a front proxy, so a header (or a whole request) could hide behind them.
+    """
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.bare_cr = False
+        self.problem = ""
 
     def readline(self, limit: int = -1) -> bytes:
         line = self.file.readline(limit)
-        if b"\r" in line.rstrip(b"\r\n") or (line.endswith(b"\r") and not line.endswith(b"\r\n")):
-            self.bare_cr = True
+        if self.problem:
+            return line
+        body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+        if b"\r" in body:
+            self.problem = "a header holds a bare CR"
+        elif body and line.endswith(b"\n"):
+            name, colon, _ = body.partition(b":")
+            if body[:1] in (b" ", b"\t"):
+                self.problem = "a header line is folded (obsolete line folding is not accepted)"
+            elif not colon:
+                self.problem = "a header line has no colon"
+            elif not name or name != name.rstrip(b" \t"):
+                self.problem = "a header name is empty or followed by whitespace before its colon"
         return line
 
     def __getattr__(self, name: str) -> Any:
@@ -396,6 +510,13 @@ def _is_loopback_name(hostname: str) -> bool:
         return False  # any other name could be made to point here (DNS rebinding)
 
 
+def _is_address_literal(hostname: str) -> bool:
+    try:
+        return not ipaddress.ip_address(hostname.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
 
@@ -404,18 +525,126 @@ def _printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
 
 
-class _HTTPError(Exception):
-    """An answer decided while handling a request: status, JSON error fields, extra headers."""
+# ---------------------------------------------------------------------------
+# The one error type: an answer before the stream starts, or the error event after
+# ---------------------------------------------------------------------------
+
+
+class _RelayError(Exception):
+    """A failure as the client sees it: status, JSON error fields, extra headers.
+
+    Before the stream starts it is the whole answer; after, it is the one `data: {"error": ...}`
+    event that ends the stream. `outcome` names it in the log and the metrics.
+    """
 
     def __init__(self, status: int, message: str, *, error_type: str = "invalid_request_error",
-                 code: Any = None, headers: Optional[Dict[str, str]] = None, close: bool = False) -> None:
+                 code: Any = None, headers: Optional[Dict[str, str]] = None, close: bool = False,
+                 outcome: str = "rejected") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type
-        self.code = code
+        self.code = status if code is None else code
         self.headers = headers or {}
         self.close = close
+        self.outcome = outcome
+
+    def body(self) -> Dict[str, Any]:
+        """The JSON error object, redacted."""
+        return {"error": {"message": _redact(self.message), "type": self.error_type, "code": self.code}}
+
+    def event(self) -> bytes:
+        """The error as one event of the stream."""
+        return ("data: " + json.dumps(self.body()) + "\n\n").encode()
+
+    @classmethod
+    def mid_stream(cls, kind: str, message: str, *, status: int = 502, code: Any = None) -> "_RelayError":
+        """A failure after the 200: `kind` is both the event's type and the outcome."""
+        return cls(status, message, error_type=kind, code=status if code is None else code, outcome=kind)
+
+
+def _upstream_message(body: str) -> Tuple[str, Any]:
+    """Gloo's own words from an error body, and its code: {"error", "code"}, {"detail": [...]}, OpenAI's shape."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return "", None
+    if not isinstance(parsed, dict):
+        return "", None
+    detail = parsed.get("detail")
+    if isinstance(detail, list):  # FastAPI validation: [{"loc": [...], "msg": ..., "type": ...}]
+        return "; ".join(_describe_validation(item) for item in detail[:5])[:300], "validation_error"
+    if isinstance(detail, str):
+        return detail[:300], parsed.get("code") if isinstance(parsed.get("code"), str) else None
+    error = parsed.get("error")
+    code = parsed.get("code")
+    if isinstance(error, dict):
+        message, code = error.get("message") or error.get("detail"), error.get("code", code)
+    else:
+        message = error
+    if not isinstance(message, str):
+        return "", None
+    return message[:300], code if isinstance(code, (str, int)) and not isinstance(code, bool) else None
+
+
+def _describe_validation(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)[:100] if isinstance(item, (str, int, float)) else "invalid value"
+    loc = item.get("loc")
+    where = ".".join(str(part) for part in loc if part != "body") if isinstance(loc, list) else ""
+    message = item.get("msg") if isinstance(item.get("msg"), str) else "invalid value"
+    return f"{where}: {message}" if where else message
+
+
+def _retry_after(exc: APIStatusError) -> str:
+    """The upstream's own Retry-After when it is a plain number of seconds, else the library's reading."""
+    headers = {name.lower(): value for name, value in (exc.headers or {}).items()}
+    raw = str(headers.get("retry-after", "")).strip()
+    if raw.isdigit() and raw.isascii() and 0 < len(raw) <= 6 and int(raw) > 0:
+        return raw
+    wait = exc.retry_after if exc.retry_after is not None and math.isfinite(exc.retry_after) else 1
+    return str(max(1, min(86400, math.ceil(wait))))
+
+
+def _from_upstream(exc: Exception) -> Tuple[str, _RelayError]:
+    """What a failure before the first byte becomes for the client: (metrics kind, error)."""
+    if isinstance(exc, APIStatusError):
+        status = exc.status
+        message, code = _upstream_message(exc.body)
+        if status in (400, 422):
+            return "bad_request", _RelayError(status, message or "the upstream rejected the request",
+                                              code=code if code is not None else status)
+        if status in (401, 403):
+            return "credentials", _RelayError(502, "the proxy's upstream credentials were rejected",
+                                              error_type="upstream_error", code="upstream_auth")
+        if status == 429:
+            headers = {"Retry-After": _retry_after(exc)}
+            reset = {name.lower(): value for name, value in (exc.headers or {}).items()}.get("x-ratelimit-reset")
+            if reset is not None and str(reset).strip().isdigit():
+                headers["X-RateLimit-Reset"] = str(reset).strip()
+            return "rate_limited", _RelayError(429, message or "the upstream is rate limiting; try again later",
+                                               error_type="rate_limit_error",
+                                               code=code or "upstream_rate_limited", headers=headers)
+        text = f"the upstream answered {status}" + (f": {message}" if message else "")
+        return f"status_{status}", _RelayError(502, text, error_type="upstream_error", code=status)
+    if isinstance(exc, TokenError):
+        return "credentials", _RelayError(502, "the proxy could not get an upstream token",
+                                          error_type="upstream_error", code="upstream_auth")
+    if isinstance(exc, APITimeoutError):
+        return "timeout", _RelayError(504, "the upstream did not answer in time", error_type="upstream_error",
+                                      code="upstream_timeout")
+    if isinstance(exc, APIConnectionError):
+        return "connection", _RelayError(502, "the upstream could not be reached", error_type="upstream_error",
+                                         code="upstream_unreachable")
+    if isinstance(exc, UnexpectedResponseError):
+        return "bad_response", _RelayError(502, "the upstream answered something that is not an event stream",
+                                           error_type="upstream_error", code="upstream_bad_response")
+    return "other", _RelayError(502, "the upstream failed", error_type="upstream_error", code="upstream_error")
+
+
+# ---------------------------------------------------------------------------
+# Request bodies: JSON checks and the field policy
+# ---------------------------------------------------------------------------
 
 
 _MAX_JSON_DEPTH = 64  # far beyond any chat request; keeps re-encoding well inside the recursion limit
@@ -451,9 +680,431 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_json_body(raw: bytes) -> Dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise _RelayError(400, "the body is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise _RelayError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _RelayError(400, "the body must be a JSON object")
+    if _depth(body) > _MAX_JSON_DEPTH:
+        raise _RelayError(400, f"the body is nested more than {_MAX_JSON_DEPTH} levels deep")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _RelayError(400, "the body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
+    return body
+
+
+# Gloo's documented request fields (completions v2 and grounded), forwarded as they are.
+_GLOO_FIELDS = frozenset({
+    "messages", "auto_routing", "model", "model_family", "tradition", "temperature", "max_tokens",
+    "tools", "tool_choice", "parallel_tool_calls", "stream_options", "rag_publisher", "sources_limit",
+    "include_citations",
+})
+_ROUTING_FIELDS = ("auto_routing", "model", "model_family")
+_GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
+_RENAMED_FIELDS = {"max_completion_tokens": "max_tokens"}  # OpenAI's name -> Gloo's
+_HARMLESS_DEFAULTS = {"n": 1}  # OpenAI fields accepted when they ask for what Gloo does anyway
+
+
+@dataclass(frozen=True)
+class _CompletionRequest:
+    """What a client asked for, checked: the upstream payload and how to answer."""
+
+    payload: Dict[str, Any]
+    stream: bool
+    openai: bool
+    include_usage: bool
+    grounded: bool
+    prompt_chars: int
+
+
+def _completion_request(body: Dict[str, Any], *, openai: bool) -> _CompletionRequest:
+    """Apply the field policy: documented Gloo fields forwarded, OpenAI names mapped, the rest a 400."""
+    payload: Dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "stream" or value is None:
+            continue
+        target = _RENAMED_FIELDS.get(key, key)
+        if key in _HARMLESS_DEFAULTS and value == _HARMLESS_DEFAULTS[key]:
+            continue
+        if target not in _GLOO_FIELDS:
+            raise _RelayError(400, f"{key} is not a field Gloo's completions API accepts; remove it "
+                                   f"(accepted: {', '.join(sorted(_GLOO_FIELDS))}, max_completion_tokens)",
+                              code="unsupported_field")
+        if target in payload and payload[target] != value:
+            raise _RelayError(400, f"max_tokens and {key} disagree; send one of them", code="invalid_field")
+        payload[target] = value
+    _check_messages(payload.get("messages"))
+    stream = body.get("stream", None if openai else True)
+    if stream is not None and not isinstance(stream, bool):
+        raise _RelayError(400, "stream must be true or false (a JSON boolean)", code="invalid_field")
+    if openai and payload.get("model") in ("auto", ""):
+        del payload["model"]
+    if payload.get("auto_routing") is False:
+        del payload["auto_routing"]
+    routing = [key for key in _ROUTING_FIELDS if key in payload]
+    if len(routing) > 1:
+        raise _RelayError(400, "give only one of auto_routing, model and model_family", code="invalid_routing")
+    if not routing:
+        payload["auto_routing"] = True
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _RelayError(400, "stream_options must be an object such as {\"include_usage\": true}",
+                          code="invalid_field")
+    include_usage = bool(options and options.get("include_usage") is True)
+    payload["stream"] = True
+    prompt_chars = sum(len(m["content"]) for m in payload["messages"] if isinstance(m.get("content"), str))
+    return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage,
+                              any(key in payload for key in _GROUNDED_FIELDS), prompt_chars)
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _RelayError(400, "messages must be a non-empty list of {role, content} objects", code="invalid_messages")
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _RelayError(400, "each message must be an object with a string role", code="invalid_messages")
+
+
+# --offline: the simulator runs inside this process, so its scenario markers are capped.
+_MARKER = re.compile(r"\[\[(long|huge_event|slow|trickle):([0-9.]+)((?::[a-z]+)?)\]\]")
+
+
+def _cap_markers(messages: List[Dict[str, Any]], *, max_event_bytes: int) -> None:
+    """Clamp the simulator's size and pace markers in place: [[long:2000000]] becomes [[long:5000]]."""
+    caps = {"long": 5000, "huge_event": max_event_bytes + 64 * 1024, "slow": 2.0, "trickle": 0.05}
+
+    def cap(match: "re.Match[str]") -> str:
+        name, value, rest = match.group(1), match.group(2), match.group(3)
+        try:
+            number = float(value)
+        except ValueError:
+            return match.group(0)
+        limit = caps[name]
+        if number <= limit:
+            return match.group(0)
+        shown = str(int(limit)) if name in ("long", "huge_event") else f"{limit:g}"
+        return f"[[{name}:{shown}{rest}]]"
+
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and "[[" in content:
+            message["content"] = _MARKER.sub(cap, content)
+
+
+# ---------------------------------------------------------------------------
+# Relaying: the event writer, the two kinds of answer, and the loop between the sockets
+# ---------------------------------------------------------------------------
+
+
+def _encode_event(event: ServerSentEvent, last_id: str) -> str:
+    """An event back in wire form (LF line ends); `id:` only where the last event id changed."""
+    if event.event == "message" and event.id == last_id and event.retry is None and "\n" not in event.data:
+        return "data: " + event.data + "\n\n"
+    lines = []
+    if event.event != "message":
+        lines.append("event: " + event.event)
+    if event.id != last_id:
+        lines.append("id: " + event.id)
+    if event.retry is not None:
+        lines.append("retry: " + str(event.retry))
+    lines.extend("data: " + line for line in event.data.split("\n"))
+    return "\n".join(lines) + "\n\n"
+
+
+class _EventWriter:
+    """The event stream to the client: whole events, redacted, one chunk per write, then the terminator.
+
+    HTTP/1.1 clients get chunked framing; an HTTP/1.0 client gets the bare stream, ended by
+    closing the connection. `events` and `bytes` count what was relayed.
+    """
+
+    def __init__(self, write: Callable[[bytes], Any], *, chunked: bool) -> None:
+        self._write = write
+        self.chunked = chunked
+        self.events = 0
+        self.bytes = 0
+        self.last_write = time.monotonic()
+        self._last_id = ""
+
+    def _frame(self, payload: bytes) -> None:
+        self._write(b"%x\r\n%s\r\n" % (len(payload), payload) if self.chunked else payload)
+        self.last_write = time.monotonic()
+
+    def relay(self, batch: List[ServerSentEvent]) -> None:
+        """One upstream read's events in one write."""
+        parts = []
+        for event in batch:
+            parts.append(_encode_event(event, self._last_id))
+            self._last_id = event.id
+        # An upstream that echoes the proxy's own bearer token never hands it to a client.
+        payload = _redact("".join(parts)).encode("utf-8")
+        self._frame(payload)
+        self.events += len(batch)
+        self.bytes += len(payload)
+
+    def heartbeat(self) -> None:
+        self._frame(_HEARTBEAT_FRAME)
+
+    def end(self, tail: bytes = b"") -> None:
+        """The last events (an error, [DONE]) and the end of the body."""
+        if tail:
+            self._frame(tail)
+        if self.chunked:
+            self._write(b"0\r\n\r\n")
+
+
+class _StreamSink:
+    """The streaming answer: events relayed as they came, then the ending the route needs."""
+
+    heartbeats = True
+
+    def __init__(self, writer: _EventWriter, request: "_CompletionRequest") -> None:
+        self.writer = writer
+        self.request = request
+        self.usage_sent = False
+
+    @property
+    def last_write(self) -> float:
+        return self.writer.last_write
+
+    def add(self, batch: List[ServerSentEvent]) -> None:
+        self.writer.relay(batch)
+        if self.request.include_usage and not self.usage_sent:
+            self.usage_sent = any(_is_usage_chunk(event.data) for event in batch if '"usage"' in event.data)
+
+    def heartbeat(self) -> None:
+        self.writer.heartbeat()
+
+    def finish(self, error: Optional[_RelayError], loop: "_RelayLoop") -> None:
+        """The error event, or on /v1 the OpenAI ending: usage in a chunk of its own when asked, [DONE]."""
+        tail = b""
+        if error is not None:
+            tail = error.event()
+        elif self.request.openai:
+            accumulator = loop.stream.accumulator
+            if self.request.include_usage and not self.usage_sent and accumulator.usage:
+                usage_chunk = {"id": accumulator.id or "chatcmpl-" + uuid.uuid4().hex,
+                               "object": "chat.completion.chunk", "created": int(time.time()),
+                               "model": accumulator.model or "auto", "choices": [], "usage": accumulator.usage}
+                tail += _redact("data: " + json.dumps(usage_chunk) + "\n\n").encode()
+            if not accumulator.done:
+                tail += b"data: [DONE]\n\n"
+        self.writer.end(tail)
+
+
+class _AnswerSink:
+    """The non-streaming answer: the stream is read whole (bounded) and answered as one JSON object."""
+
+    heartbeats = False
+    last_write = 0.0
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def add(self, batch: List[ServerSentEvent]) -> None:
+        self.size += sum(len(event.data) for event in batch)
+        if self.size > self.limit:
+            raise _RelayError.mid_stream("answer_too_large", f"the answer passed {self.limit} bytes "
+                                         "(PROXY_MAX_ANSWER_BYTES); ask for less or stream it")
+
+    def heartbeat(self) -> None:  # pragma: no cover - heartbeats are off
+        pass
+
+
+def _is_usage_chunk(data: str) -> bool:
+    """True for OpenAI's usage chunk: `choices: []` and a `usage` object."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
+
+
+class _ClientGone(Exception):
+    """The client left (or stopped reading): nothing more can be written to it."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class _RelayLoop:
+    """Moves one upstream stream to one client: waits on both sockets at once, hands whole events
+    to the sink, heartbeats while the upstream is silent, and ends with the stream's one verdict.
+
+    `run()` returns None for a finished answer or the error to tell the client; it raises
+    _ClientGone when the client left, so the upstream is closed at once. What each event means
+    is decided by the library (`ChatStream.read_batch()` folds them; `ChatStream.outcome`).
+    """
+
+    def __init__(self, handler: "_Handler", stream: ChatStream, sink: Any) -> None:
+        self.server = handler.server
+        self.config = handler.server.config
+        self.client_left = handler.client_left
+        self.stream = stream
+        self.sink = sink
+        self.poller = select.poll()
+        self.upstream_fd = stream.fileno()
+        self.poller.register(self.upstream_fd, _POLL_IN)
+        self.poller.register(handler.connection.fileno(), _POLL_IN | _POLL_GONE)
+        self.last_upstream = time.monotonic()
+        self.first_content: Optional[float] = None
+
+    def run(self) -> Optional[_RelayError]:
+        """Relay until the answer ends (see the class docstring)."""
+        try:
+            return self._pump()
+        except StreamError:
+            return self._verdict()
+        except _RelayError as error:
+            return error
+        except socket.timeout:
+            raise _ClientGone("slow_client") from None
+        except OSError:
+            raise _ClientGone("client_gone") from None
+
+    def _pump(self) -> Optional[_RelayError]:
+        stream = self.stream
+        idle = self.config.upstream_idle_seconds
+        while True:
+            if not stream.buffered and not self._wait() and not stream.finished:
+                return _RelayError.mid_stream("upstream_timeout", f"the upstream sent nothing for {idle:g}s",
+                                              status=504, code=504)
+            batch = stream.read_batch()  # after a finish and its grace: None, a clean end
+            if batch is None:
+                return self._verdict()
+            if not batch:
+                # Bytes but no whole event: idleness counts from the last whole event, so an
+                # upstream that trickles without ever finishing one still times out.
+                if time.monotonic() - self.last_upstream >= idle and not stream.finished:
+                    return _RelayError.mid_stream("upstream_timeout", f"the upstream sent no complete event "
+                                                  f"for {idle:g}s", status=504, code=504)
+                continue
+            self.last_upstream = time.monotonic()
+            if self.first_content is None and stream.accumulator.first_token_at is not None:
+                self.first_content = self.last_upstream
+            self.sink.add(batch)
+
+    def _wait(self) -> bool:
+        """Wait for upstream bytes; False once the upstream has been silent too long. Raises _ClientGone."""
+        heartbeat = self.config.heartbeat_seconds
+        while True:
+            grace = self.stream.grace_remaining()  # after a finish, only a short wait for usage or [DONE]
+            now = time.monotonic()
+            idle_at = now + grace if grace is not None else self.last_upstream + self.config.upstream_idle_seconds
+            wake = min(idle_at, self.sink.last_write + heartbeat) if self.sink.heartbeats else idle_at
+            upstream_ready = False
+            for fd, flags in self.poller.poll(max(0.0, wake - now) * 1000):
+                if fd == self.upstream_fd:
+                    upstream_ready = True
+                elif self.client_left(flags):
+                    raise _ClientGone("client_gone")
+            if upstream_ready:
+                return True
+            now = time.monotonic()
+            if now >= idle_at:
+                return False
+            if self.sink.heartbeats and now - self.sink.last_write >= heartbeat:
+                self.sink.heartbeat()
+
+    def _verdict(self) -> Optional[_RelayError]:
+        """None for a finished answer; else the one error that ends the stream, from `stream.outcome`."""
+        outcome = self.stream.outcome
+        if outcome.kind == "finished":
+            return None
+        if outcome.kind == "provider_error":
+            return _RelayError.mid_stream("upstream_error", outcome.message,
+                                          code=outcome.error_name or outcome.error_code)
+        if self.server.cutting:
+            return _RelayError.mid_stream("proxy_shutdown", "the proxy is shutting down and cut this stream; "
+                                          "send the request again", status=503)
+        kind, status = _CUT_SHORT.get(outcome.error_name, ("upstream_disconnected", 502))
+        return _RelayError.mid_stream(kind, outcome.message or "the upstream failed", status=status, code=502)
+
+
+# How a stream cut short is told to the client, by the library's failure (StreamOutcome.error_name).
+_CUT_SHORT = {
+    "StreamTimeoutError": ("upstream_timeout", 504),
+    "EventTooLargeError": ("upstream_event_too_large", 502),
+    "ConnectionLostError": ("upstream_disconnected", 502),
+}
+
+
+class _Origins:
+    """Which pages may call the API: PROXY_CORS_ORIGIN, `*`, and the proxy's own page (same origin)."""
+
+    def __init__(self, server: "ProxyServer") -> None:
+        self.server = server
+        self.listed = server.config.cors_origins
+        self.any = "*" in self.listed
+
+    def allowed(self, origin: str, host: str, peer: str) -> bool:
+        return self.any or origin in self.listed or self.same_origin(origin, host, peer)
+
+    def cors_headers(self, origin: str) -> List[Tuple[str, str]]:
+        """The CORS answer headers for a request with this Origin."""
+        if origin in self.listed:  # (the proxy's own page is same-origin: it needs no CORS header)
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                    ("Access-Control-Expose-Headers", "Retry-After")]
+        if self.any:  # any page, and never with credentials (no Access-Control-Allow-Credentials)
+            return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+        return [("Vary", "Origin")]
+
+    def same_origin(self, origin: str, host: str, peer: str) -> bool:
+        """The page the proxy serves posts to the proxy: Origin is the proxy's own address."""
+        host = host.strip().lower()
+        try:
+            parts = urllib.parse.urlsplit(origin.strip().lower())
+            hostname = parts.hostname or ""
+        except ValueError:  # e.g. an unbalanced "[": not an origin at all
+            return False
+        if not host or parts.scheme not in ("http", "https") or parts.netloc != host:
+            return False
+        server = self.server
+        if server.is_trusted(peer) or hostname in server.config.allowed_hosts:
+            return True
+        # Guard against DNS rebinding, whatever address is bound (0.0.0.0 and :: too): only names
+        # that no one else can point here count as "us"; other names go in PROXY_ALLOWED_HOSTS.
+        return _is_loopback_name(hostname) or (not server.loopback_only and _is_address_literal(hostname))
+
+
 # ---------------------------------------------------------------------------
 # The request handler
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Exchange:
+    """One request's record, from its first byte to its log line."""
+
+    started: float
+    status: int = 0
+    outcome: str = ""
+    route: str = "other"
+    path: str = ""
+    body_length: int = 0
+    body_read: bool = False
+    continue_sent: bool = False
+    static_file: str = ""
+    extra_bytes: int = 0  # bytes the client sent after its request, read and dropped
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A fixed route: its methods, the handler method, and the guards in front of it."""
+
+    methods: Tuple[str, ...]
+    handler: Callable[["_Handler"], None]
+    api: bool = False  # CORS, preflight, the client key and the rate limit
+    key: bool = False  # the client key only
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -463,14 +1114,8 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     disable_nagle_algorithm = True  # small event writes must leave at once
     server: "ProxyServer"
-
-    _API_ROUTES = {
-        "/api/stream": ("POST", "OPTIONS"),
-        "/v1/chat/completions": ("POST", "OPTIONS"),
-        "/v1/models": ("GET", "OPTIONS"),
-    }
-    _OPEN_ROUTES = {"/health": ("GET",), "/metrics": ("GET",)}
-    _ROUTES = {**_OPEN_ROUTES, **_API_ROUTES}  # every fixed route and its methods; static files aside
+    routes: Dict[str, _Route] = {}  # filled in below the class
+    exchange: _Exchange
 
     # -- connection and request lifecycle ---------------------------------
 
@@ -489,131 +1134,129 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client is gone; nothing is left to flush
 
     def handle_one_request(self) -> None:
-        self._started = time.monotonic()
-        self._status = 0
-        self._outcome = ""
-        self._extra: Dict[str, Any] = {}
-        self._route = "other"
-        self.command = ""
-        self.path = ""
-        self.request_version = "HTTP/1.1"
+        self.exchange = _Exchange(time.monotonic())
+        self.command, self.path, self.request_version = "", "", "HTTP/1.1"
         self.headers = None  # type: ignore[assignment]
-        self._body_read = False
-        config = self.server.config
-        self._reader.deadline = time.monotonic() + config.request_timeout_seconds
-        server = self.server
-        server.mark_idle(self.connection, True)
+        if not self._read_request_line():
+            self.close_connection = True
+            return
+        self.exchange.started = time.monotonic()
+        try:
+            try:
+                if self._parse_head():
+                    self._dispatch()
+            except _RelayError as error:
+                self._answer_error(error)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as exc:
+            self.close_connection = True
+            self.exchange.outcome = self.exchange.outcome or (
+                "timeout" if isinstance(exc, socket.timeout) else "client_gone")
+            self.exchange.status = self.exchange.status or 499
+        except Exception:  # a process boundary: never a stack trace to the client
+            log.exception("unexpected error handling %s %s", self.command, self.exchange.route)
+            if not self.exchange.status:
+                try:
+                    self._answer_error(_RelayError(500, "internal error", error_type="server_error", close=True))
+                except OSError:
+                    pass
+            self.close_connection = True
+        finally:
+            if self.exchange.status:
+                self._log_request()
+
+    def _read_request_line(self) -> bool:
+        self._reader.deadline = time.monotonic() + self.server.config.request_timeout_seconds
+        self.server.mark_idle(self.connection, True)
         try:
             self.raw_requestline = self.rfile.readline(65537)
         except OSError:  # idle keep-alive connection timed out, or the client vanished
-            self.close_connection = True
-            return
+            return False
         finally:
-            server.mark_idle(self.connection, False)
-        if not self.raw_requestline:
-            self.close_connection = True
-            return
-        self._started = time.monotonic()
+            self.server.mark_idle(self.connection, False)
+        return bool(self.raw_requestline)
+
+    def _parse_head(self) -> bool:
+        """The request line and headers, vetted; False when http.server already answered."""
+        if len(self.raw_requestline) > 65536:
+            self.requestline = ""
+            raise _RelayError(414, "request line too long", close=True)
+        if b"\r" in self.raw_requestline.rstrip(b"\r\n"):
+            raise _RelayError(400, "the request line holds a bare CR", close=True)
+        recorder = _HeaderRecorder(self.rfile)
+        self.rfile = recorder  # type: ignore[assignment]
         try:
-            if len(self.raw_requestline) > 65536:
-                self.requestline = ""
-                self.request_version = "HTTP/1.1"
-                self.close_connection = True
-                self._answer_error(_HTTPError(414, "request line too long", close=True))
-                return
-            if b"\r" in self.raw_requestline.rstrip(b"\r\n"):
-                self.close_connection = True
-                self._answer_error(_HTTPError(400, "the request line holds a bare CR", close=True))
-                return
-            recorder = _HeaderRecorder(self.rfile)
-            self.rfile = recorder  # type: ignore[assignment]
-            try:
-                if not self.parse_request():  # it answered the error itself
-                    return
-            except socket.timeout:
-                self.close_connection = True
-                self._answer_error(_HTTPError(408, "request headers took too long", close=True))
-                return
-            finally:
-                self.rfile = recorder.file
-            if recorder.bare_cr:
-                # RFC 9112 2.2: a bare CR is not a line end. Python's header parser splits on it,
-                # so a header could hide inside another from a front proxy that keeps it.
-                self.headers = None  # type: ignore[assignment]  # none of them is believed
-                self.close_connection = True
-                self._answer_error(_HTTPError(400, "a header holds a bare CR", close=True))
-                return
-            self._dispatch()
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError) as exc:
-            self.close_connection = True
-            if not self._outcome:
-                self._outcome = "client_gone" if not isinstance(exc, socket.timeout) else "timeout"
-            if not self._status:
-                self._status = 499
-        except Exception:  # a process boundary: never a stack trace to the client
-            log.exception("unexpected error handling %s %s", self.command, self._route)
-            self.close_connection = True
-            if not self._status:
-                try:
-                    self._answer_error(_HTTPError(500, "internal error", error_type="server_error", close=True))
-                except OSError:
-                    pass
+            if not self.parse_request():
+                return False
+        except socket.timeout:
+            raise _RelayError(408, "request headers took too long", close=True) from None
         finally:
-            if self._status:
-                self._log_request()
+            self.rfile = recorder.file
+        if recorder.problem:
+            self.headers = None  # type: ignore[assignment]  # none of them is believed
+            raise _RelayError(400, recorder.problem, close=True)
+        self._check_framing()
+        return True
+
+    def _check_framing(self) -> None:
+        """One way to read the body, and a Host on HTTP/1.1 (RFC 9112 3.2, 6.1-6.3)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
+            raise _RelayError(400, "send exactly one Host header", close=True)
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None:
+            if lengths:
+                raise _RelayError(400, "Content-Length and Transfer-Encoding together are not allowed", close=True)
+            raise _RelayError(411, "send the body with a Content-Length (chunked bodies are not accepted)",
+                              close=True)
+        if len(lengths) > 1:
+            raise _RelayError(400, "send exactly one Content-Length", close=True)
+        raw = lengths[0].strip() if lengths else "0"
+        if not raw.isdigit() or not raw.isascii():
+            raise _RelayError(400, "Content-Length must be a non-negative integer", close=True)
+        if len(raw) > 15:  # no body is that large; int() of thousands of digits is slow or refused
+            raise _RelayError(413, "the Content-Length is beyond any body this proxy accepts", close=True)
+        self.exchange.body_length = int(raw)
+
+    def handle_expect_100(self) -> bool:
+        return True  # "100 Continue" only once the body is wanted (_read_body), never before a 4xx
 
     def _dispatch(self) -> None:
         try:
             path = urllib.parse.urlsplit(self.path).path or "/"
         except ValueError:
-            self._answer_error(_HTTPError(400, "the request target is not a valid URL", close=True))
-            return
-        method = self.command
-        self._path = path
+            raise _RelayError(400, "the request target is not a valid URL", close=True) from None
+        self.exchange.path = path
         if self.server.draining:
-            self.close_connection = True
-            self._answer_error(_HTTPError(503, "the proxy is shutting down", error_type="server_error",
-                                          headers={"Retry-After": "1"}, close=True))
-            return
-        allowed = self._ROUTES.get(path)
-        static = self.server.static_file(path) if allowed is None else None
-        if static is not None:
-            allowed = ("GET", "HEAD")
-        self._route = "static" if static is not None else (path if allowed is not None else "other")
-        try:
-            if allowed is None:
-                raise _HTTPError(404, f"no route for {method} {path}", code="not_found")
-            if method not in allowed:
-                raise _HTTPError(405, f"{method} is not allowed on {path}", code="method_not_allowed",
-                                 headers={"Allow": ", ".join(allowed)})
-            if path in self._API_ROUTES:
-                self._check_origin()
-                if method == "OPTIONS":
-                    self._preflight(allowed)
-                    return
-                self._check_api_key()
-                self._check_rate_limit()
+            raise _RelayError(503, "the proxy is shutting down", error_type="server_error",
+                              headers={"Retry-After": "1"}, close=True)
+        route = self.routes.get(path)
+        if route is None:
+            static = self.server.static_file(path)
             if static is not None:
-                self._serve_static(static, head=method == "HEAD")
-            elif path == "/health":
-                self._health()
-            elif path == "/metrics":
-                self._check_api_key()
-                self._send_body(200, self.server.metrics.render(self.server.active_streams).encode(),
-                                "text/plain; version=0.0.4; charset=utf-8")
-            elif path == "/v1/models":
-                self._models()
-            else:
-                self._completion(openai=path == "/v1/chat/completions")
-        except _HTTPError as exc:
-            self._answer_error(exc)
+                self.exchange.static_file = static
+                route = _STATIC_ROUTE
+        self.exchange.route = "static" if route is _STATIC_ROUTE else (path if route is not None else "other")
+        if route is None:
+            raise _RelayError(404, f"no route for {self.command} {path}", code="not_found")
+        if self.command not in route.methods:
+            raise _RelayError(405, f"{self.command} is not allowed on {path}", code="method_not_allowed",
+                              headers={"Allow": ", ".join(route.methods)})
+        if route.api:
+            self._check_origin()
+            if self.command == "OPTIONS":
+                self._preflight(route.methods)
+                return
+        if route.api or route.key:
+            self.server.check_api_key(self.headers.get("Authorization") or "", self.client_ip)
+        if route.api:
+            self.server.check_rate_limit(self.client_ip)
+        route.handler(self)
 
     # -- responses ----------------------------------------------------------
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         """http.server's own errors (bad request line, header limits) as JSON too."""
-        self.close_connection = True
-        self._answer_error(_HTTPError(code, message or self.responses.get(code, ("error",))[0], close=True))
+        self._answer_error(_RelayError(code, message or self.responses.get(code, ("error",))[0], close=True))
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         pass  # one line per request is written by _log_request when the request ends
@@ -621,100 +1264,83 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http.server: " + format, *args)
 
-    def _cors_headers(self) -> List[Tuple[str, str]]:
-        headers = getattr(self, "headers", None)
-        origin = headers.get("Origin") if headers is not None else None
-        if origin and self._origin_allowed(origin) and origin in self._cors_list():
-            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                    ("Access-Control-Expose-Headers", "Retry-After")]
-        return [("Vary", "Origin")] if origin else []
-
     def _start(self, status: int, headers: Sequence[Tuple[str, str]]) -> None:
         self._discard_unread_body()
-        self._status = status
+        self.exchange.status = status
         self.send_response_only(status)
         self.send_header("Date", self.date_time_string())
         self.send_header("Server", self.server_version)
-        for name, value in headers:
-            self.send_header(name, value)
-        for name, value in self._cors_headers():
+        for name, value in list(headers) + self._cors_headers():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
 
     def _send_body(self, status: int, body: bytes, content_type: str,
-                   headers: Sequence[Tuple[str, str]] = (), *, head: bool = False) -> None:
+                   headers: Sequence[Tuple[str, str]] = ()) -> None:
         all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-store")]
-        all_headers.extend(headers)
+                       ("Cache-Control", "no-store"), *headers]
         self.connection.settimeout(self.server.config.write_timeout_seconds)
         self._start(status, all_headers)
-        if not head:
+        if self.command != "HEAD":
             self.wfile.write(body)
 
     def _send_json(self, status: int, payload: Any, headers: Sequence[Tuple[str, str]] = ()) -> None:
         self._send_body(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _answer_error(self, error: _HTTPError) -> None:
+    def _answer_error(self, error: _RelayError) -> None:
         if error.close:
             self.close_connection = True
-        if not self._outcome:
-            self._outcome = "rejected"
-        self._extra.setdefault("error", error.message[:120])
-        body = {"error": {"message": error.message, "type": error.error_type,
-                          "code": error.code if error.code is not None else error.status}}
-        self._send_json(error.status, body, list(error.headers.items()))
+        self.exchange.outcome = self.exchange.outcome or error.outcome
+        self.exchange.extra.setdefault("error", error.message[:120])
+        self._send_json(error.status, error.body(), list(error.headers.items()))
 
     _DISCARD_LIMIT = 64 * 1024
 
     def _discard_unread_body(self) -> None:
         """A body left unread would be taken for the next request: read a small one, else close."""
-        if self._body_read or self.close_connection or self.headers is None:
+        exchange = self.exchange
+        if exchange.body_read or self.close_connection or self.headers is None or not exchange.body_length:
             return
-        if self.headers.get("Transfer-Encoding") is not None:
-            self.close_connection = True
+        exchange.body_read = True
+        waiting = (self.headers.get("Expect") or "").lower() == "100-continue" and not exchange.continue_sent
+        if waiting or exchange.body_length > self._DISCARD_LIMIT:
+            self.close_connection = True  # (a client waiting for 100 Continue may or may not send it)
             return
-        raw_length = (self.headers.get("Content-Length") or "0").strip()
-        if not raw_length.isdigit() or not raw_length.isascii() or int(raw_length) > self._DISCARD_LIMIT:
-            self.close_connection = True
-            return
-        length = int(raw_length)
         try:
-            if length and len(self.rfile.read(length)) < length:
+            if len(self.rfile.read(exchange.body_length)) < exchange.body_length:
                 self.close_connection = True
         except OSError:
             self.close_connection = True
-        self._body_read = True
+
+    def client_left(self, flags: int) -> bool:
+        """Whether the client has gone, given poll flags on its socket; bytes it sent are dropped."""
+        if flags & _POLL_GONE:
+            return True
+        try:
+            data = self.connection.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        # Bytes after the request (pipelined or not): never read as a request, so close after this one.
+        self.close_connection = True
+        self.exchange.extra_bytes += len(data)
+        return self.exchange.extra_bytes > self.server.config.max_body_bytes
 
     # -- checks -------------------------------------------------------------
 
-    def _cors_list(self) -> Tuple[str, ...]:
-        return self.server.config.cors_origins
-
-    def _origin_allowed(self, origin: str) -> bool:
-        allowed = self._cors_list()
-        return "*" in allowed or origin in allowed or self._same_origin(origin)
-
-    def _same_origin(self, origin: str) -> bool:
-        # The page the proxy serves posts to the proxy: Origin is the proxy's own address.
-        host = (self.headers.get("Host") or "").strip().lower()
-        try:
-            parts = urllib.parse.urlsplit(origin.strip().lower())
-            hostname = parts.hostname or ""
-        except ValueError:  # e.g. an unbalanced "[": not an origin at all
-            return False
-        if not host or parts.scheme not in ("http", "https") or parts.netloc != host:
-            return False
-        # Guard against DNS rebinding: on a loopback address, only loopback names are "us".
-        if self.server.loopback_only and not self._from_trusted_proxy():
-            return _is_loopback_name(hostname)
-        return True
+    def _cors_headers(self) -> List[Tuple[str, str]]:
+        origin = self.headers.get("Origin") if self.headers is not None else None
+        return self.server.origins.cors_headers(origin) if origin else []
 
     def _check_origin(self) -> None:
         origin = self.headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin):
-            raise _HTTPError(403, "this origin is not allowed (set PROXY_CORS_ORIGIN)", code="origin_not_allowed")
+        if origin is not None and not self.server.origins.allowed(origin, self.headers.get("Host") or "",
+                                                                  self.client_address[0]):
+            raise _RelayError(403, "this origin is not allowed (set PROXY_CORS_ORIGIN)", code="origin_not_allowed")
 
     def _preflight(self, allowed: Sequence[str]) -> None:
         headers = [("Allow", ", ".join(allowed)), ("Content-Length", "0")]
@@ -722,397 +1348,140 @@ class _Handler(BaseHTTPRequestHandler):
             headers += [("Access-Control-Allow-Methods", ", ".join(allowed)),
                         ("Access-Control-Allow-Headers", "Content-Type, Authorization"),
                         ("Access-Control-Max-Age", "600")]
-        self._outcome = "preflight"
+        self.exchange.outcome = "preflight"
         self.connection.settimeout(self.server.config.write_timeout_seconds)
         self._start(204, headers)
-
-    def _check_api_key(self) -> None:
-        expected = self.server.config.api_key
-        if not expected:
-            return
-        given = self.headers.get("Authorization") or ""
-        scheme, _, token = given.partition(" ")
-        # compare_digest: the time taken does not reveal how much of a guess was right.
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
-            return
-        wait = self.server.auth_failures.take(self.client_ip)
-        if wait:
-            raise _HTTPError(429, "too many failed authentication attempts", error_type="rate_limit_error",
-                             code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        raise _HTTPError(401, "missing or wrong API key: send Authorization: Bearer <PROXY_API_KEY>",
-                         error_type="authentication_error", code="invalid_api_key",
-                         headers={"WWW-Authenticate": "Bearer"})
-
-    def _check_rate_limit(self) -> None:
-        wait = self.server.limiter.take(self.client_ip)
-        if wait:
-            raise _HTTPError(429, "rate limit exceeded: slow down", error_type="rate_limit_error",
-                             code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-
-    def _from_trusted_proxy(self) -> bool:
-        return self.server.is_trusted(self.client_address[0])
 
     @property
     def client_ip(self) -> str:
         """The client's address: the peer, or from X-Forwarded-For when the peer is a trusted proxy."""
-        peer = self.client_address[0]
-        if not self.server.trusted_networks or not self.server.is_trusted(peer):
-            return peer
-        forwarded = ",".join(self.headers.get_all("X-Forwarded-For") or [])
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        for hop in reversed(hops):  # right to left: the first untrusted hop is the client
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                return peer  # a malformed entry: trust nothing beyond the peer
-            if not self.server.is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        return self.server.client_ip(self.client_address[0], self.headers.get_all("X-Forwarded-For") or [])
 
-    # -- simple routes ------------------------------------------------------
+    # -- routes -------------------------------------------------------------
 
     def _health(self) -> None:
-        server = self.server
-        self._send_json(200, {
-            "status": "ok",
-            "service": SERVICE_NAME,
-            "version": gloo_stream.__version__,
-            "active_streams": server.active_streams,
-            "max_streams": server.config.max_streams,
-            "uptime_seconds": round(time.monotonic() - server.started, 3),
-            "auth_required": bool(server.config.api_key),
-            "upstream": server.upstream_label,
-            **server.metrics.snapshot(),
-        })
+        self._send_json(200, self.server.health())
+
+    def _metrics(self) -> None:
+        self._send_body(200, self.server.metrics.render(self.server.active_streams).encode(),
+                        "text/plain; version=0.0.4; charset=utf-8")
 
     def _models(self) -> None:
         self._send_json(200, {"object": "list", "data": [
             {"id": "auto", "object": "model", "created": 0, "owned_by": "gloo"},
         ]})
 
-    def _serve_static(self, file_path: str, *, head: bool) -> None:
-        self._outcome = "static"
-        if file_path == _FALLBACK_PAGE_MARKER:
-            self._send_body(200, _FALLBACK_PAGE, "text/html; charset=utf-8", _SECURITY_HEADERS, head=head)
-            return
-        try:
-            with open(file_path, "rb") as handle:
-                body = handle.read()
-        except OSError:
-            raise _HTTPError(404, "not found", code="not_found") from None
-        content_type = _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
-        self._send_body(200, body, content_type, _SECURITY_HEADERS, head=head)
+    def _static(self) -> None:
+        self.exchange.outcome = "static"
+        body, content_type = self.server.static_body(self.exchange.static_file, self.headers.get("Host") or "")
+        self._send_body(200, body, content_type, _SECURITY_HEADERS)
 
-    # -- completions --------------------------------------------------------
-
-    def _read_json_body(self) -> Dict[str, Any]:
-        config = self.server.config
-        if self.headers.get("Transfer-Encoding") is not None:
-            if self.headers.get("Content-Length") is not None:
-                raise _HTTPError(400, "Content-Length and Transfer-Encoding together are not allowed", close=True)
-            raise _HTTPError(411, "send the body with a Content-Length (chunked bodies are not accepted)",
-                             close=True)
+    def _read_body(self) -> bytes:
+        config, exchange = self.server.config, self.exchange
+        if not self.headers.get_all("Content-Length"):
+            raise _RelayError(411, "send exactly one Content-Length", close=True)
+        if exchange.body_length > config.max_body_bytes:
+            raise _RelayError(413, f"the body is larger than {config.max_body_bytes} bytes", close=True)
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(lengths) != 1:
-            raise _HTTPError(411 if not lengths else 400, "send exactly one Content-Length", close=True)
-        raw_length = lengths[0].strip()
-        if not raw_length.isdigit() or not raw_length.isascii():
-            raise _HTTPError(400, "Content-Length must be a non-negative integer", close=True)
-        length = int(raw_length)
-        if length > config.max_body_bytes:
-            raise _HTTPError(413, f"the body is larger than {config.max_body_bytes} bytes", close=True)
         if content_type != "application/json":
-            raise _HTTPError(415, "send the body as Content-Type: application/json")
-        self._body_read = True  # from here on, whatever happens, the body is not left for the next request
+            raise _RelayError(415, "send the body as Content-Type: application/json")
+        exchange.body_read = True  # from here on, whatever happens, the body is not left for the next request
+        if (self.headers.get("Expect") or "").lower() == "100-continue" and self.request_version != "HTTP/1.0":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            exchange.continue_sent = True
         try:
-            raw = self.rfile.read(length)
+            raw = self.rfile.read(exchange.body_length)
         except socket.timeout:
-            raise _HTTPError(408, "the request body took too long", close=True) from None
-        if len(raw) < length:
-            raise _HTTPError(400, "the body is shorter than its Content-Length", close=True)
-        try:
-            text = raw.decode("utf-8")
-            body = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise _HTTPError(400, "the body is not valid UTF-8") from None
-        except (ValueError, RecursionError):
-            raise _HTTPError(400, "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _HTTPError(400, "the body must be a JSON object")
-        if _depth(body) > _MAX_JSON_DEPTH:
-            raise _HTTPError(400, f"the body is nested more than {_MAX_JSON_DEPTH} levels deep")
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise _HTTPError(400, "the body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
-        return body
-
-    def _build_payload(self, body: Dict[str, Any], *, openai: bool) -> Dict[str, Any]:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _HTTPError(400, "messages must be a non-empty list of {role, content} objects",
-                             code="invalid_messages")
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise _HTTPError(400, "each message must be an object with a string role", code="invalid_messages")
-        payload = {key: body[key] for key in _FORWARDED_FIELDS if body.get(key) is not None}
-        if openai and payload.get("model") in ("auto", ""):
-            del payload["model"]
-        if payload.get("auto_routing") is False:
-            del payload["auto_routing"]
-        routing = [key for key in _ROUTING_FIELDS if key in payload]
-        if len(routing) > 1:
-            raise _HTTPError(400, "give only one of auto_routing, model and model_family", code="invalid_routing")
-        if not routing:
-            payload["auto_routing"] = True
-        payload["stream"] = True
-        self._extra["prompt_chars"] = sum(len(m.get("content")) for m in messages
-                                          if isinstance(m.get("content"), str))
-        return payload
+            raise _RelayError(408, "the request body took too long", close=True) from None
+        if len(raw) < exchange.body_length:
+            raise _RelayError(400, "the body is shorter than its Content-Length", close=True)
+        return raw
 
     def _completion(self, *, openai: bool) -> None:
-        body = self._read_json_body()
-        payload = self._build_payload(body, openai=openai)
-        wants_stream = bool(body.get("stream")) if openai else True
-        server = self.server
-        if not server.acquire_stream():
-            raise _HTTPError(503, "too many streams in flight; try again shortly", error_type="server_error",
-                             code="overloaded", headers={"Retry-After": "1"})
-        try:
-            stream = self._open_upstream(payload)
-            try:
-                server.track(stream)
-                if wants_stream:
-                    self._relay(stream, openai=openai)
-                else:
-                    self._collect(stream)
-            finally:
-                server.untrack(stream)
-                stream.close()
-        finally:
-            server.release_stream()
+        request = _completion_request(_parse_json_body(self._read_body()), openai=openai)
+        self.exchange.extra["prompt_chars"] = request.prompt_chars
+        with self.server.upstream_stream(request) as stream:
+            if request.stream:
+                self._relay(stream, request)
+            else:
+                self._collect(stream)
 
-    def _open_upstream(self, payload: Dict[str, Any]) -> ChatStream:
-        server = self.server
-        try:
-            return server.client.stream_payload(payload)
-        except (APIStatusError, TokenError, APIConnectionError, UnexpectedResponseError, StreamError,
-                ConfigurationError) as exc:
-            kind, error = _map_upstream_error(exc)
-            server.metrics.upstream_error(kind)
-            self._outcome = "upstream_error"
-            self._extra["upstream"] = kind
-            if kind == "credentials":
-                log.error("upstream rejected the proxy's own credentials (%s): check GLOO_CLIENT_ID and "
-                          "GLOO_CLIENT_SECRET", getattr(exc, "status", "token"))
-            raise error from None
-
-    def _relay(self, stream: ChatStream, *, openai: bool) -> None:
+    def _relay(self, stream: ChatStream, request: _CompletionRequest) -> None:
         """Relay whole upstream events as they arrive, one write per upstream read."""
-        server = self.server
-        config = server.config
-        conn = self.connection
-        conn.settimeout(config.write_timeout_seconds)
-        # HTTP/1.1 clients get chunked framing; an HTTP/1.0 client (no chunked coding) gets the
-        # bare stream, ended by closing the connection.
         chunked = self.request_version != "HTTP/1.0"
-        if not chunked:
-            self.close_connection = True
-        headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
-                   ("X-Accel-Buffering", "no")]
-        if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        self._start(200, headers)
-        raw_write = self.wfile.write
-
-        def write(payload: bytes) -> None:
-            raw_write(b"%x\r\n%s\r\n" % (len(payload), payload) if chunked else payload)
-
-        self._outcome = "complete"
-        started = self._started
-        accumulator = stream.accumulator
-        accumulator.keep_text = False  # the relay counts tokens; the text goes to the client, not memory
-        poller = select.poll()
-        upstream_fd = stream.fileno()
-        client_fd = conn.fileno()
-        poller.register(upstream_fd, _POLL_IN)
-        poller.register(client_fd, _POLL_IN | _POLL_GONE)
-        watching_client = True
-        last_upstream = last_write = time.monotonic()
-        first_content: Optional[float] = None
-        events = nbytes = 0
-        done = False
-        last_id = ""
-        error: Optional[Dict[str, Any]] = None
-        try:
-            while True:
-                if not stream.buffered:
-                    now = time.monotonic()
-                    wait = min(last_write + config.heartbeat_seconds, last_upstream + config.upstream_idle_seconds)
-                    ready = poller.poll(max(0.0, wait - now) * 1000)
-                    upstream_ready = False
-                    for fd, flags in ready:
-                        if fd == upstream_fd:
-                            upstream_ready = True
-                        elif fd == client_fd and watching_client:
-                            if self._client_gone(flags):
-                                self._outcome = "client_gone"
-                                log.info("client went away mid-stream; closing the upstream connection")
-                                return
-                            poller.unregister(client_fd)  # pipelined bytes: stop watching, keep going
-                            watching_client = False
-                    if not upstream_ready:
-                        now = time.monotonic()
-                        if now - last_upstream >= config.upstream_idle_seconds:
-                            error = {"message": f"the upstream sent nothing for {config.upstream_idle_seconds:g}s",
-                                     "type": "upstream_timeout", "code": 504}
-                            self._outcome = "upstream_timeout"
-                            break
-                        if now - last_write >= config.heartbeat_seconds:
-                            write(_HEARTBEAT_FRAME)
-                            last_write = now
-                        continue
-                batch = stream.read_batch()
-                if batch is None:
-                    break
-                if not batch:
-                    # Bytes but no whole event: idleness counts from the last whole event, so an
-                    # upstream that trickles without ever finishing one still times out.
-                    if time.monotonic() - last_upstream >= config.upstream_idle_seconds:
-                        error = {"message": f"the upstream sent no complete event for "
-                                            f"{config.upstream_idle_seconds:g}s",
-                                 "type": "upstream_timeout", "code": 504}
-                        self._outcome = "upstream_timeout"
-                        break
-                    continue
-                last_upstream = time.monotonic()
-                parts: List[str] = []
-                for event in batch:
-                    data = event.data
-                    if data == "[DONE]":
-                        done = True
-                    else:
-                        had_content = accumulator.token_count
-                        try:
-                            chunk = json.loads(data)
-                        except (ValueError, RecursionError):
-                            chunk = None
-                        accumulator.add(chunk)
-                        if first_content is None and accumulator.first_token_at is not None:
-                            first_content = last_upstream
-                    parts.append(_encode_event(event, last_id))
-                    last_id = event.id
-                    events += 1
-                # An upstream that echoes the proxy's own bearer token never hands it to a client.
-                payload = gloo_stream._redact("".join(parts)).encode("utf-8")
-                write(payload)
-                nbytes += len(payload)
-                last_write = time.monotonic()
-                if done:
-                    break
-            if error is None and accumulator.error is not None:
-                upstream_error = accumulator.error
-                error = {"message": gloo_stream._describe_provider_error(upstream_error),
-                         "type": "upstream_error", "code": upstream_error.get("name") or upstream_error.get("code")}
-                self._outcome = "upstream_error"
-            elif error is None and not done and accumulator.finish_reason is None:
-                error = {"message": "the upstream connection ended before the answer finished",
-                         "type": "upstream_disconnected", "code": 502}
-                self._outcome = "upstream_disconnected"
-        except StreamError as exc:
-            kind = "upstream_timeout" if isinstance(exc, StreamTimeoutError) else (
-                "upstream_event_too_large" if isinstance(exc, gloo_stream.EventTooLargeError)
-                else "upstream_disconnected")
-            error = {"message": str(exc), "type": kind, "code": 502}
-            self._outcome = kind
-        except socket.timeout:
-            self._outcome = "slow_client"
-            self.close_connection = True
-            log.info("client stopped reading for %gs; closing the stream", config.write_timeout_seconds)
-            return
-        except OSError:
-            self._outcome = "client_gone"
-            self.close_connection = True
-            log.info("client went away mid-stream; closing the upstream connection")
-            return
-        finally:
-            elapsed = time.monotonic() - started
-            ttft = None if first_content is None else first_content - started
-            self._extra.update(events=events, ttft_ms=None if ttft is None else int(ttft * 1000),
-                               tokens=accumulator.token_count)
-            server.metrics.stream_done(self._outcome, elapsed, ttft, events, nbytes)
-            if self._outcome in ("client_gone", "slow_client"):
-                self.close_connection = True
-                stream.close()
-        tail = b""
-        if error is not None:
-            server.metrics.upstream_error(error["type"])
-            tail += gloo_stream._redact("data: " + json.dumps({"error": error}) + "\n\n").encode()
-        elif openai and not done:
-            tail += b"data: [DONE]\n\n"
-        if tail:
-            write(tail)
-        if chunked:
-            raw_write(b"0\r\n\r\n")
+        self.close_connection = self.close_connection or not chunked
+        self.connection.settimeout(self.server.config.write_timeout_seconds)
+        self._start(200, [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+                          ("X-Accel-Buffering", "no")] + ([("Transfer-Encoding", "chunked")] if chunked else []))
+        sink = _StreamSink(_EventWriter(self.wfile.write, chunked=chunked), request)
+        loop, error = self._run(stream, sink)
+        if loop is not None:
+            sink.finish(error, loop)
         if self.server.draining:
             self.close_connection = True
 
-    def _client_gone(self, flags: int) -> bool:
-        if flags & _POLL_GONE:
-            return True
-        try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-
     def _collect(self, stream: ChatStream) -> None:
-        """The OpenAI non-streaming answer: read the whole stream, answer one chat.completion."""
-        try:
-            for _ in stream.chunks():
-                pass
-        except StreamError as exc:
-            self._outcome = "upstream_error"
-            self.server.metrics.upstream_error("upstream_disconnected")
-            raise _HTTPError(502, f"the upstream failed mid-answer: {exc}", error_type="upstream_error") from None
-        result = stream.result()
-        message: Dict[str, Any] = {"role": "assistant", "content": result.text}
-        if result.tool_calls:
-            message["tool_calls"] = [{key: call[key] for key in ("id", "type", "function")}
-                                     for call in result.tool_calls]
-        self._outcome = "complete"
-        self._extra.update(tokens=result.token_count, ttft_ms=result.ttft_ms)
-        self.server.metrics.stream_done("complete", result.duration_ms / 1000,
-                                        None if result.ttft_ms is None else result.ttft_ms / 1000, 0, 0)
-        self._send_json(200, {
-            "id": result.id or "chatcmpl-" + uuid.uuid4().hex,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": result.model or "auto",
-            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
-            "usage": result.usage,
-        })
+        """The OpenAI non-streaming answer: the stream read whole (bounded), answered as one chat.completion."""
+        loop, error = self._run(stream, _AnswerSink(self.server.config.max_answer_bytes))
+        if loop is None:
+            return  # the client left: the upstream is closed, there is no one to answer
+        if error is not None:
+            raise _RelayError(504 if error.status == 504 else 502, f"the upstream failed mid-answer: {error.message}",
+                              error_type="upstream_error", code=error.code, outcome=error.outcome)
+        self._send_json(200, _chat_completion(stream.result()))
 
-    # -- logging ------------------------------------------------------------
+    def _run(self, stream: ChatStream, sink: Any) -> Tuple[Optional[_RelayLoop], Optional[_RelayError]]:
+        """Run the relay loop, then record how it went; (None, None) when the client left."""
+        loop = _RelayLoop(self, stream, sink)
+        error = None
+        try:
+            error = loop.run()
+            self.exchange.outcome = error.outcome if error is not None else "complete"
+            return loop, error
+        except _ClientGone as gone:
+            self.exchange.outcome = gone.outcome
+            self.close_connection = True
+            stream.close()
+            log.info("client went away mid-stream (%s); closing the upstream connection", gone.outcome)
+            return None, None
+        finally:
+            if not self.exchange.status:
+                self.exchange.status = 499
+            writer = getattr(sink, "writer", None)
+            self.server.stream_done(self.exchange, loop, error, writer)
 
     def _log_request(self) -> None:
-        server = self.server
-        duration_ms = int((time.monotonic() - self._started) * 1000)
-        status = self._status
-        server.metrics.request(self._route, status)
-        record: Dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "client": self.client_ip if self.headers is not None else self.client_address[0],
-            "method": self.command or "-",
-            "path": getattr(self, "_path", "") or "-",  # no query string: it could hold anything
-            "status": status,
-            "duration_ms": duration_ms,
-            "outcome": self._outcome or "ok",
-        }
-        record.update({key: value for key, value in self._extra.items() if value is not None})
-        server.log_line(record)
+        client = self.client_ip if self.headers is not None else self.client_address[0]
+        self.server.request_done(self.exchange, client, self.command)
+
+
+_STATIC_ROUTE = _Route(("GET", "HEAD"), _Handler._static)
+_Handler.routes = {
+    "/health": _Route(("GET",), _Handler._health),
+    "/metrics": _Route(("GET",), _Handler._metrics, key=True),
+    "/api/stream": _Route(("POST", "OPTIONS"), lambda handler: handler._completion(openai=False), api=True),
+    "/v1/chat/completions": _Route(("POST", "OPTIONS"), lambda handler: handler._completion(openai=True), api=True),
+    "/v1/models": _Route(("GET", "OPTIONS"), _Handler._models, api=True),
+}
+
+
+def _chat_completion(result: Any) -> Dict[str, Any]:
+    """A ChatResult as OpenAI's chat.completion object."""
+    message: Dict[str, Any] = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["tool_calls"] = [{key: call[key] for key in ("id", "type", "function")} for call in result.tool_calls]
+    answer = {
+        "id": result.id or "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model or "auto",
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+        "usage": result.usage,
+    }
+    sources = getattr(result, "sources", None)
+    if sources:
+        answer["citations"] = sources
+    return answer
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -1122,71 +1491,25 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
-def _encode_event(event: ServerSentEvent, last_id: str) -> str:
-    """An event back in wire form (LF line ends); `id:` only where the last event id changed."""
-    if event.event == "message" and event.id == last_id and event.retry is None and "\n" not in event.data:
-        return "data: " + event.data + "\n\n"
-    lines = []
-    if event.event != "message":
-        lines.append("event: " + event.event)
-    if event.id != last_id:
-        lines.append("id: " + event.id)
-    if event.retry is not None:
-        lines.append("retry: " + str(event.retry))
-    lines.extend("data: " + line for line in event.data.split("\n"))
-    return "\n".join(lines) + "\n\n"
-
-
-def _map_upstream_error(exc: Exception) -> Tuple[str, _HTTPError]:
-    """What a failure before the first byte becomes for the client."""
-    if isinstance(exc, APIStatusError):
-        status = exc.status
-        detail = _upstream_detail(exc.body)
-        if status in (400, 422):
-            return "bad_request", _HTTPError(status, detail or "the upstream rejected the request",
-                                             error_type="invalid_request_error", code=status)
-        if status in (401, 403):
-            return "credentials", _HTTPError(502, "the proxy's upstream credentials were rejected",
-                                             error_type="upstream_error", code="upstream_auth")
-        if status == 429:
-            wait = exc.retry_after if exc.retry_after is not None else 1
-            return "rate_limited", _HTTPError(429, "the upstream is rate limiting; try again later",
-                                              error_type="rate_limit_error", code="upstream_rate_limited",
-                                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        return f"status_{status}", _HTTPError(502, f"the upstream answered {status}",
-                                              error_type="upstream_error", code=status)
-    if isinstance(exc, TokenError):
-        return "credentials", _HTTPError(502, "the proxy could not get an upstream token",
-                                         error_type="upstream_error", code="upstream_auth")
-    if isinstance(exc, APITimeoutError):
-        return "timeout", _HTTPError(504, "the upstream did not answer in time", error_type="upstream_error",
-                                     code="upstream_timeout")
-    if isinstance(exc, APIConnectionError):
-        return "connection", _HTTPError(502, "the upstream could not be reached", error_type="upstream_error",
-                                        code="upstream_unreachable")
-    if isinstance(exc, UnexpectedResponseError):
-        return "bad_response", _HTTPError(502, "the upstream answered something that is not an event stream",
-                                          error_type="upstream_error", code="upstream_bad_response")
-    return "other", _HTTPError(502, "the upstream failed", error_type="upstream_error", code="upstream_error")
-
-
-def _upstream_detail(body: str) -> str:
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return ""
-    error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("detail")
-        return str(message)[:300] if message else ""
-    if isinstance(error, str):
-        return error[:300]
-    return ""
-
-
 # ---------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------
+
+
+def _client_options(config: Any) -> Dict[str, Any]:
+    """GlooClient options from the config: the relay's retries never multiply the caller's."""
+    options: Dict[str, Any] = dict(
+        client_id=config.client_id, client_secret=config.client_secret, api_key=config.upstream_api_key,
+        token_url=config.token_url, api_url=config.api_url, endpoint=config.endpoint,
+        read_timeout=config.upstream_idle_seconds,
+        max_retries=config.upstream_retries, max_event_bytes=config.max_event_bytes,
+    )
+    accepted = inspect.signature(GlooClient).parameters
+    if "retry_rate_limited" in accepted:
+        options["retry_rate_limited"] = False  # a 429 goes straight back to the client with its Retry-After
+    else:  # TODO(merge transport): remove; until then no wait the upstream asks for is spent here
+        options["max_retry_wait"] = 0.0
+    return options
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -1194,26 +1517,19 @@ class ProxyServer(ThreadingHTTPServer):
 
     `with ProxyServer(config) as proxy:` serves in a background thread at `proxy.url`;
     `serve_forever()` serves in the calling thread; `drain()` stops it gracefully.
+    `offline=True` marks a relay of the built-in simulator (its markers are capped).
     """
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # the listen backlog: bursts of hundreds of connections wait, not fail
 
-    def __init__(self, config: Optional[ProxyConfig] = None, *, client: Optional[GlooClient] = None,
-                 log_handler: Optional[logging.Handler] = None) -> None:
+    def __init__(self, config: Optional[Any] = None, *, client: Optional[GlooClient] = None,
+                 log_handler: Optional[logging.Handler] = None, offline: bool = False) -> None:
         self.config = config or ProxyConfig()
         self.config.validate()
-        self.client = client or GlooClient(
-            client_id=self.config.client_id,
-            client_secret=self.config.client_secret,
-            api_key=self.config.upstream_api_key,
-            token_url=self.config.token_url,
-            api_url=self.config.api_url,
-            read_timeout=self.config.upstream_idle_seconds,
-            max_retries=self.config.upstream_retries,
-            max_event_bytes=self.config.max_event_bytes,
-        )
+        self.client = client or GlooClient(**_client_options(self.config))
+        self.offline = offline
         self.upstream_label = urllib.parse.urlsplit(self.client.api_url).netloc
         self.metrics = _Metrics()
         self.limiter = _RateLimiter(self.config.rate_limit_per_minute)
@@ -1221,6 +1537,8 @@ class ProxyServer(ThreadingHTTPServer):
         self.trusted_networks = _parse_networks(self.config.trusted_proxies)
         self.started = time.monotonic()
         self.draining = False
+        self.cutting = False  # streams in flight are being cut: their clients are told so
+        self.upstream_auth_failures = 0  # in a row; /health is "degraded" past a few
         self._streams_lock = threading.Condition()
         self._active = 0
         self._tracked: "set[ChatStream]" = set()
@@ -1231,6 +1549,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._static = self._scan_static(self.config.web_root)
         super().__init__((self.config.host, int(self.config.port)), _Handler)
         self.loopback_only = self._is_loopback(self.server_address[0])
+        self.origins = _Origins(self)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the host's full name: slow or hanging on closed networks.
@@ -1264,6 +1583,55 @@ class ProxyServer(ThreadingHTTPServer):
             return False
         return any(ip in network for network in self.trusted_networks)
 
+    def client_ip(self, peer: str, forwarded_for: List[str]) -> str:
+        """The client's address: `peer`, or from X-Forwarded-For when the peer is a trusted proxy."""
+        if not self.trusted_networks or not self.is_trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in ",".join(forwarded_for).split(",") if hop.strip()]
+        for hop in reversed(hops):  # right to left: the first untrusted hop is the client
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a malformed entry: trust nothing beyond the peer
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def check_api_key(self, authorization: str, client_ip: str) -> None:
+        """Raise 401 (or 429 after many guesses) unless `authorization` carries PROXY_API_KEY."""
+        expected = self.config.api_key
+        if not expected:
+            return
+        scheme, _, token = authorization.partition(" ")
+        # compare_digest: the time taken does not reveal how much of a guess was right.
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return
+        wait = self.auth_failures.take(client_ip)
+        if wait:
+            raise _RelayError(429, "too many failed authentication attempts", error_type="rate_limit_error",
+                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        raise _RelayError(401, "missing or wrong API key: send Authorization: Bearer <PROXY_API_KEY>",
+                          error_type="authentication_error", code="invalid_api_key",
+                          headers={"WWW-Authenticate": "Bearer"})
+
+    def check_rate_limit(self, client_ip: str) -> None:
+        wait = self.limiter.take(client_ip)
+        if wait:
+            raise _RelayError(429, "rate limit exceeded: slow down", error_type="rate_limit_error",
+                              code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    def startup_warnings(self) -> List[str]:
+        """What an operator must know before trusting this configuration."""
+        warnings = []
+        if not self.loopback_only and not self.config.api_key:
+            warnings.append(f"WARNING: listening on {self.server_address[0]}, beyond this machine, without "
+                            f"PROXY_API_KEY: anyone who can reach port {self.server_address[1]} can spend the Gloo "
+                            "credentials this proxy holds. Set PROXY_API_KEY, or bind 127.0.0.1 behind a front proxy.")
+        if "*" in self.config.cors_origins:
+            warnings.append("WARNING: PROXY_CORS_ORIGIN=* lets any web page call this proxy from its visitors' "
+                            "browsers (answered with Access-Control-Allow-Origin: *, never with credentials).")
+        return warnings
+
     # -- static files -------------------------------------------------------
 
     @staticmethod
@@ -1293,6 +1661,105 @@ class ProxyServer(ThreadingHTTPServer):
             return _FALLBACK_PAGE_MARKER
         return found
 
+    def static_body(self, file_path: str, host: str) -> Tuple[bytes, str]:
+        """A page file's bytes and type (the built-in page when web/ is missing); 404 if it went away."""
+        if file_path == _FALLBACK_PAGE_MARKER:
+            return self.fallback_page(host), "text/html; charset=utf-8"
+        try:
+            with open(file_path, "rb") as handle:
+                body = handle.read()
+        except OSError:
+            raise _RelayError(404, "not found", code="not_found") from None
+        return body, _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
+
+    _HOST_SHAPE = re.compile(r"^(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
+
+    def fallback_page(self, host: str) -> bytes:
+        """The page shown when web/ is missing, with this proxy's real address in its example."""
+        address = self.url
+        host = host.strip().lower()
+        if not self.loopback_only and self._HOST_SHAPE.match(host):
+            address = "http://" + host  # bound to every interface: the name the browser used
+        elif self.server_address[0] in ("0.0.0.0", "::"):
+            address = f"http://127.0.0.1:{self.server_address[1]}"
+        return _FALLBACK_PAGE.format(address=html.escape(address)).encode()
+
+    # -- upstream -----------------------------------------------------------
+
+    @contextmanager
+    def upstream_stream(self, request: _CompletionRequest) -> Iterator[ChatStream]:
+        """A stream slot and the open upstream stream, tracked so close() can cut it; closed after."""
+        if not self.acquire_stream():
+            raise _RelayError(503, "too many streams in flight; try again shortly", error_type="server_error",
+                              code="overloaded", headers={"Retry-After": "1"})
+        try:
+            if self.offline:
+                _cap_markers(request.payload["messages"], max_event_bytes=self.config.max_event_bytes)
+            stream = self._open(request)
+            with self._streams_lock:
+                self._tracked.add(stream)
+            try:
+                yield stream
+            finally:
+                with self._streams_lock:
+                    self._tracked.discard(stream)
+                stream.close()
+        finally:
+            self.release_stream()
+
+    def _open(self, request: _CompletionRequest) -> ChatStream:
+        client = self.client
+        started = time.monotonic()
+        try:
+            # open() picks the grounded endpoint itself when the payload names a publisher or sources.
+            response = client.open(request.payload)
+        except (APIStatusError, TokenError, APIConnectionError, UnexpectedResponseError, StreamError,
+                ConfigurationError) as exc:
+            kind, error = _from_upstream(exc)
+            self.metrics.upstream_error(kind)
+            error.outcome = "upstream_error"
+            if kind == "credentials":
+                self.upstream_auth_failures += 1
+                log.error("upstream rejected the proxy's own credentials (%s): check GLOO_CLIENT_ID and "
+                          "GLOO_CLIENT_SECRET (or GLOO_API_KEY)", getattr(exc, "status", "token"))
+            raise error from None
+        self.upstream_auth_failures = 0
+        # A relayed answer goes to the client, not to memory: only the non-streaming one keeps its text.
+        return ChatStream(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
+                          max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
+
+    def health(self) -> Dict[str, Any]:
+        """The /health answer; "degraded" after repeated upstream credential failures."""
+        degraded = self.upstream_auth_failures >= _AUTH_FAILURES_FOR_DEGRADED
+        answer = {
+            "status": "degraded" if degraded else "ok",
+            "service": SERVICE_NAME,
+            "version": gloo_stream.__version__,
+            "active_streams": self.active_streams,
+            "max_streams": self.config.max_streams,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "auth_required": bool(self.config.api_key),
+            "upstream": self.upstream_label,
+            "simulator": self.offline,
+            **self.metrics.snapshot(),
+        }
+        if degraded:
+            answer["problem"] = (f"the upstream refused the proxy's credentials {self.upstream_auth_failures} "
+                                 "times in a row: check GLOO_CLIENT_ID / GLOO_CLIENT_SECRET or GLOO_API_KEY")
+        return answer
+
+    def stream_done(self, exchange: _Exchange, loop: Optional[_RelayLoop], error: Optional[_RelayError],
+                    writer: Optional[_EventWriter]) -> None:
+        """Metrics and the log line's fields for one relayed (or collected) stream."""
+        first = loop.first_content if loop is not None else None
+        ttft = None if first is None else first - exchange.started
+        events, nbytes = (writer.events, writer.bytes) if writer is not None else (0, 0)
+        tokens = loop.stream.accumulator.token_count if loop is not None else None
+        exchange.extra.update(events=events, ttft_ms=None if ttft is None else int(ttft * 1000), tokens=tokens)
+        self.metrics.stream_done(exchange.outcome, time.monotonic() - exchange.started, ttft, events, nbytes)
+        if error is not None:
+            self.metrics.upstream_error(error.outcome)
+
     # -- stream accounting --------------------------------------------------
 
     @property
@@ -1310,14 +1777,6 @@ class ProxyServer(ThreadingHTTPServer):
         with self._streams_lock:
             self._active -= 1
             self._streams_lock.notify_all()
-
-    def track(self, stream: ChatStream) -> None:
-        with self._streams_lock:
-            self._tracked.add(stream)
-
-    def untrack(self, stream: ChatStream) -> None:
-        with self._streams_lock:
-            self._tracked.discard(stream)
 
     # -- connections --------------------------------------------------------
 
@@ -1345,6 +1804,21 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- logging ------------------------------------------------------------
 
+    def request_done(self, exchange: _Exchange, client: str, method: str) -> None:
+        """Count the request and write its one log line."""
+        self.metrics.request(exchange.route, exchange.status)
+        record: Dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "client": client,
+            "method": method or "-",
+            "path": exchange.path or "-",  # no query string: it could hold anything
+            "status": exchange.status,
+            "duration_ms": int((time.monotonic() - exchange.started) * 1000),
+            "outcome": exchange.outcome or "ok",
+        }
+        record.update({key: value for key, value in exchange.extra.items() if value is not None})
+        self.log_line(record)
+
     def log_line(self, record: Dict[str, Any]) -> None:
         """One line per request, text or JSON; never a secret (nothing from headers or bodies)."""
         if self.config.log_format == "json":
@@ -1355,7 +1829,7 @@ class ProxyServer(ThreadingHTTPServer):
             rest = " ".join(f"{key}={value}" for key, value in record.items()
                             if key not in ("time", "client", "method", "path", "status", "duration_ms", "outcome"))
             line = f"{head} {rest}".rstrip()
-        line = gloo_stream._redact(line)
+        line = _redact(line)
         if self._log_handler is not None:
             self._log_handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.INFO,
                                                             "levelname": "INFO", "msg": line}))
@@ -1397,6 +1871,15 @@ class ProxyServer(ThreadingHTTPServer):
         self._thread.start()
         return self
 
+    def stop_accepting(self) -> None:
+        """End the accept loop and close the listening socket: new connections are refused at once."""
+        self.draining = True
+        self.shutdown()  # the accept loop ends within its 50 ms poll
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
     def drain(self, grace: Optional[float] = None) -> bool:
         """Stop accepting, let streams in flight finish (up to `grace` seconds); True if all finished."""
         grace = self.config.drain_seconds if grace is None else grace
@@ -1410,23 +1893,31 @@ class ProxyServer(ThreadingHTTPServer):
         self._shutdown_connections(idle_only=True)  # kept-alive connections between requests
         deadline = time.monotonic() + grace
         with self._streams_lock:
-            while self._active > 0:
+            while self._active > 0 and not self.cutting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._streams_lock.wait(remaining)
-            drained = self._active == 0
-        return drained
+                self._streams_lock.wait(min(remaining, 0.1))  # short waits: a second Ctrl-C is seen at once
+            return self._active == 0
 
-    def close(self) -> None:
-        """Stop at once: cut streams in flight and release the port."""
-        self.draining = True
-        if self._thread is not None and self._thread.is_alive():
-            self.shutdown()
+    def cut_streams(self, wait: float = 1.0) -> None:
+        """Cut every stream in flight; each client is sent a last event saying the proxy is shutting down."""
+        self.draining = self.cutting = True
         with self._streams_lock:
             tracked = list(self._tracked)
         for stream in tracked:
             stream.abort()
+        deadline = time.monotonic() + wait
+        with self._streams_lock:
+            while self._active > 0 and time.monotonic() < deadline:
+                self._streams_lock.wait(max(0.001, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Stop at once: cut streams in flight (their clients told why) and release the port."""
+        self.draining = True
+        if self._thread is not None and self._thread.is_alive():
+            self.shutdown()
+        self.cut_streams()
         self._shutdown_connections(idle_only=False)
         self.server_close()
 
@@ -1447,35 +1938,43 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="proxy_server.py",
         description="Relay Gloo AI completion streams to browsers and OpenAI clients, holding the credentials.",
         epilog="Every option also has an environment variable (shown in brackets); .env is read too. "
-               "Credentials: GLOO_CLIENT_ID and GLOO_CLIENT_SECRET (or GLOO_API_KEY). "
+               "Credentials: GLOO_CLIENT_ID and GLOO_CLIENT_SECRET, or a Gloo Studio key in GLOO_API_KEY. "
                "Clients' key: PROXY_API_KEY (environment only, never a flag).",
     )
-    option = parser.add_argument
-    option("--host", help="address to bind [PROXY_HOST, default 127.0.0.1]")
-    option("--port", type=int, help="port to bind [PROXY_PORT, default 3001]")
-    option("--cors-origin", help="comma-separated allowed origins [PROXY_CORS_ORIGIN, default http://localhost:3000]")
-    option("--max-body-bytes", type=int, help="largest request body [PROXY_MAX_BODY_BYTES, default 1048576]")
-    option("--max-streams", type=int, help="streams relayed at once [PROXY_MAX_STREAMS, default 256]")
-    option("--max-connections", type=int,
-           help="client connections open at once, each a thread [PROXY_MAX_CONNECTIONS, default 4096]")
-    option("--rate-limit-per-minute", type=int,
-           help="requests per client address per minute, 0 for none [PROXY_RATE_LIMIT_PER_MINUTE, default 120]")
-    option("--heartbeat-seconds", type=float,
-           help="send ': keep-alive' after this much upstream silence [PROXY_HEARTBEAT_SECONDS, default 15]")
-    option("--upstream-idle-seconds", type=float,
-           help="give up on a silent upstream after this long [PROXY_UPSTREAM_IDLE_SECONDS, default 60]")
-    option("--request-timeout-seconds", type=float,
-           help="time to receive a request's headers and body [PROXY_REQUEST_TIMEOUT_SECONDS, default 10]")
-    option("--write-timeout-seconds", type=float,
-           help="cut off a client that stops reading [PROXY_WRITE_TIMEOUT_SECONDS, default 30]")
-    option("--max-event-bytes", type=int, help="largest upstream event [PROXY_MAX_EVENT_BYTES, default 1048576]")
-    option("--trusted-proxies", help="addresses/CIDRs whose X-Forwarded-For is believed [PROXY_TRUSTED_PROXIES]")
-    option("--drain-seconds", type=float,
-           help="on SIGTERM/SIGINT, let streams finish for this long [PROXY_DRAIN_SECONDS, default 30]")
-    option("--log-format", choices=["text", "json"], help="request log format [PROXY_LOG_FORMAT, default text]")
-    option("--web-root", help="folder of the page's files (default: web/ beside this file)")
-    option("--offline", action="store_true", help="relay the built-in simulator (fake_gloo.py) instead of Gloo")
+    for setting in SETTINGS:
+        if setting.option is None:
+            continue
+        if setting.kind == "choice":
+            parser.add_argument(setting.option, dest=setting.name, choices=setting.choices, help=setting.describe())
+        else:
+            parser.add_argument(setting.option, dest=setting.name, metavar=_METAVARS[setting.kind],
+                                type=_OptionType(setting), help=setting.describe())
+    parser.add_argument("--offline", action="store_true",
+                        help="relay the built-in simulator (fake_gloo.py) instead of Gloo")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {gloo_stream.__version__}")
     return parser
+
+
+_METAVARS = {"int": "N", "float": "SECONDS", "list": "A,B", "str": "VALUE", "secret": "VALUE"}
+
+
+class _OptionType:
+    """argparse's `type=` for a setting: its kind and bounds, a usage error (exit 2) when out of them."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.__name__ = setting.kind  # argparse names the type in some messages
+
+    def __call__(self, raw: str) -> Any:
+        try:
+            return self.setting.parse(raw, str(self.setting.option))
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options given on the command line (already parsed by their settings)."""
+    return {s.name: getattr(args, s.name) for s in SETTINGS if s.option and getattr(args, s.name) is not None}
 
 
 def _start_offline() -> Any:
@@ -1488,76 +1987,92 @@ def _start_offline() -> Any:
     return fake
 
 
+def _bind_error(exc: OSError, host: str, port: Any) -> List[str]:
+    """The lines that explain a failed bind: the real address, and a way out that applies."""
+    shown = f"[{host}]" if ":" in host else host
+    lines = [f"error: cannot listen on {shown}:{port}: {exc.strerror or exc}"]
+    if exc.errno == errno.EADDRINUSE:
+        lines.append(f"hint: another process holds port {port}; choose another with --port N (or PROXY_PORT), "
+                     "or --port 0 for any free port")
+    elif exc.errno == errno.EACCES:
+        lines.append(f"hint: port {port} needs privileges here; use --port 3001 (or any port above 1023)")
+    elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        lines.append(f"hint: {host} is not an address of this machine; use --host 127.0.0.1 (or PROXY_HOST)")
+    return lines
+
+
+def _configure(args: argparse.Namespace) -> Tuple[Any, Any]:
+    """The config and, with --offline, the simulator it relays."""
+    gloo_stream.load_dotenv()
+    config = ProxyConfig.from_env(**_overrides(args))
+    fake = None
+    if args.offline:
+        fake = _start_offline()
+        config.client_id, config.client_secret = fake.client_id, fake.client_secret
+        config.token_url, config.api_url = fake.token_url, fake.api_url
+        config.upstream_api_key = ""
+        print(f"offline: relaying the built-in simulator at {fake.base_url} (no Gloo credentials used)",
+              file=sys.stderr)
+    return config, fake
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT; returns the exit code."""
+    """Run the proxy until SIGTERM/SIGINT (a second one stops at once); returns the exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    fake = None
+    fake = config = None
     try:
-        gloo_stream.load_dotenv()
-        overrides = {
-            "host": args.host, "port": args.port,
-            "cors_origins": _split_list(args.cors_origin) if args.cors_origin is not None else None,
-            "max_body_bytes": args.max_body_bytes, "max_streams": args.max_streams,
-            "max_connections": args.max_connections,
-            "rate_limit_per_minute": args.rate_limit_per_minute, "heartbeat_seconds": args.heartbeat_seconds,
-            "upstream_idle_seconds": args.upstream_idle_seconds,
-            "request_timeout_seconds": args.request_timeout_seconds,
-            "write_timeout_seconds": args.write_timeout_seconds, "max_event_bytes": args.max_event_bytes,
-            "trusted_proxies": _split_list(args.trusted_proxies) if args.trusted_proxies is not None else None,
-            "drain_seconds": args.drain_seconds, "log_format": args.log_format, "web_root": args.web_root,
-        }
-        config = ProxyConfig.from_env(**overrides)
-        if args.offline:
-            fake = _start_offline()
-            config.client_id, config.client_secret = fake.client_id, fake.client_secret
-            config.token_url, config.api_url = fake.token_url, fake.api_url
-            config.upstream_api_key = ""
-            print(f"offline: relaying the built-in simulator at {fake.base_url} (no Gloo credentials used)",
-                  file=sys.stderr)
-        server = ProxyServer(config)
+        config, fake = _configure(args)
+        server = ProxyServer(config, offline=args.offline)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print("hint: run with --offline to use the built-in simulator", file=sys.stderr)
+        if not args.offline and "credentials" in str(exc):
+            print("hint: run with --offline to try the proxy on the built-in simulator", file=sys.stderr)
+        if fake is not None:
+            fake.stop()
         return 2
     except OSError as exc:
-        print(f"error: cannot listen on {args.host or 'PROXY_HOST'}:{args.port or 'PROXY_PORT'}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        for line in _bind_error(exc, config.host, config.port):
+            print(line, file=sys.stderr)
+        if fake is not None:
+            fake.stop()
         return 2
+    forced = _serve(server, config)
+    if fake is not None:
+        fake.stop()
+    log.info("stopped")
+    return 130 if forced else 0
 
-    stopping = threading.Event()
+
+def _serve(server: ProxyServer, config: Any) -> bool:
+    """Serve until a signal, then drain; True when a second signal cut the drain short."""
+    signals: List[int] = []
 
     def request_stop(signum: int, frame: Any) -> None:
-        if stopping.is_set():
-            return
-        stopping.set()
-        log.info("signal %d: draining streams in flight (up to %gs), then exiting", signum, config.drain_seconds)
-        def stop_accepting() -> None:
-            server.shutdown()  # the accept loop ends within its 50 ms poll
-            try:
-                server.socket.close()  # new connections are refused at once, so a balancer retries elsewhere
-            except OSError:
-                pass
-
-        threading.Thread(target=stop_accepting, name="gloo-proxy-stop", daemon=True).start()
+        signals.append(signum)
+        if len(signals) == 1:
+            log.info("signal %d: draining streams in flight (up to %gs), then exiting; "
+                     "send it again to stop at once", signum, config.drain_seconds)
+            threading.Thread(target=server.stop_accepting, name="gloo-proxy-stop", daemon=True).start()
+        elif len(signals) == 2:
+            log.warning("second signal: cutting %d stream(s) now", server.active_streams)
+            threading.Thread(target=server.cut_streams, name="gloo-proxy-cut", daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     log.info("gloo-stream proxy listening on %s (upstream %s, CORS %s, API key %s)", server.url,
              server.upstream_label, ",".join(config.cors_origins) or "none",
              "required" if config.api_key else "not required")
+    for warning in server.startup_warnings():
+        log.warning(warning)
     try:
         server.serve_forever(poll_interval=0.05)  # a stop request is noticed within 50 ms
     finally:
-        drained = server.drain(config.drain_seconds)
-        if not drained:
-            log.warning("%d stream(s) still open after %gs; closing them", server.active_streams,
-                        config.drain_seconds)
+        if not server.drain(config.drain_seconds) and len(signals) < 2:
+            log.warning("%d stream(s) still open after %gs; closing them (their clients are told so)",
+                        server.active_streams, config.drain_seconds)
         server.close()
-        if fake is not None:
-            fake.stop()
-    log.info("stopped")
-    return 0
+    return len(signals) > 1
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class ProxyTestCase(IsolatedTestCase):
         self.addCleanup(diagnostics.removeHandler, self.logs)
         self.proxy = self.start_proxy()
 
-    def start_proxy(self, **overrides: Any) -> ProxyServer:
+    def start_proxy(self, *, offline: bool = False, **overrides: Any) -> ProxyServer:
         options = dict(port=0, client_id=self.fake.client_id, client_secret=self.fake.client_secret,
                        token_url=self.fake.token_url, api_url=self.fake.api_url,
                        cors_origins=("http://allowed.example",))
@@ -74,7 +74,7 @@ class ProxyTestCase(IsolatedTestCase):
             client = GlooClient(client_id=config.client_id, client_secret=config.client_secret,
                                 token_url=config.token_url, api_url=config.api_url,
                                 read_timeout=config.upstream_idle_seconds, **self.client_options)
-        proxy = ProxyServer(config, client=client, log_handler=self.logs)
+        proxy = ProxyServer(config, client=client, log_handler=self.logs, offline=offline)
         proxy.start()
         self.addCleanup(proxy.close)
         return proxy
@@ -182,3 +182,95 @@ def content_of(events: List[Any]) -> str:
             for choice in event.get("choices") or []:
                 text.append((choice.get("delta") or {}).get("content") or "")
     return "".join(text)
+
+
+class ScriptedUpstream:
+    """A bare upstream on loopback that answers every POST with one scripted response.
+
+    `answer(status, writes, headers, hold)`: the next answers' status and body pieces (written one
+    by one), then `hold` seconds with the connection open and silent before it closes. `requests`
+    records each request's path and JSON body. Start it with `with` or start()/stop().
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        upstream = self
+        self.requests: List[Dict[str, Any]] = []
+        self.status, self.writes, self.headers, self.hold = 200, [b"data: {}\n\n"], {}, 0.0
+        self.closed = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                upstream.requests.append({"path": self.path, "body": body})
+                event_stream = upstream.status == 200
+                self.send_response(upstream.status)
+                self.send_header("Content-Type", "text/event-stream" if event_stream else "application/json")
+                for name, value in upstream.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Connection", "close")
+                if not event_stream:
+                    payload = b"".join(upstream.writes)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.end_headers()
+                try:
+                    for piece in upstream.writes:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                    deadline = time.monotonic() + upstream.hold
+                    self.connection.settimeout(0.05)
+                    while time.monotonic() < deadline:  # silent, until the hold ends or the peer closes
+                        try:
+                            if self.connection.recv(1) == b"":
+                                break
+                        except socket.timeout:
+                            continue
+                except OSError:
+                    pass
+                finally:
+                    upstream.closed.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = "http://127.0.0.1:%d/ai/v2/chat/completions" % self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def answer(self, status: int = 200, writes: Optional[List[bytes]] = None,
+               headers: Optional[Dict[str, str]] = None, hold: float = 0.0) -> None:
+        self.status, self.writes, self.headers, self.hold = status, list(writes or []), dict(headers or {}), hold
+
+    def start(self) -> "ScriptedUpstream":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sse(*chunks: Any, event: str = "") -> bytes:
+    """`data:` events for each chunk (JSON-encoded unless bytes or str), with an optional event name."""
+    out = b""
+    for chunk in chunks:
+        data = chunk if isinstance(chunk, str) else json.dumps(chunk)
+        out += (f"event: {event}\n" if event else "").encode() + b"data: " + data.encode() + b"\n\n"
+    return out
+
+
+def content_chunk(text: str, finish: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gloo-test",
+             "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
+    chunk.update(extra)
+    return chunk

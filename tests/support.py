@@ -8,18 +8,17 @@ from unittest import mock
 
 import gloo_stream
 
-_CONFIG_VARIABLES = (
-    "GLOO_CLIENT_ID", "GLOO_CLIENT_SECRET", "GLOO_TOKEN_URL", "GLOO_API_URL", "GLOO_API_KEY",
-    "PROXY_HOST", "PROXY_PORT", "PROXY_CORS_ORIGIN", "PROXY_API_KEY", "PROXY_MAX_BODY_BYTES",
-    "PROXY_MAX_STREAMS", "PROXY_RATE_LIMIT_PER_MINUTE", "PROXY_HEARTBEAT_SECONDS",
-    "PROXY_UPSTREAM_IDLE_SECONDS", "PROXY_REQUEST_TIMEOUT_SECONDS", "PROXY_WRITE_TIMEOUT_SECONDS",
-    "PROXY_TRUSTED_PROXIES", "NO_COLOR",
-)
+_CONFIG_PREFIXES = ("GLOO_", "PROXY_")  # every project setting, whatever new ones are added
+_OTHER_VARIABLES = ("NO_COLOR",)
+
+
+def _is_project_setting(name: str) -> bool:
+    return name.startswith(_CONFIG_PREFIXES) or name in _OTHER_VARIABLES
 
 
 def clean_environment(extra: dict | None = None) -> dict:
     """The current environment without project settings, loopback never proxied, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in _CONFIG_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if not _is_project_setting(k)}
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(name, None)
     env["NO_PROXY"] = env["no_proxy"] = "*"

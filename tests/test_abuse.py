@@ -365,7 +365,7 @@ class HeaderGameTests(ProxyTestCase):
                        b"http://allowed.example\x00", b"null", b"", b"http://allowed.example/", b"HTTP://ALLOWED.EXAMPLE:80"):
             with self.subTest(origin=origin):
                 status, headers, _ = self.preflight(b"Host: x\r\nOrigin: " + origin + b"\r\n")
-                self.assertEqual(status, 403)
+                self.assertEqual(status, 400 if b"\r\n " in origin else 403)  # a folded line is a framing error
                 self.assertNotIn("access-control-allow-origin", headers)
                 for value in headers.values():
                     self.assertTrue(value.isprintable(), value)
@@ -376,7 +376,7 @@ class HeaderGameTests(ProxyTestCase):
         cases = [
             ("own address", f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", 204),
             ("localhost", f"http://localhost:{port}", f"localhost:{port}", 204),
-            ("no Host header", f"http://127.0.0.1:{port}", None, 403),
+            ("no Host header", f"http://127.0.0.1:{port}", None, 400),  # HTTP/1.1 needs one (RFC 9112 3.2)
             ("empty Host", f"http://127.0.0.1:{port}", "", 403),
             ("Host on another port", f"http://127.0.0.1:{port}", f"127.0.0.1:{port + 1}", 403),
             ("userinfo trick", f"http://127.0.0.1:{port}@evil.example", f"127.0.0.1:{port}@evil.example", 403),
@@ -397,7 +397,7 @@ class HeaderGameTests(ProxyTestCase):
         port = self.proxy.server_address[1]
         status, _, _ = self.preflight(f"Host: evil.example:{port}\r\nHost: 127.0.0.1:{port}\r\n"
                                       f"Origin: http://127.0.0.1:{port}\r\n".encode())
-        self.assertEqual(status, 403)
+        self.assertEqual(status, 400)  # two Host headers: which one a front proxy saw is unknown
 
     # Regression guard for a fixed bug: proxy_server._Handler._same_origin treats any host name that starts with "127." as
     # loopback, so a DNS-rebinding page at http://127.0.0.1.evil.example:PORT (a name the attacker

@@ -14,8 +14,13 @@ import threading
 import time
 import unittest
 
+import gloo_stream
+
 from tests.proxy_support import (
     ProxyTestCase,
+    ScriptedUpstream,
+    content_chunk,
+    sse,
     chunk_frames,
     content_of,
     data_events,
@@ -92,12 +97,18 @@ class RelayTests(ProxyTestCase):
         self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events))
 
     def test_upstream_request_is_forced_to_stream_with_auto_routing(self):
-        self.request("POST", "/api/stream", dict(PROMPT, stream=False, temperature=0.2, tradition="catholic",
-                                                 unknown_field="dropped"))
+        self.request("POST", "/api/stream", dict(PROMPT, stream=False, temperature=0.2, tradition="catholic"))
         body = self.fake.requests[-1]["body"]
         self.assertEqual((body["stream"], body["auto_routing"], body["temperature"], body["tradition"]),
                          (True, True, 0.2, "catholic"))
-        self.assertNotIn("unknown_field", body)
+
+    def test_an_unknown_field_is_a_400_that_names_it(self):
+        status, _, body = self.post_stream("Hi", unknown_field="dropped")
+        self.assertEqual(status, 400)
+        error = json.loads(body)["error"]
+        self.assertEqual(error["code"], "unsupported_field")
+        self.assertTrue(error["message"].startswith("unknown_field "), error["message"])
+        self.assertEqual(self.fake.requests, [])
 
     def test_model_family_passes_through(self):
         self.request("POST", "/api/stream", dict(PROMPT, model_family="anthropic"))
@@ -716,6 +727,443 @@ class ConnectionLifecycleTests(ProxyTestCase):
         self.assertEqual(conn.sock.recv(100), b"")
 
 
+def send_and_read(sock: socket.socket, raw: bytes) -> bytes:
+    try:
+        sock.sendall(raw)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return read_until_closed(sock)
+
+
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+POST_HEAD = b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+class FramingDefectTests(ProxyTestCase):
+    """#11 defect 1: framing that two parsers could read differently is a 400 that closes."""
+
+    proxy_options = {"request_timeout_seconds": 0.5}
+
+    def test_differing_content_lengths_and_header_lines_without_colon_are_400_and_close(self):
+        cases = [
+            ("two different lengths", POST_HEAD + b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}"),
+            ("header line without a colon", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length 40\r\n\r\n"),
+            ("a colon-less line before the length", POST_HEAD + b"X-Junk\r\nContent-Length: 2\r\n\r\n{}"),
+            ("whitespace before the colon", POST_HEAD + b"Content-Length : 2\r\n\r\n{}"),
+            ("folded header line", POST_HEAD + b"X-A: 1\r\n Content-Length: 2\r\n\r\n{}"),
+        ]
+        for name, raw in cases:
+            with self.subTest(name):
+                response = send_and_read(self.raw_socket(timeout=5), raw + SMUGGLED)
+                status, headers, body = split_head(response)
+                self.assertEqual(status, 400)
+                self.assertEqual(headers["connection"], "close")
+                self.assertEqual(response.count(b"HTTP/1.1 "), 1, response[:300])
+                self.assertIn("message", json.loads(body)["error"])
+        self.assertEqual(self.fake.requests, [])
+
+    def test_a_content_length_of_thousands_of_digits_is_413_never_a_traceback(self):
+        for digits in (20, 5000, 50000):
+            with self.subTest(digits=digits):
+                raw = POST_HEAD + b"Content-Length: " + b"9" * digits + b"\r\n\r\n"
+                status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                self.assertEqual(status, 413)
+                self.assertEqual(headers["connection"], "close")
+        self.assertFalse(any("Traceback" in line or "unexpected error" in line for line in self.logs.lines))
+
+
+class HTTPNitTests(ProxyTestCase):
+    """#11 defect 7: HEAD, Host, 100 Continue and a string "stream"."""
+
+    def test_no_body_after_a_head_error_answer(self):
+        for path in ("/nope", "/api/stream", "/health"):
+            with self.subTest(path=path):
+                raw = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                status, headers, rest = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                self.assertEqual(status, 405 if path != "/nope" else 404)
+                self.assertGreater(int(headers["content-length"]), 0)  # the length a GET would get
+                self.assertEqual(rest, b"")
+
+    def test_http_1_1_without_host_is_400(self):
+        status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5),
+                                                         b"GET /health HTTP/1.1\r\n\r\n"))
+        self.assertEqual(status, 400)
+        self.assertIn("Host", json.loads(body)["error"]["message"])
+
+    def test_no_100_continue_before_a_final_4xx(self):
+        cases = [
+            ("foreign origin", b"Origin: http://evil.example\r\n", 403),
+            ("too large", b"", 413),
+            ("wrong type", b"", 415),
+        ]
+        for name, extra, expected in cases:
+            with self.subTest(name):
+                length = 10 ** 7 if name == "too large" else 2
+                content_type = b"text/plain" if name == "wrong type" else b"application/json"
+                raw = (b"POST /api/stream HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: "
+                       + content_type + b"\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length)
+                response = send_and_read(self.raw_socket(timeout=5), raw)
+                self.assertTrue(response.startswith(b"HTTP/1.1 %d " % expected), response[:100])
+                self.assertNotIn(b"100 Continue", response)
+
+    def test_100_continue_once_the_body_is_wanted(self):
+        sock = self.raw_socket(timeout=5)
+        body = json.dumps(PROMPT).encode()
+        sock.sendall(POST_HEAD + b"Expect: 100-continue\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        status, _, rest = split_head(read_until_closed(sock))
+        self.assertEqual(status, 200)
+        self.assertIn(b"finish_reason", rest)
+
+    def test_stream_must_be_a_boolean(self):
+        for value in ("false", "true", 0, 1, "yes"):
+            with self.subTest(value=value):
+                status, _, body = self.post_stream("Hi", path="/v1/chat/completions", stream=value)
+                self.assertEqual(status, 400)
+                self.assertIn("stream must be true or false", json.loads(body)["error"]["message"])
+        self.assertEqual(self.fake.requests, [])
+
+
+class ClientDepartureTests(ProxyTestCase):
+    """#11 defects 2 and 3: the upstream is closed soon after the client goes, in every case."""
+
+    def wait_closed(self, closed_at: float) -> None:
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+        self.assertLess(time.monotonic() - closed_at, 1.5)
+
+    def test_non_streaming_v1_closes_the_upstream_when_the_client_goes(self):
+        sock = self.raw_socket()
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi [[slow:0.05]] [[long:400]]"}],
+                           "stream": False}).encode()
+        sock.sendall(raw_request("/v1/chat/completions", body))
+        deadline = time.monotonic() + 3
+        while not self.fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the upstream is generating
+        closed_at = time.monotonic()
+        sock.close()
+        self.wait_closed(closed_at)
+        self.assertTrue(self.logs.wait_for("client_gone"))
+
+    def test_non_streaming_v1_caps_the_buffered_answer(self):
+        proxy = self.start_proxy(max_answer_bytes=4000)
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       {"messages": [{"role": "user", "content": "Hi [[long:2000]]"}],
+                                        "stream": False}, proxy=proxy)
+        self.assertEqual(status, 502)
+        error = json.loads(body)["error"]
+        self.assertIn("PROXY_MAX_ANSWER_BYTES", error["message"])
+        self.assertTrue(self.fake.wait_for_disconnect(3))
+
+    def test_a_client_that_sent_extra_bytes_is_still_noticed_when_it_leaves(self):
+        for when in ("with the request", "mid-stream"):
+            with self.subTest(when=when):
+                sock = self.raw_socket()
+                request = raw_request("/api/stream", json.dumps(
+                    {"messages": [{"role": "user", "content": "Hi [[stall]]"}]}).encode())
+                sock.sendall(request + (SMUGGLED if when == "with the request" else b""))
+                received = b""
+                while b"data: " not in received:
+                    received += sock.recv(65536)
+                if when == "mid-stream":
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nmore bytes")
+                    time.sleep(0.1)
+                closed_at = time.monotonic()
+                sock.close()
+                self.wait_closed(closed_at)
+
+
+class OriginDefectTests(ProxyTestCase):
+    """#11 defects 4 and 5: the rebinding guard on every bind address; `*` and normalised origins."""
+
+    def preflight(self, host: str, origin: str, proxy=None):
+        raw = (f"OPTIONS /api/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
+               f"Connection: close\r\n\r\n").encode()
+        return split_head(send_and_read(self.raw_socket(proxy, timeout=5), raw))[:2]
+
+    def test_dns_rebinding_guard_holds_when_bound_to_every_interface(self):
+        proxy = self.start_proxy(allowed_hosts=("Proxy.Example.",))
+        proxy.loopback_only = False  # as when bound to 0.0.0.0 or :: (tests stay on loopback)
+        port = proxy.server_address[1]
+        cases = [
+            ("a name someone else controls", f"evil.example:{port}", 403),
+            ("a name that starts with 127.", f"127.0.0.1.evil.example:{port}", 403),
+            ("an address literal", f"192.0.2.7:{port}", 204),
+            ("localhost", f"localhost:{port}", 204),
+            ("a name in PROXY_ALLOWED_HOSTS", f"proxy.example:{port}", 204),
+            ("the unspecified address", f"0.0.0.0:{port}", 403),
+        ]
+        for name, host, expected in cases:
+            with self.subTest(name):
+                status, _ = self.preflight(host, "http://" + host, proxy)
+                self.assertEqual(status, expected)
+
+    def test_star_allows_any_page_without_credentials_and_warns(self):
+        proxy = self.start_proxy(cors_origins=("*",))
+        status, headers = self.preflight("x", "https://any.example", proxy)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers["access-control-allow-origin"], "*")
+        self.assertNotIn("access-control-allow-credentials", headers)
+        self.assertTrue(any("PROXY_CORS_ORIGIN=*" in warning for warning in proxy.startup_warnings()))
+        status, headers, _ = self.request("POST", "/api/stream", PROMPT, headers={"Origin": "https://any.example"},
+                                          proxy=proxy)
+        self.assertEqual((status, headers["access-control-allow-origin"]), (200, "*"))
+
+    def test_configured_origins_are_normalised(self):
+        from proxy_server import ProxyConfig
+        config = ProxyConfig(cors_origins=("HTTPS://App.Example.com:443/", "http://LOCALHOST:3000", "*"))
+        config.validate()
+        self.assertEqual(config.cors_origins, ("https://app.example.com", "http://localhost:3000", "*"))
+        proxy = self.start_proxy(cors_origins=("HTTPS://App.Example.com/",))
+        status, headers = self.preflight("x", "https://app.example.com", proxy)
+        self.assertEqual((status, headers["access-control-allow-origin"]), (204, "https://app.example.com"))
+        for bad in ("https://app.example.com/path", "ftp://app.example.com", "https://user@app.example.com"):
+            with self.subTest(bad=bad), self.assertRaises(gloo_stream.ConfigurationError):
+                ProxyConfig(cors_origins=(bad,)).validate()
+
+
+class OfflineCapTests(ProxyTestCase):
+    """#11 defect 6: with --offline the in-process simulator's size and pace markers are capped."""
+
+    def test_scenario_markers_are_capped(self):
+        proxy = self.start_proxy(offline=True, max_event_bytes=64 * 1024)
+        cases = [("[[long:2000000]]", "[[long:5000]]"), ("[[huge_event:500000000:open]]",
+                                                          f"[[huge_event:{128 * 1024}:open]]"),
+                 ("[[slow:3000]]", "[[slow:2]]"), ("[[long:40]]", "[[long:40]]")]
+        for marker, expected in cases:
+            with self.subTest(marker=marker):
+                sock = self.raw_socket(proxy)
+                sock.sendall(raw_request("/api/stream", json.dumps(
+                    {"messages": [{"role": "user", "content": "Hi " + marker}]}).encode()))
+                deadline = time.monotonic() + 3
+                while not self.fake.requests and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                sock.close()
+                self.assertEqual(self.fake.requests.pop()["body"]["messages"][0]["content"], "Hi " + expected)
+        self.assertTrue(proxy.health()["simulator"])
+
+
+class ScriptedUpstreamTestCase(ProxyTestCase):
+    """A proxy in front of a ScriptedUpstream (a Studio API key, no OAuth)."""
+
+    def setUp(self):
+        super().setUp()
+        self.upstream = ScriptedUpstream().start()
+        self.addCleanup(self.upstream.stop)
+        self.proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
+                                      upstream_api_key="studio-key-0123456789")
+
+    def last_error(self, body: bytes) -> dict:
+        events = data_events(body.decode())
+        ours = [e for e in events if isinstance(e, dict) and set(e) == {"error"} and "type" in e["error"]]
+        self.assertEqual(len(ours), 1, events)  # (an upstream `event: error` is relayed as it came, before)
+        self.assertIs(events[-1], ours[0])
+        return ours[0]["error"]
+
+
+class OneVerdictTests(ScriptedUpstreamTestCase):
+    """#11: the library and the relay give the same verdict for the same upstream bytes."""
+
+    CASES = [
+        ("content then event: error", sse(content_chunk("Hello")) + sse({"error": {"message": "provider overloaded",
+                                                                                 "code": 503}}, event="error"),
+         "provider_error", "upstream_error"),
+        ("finish_reason error", sse(content_chunk("Hi"), {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                                                          "error": {"code": 2001, "name": "PROVIDER_TIMEOUT",
+                                                                    "message": "timed out"}}),
+         "provider_error", "upstream_error"),
+        ("cut short", sse(content_chunk("Hi")), "cut_short", "upstream_disconnected"),
+        ("finished", sse(content_chunk("Hi"), content_chunk("", "stop")), "finished", None),
+        ("content filter", sse(content_chunk("Hi"), content_chunk("", "content_filter")), "finished", None),
+    ]
+
+    def library_outcome(self, writes):
+        self.upstream.answer(writes=[writes])
+        client = gloo_stream.GlooClient(api_key="studio-key-0123456789", api_url=self.upstream.url)
+        stream = client.stream_payload({"messages": [{"role": "user", "content": "Hi"}], "auto_routing": True})
+        try:
+            for _ in stream.chunks():
+                pass
+        except gloo_stream.StreamError:
+            pass
+        return stream.outcome
+
+    def test_library_and_relay_agree(self):
+        for name, writes, kind, relay_type in self.CASES:
+            with self.subTest(name):
+                outcome = self.library_outcome(writes)
+                self.assertEqual(outcome.kind, kind)
+                self.upstream.answer(writes=[writes])
+                status, _, body = self.post_stream("Hi")
+                self.assertEqual(status, 200)
+                events = data_events(body.decode())
+                if relay_type is None:
+                    self.assertFalse(any(isinstance(e, dict) and set(e) == {"error"} for e in events), events)
+                    continue
+                error = self.last_error(body)
+                self.assertEqual(error["type"], relay_type)
+                self.assertEqual(error["message"], outcome.message)
+                if kind == "provider_error":
+                    self.assertEqual(error["code"], outcome.error_name or outcome.error_code)
+
+    def test_provider_overloaded_is_told_as_such(self):
+        self.upstream.answer(writes=[self.CASES[0][1]])
+        error = self.last_error(self.post_stream("Hi")[2])
+        self.assertIn("provider overloaded", error["message"])
+
+    def test_a_finished_answer_then_a_silent_open_connection_ends_cleanly(self):
+        proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
+                                 upstream_api_key="studio-key-0123456789", heartbeat_seconds=0.2,
+                                 upstream_idle_seconds=30)
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=20)
+                started = time.monotonic()
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True), proxy=proxy)
+                self.assertLess(time.monotonic() - started, 6)  # the finish grace, not the idle timeout
+                events = data_events(body.decode())
+                self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events), events)
+                if path.startswith("/v1"):
+                    self.assertEqual(events[-1], "[DONE]")
+                else:
+                    self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
+
+
+class FieldPolicyTests(ScriptedUpstreamTestCase):
+    """#10.2: documented Gloo fields forwarded, OpenAI names mapped, anything else a 400 naming it."""
+
+    def setUp(self):
+        super().setUp()
+        self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop",
+                                                                          usage={"total_tokens": 3}))])
+
+    def test_every_documented_field_is_forwarded(self):
+        fields = {"model_family": "anthropic", "tradition": "catholic", "temperature": 0.3, "max_tokens": 50,
+                  "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                  "tool_choice": "auto", "parallel_tool_calls": False, "stream_options": {"include_usage": True}}
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, _ = self.request("POST", path, dict(PROMPT, stream=True, **fields))
+                self.assertEqual(status, 200)
+                sent = self.upstream.requests[-1]["body"]
+                self.assertEqual({key: sent[key] for key in fields}, fields)
+                self.assertTrue(self.upstream.requests[-1]["path"].endswith("/chat/completions"))
+
+    def test_max_completion_tokens_becomes_max_tokens(self):
+        self.request("POST", "/v1/chat/completions", dict(PROMPT, stream=True, max_completion_tokens=77))
+        sent = self.upstream.requests[-1]["body"]
+        self.assertEqual(sent["max_tokens"], 77)
+        self.assertNotIn("max_completion_tokens", sent)
+
+    def test_fields_gloo_does_not_accept_are_400_naming_them(self):
+        for name, value in (("top_p", 0.9), ("presence_penalty", 1), ("n", 2), ("logit_bias", {"1": 2})):
+            with self.subTest(name=name):
+                status, _, body = self.request("POST", "/v1/chat/completions", dict(PROMPT, **{name: value}))
+                self.assertEqual(status, 400)
+                self.assertTrue(json.loads(body)["error"]["message"].startswith(name + " "))
+        self.assertEqual(self.upstream.requests, [])
+
+    def test_grounded_requests_go_to_the_grounded_endpoint_citations_first(self):
+        citations = {"id": "g1", "object": "chat.completion.chunk", "model": "gloo-test", "choices": [],
+                     "sources_returned": True, "citations": [{"title": "A", "url": "https://a.example/"}]}
+        self.upstream.answer(writes=[sse(citations, content_chunk("Hi"), content_chunk("", "stop"))])
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True, rag_publisher="GlooGrounded",
+                                                                  sources_limit=3, include_citations=True))
+                self.assertEqual(status, 200)
+                request = self.upstream.requests[-1]
+                self.assertTrue(request["path"].endswith("/chat/completions/grounded"), request["path"])
+                self.assertEqual((request["body"]["rag_publisher"], request["body"]["sources_limit"]),
+                                 ("GlooGrounded", 3))
+                self.assertEqual(data_events(body.decode())[0], citations)
+
+    def test_v1_include_usage_ends_with_a_usage_chunk(self):
+        status, _, body = self.request("POST", "/v1/chat/completions",
+                                       dict(PROMPT, stream=True, stream_options={"include_usage": True}))
+        events = data_events(body.decode())
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual((events[-2]["choices"], events[-2]["usage"]), ([], {"total_tokens": 3}))
+        self.assertEqual(events[-2]["object"], "chat.completion.chunk")
+
+    def test_gloo_error_bodies_become_clear_messages(self):
+        cases = [
+            (422, {"detail": [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2",
+                               "type": "less_than_equal"}]}, 422, "temperature: Input should be less than or equal to 2"),
+            (400, {"error": "unknown model gloo-nope", "code": "invalid_model"}, 400, "unknown model gloo-nope"),
+            (429, {"error": "weekly spend limit reached", "code": "too_many_requests"}, 429,
+             "weekly spend limit reached"),
+        ]
+        for upstream_status, body, expected, message in cases:
+            with self.subTest(upstream_status):
+                self.upstream.answer(upstream_status, [json.dumps(body).encode()], headers={"Retry-After": "7"})
+                status, headers, answer = self.post_stream("Hi")
+                self.assertEqual(status, expected)
+                error = json.loads(answer)["error"]
+                self.assertEqual(error["message"], message)
+                self.assertNotIn("[{", error["message"])
+                if status == 429:
+                    self.assertEqual(headers["retry-after"], "7")
+
+    def test_a_429_is_passed_straight_through_never_waited_on(self):
+        self.upstream.answer(429, [b'{"error": "slow down", "code": "too_many_requests"}'],
+                             headers={"Retry-After": "30"})
+        started = time.monotonic()
+        status, headers, _ = self.post_stream("Hi")
+        self.assertEqual((status, headers["retry-after"]), (429, "30"))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(len(self.upstream.requests), 1)
+
+    def test_other_failures_are_retried_at_most_once(self):
+        self.upstream.answer(500, [b'{"error": "boom"}'])
+        status, _, _ = self.post_stream("Hi")
+        self.assertEqual(status, 502)
+        self.assertEqual(len(self.upstream.requests), 2)  # the first try and one retry
+
+
+class SimulatorFieldTests(ProxyTestCase):
+    """The field policy against the strict simulator: grounded answers and Gloo's 422s pass through."""
+
+    def test_a_grounded_stream_through_the_relay_starts_with_its_citations(self):
+        for path in ("/api/stream", "/v1/chat/completions"):
+            with self.subTest(path=path):
+                status, _, body = self.request("POST", path, dict(PROMPT, stream=True, rag_publisher="GlooGrounded",
+                                                                  sources_limit=2))
+                self.assertEqual(status, 200)
+                self.assertTrue(self.fake.requests[-1]["path"].endswith("/grounded"))
+                events = data_events(body.decode())
+                first = events[0]
+                self.assertEqual(first["choices"], [])
+                self.assertTrue(first.get("citations") or first.get("sources"), first)
+                self.assertNotIn("error", events[-1] if isinstance(events[-1], dict) else {})
+
+    def test_a_validation_error_is_a_readable_422(self):
+        status, _, body = self.post_stream("Hi", temperature=5)
+        self.assertEqual(status, 422)
+        message = json.loads(body)["error"]["message"]
+        self.assertIn("temperature", message)
+        self.assertNotIn("[{", message)
+
+
+class HealthTests(ScriptedUpstreamTestCase):
+    def test_simulator_and_status(self):
+        health = json.loads(self.request("GET", "/health")[2])
+        self.assertEqual((health["status"], health["simulator"]), ("ok", False))
+
+    def test_degraded_after_repeated_upstream_auth_failures_then_ok_again(self):
+        self.upstream.answer(401, [b'{"error": "bad key", "code": "unauthorized"}'])
+        for _ in range(3):
+            self.assertEqual(self.post_stream("Hi")[0], 502)
+        health = json.loads(self.request("GET", "/health")[2])
+        self.assertEqual(health["status"], "degraded")
+        self.assertIn("GLOO_API_KEY", health["problem"])
+        self.upstream.answer(writes=[sse(content_chunk("Hi", "stop"))])
+        self.assertEqual(self.post_stream("Hi")[0], 200)
+        self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
+
+
 class ProcessTests(unittest.TestCase):
     """proxy_server.py as a process: configuration errors, --offline, SIGTERM."""
 
@@ -773,6 +1221,113 @@ class ProcessTests(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err)
         self.assertIn("draining", err)
         self.assertNotIn("Traceback", err)
+
+
+class StartupTests(unittest.TestCase):
+    """#13 point 5: the proxy's start and stop, as a person at a terminal meets them."""
+
+    run_proxy = ProcessTests.run_proxy
+
+    def test_version_in_isolated_mode(self):
+        result = subprocess.run([sys.executable, "-I", os.path.join(ROOT, "proxy_server.py"), "--version"],
+                                capture_output=True, text=True, timeout=20, cwd=tempfile.gettempdir())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "proxy_server.py " + gloo_stream.__version__)
+
+    def test_bind_error_names_the_real_address_and_the_way_out(self):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        self.addCleanup(holder.close)
+        port = holder.getsockname()[1]
+        proc = self.run_proxy("--offline", "--port", str(port))
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", err)
+        self.assertIn("--port", err)
+        self.assertNotIn("hint: run with --offline", err)  # it was given
+        self.assertNotIn("Traceback", err)
+
+    def test_a_bad_option_value_names_the_option_without_the_offline_hint(self):
+        proc = self.run_proxy("--offline", "--port", "-5")
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("--port must be at least 0", err)
+        self.assertNotIn("hint", err)
+
+    def start_offline(self, *args: str):
+        proc = self.run_proxy("--offline", "--port", "0", *args)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", proc.stderr.readline())
+            if match:
+                return proc, int(match.group(1))
+        self.fail("the proxy did not start")
+
+    def test_a_second_ctrl_c_stops_at_once_and_cut_clients_are_told_so(self):
+        proc, port = self.start_offline("--drain-seconds", "30")
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/api/stream", headers={"Content-Type": "application/json"},
+                     body=json.dumps({"messages": [{"role": "user", "content": "Hi [[slow:0.05]] [[long:400]]"}]}))
+        response = conn.getresponse()
+        first = response.read1(100)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest = response.read()
+        out, err = proc.communicate(timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(proc.returncode, 130, err)
+        events = data_events((first + rest).decode())
+        self.assertEqual(events[-1]["error"]["type"], "proxy_shutdown")
+        self.assertIn("again", err)
+        self.assertNotIn("Traceback", err)
+
+
+class StartupUnitTests(ProxyTestCase):
+    def test_a_loud_warning_beyond_loopback_without_a_client_key(self):
+        self.proxy.loopback_only = False  # as when bound to 0.0.0.0 (tests stay on loopback)
+        warnings = self.proxy.startup_warnings()
+        self.assertTrue(any("PROXY_API_KEY" in w and w.startswith("WARNING") for w in warnings), warnings)
+        keyed = self.start_proxy(api_key="client-key-0123456789")
+        keyed.loopback_only = False
+        self.assertEqual(keyed.startup_warnings(), [])
+        self.proxy.loopback_only = True
+        self.assertEqual(self.proxy.startup_warnings(), [])
+
+    def test_the_fallback_page_shows_the_real_address(self):
+        empty = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, empty)
+        proxy = self.start_proxy(web_root=empty)
+        status, _, body = self.request("GET", "/", proxy=proxy)
+        self.assertEqual(status, 200)
+        self.assertIn(proxy.url.encode() + b"/api/stream", body)
+        self.assertNotIn(b"HOST:PORT", body)
+
+    def test_the_readme_lists_every_setting(self):
+        from proxy_server import SETTINGS
+        with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        for setting in SETTINGS:
+            with self.subTest(setting.env):
+                self.assertIn(f"| `{setting.env}`", readme)
+
+    def test_settings_table_drives_env_and_options(self):
+        from proxy_server import SETTINGS, ProxyConfig, _build_parser
+        options = {action.dest for action in _build_parser()._actions}
+        for setting in SETTINGS:
+            with self.subTest(setting.name):
+                self.assertTrue(setting.env.startswith(("PROXY_", "GLOO_")))
+                self.assertIn(setting.name, ProxyConfig.__dataclass_fields__)
+                if setting.option:
+                    self.assertIn(setting.name, options)
+        config = ProxyConfig.from_env({"PROXY_MAX_CONNECTIONS": "2", "PROXY_CORS_ORIGIN": "https://A.example/"})
+        self.assertEqual((config.max_connections, config.cors_origins), (2, ("https://a.example",)))
+        with self.assertRaisesRegex(gloo_stream.ConfigurationError, "PROXY_MAX_STREAMS"):
+            ProxyConfig.from_env({"PROXY_MAX_STREAMS": "0"})
 
 
 if __name__ == "__main__":
