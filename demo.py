@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import gloo_stream
 from gloo_stream import GlooError, render_stream_to_terminal, stream_completion
@@ -70,7 +70,7 @@ def grounded_example(publisher: str, sources_limit: int, *, out=None) -> dict:
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offline", action="store_true", help="use the built-in simulator even if credentials exist")
     parser.add_argument("--delay", type=float, default=0.015,

@@ -88,7 +88,8 @@ import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["FakeGloo", "main"]
@@ -127,30 +128,30 @@ class _BadMarker(ValueError):
 class _Scenario:
     """The markers of one request, parsed."""
 
-    slow: Optional[float] = None
-    status: Optional[int] = None
+    slow: float | None = None
+    status: int | None = None
     retry_after: int = 1
-    fail: Optional[Tuple[int, int]] = None
-    drop: Optional[int] = None
+    fail: tuple[int, int] | None = None
+    drop: int | None = None
     error: bool = False
     content_filter: bool = False
     eol: bytes = b"\n"
     split_utf8: bool = False
     heartbeat: bool = False
-    stall: Optional[float] = None
+    stall: float | None = None
     openai: bool = False
     tools: bool = False
-    long: Optional[int] = None
+    long: int | None = None
     markdown: bool = False
     hostile: bool = False
     echo: bool = False
     stamp: bool = False
     html: bool = False
     garbage: bool = False
-    huge_event: Optional[int] = None
+    huge_event: int | None = None
     huge_open: bool = False
     reset: bool = False
-    trickle: Optional[float] = None
+    trickle: float | None = None
     usage: bool = False
     spend_limit: bool = False
     no_sources: bool = False
@@ -170,7 +171,7 @@ def _parse_scenario(text: str) -> _Scenario:
     return scenario
 
 
-def _apply_marker(s: _Scenario, name: str, args: List[str]) -> None:
+def _apply_marker(s: _Scenario, name: str, args: list[str]) -> None:
     if name in _FLAGS:
         setattr(s, name, True)
     elif name in ("openai", "usage"):
@@ -307,7 +308,7 @@ _ROLES = ("system", "developer", "user", "assistant", "tool")
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 
 
-def _tokenize(text: str) -> List[str]:
+def _tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
@@ -325,7 +326,7 @@ def _generic_answer(question: str) -> str:
             "Point the client at the Gloo API with real credentials to hear from an actual model.")
 
 
-def _answer_tokens(question: str, scenario: _Scenario) -> List[str]:
+def _answer_tokens(question: str, scenario: _Scenario) -> list[str]:
     if scenario.long is not None:
         base = _tokenize(_RESURRECTION + "\n\n" + _DISCIPLESHIP + "\n\n")
         return list(itertools.islice(itertools.cycle(base), scenario.long))
@@ -346,13 +347,13 @@ def _answer_tokens(question: str, scenario: _Scenario) -> List[str]:
     return _tokenize(text)
 
 
-def _tool_calls() -> List[dict]:
+def _tool_calls() -> list[dict]:
     return [{"index": i, "id": "call_" + secrets.token_hex(12), "type": "function",
              "function": {"name": name, "arguments": json.dumps(arguments)}}
             for i, (name, arguments) in enumerate(_TOOL_CALLS)]
 
 
-def _tool_deltas(calls: List[dict]) -> List[dict]:
+def _tool_deltas(calls: list[dict]) -> list[dict]:
     """Each call opens with its id and name, then its arguments arrive in small pieces."""
     deltas = []
     for call in calls:
@@ -373,14 +374,14 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _last_user_text(messages: List[dict]) -> str:
+def _last_user_text(messages: list[dict]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
             return _content_text(message.get("content"))
     return ""
 
 
-def _route(body: dict, prompt: str) -> Tuple[str, str, Dict[str, Any]]:
+def _route(body: dict, prompt: str) -> tuple[str, str, dict[str, Any]]:
     """(model, provider, routing metadata) for the request's routing choice; auto routing picks by the prompt."""
     crc = zlib.crc32(prompt.encode("utf-8", "replace"))
     if body.get("model"):
@@ -394,7 +395,7 @@ def _route(body: dict, prompt: str) -> Tuple[str, str, Dict[str, Any]]:
     parts = model.split("-")
     provider = parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
     family = _MODEL_FAMILY.get(model, "open source")
-    routing: Dict[str, Any] = {
+    routing: dict[str, Any] = {
         "model_family": _FAMILY_NAMES[family],
         "auto_routing": mechanism == "auto_routing",
         "routing_mechanism": mechanism,
@@ -406,9 +407,9 @@ def _route(body: dict, prompt: str) -> Tuple[str, str, Dict[str, Any]]:
     return model, provider, routing
 
 
-def _invalid(loc: Sequence[Union[str, int]], msg: str, kind: str, value: Any = None, **ctx: Any) -> Dict[str, Any]:
+def _invalid(loc: Sequence[str | int], msg: str, kind: str, value: Any = None, **ctx: Any) -> dict[str, Any]:
     """One FastAPI (pydantic) validation item."""
-    item: Dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
+    item: dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
     if ctx:
         item["ctx"] = ctx
     return item
@@ -419,8 +420,8 @@ def _choices(values: Sequence[str]) -> str:
     return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
 
 
-def _check_number(body: dict, name: str, *, integer: bool, low: Optional[float] = None,
-                  high: Optional[float] = None) -> Optional[Dict[str, Any]]:
+def _check_number(body: dict, name: str, *, integer: bool, low: float | None = None,
+                  high: float | None = None) -> dict[str, Any] | None:
     value = body.get(name)
     if value is None:
         return None
@@ -438,21 +439,21 @@ def _check_number(body: dict, name: str, *, integer: bool, low: Optional[float] 
     return None
 
 
-def _check_choice(body: dict, name: str, allowed: Sequence[str]) -> Optional[Dict[str, Any]]:
+def _check_choice(body: dict, name: str, allowed: Sequence[str]) -> dict[str, Any] | None:
     value = body.get(name)
     if value is None or (isinstance(value, str) and value in allowed):
         return None
     return _invalid([name], f"Input should be {_choices(allowed)}", "enum", value, expected=_choices(allowed))
 
 
-def _check_bool(body: dict, name: str) -> Optional[Dict[str, Any]]:
+def _check_bool(body: dict, name: str) -> dict[str, Any] | None:
     value = body.get(name)
     if value is None or isinstance(value, bool):
         return None
     return _invalid([name], "Input should be a valid boolean", "bool_type", value)
 
 
-def _problem(body: Any, *, grounded: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
+def _problem(body: Any, *, grounded: bool = False) -> tuple[int, dict[str, Any]] | None:
     """Why a completion request is refused, as (status, Gloo's error body), or None.
 
     Shapes as Gloo answers them: 400 `{"error", "code"}` for bodies that are not a request at all,
@@ -469,7 +470,7 @@ def _problem(body: Any, *, grounded: bool = False) -> Optional[Tuple[int, Dict[s
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 return 400, _gloo_error(f"messages[{i}] must be an object with a role", "bad_request")
-    detail: List[Optional[Dict[str, Any]]] = []
+    detail: list[dict[str, Any] | None] = []
     for i, message in enumerate(messages or ()):
         if message["role"] not in _ROLES:
             detail.append(_invalid(["messages", i, "role"], f"Input should be {_choices(_ROLES)}", "enum",
@@ -517,7 +518,7 @@ def _problem(body: Any, *, grounded: bool = False) -> Optional[Tuple[int, Dict[s
     return None
 
 
-def _gloo_error(message: str, code: str) -> Dict[str, str]:
+def _gloo_error(message: str, code: str) -> dict[str, str]:
     """Gloo's error body: `{"error": "<text>", "code": "<text>"}`."""
     return {"error": message, "code": code}
 
@@ -532,13 +533,13 @@ class _Reply:
 
     model: str
     provider: str
-    deltas: List[dict]
+    deltas: list[dict]
     finish_reason: str
     prompt_tokens: int
     started: float  # time.monotonic() when the request arrived
-    tool_calls: Optional[List[dict]] = None
-    routing: Optional[Dict[str, Any]] = None  # model_family, routing_mechanism, routing_tier, ...
-    citations: Optional[List[dict]] = None    # a grounded answer's sources (None: not grounded)
+    tool_calls: list[dict] | None = None
+    routing: dict[str, Any] | None = None  # model_family, routing_mechanism, routing_tier, ...
+    citations: list[dict] | None = None    # a grounded answer's sources (None: not grounded)
     include_citations: bool = True
     include_usage: bool = False
 
@@ -546,7 +547,7 @@ class _Reply:
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
 
-    def envelope(self, kind: str = "chat.completion.chunk") -> Dict[str, Any]:
+    def envelope(self, kind: str = "chat.completion.chunk") -> dict[str, Any]:
         envelope = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                     "provider": self.provider}
         envelope.update(self.routing or {})
@@ -554,12 +555,12 @@ class _Reply:
             envelope["sources_returned"] = bool(self.citations)
         return envelope
 
-    def chunk(self, delta: dict, finish_reason: Optional[str] = None) -> Dict[str, Any]:
+    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict[str, Any]:
         chunk = self.envelope()
         chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         return chunk
 
-    def usage(self, completion_tokens: int) -> Dict[str, int]:
+    def usage(self, completion_tokens: int) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
@@ -582,7 +583,7 @@ _HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in to continue</title><
               b"Sign in to continue.</p></body></html>\n")
 
 
-def _split_mid_character(data: bytes) -> List[bytes]:
+def _split_mid_character(data: bytes) -> list[bytes]:
     """`data` cut right after every UTF-8 lead byte, so each multi-byte character spans two pieces."""
     pieces, start = [], 0
     for i in range(1, len(data)):
@@ -608,7 +609,7 @@ class _Stopping(Exception):
 class _Wire:
     """The body of one response, written event by event, each write flushed."""
 
-    def __init__(self, handler: "_Handler", scenario: _Scenario) -> None:
+    def __init__(self, handler: _Handler, scenario: _Scenario) -> None:
         self._out = handler.wfile
         self._sock: socket.socket = handler.connection
         self._stopping = handler.server.fake._stopping
@@ -617,7 +618,7 @@ class _Wire:
         self._trickle = scenario.trickle
         self._stamp = scenario.stamp
 
-    def event(self, chunk: Dict[str, Any]) -> None:
+    def event(self, chunk: dict[str, Any]) -> None:
         if self._stamp:
             chunk["sent_ns"] = time.time_ns()
         self.data(_dumps(chunk))
@@ -698,7 +699,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
 
-    def __init__(self, address: Tuple[str, int], fake: "FakeGloo") -> None:
+    def __init__(self, address: tuple[str, int], fake: FakeGloo) -> None:
         self.fake = fake
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -725,7 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         if not self.server.fake.quiet:
-            sys.stderr.write("fake_gloo: %s %s\n" % (self.address_string(), format % args))
+            sys.stderr.write(f"fake_gloo: {self.address_string()} {format % args}\n")
 
     # -- routing ------------------------------------------------------------
 
@@ -751,13 +752,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
 
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's errors (bad request line, unknown method, ...) as JSON, like ours."""
         self._send_error(int(code), message or HTTPStatus(int(code)).phrase, close=True)
 
     # -- responses ----------------------------------------------------------
 
-    def _send_json(self, status: int, payload: Any, headers: Optional[Mapping[str, str]] = None, *,
+    def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None, *,
                    close: bool = False) -> None:
         data = _dumps(payload)
         self.send_response(status)
@@ -773,13 +774,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
 
-    def _send_error(self, status: int, message: Optional[str] = None,
-                    headers: Optional[Mapping[str, str]] = None, *, close: bool = False,
-                    code: Optional[str] = None) -> None:
+    def _send_error(self, status: int, message: str | None = None,
+                    headers: Mapping[str, str] | None = None, *, close: bool = False,
+                    code: str | None = None) -> None:
         """An error in Gloo's shape: `{"error": "<text>", "code": "<text>"}`; a 422 as FastAPI's `detail` list."""
         text = message or _ERROR_MESSAGES.get(status) or HTTPStatus(status).phrase
         if status == 422:
-            payload: Dict[str, Any] = {"detail": [{"type": "value_error", "loc": ["body"], "msg": text,
+            payload: dict[str, Any] = {"detail": [{"type": "value_error", "loc": ["body"], "msg": text,
                                                    "input": None}]}
         else:
             payload = _gloo_error(text, code or _ERROR_CODES.get(status, "error"))
@@ -794,7 +795,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-    def _read_body(self) -> Optional[bytes]:
+    def _read_body(self) -> bytes | None:
         """The request body, or None after answering why it could not be read."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self._send_error(411, "send the body with a Content-Length, not chunked", close=True)
@@ -979,7 +980,7 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.finish_reason == "error":
                 self._send_error(504, str(_PROVIDER_TIMEOUT["message"]))
                 return
-            message: Dict[str, Any] = {"role": "assistant",
+            message: dict[str, Any] = {"role": "assistant",
                                        "content": "".join(d.get("content", "") for d in reply.deltas)}
             if reply.tool_calls:
                 message = {"role": "assistant", "content": None, "tool_calls": reply.tool_calls}
@@ -989,7 +990,7 @@ class _Handler(BaseHTTPRequestHandler):
                 answer["citations"] = reply.citations
             self._send_json(200, answer)
 
-    def _play(self, scripted: "_Scripted") -> None:
+    def _play(self, scripted: _Scripted) -> None:
         self.send_response(scripted.status)
         for name, value in scripted.headers:
             self.send_header(name, value)
@@ -1008,7 +1009,7 @@ class _Handler(BaseHTTPRequestHandler):
 _INVALID = object()
 
 
-def _basic_credentials(header: str) -> Optional[Tuple[str, str]]:
+def _basic_credentials(header: str) -> tuple[str, str] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return None
@@ -1020,7 +1021,7 @@ def _basic_credentials(header: str) -> Optional[Tuple[str, str]]:
     return (client_id, client_secret) if sep else None
 
 
-def _retry_headers(status: int, seconds: int, *, always: bool = False) -> Dict[str, str]:
+def _retry_headers(status: int, seconds: int, *, always: bool = False) -> dict[str, str]:
     headers = {}
     if always or status in (429, 503):
         headers["Retry-After"] = str(seconds)
@@ -1077,7 +1078,7 @@ _SOURCES = (
 )
 
 
-def _citations(prompt: str, publisher: str, limit: int, *, none: bool = False) -> List[dict]:
+def _citations(prompt: str, publisher: str, limit: int, *, none: bool = False) -> list[dict]:
     """`limit` plausible sources from `publisher`, the most relevant to the prompt first."""
     if none:
         return []
@@ -1112,8 +1113,8 @@ def _huge_event_line(reply: _Reply, size: int) -> bytes:
 @dataclass(frozen=True)
 class _Scripted:
     status: int
-    headers: Tuple[Tuple[str, str], ...]
-    writes: Tuple[bytes, ...]
+    headers: tuple[tuple[str, str], ...]
+    writes: tuple[bytes, ...]
     delay: float
 
 
@@ -1126,7 +1127,7 @@ class FakeGloo:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, client_id: str = "fake-client-id",
                  client_secret: str = "fake-client-secret", expires_in: int = 3600, delay: float = 0.0,
-                 style: str = "gloo", api_key: Optional[str] = None, token_delay: float = 0.0,
+                 style: str = "gloo", api_key: str | None = None, token_delay: float = 0.0,
                  scenario: str = "", quiet: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         if style not in ("gloo", "openai"):
             raise ValueError(f"style must be 'gloo' or 'openai', not {style!r}")
@@ -1136,21 +1137,21 @@ class FakeGloo:
         self.expires_in, self.delay, self.style = expires_in, delay, style
         self.api_key, self.token_delay, self.scenario = api_key, token_delay, scenario
         self.quiet, self.clock = quiet, clock
-        self.issued_tokens: List[str] = []
-        self.requests: List[Dict[str, Any]] = []
+        self.issued_tokens: list[str] = []
+        self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._disconnected = threading.Condition(self._lock)
         self._token_requests = self._disconnects = self._active_streams = 0
-        self._token_expiry: Dict[str, float] = {}
-        self._failures: Dict[str, int] = {}
-        self._script: Deque[_Scripted] = collections.deque()
+        self._token_expiry: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._script: collections.deque[_Scripted] = collections.deque()
         self._stopping = threading.Event()
-        self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
     # -- life cycle -----------------------------------------------------------
 
-    def start(self) -> "FakeGloo":
+    def start(self) -> FakeGloo:
         """Bind and serve in a background thread (idempotent); returns self."""
         if self._server is None:
             self._stopping.clear()
@@ -1173,7 +1174,7 @@ class FakeGloo:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> "FakeGloo":
+    def __enter__(self) -> FakeGloo:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -1200,7 +1201,7 @@ class FakeGloo:
         return self.base_url + _COMPLETIONS_PATH
 
     @property
-    def env(self) -> Dict[str, str]:
+    def env(self) -> dict[str, str]:
         """The environment that points a client here (GLOO_API_KEY only when api_key is set)."""
         env = {"GLOO_CLIENT_ID": self.client_id, "GLOO_CLIENT_SECRET": self.client_secret,
                "GLOO_TOKEN_URL": self.token_url, "GLOO_API_URL": self.api_url}
@@ -1233,7 +1234,7 @@ class FakeGloo:
         with self._disconnected:
             return self._disconnected.wait_for(lambda: self._disconnects >= count, timeout)
 
-    def enqueue(self, status: int = 200, headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+    def enqueue(self, status: int = 200, headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
                 writes: Sequence[bytes] = (), delay: float = 0.0) -> None:
         """Script the next completion response exactly: status, headers, then each bytes object
         written and flushed on its own, `delay` seconds apart, then the connection closes."""
@@ -1267,11 +1268,11 @@ class FakeGloo:
             expiry = self._token_expiry.get(token)
         return expiry is not None and self.clock() < expiry
 
-    def _record(self, request: Dict[str, Any]) -> None:
+    def _record(self, request: dict[str, Any]) -> None:
         with self._lock:
             self.requests.append(request)
 
-    def _next_scripted(self) -> Optional[_Scripted]:
+    def _next_scripted(self) -> _Scripted | None:
         with self._lock:
             return self._script.popleft() if self._script else None
 
@@ -1310,7 +1311,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Serve in the foreground until Ctrl-C; print the `export` lines that point a client here."""
     parser = argparse.ArgumentParser(
         prog="fake_gloo.py", description="Run a local simulator of the Gloo AI API (OAuth + chat completions).",

@@ -39,7 +39,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 try:
     import gloo_stream
@@ -55,7 +56,6 @@ from gloo_stream import (
     GlooClient,
     ServerSentEvent,
     StreamError,
-    StreamTimeoutError,
     TokenError,
     UnexpectedResponseError,
 )
@@ -106,14 +106,14 @@ class Setting:
     kind: str  # "str", "secret", "int", "float", "list" (comma-separated) or "choice"
     default: Any
     help: str
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    choices: Tuple[str, ...] = ()
-    flag: Optional[str] = ""  # "" derives --name-with-dashes; None: environment only
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    flag: str | None = ""  # "" derives --name-with-dashes; None: environment only
     library: bool = False  # gloo_stream reads the variable itself when the value is left None
 
     @property
-    def option(self) -> Optional[str]:
+    def option(self) -> str | None:
         """The command-line option, or None for a setting read from the environment only."""
         if self.flag is None:
             return None
@@ -163,7 +163,7 @@ class Setting:
 
 
 _MIB = 1024 * 1024
-SETTINGS: Tuple[Setting, ...] = (
+SETTINGS: tuple[Setting, ...] = (
     Setting("host", "PROXY_HOST", "str", "127.0.0.1", "address to bind"),
     Setting("port", "PROXY_PORT", "int", 3001, "port to bind, 0 for any free one", 0, 65535),
     Setting("cors_origins", "PROXY_CORS_ORIGIN", "list", ("http://localhost:3000",),
@@ -212,7 +212,7 @@ SETTINGS: Tuple[Setting, ...] = (
             flag=None, library=True),
 )
 _PYTHON_TYPES = {"str": Optional[str], "secret": Optional[str], "int": int, "float": float,
-                 "list": Tuple[str, ...], "choice": str}
+                 "list": tuple[str, ...], "choice": str}
 
 
 def _normalise_origin(text: str) -> str:
@@ -240,14 +240,20 @@ def _normalise_origin(text: str) -> str:
 class _ConfigMethods:
     """The behaviour of ProxyConfig; its fields come from SETTINGS."""
 
+    if TYPE_CHECKING:  # the fields are made from SETTINGS at run time, so a type checker sees them as Any
+        def __init__(self, **fields: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+        cors_origins: tuple[str, ...]
+        allowed_hosts: tuple[str, ...]
+
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Any:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
         """Read PROXY_* variables (explicit `overrides` win); raises ConfigurationError on bad values.
 
         GLOO_* settings are left None here: gloo_stream reads them itself when the client is built.
         """
         env = os.environ if environ is None else environ
-        values: Dict[str, Any] = {}
+        values: dict[str, Any] = {}
         for setting in SETTINGS:
             raw = env.get(setting.env)
             if setting.library or raw is None or (raw.strip() == "" and setting.kind != "list"):
@@ -262,22 +268,24 @@ class _ConfigMethods:
         """Raise ConfigurationError when a value cannot work; normalises origins and host names."""
         for setting in SETTINGS:
             setting.check(getattr(self, setting.name), setting.source())
-        origins = tuple(_normalise_origin(origin) for origin in getattr(self, "cors_origins"))
-        setattr(self, "cors_origins", origins)
-        setattr(self, "allowed_hosts", tuple(name.strip().lower().rstrip(".") for name in getattr(self, "allowed_hosts")))
-        _parse_networks(getattr(self, "trusted_proxies"))
+        origins = tuple(_normalise_origin(origin) for origin in self.cors_origins)
+        self.cors_origins = origins
+        self.allowed_hosts = tuple(name.strip().lower().rstrip(".") for name in self.allowed_hosts)
+        _parse_networks(self.trusted_proxies)
 
 
-ProxyConfig = make_dataclass(
+ProxyConfig: type[_ConfigMethods] = make_dataclass(
     "ProxyConfig",
     [(s.name, _PYTHON_TYPES[s.kind], field(default=s.default, repr=s.kind != "secret")) for s in SETTINGS],
     bases=(_ConfigMethods,),
 )
 ProxyConfig.__module__ = __name__
-ProxyConfig.__doc__ = """Everything the proxy needs, one field per entry of SETTINGS; `from_env()` reads PROXY_* variables."""
+ProxyConfig.__doc__ = (
+    """Everything the proxy needs, one field per entry of SETTINGS; `from_env()` reads PROXY_* variables."""
+)
 
 
-def _parse_networks(entries: Sequence[str]) -> Tuple[Any, ...]:
+def _parse_networks(entries: Sequence[str]) -> tuple[Any, ...]:
     networks = []
     for entry in entries:
         try:
@@ -301,7 +309,7 @@ class _RateLimiter:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self._clock = clock
-        self._buckets: Dict[str, Tuple[float, float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def take(self, key: str) -> float:
@@ -349,9 +357,9 @@ class _Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.started = time.time()
-        self.requests: Dict[Tuple[str, int], int] = {}
-        self.streams: Dict[str, int] = {}
-        self.upstream_errors: Dict[str, int] = {}
+        self.requests: dict[tuple[str, int], int] = {}
+        self.streams: dict[str, int] = {}
+        self.upstream_errors: dict[str, int] = {}
         self.bytes_relayed = 0
         self.events_relayed = 0
         self.refused_connections = 0
@@ -362,7 +370,7 @@ class _Metrics:
         with self._lock:
             self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
 
-    def stream_done(self, outcome: str, duration: float, ttft: Optional[float], events: int, nbytes: int) -> None:
+    def stream_done(self, outcome: str, duration: float, ttft: float | None, events: int, nbytes: int) -> None:
         with self._lock:
             self.streams[outcome] = self.streams.get(outcome, 0) + 1
             self.duration.observe(duration)
@@ -380,7 +388,7 @@ class _Metrics:
             self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
 
     def render(self, active_streams: int) -> str:
-        out: List[str] = []
+        out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
             out.append(f"# HELP {name} {help_text}")
@@ -419,7 +427,7 @@ class _Metrics:
             out.append(f"gloo_proxy_uptime_seconds {time.time() - self.started:.3f}")
         return "\n".join(out) + "\n"
 
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "requests": sum(self.requests.values()),
@@ -522,7 +530,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
 def _printable(text: str) -> str:
     """Control characters (and backslashes) escaped, so a log line shows them and cannot be forged."""
-    return _UNPRINTABLE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 # ---------------------------------------------------------------------------
@@ -538,7 +546,7 @@ class _RelayError(Exception):
     """
 
     def __init__(self, status: int, message: str, *, error_type: str = "invalid_request_error",
-                 code: Any = None, headers: Optional[Dict[str, str]] = None, close: bool = False,
+                 code: Any = None, headers: dict[str, str] | None = None, close: bool = False,
                  outcome: str = "rejected") -> None:
         super().__init__(message)
         self.status = status
@@ -549,7 +557,7 @@ class _RelayError(Exception):
         self.close = close
         self.outcome = outcome
 
-    def body(self) -> Dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         """The JSON error object, redacted."""
         return {"error": {"message": _redact(self.message), "type": self.error_type, "code": self.code}}
 
@@ -558,12 +566,12 @@ class _RelayError(Exception):
         return ("data: " + json.dumps(self.body()) + "\n\n").encode()
 
     @classmethod
-    def mid_stream(cls, kind: str, message: str, *, status: int = 502, code: Any = None) -> "_RelayError":
+    def mid_stream(cls, kind: str, message: str, *, status: int = 502, code: Any = None) -> _RelayError:
         """A failure after the 200: `kind` is both the event's type and the outcome."""
         return cls(status, message, error_type=kind, code=status if code is None else code, outcome=kind)
 
 
-def _upstream_message(body: str) -> Tuple[str, Any]:
+def _upstream_message(body: str) -> tuple[str, Any]:
     """Gloo's own words from an error body, and its code: {"error", "code"}, {"detail": [...]}, OpenAI's shape."""
     try:
         parsed = json.loads(body)
@@ -592,7 +600,9 @@ def _describe_validation(item: Any) -> str:
         return str(item)[:100] if isinstance(item, (str, int, float)) else "invalid value"
     loc = item.get("loc")
     where = ".".join(str(part) for part in loc if part != "body") if isinstance(loc, list) else ""
-    message = item.get("msg") if isinstance(item.get("msg"), str) else "invalid value"
+    message = item.get("msg")
+    if not isinstance(message, str):
+        message = "invalid value"
     return f"{where}: {message}" if where else message
 
 
@@ -606,7 +616,7 @@ def _retry_after(exc: APIStatusError) -> str:
     return str(max(1, min(86400, math.ceil(wait))))
 
 
-def _from_upstream(exc: Exception) -> Tuple[str, _RelayError]:
+def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
     """What a failure before the first byte becomes for the client: (metrics kind, error)."""
     if isinstance(exc, APIStatusError):
         status = exc.status
@@ -656,6 +666,7 @@ def _depth(value: Any) -> int:
     stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -680,7 +691,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_json_body(raw: bytes) -> Dict[str, Any]:
+def _parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong with it."""
     try:
         body = json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_reject_constant)
@@ -715,7 +726,7 @@ _HARMLESS_DEFAULTS = {"n": 1}  # OpenAI fields accepted when they ask for what G
 class _CompletionRequest:
     """What a client asked for, checked: the upstream payload and how to answer."""
 
-    payload: Dict[str, Any]
+    payload: dict[str, Any]
     stream: bool
     openai: bool
     include_usage: bool
@@ -723,9 +734,9 @@ class _CompletionRequest:
     prompt_chars: int
 
 
-def _completion_request(body: Dict[str, Any], *, openai: bool) -> _CompletionRequest:
+def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequest:
     """Apply the field policy: documented Gloo fields forwarded, OpenAI names mapped, the rest a 400."""
-    payload: Dict[str, Any] = {}
+    payload: dict[str, Any] = {}
     for key, value in body.items():
         if key == "stream" or value is None:
             continue
@@ -775,11 +786,11 @@ def _check_messages(messages: Any) -> None:
 _MARKER = re.compile(r"\[\[(long|huge_event|slow|trickle):([0-9.]+)((?::[a-z]+)?)\]\]")
 
 
-def _cap_markers(messages: List[Dict[str, Any]], *, max_event_bytes: int) -> None:
+def _cap_markers(messages: list[dict[str, Any]], *, max_event_bytes: int) -> None:
     """Clamp the simulator's size and pace markers in place: [[long:2000000]] becomes [[long:5000]]."""
     caps = {"long": 5000, "huge_event": max_event_bytes + 64 * 1024, "slow": 2.0, "trickle": 0.05}
 
-    def cap(match: "re.Match[str]") -> str:
+    def cap(match: re.Match[str]) -> str:
         name, value, rest = match.group(1), match.group(2), match.group(3)
         try:
             number = float(value)
@@ -836,7 +847,7 @@ class _EventWriter:
         self._write(b"%x\r\n%s\r\n" % (len(payload), payload) if self.chunked else payload)
         self.last_write = time.monotonic()
 
-    def relay(self, batch: List[ServerSentEvent]) -> None:
+    def relay(self, batch: list[ServerSentEvent]) -> None:
         """One upstream read's events in one write."""
         parts = []
         for event in batch:
@@ -864,7 +875,7 @@ class _StreamSink:
 
     heartbeats = True
 
-    def __init__(self, writer: _EventWriter, request: "_CompletionRequest") -> None:
+    def __init__(self, writer: _EventWriter, request: _CompletionRequest) -> None:
         self.writer = writer
         self.request = request
         self.usage_sent = False
@@ -873,7 +884,7 @@ class _StreamSink:
     def last_write(self) -> float:
         return self.writer.last_write
 
-    def add(self, batch: List[ServerSentEvent]) -> None:
+    def add(self, batch: list[ServerSentEvent]) -> None:
         self.writer.relay(batch)
         if self.request.include_usage and not self.usage_sent:
             self.usage_sent = any(_is_usage_chunk(event.data) for event in batch if '"usage"' in event.data)
@@ -881,7 +892,7 @@ class _StreamSink:
     def heartbeat(self) -> None:
         self.writer.heartbeat()
 
-    def finish(self, error: Optional[_RelayError], loop: "_RelayLoop") -> None:
+    def finish(self, error: _RelayError | None, loop: _RelayLoop) -> None:
         """The error event, or on /v1 the OpenAI ending: usage in a chunk of its own when asked, [DONE]."""
         tail = b""
         if error is not None:
@@ -908,7 +919,7 @@ class _AnswerSink:
         self.limit = limit
         self.size = 0
 
-    def add(self, batch: List[ServerSentEvent]) -> None:
+    def add(self, batch: list[ServerSentEvent]) -> None:
         self.size += sum(len(event.data) for event in batch)
         if self.size > self.limit:
             raise _RelayError.mid_stream("answer_too_large", f"the answer passed {self.limit} bytes "
@@ -944,7 +955,7 @@ class _RelayLoop:
     is decided by the library (`ChatStream.read_batch()` folds them; `ChatStream.outcome`).
     """
 
-    def __init__(self, handler: "_Handler", stream: ChatStream, sink: Any) -> None:
+    def __init__(self, handler: _Handler, stream: ChatStream, sink: Any) -> None:
         self.server = handler.server
         self.config = handler.server.config
         self.client_left = handler.client_left
@@ -955,9 +966,9 @@ class _RelayLoop:
         self.poller.register(self.upstream_fd, _POLL_IN)
         self.poller.register(handler.connection.fileno(), _POLL_IN | _POLL_GONE)
         self.last_upstream = time.monotonic()
-        self.first_content: Optional[float] = None
+        self.first_content: float | None = None
 
-    def run(self) -> Optional[_RelayError]:
+    def run(self) -> _RelayError | None:
         """Relay until the answer ends (see the class docstring)."""
         try:
             return self._pump()
@@ -970,7 +981,7 @@ class _RelayLoop:
         except OSError:
             raise _ClientGone("client_gone") from None
 
-    def _pump(self) -> Optional[_RelayError]:
+    def _pump(self) -> _RelayError | None:
         stream = self.stream
         idle = self.config.upstream_idle_seconds
         while True:
@@ -1014,7 +1025,7 @@ class _RelayLoop:
             if self.sink.heartbeats and now - self.sink.last_write >= heartbeat:
                 self.sink.heartbeat()
 
-    def _verdict(self) -> Optional[_RelayError]:
+    def _verdict(self) -> _RelayError | None:
         """None for a finished answer; else the one error that ends the stream, from `stream.outcome`."""
         outcome = self.stream.outcome
         if outcome.kind == "finished":
@@ -1040,7 +1051,7 @@ _CUT_SHORT = {
 class _Origins:
     """Which pages may call the API: PROXY_CORS_ORIGIN, `*`, and the proxy's own page (same origin)."""
 
-    def __init__(self, server: "ProxyServer") -> None:
+    def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.listed = server.config.cors_origins
         self.any = "*" in self.listed
@@ -1048,7 +1059,7 @@ class _Origins:
     def allowed(self, origin: str, host: str, peer: str) -> bool:
         return self.any or origin in self.listed or self.same_origin(origin, host, peer)
 
-    def cors_headers(self, origin: str) -> List[Tuple[str, str]]:
+    def cors_headers(self, origin: str) -> list[tuple[str, str]]:
         """The CORS answer headers for a request with this Origin."""
         if origin in self.listed:  # (the proxy's own page is same-origin: it needs no CORS header)
             return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
@@ -1094,15 +1105,15 @@ class _Exchange:
     continue_sent: bool = False
     static_file: str = ""
     extra_bytes: int = 0  # bytes the client sent after its request, read and dropped
-    extra: Dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Route:
     """A fixed route: its methods, the handler method, and the guards in front of it."""
 
-    methods: Tuple[str, ...]
-    handler: Callable[["_Handler"], None]
+    methods: tuple[str, ...]
+    handler: Callable[[_Handler], None]
     api: bool = False  # CORS, preflight, the client key and the rate limit
     key: bool = False  # the client key only
 
@@ -1113,8 +1124,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "gloo-stream-proxy/" + gloo_stream.__version__
     sys_version = ""
     disable_nagle_algorithm = True  # small event writes must leave at once
-    server: "ProxyServer"
-    routes: Dict[str, _Route] = {}  # filled in below the class
+    server: ProxyServer
+    routes: dict[str, _Route] = {}  # filled in below the class
     exchange: _Exchange
 
     # -- connection and request lifecycle ---------------------------------
@@ -1254,7 +1265,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses ----------------------------------------------------------
 
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, header limits) as JSON too."""
         self._answer_error(_RelayError(code, message or self.responses.get(code, ("error",))[0], close=True))
 
@@ -1264,7 +1275,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http.server: " + format, *args)
 
-    def _start(self, status: int, headers: Sequence[Tuple[str, str]]) -> None:
+    def _start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         self._discard_unread_body()
         self.exchange.status = status
         self.send_response_only(status)
@@ -1277,7 +1288,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send_body(self, status: int, body: bytes, content_type: str,
-                   headers: Sequence[Tuple[str, str]] = ()) -> None:
+                   headers: Sequence[tuple[str, str]] = ()) -> None:
         all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store"), *headers]
         self.connection.settimeout(self.server.config.write_timeout_seconds)
@@ -1285,7 +1296,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_json(self, status: int, payload: Any, headers: Sequence[Tuple[str, str]] = ()) -> None:
+    def _send_json(self, status: int, payload: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
         self._send_body(status, json.dumps(payload).encode(), "application/json", headers)
 
     def _answer_error(self, error: _RelayError) -> None:
@@ -1332,7 +1343,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- checks -------------------------------------------------------------
 
-    def _cors_headers(self) -> List[Tuple[str, str]]:
+    def _cors_headers(self) -> list[tuple[str, str]]:
         origin = self.headers.get("Origin") if self.headers is not None else None
         return self.server.origins.cors_headers(origin) if origin else []
 
@@ -1430,7 +1441,7 @@ class _Handler(BaseHTTPRequestHandler):
                               error_type="upstream_error", code=error.code, outcome=error.outcome)
         self._send_json(200, _chat_completion(stream.result()))
 
-    def _run(self, stream: ChatStream, sink: Any) -> Tuple[Optional[_RelayLoop], Optional[_RelayError]]:
+    def _run(self, stream: ChatStream, sink: Any) -> tuple[_RelayLoop | None, _RelayError | None]:
         """Run the relay loop, then record how it went; (None, None) when the client left."""
         loop = _RelayLoop(self, stream, sink)
         error = None
@@ -1465,9 +1476,9 @@ _Handler.routes = {
 }
 
 
-def _chat_completion(result: Any) -> Dict[str, Any]:
+def _chat_completion(result: Any) -> dict[str, Any]:
     """A ChatResult as OpenAI's chat.completion object."""
-    message: Dict[str, Any] = {"role": "assistant", "content": result.text}
+    message: dict[str, Any] = {"role": "assistant", "content": result.text}
     if result.tool_calls:
         message["tool_calls"] = [{key: call[key] for key in ("id", "type", "function")} for call in result.tool_calls]
     answer = {
@@ -1496,9 +1507,9 @@ def _shutdown(sock: socket.socket) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _client_options(config: Any) -> Dict[str, Any]:
+def _client_options(config: Any) -> dict[str, Any]:
     """GlooClient options from the config: the relay's retries never multiply the caller's."""
-    options: Dict[str, Any] = dict(
+    options: dict[str, Any] = dict(
         client_id=config.client_id, client_secret=config.client_secret, api_key=config.upstream_api_key,
         token_url=config.token_url, api_url=config.api_url, endpoint=config.endpoint,
         read_timeout=config.upstream_idle_seconds,
@@ -1524,8 +1535,8 @@ class ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024  # the listen backlog: bursts of hundreds of connections wait, not fail
 
-    def __init__(self, config: Optional[Any] = None, *, client: Optional[GlooClient] = None,
-                 log_handler: Optional[logging.Handler] = None, offline: bool = False) -> None:
+    def __init__(self, config: Any | None = None, *, client: GlooClient | None = None,
+                 log_handler: logging.Handler | None = None, offline: bool = False) -> None:
         self.config = config or ProxyConfig()
         self.config.validate()
         self.client = client or GlooClient(**_client_options(self.config))
@@ -1541,27 +1552,36 @@ class ProxyServer(ThreadingHTTPServer):
         self.upstream_auth_failures = 0  # in a row; /health is "degraded" past a few
         self._streams_lock = threading.Condition()
         self._active = 0
-        self._tracked: "set[ChatStream]" = set()
-        self._connections: Dict[socket.socket, bool] = {}  # open client connections: idle between requests?
+        self._tracked: set[ChatStream] = set()
+        self._connections: dict[socket.socket, bool] = {}  # open client connections: idle between requests?
         self._open_connections = 0  # admitted by process_request, released by shutdown_request
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
         super().__init__((self.config.host, int(self.config.port)), _Handler)
-        self.loopback_only = self._is_loopback(self.server_address[0])
+        self.loopback_only = self._is_loopback(self.host)
         self.origins = _Origins(self)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the host's full name: slow or hanging on closed networks.
         socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = host, port
+        self.server_name, self.server_port = self.host, self.port
 
     # -- addresses ----------------------------------------------------------
 
     @property
+    def host(self) -> str:
+        """The address bound (an IP address literal)."""
+        return str(self.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The port bound (the OS's choice when asked for port 0)."""
+        return int(self.server_address[1])
+
+    @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.host, self.port
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
@@ -1583,7 +1603,7 @@ class ProxyServer(ThreadingHTTPServer):
             return False
         return any(ip in network for network in self.trusted_networks)
 
-    def client_ip(self, peer: str, forwarded_for: List[str]) -> str:
+    def client_ip(self, peer: str, forwarded_for: list[str]) -> str:
         """The client's address: `peer`, or from X-Forwarded-For when the peer is a trusted proxy."""
         if not self.trusted_networks or not self.is_trusted(peer):
             return peer
@@ -1620,12 +1640,12 @@ class ProxyServer(ThreadingHTTPServer):
             raise _RelayError(429, "rate limit exceeded: slow down", error_type="rate_limit_error",
                               code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def startup_warnings(self) -> List[str]:
+    def startup_warnings(self) -> list[str]:
         """What an operator must know before trusting this configuration."""
         warnings = []
         if not self.loopback_only and not self.config.api_key:
-            warnings.append(f"WARNING: listening on {self.server_address[0]}, beyond this machine, without "
-                            f"PROXY_API_KEY: anyone who can reach port {self.server_address[1]} can spend the Gloo "
+            warnings.append(f"WARNING: listening on {self.host}, beyond this machine, without "
+                            f"PROXY_API_KEY: anyone who can reach port {self.port} can spend the Gloo "
                             "credentials this proxy holds. Set PROXY_API_KEY, or bind 127.0.0.1 behind a front proxy.")
         if "*" in self.config.cors_origins:
             warnings.append("WARNING: PROXY_CORS_ORIGIN=* lets any web page call this proxy from its visitors' "
@@ -1635,9 +1655,9 @@ class ProxyServer(ThreadingHTTPServer):
     # -- static files -------------------------------------------------------
 
     @staticmethod
-    def _scan_static(root: str) -> Dict[str, str]:
+    def _scan_static(root: str) -> dict[str, str]:
         """The files that can ever be served: regular files directly in `root`, no links."""
-        files: Dict[str, str] = {}
+        files: dict[str, str] = {}
         try:
             names = os.listdir(root)
         except OSError:
@@ -1654,14 +1674,14 @@ class ProxyServer(ThreadingHTTPServer):
             files["/"] = files["/index.html"]
         return files
 
-    def static_file(self, path: str) -> Optional[str]:
+    def static_file(self, path: str) -> str | None:
         """The file for a URL path, only ever one found by the startup scan."""
         found = self._static.get(path)
         if found is None and path == "/":
             return _FALLBACK_PAGE_MARKER
         return found
 
-    def static_body(self, file_path: str, host: str) -> Tuple[bytes, str]:
+    def static_body(self, file_path: str, host: str) -> tuple[bytes, str]:
         """A page file's bytes and type (the built-in page when web/ is missing); 404 if it went away."""
         if file_path == _FALLBACK_PAGE_MARKER:
             return self.fallback_page(host), "text/html; charset=utf-8"
@@ -1728,7 +1748,7 @@ class ProxyServer(ThreadingHTTPServer):
         return ChatStream(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
                           max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
 
-    def health(self) -> Dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         """The /health answer; "degraded" after repeated upstream credential failures."""
         degraded = self.upstream_auth_failures >= _AUTH_FAILURES_FOR_DEGRADED
         answer = {
@@ -1748,8 +1768,8 @@ class ProxyServer(ThreadingHTTPServer):
                                  "times in a row: check GLOO_CLIENT_ID / GLOO_CLIENT_SECRET or GLOO_API_KEY")
         return answer
 
-    def stream_done(self, exchange: _Exchange, loop: Optional[_RelayLoop], error: Optional[_RelayError],
-                    writer: Optional[_EventWriter]) -> None:
+    def stream_done(self, exchange: _Exchange, loop: _RelayLoop | None, error: _RelayError | None,
+                    writer: _EventWriter | None) -> None:
         """Metrics and the log line's fields for one relayed (or collected) stream."""
         first = loop.first_content if loop is not None else None
         ttft = None if first is None else first - exchange.started
@@ -1807,7 +1827,7 @@ class ProxyServer(ThreadingHTTPServer):
     def request_done(self, exchange: _Exchange, client: str, method: str) -> None:
         """Count the request and write its one log line."""
         self.metrics.request(exchange.route, exchange.status)
-        record: Dict[str, Any] = {
+        record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "client": client,
             "method": method or "-",
@@ -1819,7 +1839,7 @@ class ProxyServer(ThreadingHTTPServer):
         record.update({key: value for key, value in exchange.extra.items() if value is not None})
         self.log_line(record)
 
-    def log_line(self, record: Dict[str, Any]) -> None:
+    def log_line(self, record: dict[str, Any]) -> None:
         """One line per request, text or JSON; never a secret (nothing from headers or bodies)."""
         if self.config.log_format == "json":
             line = json.dumps(record, separators=(",", ":"))  # escapes control characters itself
@@ -1864,7 +1884,7 @@ class ProxyServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unhandled error on a connection")
 
-    def start(self) -> "ProxyServer":
+    def start(self) -> ProxyServer:
         """Serve in a background thread."""
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="gloo-proxy", daemon=True)
@@ -1880,7 +1900,7 @@ class ProxyServer(ThreadingHTTPServer):
         except OSError:
             pass
 
-    def drain(self, grace: Optional[float] = None) -> bool:
+    def drain(self, grace: float | None = None) -> bool:
         """Stop accepting, let streams in flight finish (up to `grace` seconds); True if all finished."""
         grace = self.config.drain_seconds if grace is None else grace
         self.draining = True
@@ -1921,7 +1941,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._shutdown_connections(idle_only=False)
         self.server_close()
 
-    def __enter__(self) -> "ProxyServer":
+    def __enter__(self) -> ProxyServer:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -1972,7 +1992,7 @@ class _OptionType:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (already parsed by their settings)."""
     return {s.name: getattr(args, s.name) for s in SETTINGS if s.option and getattr(args, s.name) is not None}
 
@@ -1987,7 +2007,7 @@ def _start_offline() -> Any:
     return fake
 
 
-def _bind_error(exc: OSError, host: str, port: Any) -> List[str]:
+def _bind_error(exc: OSError, host: str, port: Any) -> list[str]:
     """The lines that explain a failed bind: the real address, and a way out that applies."""
     shown = f"[{host}]" if ":" in host else host
     lines = [f"error: cannot listen on {shown}:{port}: {exc.strerror or exc}"]
@@ -2001,7 +2021,7 @@ def _bind_error(exc: OSError, host: str, port: Any) -> List[str]:
     return lines
 
 
-def _configure(args: argparse.Namespace) -> Tuple[Any, Any]:
+def _configure(args: argparse.Namespace) -> tuple[Any, Any]:
     """The config and, with --offline, the simulator it relays."""
     gloo_stream.load_dotenv()
     config = ProxyConfig.from_env(**_overrides(args))
@@ -2016,7 +2036,7 @@ def _configure(args: argparse.Namespace) -> Tuple[Any, Any]:
     return config, fake
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT (a second one stops at once); returns the exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -2032,7 +2052,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fake.stop()
         return 2
     except OSError as exc:
-        for line in _bind_error(exc, config.host, config.port):
+        host, port = (config.host, config.port) if config is not None else (args.host or "127.0.0.1", args.port or 3001)
+        for line in _bind_error(exc, host, port):
             print(line, file=sys.stderr)
         if fake is not None:
             fake.stop()
@@ -2046,7 +2067,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _serve(server: ProxyServer, config: Any) -> bool:
     """Serve until a signal, then drain; True when a second signal cut the drain short."""
-    signals: List[int] = []
+    signals: list[int] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         signals.append(signum)

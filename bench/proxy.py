@@ -27,7 +27,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAMP = re.compile(rb'"sent_ns": ?(\d+)')
@@ -37,7 +36,7 @@ CONTENT = re.compile(rb'"content": ?"[^"]')
 # -- processes ----------------------------------------------------------------
 
 
-def start(cmd: List[str], pattern: str, env: Dict[str, str], stream: str) -> Tuple[subprocess.Popen, str]:
+def start(cmd: list[str], pattern: str, env: dict[str, str], stream: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     source = proc.stdout if stream == "stdout" else proc.stderr
     deadline = time.monotonic() + 20
@@ -72,7 +71,7 @@ def threads(pid: int) -> int:
 
 
 class Target:
-    def __init__(self, base: str, path: str, token: Optional[str] = None) -> None:
+    def __init__(self, base: str, path: str, token: str | None = None) -> None:
         parts = urllib.parse.urlsplit(base)
         self.host, self.port = parts.hostname, parts.port
         self.path = path
@@ -86,7 +85,7 @@ class Target:
                 f"{auth}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-def timed_stream(target: Target, prompt: str) -> Tuple[float, List[int], float, float]:
+def timed_stream(target: Target, prompt: str) -> tuple[float, list[int], float, float]:
     """(time to first content event, [arrival - send in ns for stamped events], total seconds, start)."""
     sock = socket.create_connection((target.host, target.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -94,8 +93,8 @@ def timed_stream(target: Target, prompt: str) -> Tuple[float, List[int], float, 
     sock.sendall(target.request(prompt))
     buffer = b""
     scanned = 0
-    first: Optional[float] = None
-    delays: List[int] = []
+    first: float | None = None
+    delays: list[int] = []
     while True:
         data = sock.recv(65536)
         now_ns = time.time_ns()
@@ -114,12 +113,12 @@ def timed_stream(target: Target, prompt: str) -> Tuple[float, List[int], float, 
     return (first if first is not None else total), delays, total, started
 
 
-def percentile(values: List[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def concurrent_streams(target: Target, prompt: str, count: int, proxy_pid: int) -> Tuple[int, float, int, int]:
+def concurrent_streams(target: Target, prompt: str, count: int, proxy_pid: int) -> tuple[int, float, int, int]:
     """Open `count` streams at once; (completed, seconds, peak RSS KiB, peak threads)."""
     selector = selectors.DefaultSelector()
     request = target.request(prompt)

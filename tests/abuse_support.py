@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple
+from collections.abc import Sequence
 
 from tests.support import clean_environment
 
@@ -41,21 +42,21 @@ _POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 # ---------------------------------------------------------------------------
 
 
-def chunk_event(content: Optional[str] = None, finish: Optional[str] = None, **extra: Any) -> bytes:
+def chunk_event(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
     """One `data:` event holding a chat.completion.chunk."""
     delta = {} if content is None else {"content": content}
-    body: Dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "model": "scripted",
+    body: dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "model": "scripted",
                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     body.update(extra)
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def answer_events(words: Sequence[str], finish: str = "stop") -> List[bytes]:
+def answer_events(words: Sequence[str], finish: str = "stop") -> list[bytes]:
     """A whole streamed answer: a content event per word, then the finish event."""
     return [chunk_event(word) for word in words] + [chunk_event(None, finish)]
 
 
-def http_head(status: int = 200, headers: Sequence[Tuple[str, str]] = (("Content-Type", "text/event-stream"),),
+def http_head(status: int = 200, headers: Sequence[tuple[str, str]] = (("Content-Type", "text/event-stream"),),
               reason: str = "OK") -> bytes:
     """A response head whose body runs until the connection closes."""
     lines = [f"HTTP/1.1 {status} {reason}"] + [f"{name}: {value}" for name, value in headers]
@@ -86,7 +87,7 @@ def stream_request(path: str, prompt: str, *, headers: str = "", close: bool = T
 class Request(NamedTuple):
     method: str
     path: str
-    headers: Dict[str, str]
+    headers: dict[str, str]
     body: bytes
 
     def prompt(self) -> str:
@@ -101,14 +102,14 @@ class Request(NamedTuple):
 class Peer:
     """One accepted connection, as a handler sees it."""
 
-    def __init__(self, sock: socket.socket, server: "ScriptedServer") -> None:
+    def __init__(self, sock: socket.socket, server: ScriptedServer) -> None:
         self.sock = sock
         self.server = server
         self._buffer = b""
         self.sent = 0
         self.gone = False
 
-    def read_request(self, timeout: float = 10.0) -> Optional[Request]:
+    def read_request(self, timeout: float = 10.0) -> Request | None:
         """The next HTTP request (head and Content-Length body), or None if the peer closed."""
         self.sock.settimeout(timeout)
         try:
@@ -207,14 +208,14 @@ class ScriptedServer:
         self.gone = 0
         self.finished = 0
         self._cond = threading.Condition()
-        self._socks: "set[socket.socket]" = set()
+        self._socks: set[socket.socket] = set()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(1024)
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept, name=f"scripted-{self.port}", daemon=True)
 
-    def start(self) -> "ScriptedServer":
+    def start(self) -> ScriptedServer:
         self._thread.start()
         return self
 
@@ -325,7 +326,7 @@ def reply(*writes: bytes, pause: float = 0.0, rst: bool = False, hold: float = 0
     return handler
 
 
-def endless_line(sent: List[int], cap: int = 512 * MiB) -> Callable[[Peer], None]:
+def endless_line(sent: list[int], cap: int = 512 * MiB) -> Callable[[Peer], None]:
     """A `data:` line that never ends: 64 KiB of "x" after another until the reader leaves."""
 
     def handler(peer: Peer) -> None:
@@ -430,12 +431,12 @@ def open_files(pid: int) -> int:
 class ProxyProcess:
     """`proxy_server.py --port 0` in a subprocess; its stderr lines are collected in `lines`."""
 
-    def __init__(self, env: Dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.cwd = tempfile.mkdtemp()  # no stray .env from the checkout
         self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "proxy_server.py"), "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd,
                                      env=clean_environment(env))
-        self.lines: List[str] = []
+        self.lines: list[str] = []
         self.url = ""
         deadline = time.monotonic() + 20
         assert self.proc.stderr is not None
@@ -460,7 +461,7 @@ class ProxyProcess:
             self.lines.append(line)
 
     @property
-    def address(self) -> Tuple[str, int]:
+    def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
     @property
@@ -496,7 +497,7 @@ class ProxyProcess:
                 return count
             time.sleep(0.02)
 
-    def log_records(self) -> List[Dict[str, Any]]:
+    def log_records(self) -> list[dict[str, Any]]:
         """The JSON request log lines written so far (PROXY_LOG_FORMAT=json)."""
         records = []
         for line in list(self.lines):
@@ -507,7 +508,7 @@ class ProxyProcess:
                     pass
         return records
 
-    def stop(self) -> Tuple[str, str]:
+    def stop(self) -> tuple[str, str]:
         """SIGTERM, then kill if it lingers; returns (stdout, stderr so far)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -539,16 +540,16 @@ class _Member:
         self.sock = sock
         self.out = b""
         self.received = b""
-        self.closed_at: Optional[float] = None
+        self.closed_at: float | None = None
         self.opened_at = time.monotonic()
 
 
 class Crowd:
     """`count` connections to `address`, all driven from this thread (no thread per connection)."""
 
-    def __init__(self, address: Tuple[str, int], count: int, *, rcvbuf: Optional[int] = None) -> None:
+    def __init__(self, address: tuple[str, int], count: int, *, rcvbuf: int | None = None) -> None:
         self.selector = selectors.DefaultSelector()
-        self.members: List[_Member] = []
+        self.members: list[_Member] = []
         for _ in range(count):
             sock = socket.socket()
             if rcvbuf is not None:
@@ -560,22 +561,22 @@ class Crowd:
             self.selector.register(sock, selectors.EVENT_READ, member)
 
     @property
-    def open(self) -> List[_Member]:
+    def open(self) -> list[_Member]:
         return [m for m in self.members if m.closed_at is None]
 
     @property
     def closed_count(self) -> int:
         return sum(1 for m in self.members if m.closed_at is not None)
 
-    def send(self, data: bytes, members: Optional[List[_Member]] = None) -> None:
+    def send(self, data: bytes, members: list[_Member] | None = None) -> None:
         """Queue `data` on every open member (or the given ones); `pump` writes it."""
         for member in (self.open if members is None else members):
             if member.closed_at is None:
                 member.out += data
                 self.selector.modify(member.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, member)
 
-    def pump(self, seconds: float, *, until: Optional[Callable[[], bool]] = None,
-             tick: Optional[Callable[[], None]] = None, read: bool = True) -> None:
+    def pump(self, seconds: float, *, until: Callable[[], bool] | None = None,
+             tick: Callable[[], None] | None = None, read: bool = True) -> None:
         """Write queued bytes and read answers for `seconds` (or until `until()` is true)."""
         deadline = time.monotonic() + seconds
         next_tick = 0.0

@@ -18,7 +18,8 @@ import sys
 import time
 import unittest
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 from gloo_stream import SSEDecoder
 
@@ -38,8 +39,8 @@ class Directive:
     """One nginx directive: `name args...;` or `name args... { block }`."""
 
     name: str
-    args: List[str]
-    block: Optional[List["Directive"]] = None
+    args: list[str]
+    block: list[Directive] | None = None
 
 
 class ConfigSyntaxError(ValueError):
@@ -49,7 +50,7 @@ class ConfigSyntaxError(ValueError):
 _TOKEN = re.compile(r"""\s+|#[^\n]*|"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([{};])|([^\s{};"'#]+)""")
 
 
-def _tokens(text: str) -> Iterator[Tuple[str, bool]]:
+def _tokens(text: str) -> Iterator[tuple[str, bool]]:
     """(token, is_punctuation) pairs; comments and whitespace dropped, quotes kept on quoted words."""
     pos = 0
     while pos < len(text):
@@ -68,10 +69,10 @@ def _tokens(text: str) -> Iterator[Tuple[str, bool]]:
             yield "'" + single + "'", False
 
 
-def parse(text: str) -> List[Directive]:
+def parse(text: str) -> list[Directive]:
     """The directives of an nginx configuration file, blocks nested."""
-    stack: List[List[Directive]] = [[]]
-    words: List[str] = []
+    stack: list[list[Directive]] = [[]]
+    words: list[str] = []
     for token, punct in _tokens(text):
         if not punct:
             words.append(token)
@@ -119,12 +120,12 @@ def walk(directives: Sequence[Directive]) -> Iterator[Directive]:
             yield from walk(directive.block)
 
 
-def named(directives: Sequence[Directive], name: str) -> List[Directive]:
+def named(directives: Sequence[Directive], name: str) -> list[Directive]:
     """The directives called `name` directly in `directives`."""
     return [d for d in directives if d.name == name]
 
 
-def _copy(directives: Sequence[Directive]) -> List[Directive]:
+def _copy(directives: Sequence[Directive]) -> list[Directive]:
     return [Directive(d.name, list(d.args), None if d.block is None else _copy(d.block)) for d in directives]
 
 
@@ -138,7 +139,7 @@ class Site:
 
     name: str
     port: int
-    upstream_ports: Tuple[int, ...]
+    upstream_ports: tuple[int, ...]
 
     @property
     def upstream(self) -> str:
@@ -152,7 +153,7 @@ def derived_config(example: str, prefix: str, sites: Sequence[Site]) -> str:
     every other directive is the example's.
     """
     main = _copy(parse(example))
-    out: List[Directive] = []
+    out: list[Directive] = []
     for directive in main:
         if directive.name == "user":
             continue  # as root the workers run as nginx's built-in default user
@@ -168,8 +169,8 @@ def derived_config(example: str, prefix: str, sites: Sequence[Site]) -> str:
     return render(out) + "\n"
 
 
-def _derived_http(http: List[Directive], prefix: str, sites: Sequence[Site]) -> List[Directive]:
-    block: List[Directive] = [Directive(name, [os.path.join(prefix, folder)]) for name, folder in (
+def _derived_http(http: list[Directive], prefix: str, sites: Sequence[Site]) -> list[Directive]:
+    block: list[Directive] = [Directive(name, [os.path.join(prefix, folder)]) for name, folder in (
         ("client_body_temp_path", "client_body"), ("proxy_temp_path", "proxy"),
         ("fastcgi_temp_path", "fastcgi"), ("uwsgi_temp_path", "uwsgi"), ("scgi_temp_path", "scgi"))]
     upstreams = [d for d in http if d.name == "upstream" and d.args == [UPSTREAM_NAME]]
@@ -198,7 +199,7 @@ def _derived_upstream(upstream: Directive, site: Site) -> Directive:
     if len(servers) < 2:
         raise ConfigSyntaxError("the example's upstream should list two or more instances")
     params = servers[0].args[1:]
-    block: List[Directive] = []
+    block: list[Directive] = []
     for directive in _copy(upstream.block or []):
         if directive.name == "server":
             if not any(d.name == "server" for d in block):  # the test's instances where the example's stood
@@ -212,7 +213,7 @@ def _derived_upstream(upstream: Directive, site: Site) -> Directive:
 
 
 def _derived_server(server: Directive, site: Site) -> Directive:
-    block: List[Directive] = []
+    block: list[Directive] = []
     listened = False
     for directive in _copy(server.block or []):
         if directive.name == "listen":
@@ -268,7 +269,7 @@ def find_nginx() -> str:
     raise unittest.SkipTest(message)
 
 
-def nginx_version(binary: str) -> Tuple[int, ...]:
+def nginx_version(binary: str) -> tuple[int, ...]:
     output = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10).stderr
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", output)
     return tuple(int(part) for part in match.groups()) if match else (0,)
@@ -285,7 +286,7 @@ class Nginx:
             handle.write(config)
         # nginx's workers run as an unprivileged user when the tests run as root: let them in.
         os.chmod(prefix, 0o755)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def start(self, ports: Sequence[int], timeout: float = 10.0) -> None:
         command = [self.binary, "-p", self.prefix + os.sep, "-c", self.config_path, "-g", "daemon off;"]
@@ -321,7 +322,7 @@ class Nginx:
     def error_log(self) -> str:
         return self.read("error.log")
 
-    def access_log(self) -> List[str]:
+    def access_log(self) -> list[str]:
         return self.read("access.log").splitlines()
 
     def diagnostics(self) -> str:
@@ -331,7 +332,7 @@ class Nginx:
 class ProxyProcess:
     """`python proxy_server.py --offline --port 0` as its own process (its own simulator)."""
 
-    def __init__(self, workdir: str, name: str, *args: str, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, workdir: str, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.log_path = os.path.join(workdir, f"{name}.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -375,11 +376,11 @@ class TimedStream:
     """A response read event by event: each data event with the moment it was decoded."""
 
     status: int
-    headers: Dict[str, str]
+    headers: dict[str, str]
     started: float
-    events: List[Tuple[float, Any]] = field(default_factory=list)  # (time.time(), JSON or raw text)
+    events: list[tuple[float, Any]] = field(default_factory=list)  # (time.time(), JSON or raw text)
 
-    def content_events(self) -> List[Tuple[float, Dict[str, Any]]]:
+    def content_events(self) -> list[tuple[float, dict[str, Any]]]:
         return [(at, event) for at, event in self.events
                 if isinstance(event, dict) and any((choice.get("delta") or {}).get("content")
                                                    for choice in event.get("choices") or [])]
@@ -389,7 +390,7 @@ class TimedStream:
                        for _, event in self.events if isinstance(event, dict)
                        for choice in event.get("choices") or [])
 
-    def finish_reason(self) -> Optional[str]:
+    def finish_reason(self) -> str | None:
         for _, event in reversed(self.events):
             for choice in (event.get("choices") or []) if isinstance(event, dict) else []:
                 if choice.get("finish_reason"):

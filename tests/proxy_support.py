@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from fake_gloo import FakeGloo
 from gloo_stream import GlooClient
@@ -20,12 +20,12 @@ class LogCapture(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lines: List[str] = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
 
-    def request_lines(self, count: int, timeout: float = 3.0) -> List[str]:
+    def request_lines(self, count: int, timeout: float = 3.0) -> list[str]:
         """The request log lines, once at least `count` have been written (the line follows the answer)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -46,9 +46,9 @@ class LogCapture(logging.Handler):
 class ProxyTestCase(IsolatedTestCase):
     """A simulator and a proxy relaying it, fresh for each test; `proxy_options` adjusts the config."""
 
-    proxy_options: Dict[str, Any] = {}
-    fake_options: Dict[str, Any] = {}
-    client_options: Dict[str, Any] = {}
+    proxy_options: dict[str, Any] = {}
+    fake_options: dict[str, Any] = {}
+    client_options: dict[str, Any] = {}
 
     def setUp(self) -> None:
         super().setUp()
@@ -81,15 +81,15 @@ class ProxyTestCase(IsolatedTestCase):
 
     # -- requests -------------------------------------------------------------
 
-    def connection(self, proxy: Optional[ProxyServer] = None, timeout: float = 10) -> http.client.HTTPConnection:
+    def connection(self, proxy: ProxyServer | None = None, timeout: float = 10) -> http.client.HTTPConnection:
         proxy = proxy or self.proxy
         host, port = proxy.server_address[:2]
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         self.addCleanup(conn.close)
         return conn
 
-    def request(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None,
-                proxy: Optional[ProxyServer] = None) -> Tuple[int, Dict[str, str], bytes]:
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                proxy: ProxyServer | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = self.connection(proxy)
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         all_headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -99,12 +99,12 @@ class ProxyTestCase(IsolatedTestCase):
         payload = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
 
-    def post_stream(self, prompt: str, path: str = "/api/stream", **extra: Any) -> Tuple[int, Dict[str, str], bytes]:
+    def post_stream(self, prompt: str, path: str = "/api/stream", **extra: Any) -> tuple[int, dict[str, str], bytes]:
         body = {"messages": [{"role": "user", "content": prompt}]}
         body.update(extra)
         return self.request("POST", path, body)
 
-    def raw_socket(self, proxy: Optional[ProxyServer] = None, timeout: float = 10) -> socket.socket:
+    def raw_socket(self, proxy: ProxyServer | None = None, timeout: float = 10) -> socket.socket:
         proxy = proxy or self.proxy
         sock = socket.create_connection(proxy.server_address[:2], timeout=timeout)
         self.addCleanup(sock.close)
@@ -132,7 +132,7 @@ def read_until_closed(sock: socket.socket, limit: int = 10_000_000) -> bytes:
     return b"".join(parts)
 
 
-def split_head(raw: bytes) -> Tuple[int, Dict[str, str], bytes]:
+def split_head(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, rest = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -143,7 +143,7 @@ def split_head(raw: bytes) -> Tuple[int, Dict[str, str], bytes]:
     return status, headers, rest
 
 
-def chunk_frames(body: bytes) -> List[bytes]:
+def chunk_frames(body: bytes) -> list[bytes]:
     """The payloads of an HTTP/1.1 chunked body, frame by frame (the terminating frame excluded)."""
     frames = []
     pos = 0
@@ -157,11 +157,11 @@ def chunk_frames(body: bytes) -> List[bytes]:
         pos = end + 4 + size
 
 
-def sse_blocks(text: str) -> List[str]:
+def sse_blocks(text: str) -> list[str]:
     return [block for block in text.split("\n\n") if block]
 
 
-def data_events(text: str) -> List[Any]:
+def data_events(text: str) -> list[Any]:
     """The `data:` payloads of an event stream body, JSON-decoded where possible."""
     events = []
     for block in sse_blocks(text):
@@ -175,7 +175,7 @@ def data_events(text: str) -> List[Any]:
     return events
 
 
-def content_of(events: List[Any]) -> str:
+def content_of(events: list[Any]) -> str:
     text = []
     for event in events:
         if isinstance(event, dict):
@@ -197,7 +197,7 @@ class ScriptedUpstream:
         import threading
 
         upstream = self
-        self.requests: List[Dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
         self.status, self.writes, self.headers, self.hold = 200, [b"data: {}\n\n"], {}, 0.0
         self.closed = threading.Event()
 
@@ -243,15 +243,15 @@ class ScriptedUpstream:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = "http://127.0.0.1:%d/ai/v2/chat/completions" % self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ai/v2/chat/completions"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
-    def answer(self, status: int = 200, writes: Optional[List[bytes]] = None,
-               headers: Optional[Dict[str, str]] = None, hold: float = 0.0) -> None:
+    def answer(self, status: int = 200, writes: list[bytes] | None = None,
+               headers: dict[str, str] | None = None, hold: float = 0.0) -> None:
         self.status, self.writes, self.headers, self.hold = status, list(writes or []), dict(headers or {}), hold
 
-    def start(self) -> "ScriptedUpstream":
+    def start(self) -> ScriptedUpstream:
         self._thread.start()
         return self
 
@@ -269,7 +269,7 @@ def sse(*chunks: Any, event: str = "") -> bytes:
     return out
 
 
-def content_chunk(text: str, finish: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
+def content_chunk(text: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
     chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gloo-test",
              "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
     chunk.update(extra)

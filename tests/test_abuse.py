@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 import unittest
-from typing import Dict, List, Tuple
 from unittest import mock
 
 import proxy_server
@@ -74,7 +73,7 @@ class CrowdTests(unittest.TestCase):
         self.assertLessEqual(self.proxy.wait_threads(self.baseline_threads + 1, 10), self.baseline_threads + 1)
         self.assertLessEqual(self.proxy.wait_open_files(self.baseline_files + 1, 10), self.baseline_files + 1)
 
-    def get(self, path: str) -> Tuple[int, bytes]:
+    def get(self, path: str) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(*self.proxy.address, timeout=10)
         try:
             conn.request("GET", path)
@@ -83,7 +82,7 @@ class CrowdTests(unittest.TestCase):
         finally:
             conn.close()
 
-    def stream(self, prompt: str = "Hi") -> Tuple[int, bytes]:
+    def stream(self, prompt: str = "Hi") -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(*self.proxy.address, timeout=10)
         try:
             conn.request("POST", "/api/stream", body=json.dumps({"messages": [{"role": "user", "content": prompt}]}),
@@ -100,7 +99,7 @@ class CrowdTests(unittest.TestCase):
         crowd = Crowd(self.proxy.address, 500)
         self.addCleanup(crowd.close)
         crowd.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        served: List[Tuple[int, bytes]] = []
+        served: list[tuple[int, bytes]] = []
         stop = threading.Event()
 
         def real_traffic() -> None:
@@ -127,7 +126,7 @@ class CrowdTests(unittest.TestCase):
             self.assertTrue(member.received == b"" or member.received.startswith(b"HTTP/1.1 408 "),
                             member.received[:60])
         self.assertGreaterEqual(len(served), 4)
-        for status, body in served:
+        for status, _body in served:
             self.assertEqual(status, 200)
         self.assertTrue(any(FINISHED.search(body) for _, body in served))
         self.assertGreater(self.peak_threads, 100)  # they really were held at once
@@ -258,7 +257,8 @@ class FramingTests(ProxyTestCase):
                 response = read_until_closed(sock)
                 self.assertEqual(response.count(b"HTTP/1.1 "), 1, response[:400])
 
-    # Regression guard for a fixed bug: a bare CR inside a header line is taken as a line end (http.client's header parser),
+    # Regression guard for a fixed bug:
+    # a bare CR inside a header line is taken as a line end (http.client's header parser),
     # so "X-A: b\rContent-Length: 40" hides a Content-Length from a front proxy that keeps the
     # CR in the value; RFC 9112 section 2.2 says to reject it (or replace it with SP). The Origin
     # case even passes the CORS check with an Origin the front proxy never saw.
@@ -283,7 +283,7 @@ class JSONBombTests(ProxyTestCase):
     proxy_options = {"max_body_bytes": 2 * 1024 * 1024}
     client_options = {"max_retries": 0}
 
-    def post(self, body: bytes, proxy=None) -> Tuple[int, Dict[str, str], bytes]:
+    def post(self, body: bytes, proxy=None) -> tuple[int, dict[str, str], bytes]:
         return self.request("POST", "/api/stream", body, proxy=proxy)
 
     def test_hostile_bodies_are_400_json_errors(self):
@@ -329,7 +329,8 @@ class JSONBombTests(ProxyTestCase):
         self.assertEqual(headers["connection"], "close")
         self.assertIn("larger than", json.loads(payload)["error"]["message"])
 
-    # Regression guard for a fixed bug: proxy_server._Handler._completion: a lone surrogate ("\ud800", valid JSON) passes
+    # Regression guard for a fixed bug:
+    # proxy_server._Handler._completion: a lone surrogate ("\ud800", valid JSON) passes
     # validation, then gloo_stream.GlooClient.open encodes the payload with .encode("utf-8") and
     # raises UnicodeEncodeError, which _open_upstream does not catch: a 500 "internal error" and
     # a stack trace in the log instead of a 400.
@@ -337,7 +338,8 @@ class JSONBombTests(ProxyTestCase):
         status, _, payload = self.post(b'{"messages": [{"role": "user", "content": "\\ud800"}]}')
         self.assertEqual(status, 400)
 
-    # Regression guard for a fixed bug: json.loads and json.dumps share the recursion limit, and the handler's stack is deeper
+    # Regression guard for a fixed bug:
+    # json.loads and json.dumps share the recursion limit, and the handler's stack is deeper
     # when the payload is re-encoded for the upstream than when it was parsed, so a nesting depth
     # just under the parser's limit passes validation and then raises RecursionError inside
     # GlooClient.open: a 500 and a stack trace in the log (about depth 975-984 on CPython 3.11).
@@ -354,7 +356,7 @@ class JSONBombTests(ProxyTestCase):
 class HeaderGameTests(ProxyTestCase):
     """Origin and Host values an attacker controls (the basic cases are in test_proxy.CORSTests)."""
 
-    def preflight(self, raw_headers: bytes) -> Tuple[int, Dict[str, str], bytes]:
+    def preflight(self, raw_headers: bytes) -> tuple[int, dict[str, str], bytes]:
         sock = self.raw_socket(timeout=3)
         response = exchange(sock, b"OPTIONS /api/stream HTTP/1.1\r\n" + raw_headers + b"Connection: close\r\n\r\n")
         return split_head(response)
@@ -399,16 +401,18 @@ class HeaderGameTests(ProxyTestCase):
                                       f"Origin: http://127.0.0.1:{port}\r\n".encode())
         self.assertEqual(status, 400)  # two Host headers: which one a front proxy saw is unknown
 
-    # Regression guard for a fixed bug: proxy_server._Handler._same_origin treats any host name that starts with "127." as
+    # Regression guard for a fixed bug:
+    # proxy_server._Handler._same_origin treats any host name that starts with "127." as
     # loopback, so a DNS-rebinding page at http://127.0.0.1.evil.example:PORT (a name the attacker
     # controls, first resolving to them, then to 127.0.0.1) passes as the proxy's own page.
     # Fix: ipaddress.ip_address(hostname).is_loopback (ValueError means a name: only "localhost").
     def test_a_dns_rebinding_name_that_starts_with_127_is_not_same_origin(self):
-        host = "127.0.0.1.evil.example:%d" % self.proxy.server_address[1]
+        host = f"127.0.0.1.evil.example:{self.proxy.server_address[1]}"
         status, _, _ = self.request("POST", "/api/stream", PROMPT, headers={"Origin": "http://" + host, "Host": host})
         self.assertEqual(status, 403)
 
-    # Regression guard for a fixed bug: urllib.parse.urlsplit raises ValueError("Invalid IPv6 URL") on an unbalanced "[", and
+    # Regression guard for a fixed bug:
+    # urllib.parse.urlsplit raises ValueError("Invalid IPv6 URL") on an unbalanced "[", and
     # neither proxy_server._Handler._same_origin (Origin) nor _dispatch (request target) catches it:
     # an Origin such as "http://[" ends in a dropped connection with no answer at all (the 500
     # answer itself fails in _cors_headers, which calls _same_origin again) and two stack traces
@@ -426,7 +430,8 @@ class HeaderGameTests(ProxyTestCase):
                 self.assertEqual(status, expected)
                 self.assertIn("message", json.loads(body)["error"])
 
-    # Regression guard for a fixed bug: proxy_server.ProxyServer.log_line writes the request's method and path raw in the text
+    # Regression guard for a fixed bug:
+    # proxy_server.ProxyServer.log_line writes the request's method and path raw in the text
     # format, so a request line carrying ESC/BEL sequences rewrites the operator's terminal or
     # forges log content (CWE-117). Fix: escape non-printable characters in method and path.
     def test_control_characters_never_reach_a_log_line(self):
@@ -465,7 +470,7 @@ class StaticFileTests(ProxyTestCase):
         with open(os.path.join(self.web, "late.txt"), "w") as handle:
             handle.write("TOPSECRET-late")
 
-    def get_raw(self, target: bytes) -> Tuple[int, bytes]:
+    def get_raw(self, target: bytes) -> tuple[int, bytes]:
         sock = self.raw_socket(self.static_proxy, timeout=3)
         status, _, body = split_head(exchange(sock, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
                                                     b"Connection: close\r\n\r\n"))
@@ -498,7 +503,7 @@ class APIKeyGuessTests(ProxyTestCase):
     KEY = "proxy-key-canary-5b21"
     proxy_options = {"api_key": KEY, "trusted_proxies": ("127.0.0.1",)}
 
-    def models(self, key: str, client: str) -> Tuple[int, Dict[str, str], bytes]:
+    def models(self, key: str, client: str) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", "/v1/models", headers={"Authorization": "Bearer " + key,
                                                           "X-Forwarded-For": client})
 

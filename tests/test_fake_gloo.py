@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import unittest
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import fake_gloo
 from fake_gloo import FakeGloo
@@ -35,22 +35,22 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
-    def data(self) -> List[str]:
+    def data(self) -> list[str]:
         """The `data:` payloads, whatever the line ends (CR, LF or CRLF)."""
         text = self.body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", "replace")
         return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
 
-    def chunks(self) -> List[dict]:
+    def chunks(self) -> list[dict]:
         return [json.loads(d) for d in self.data() if d != "[DONE]"]
 
-    def content_chunks(self) -> List[dict]:
+    def content_chunks(self) -> list[dict]:
         return [c for c in self.chunks() if c["choices"] and c["choices"][0]["delta"].get("content")]
 
     def text(self) -> str:
         return "".join(c["choices"][0]["delta"].get("content") or "" for c in self.chunks() if c["choices"])
 
 
-def request(fake: FakeGloo, path: str, body: Any = b"", headers: Optional[Dict[str, str]] = None,
+def request(fake: FakeGloo, path: str, body: Any = b"", headers: dict[str, str] | None = None,
             method: str = "POST") -> Response:
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
@@ -75,9 +75,9 @@ def get_token(fake: FakeGloo) -> str:
     return response.json()["access_token"]
 
 
-def chat(fake: FakeGloo, content: str = "Hi", *, token: Optional[str] = None, stream: bool = True,
+def chat(fake: FakeGloo, content: str = "Hi", *, token: str | None = None, stream: bool = True,
          **fields: Any) -> Response:
-    body: Dict[str, Any] = {"messages": [{"role": "user", "content": content}], "stream": stream}
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], "stream": stream}
     if not {"model", "model_family", "auto_routing"} & set(fields):
         body["auto_routing"] = True
     body.update(fields)
@@ -85,7 +85,7 @@ def chat(fake: FakeGloo, content: str = "Hi", *, token: Optional[str] = None, st
     return request(fake, "/ai/v2/chat/completions", body, {"Authorization": f"Bearer {token}"})
 
 
-def open_stream(fake: FakeGloo, content: str) -> Tuple[socket.socket, bytes]:
+def open_stream(fake: FakeGloo, content: str) -> tuple[socket.socket, bytes]:
     """A raw socket whose request has been sent and whose response headers have been read."""
     payload = json.dumps({"messages": [{"role": "user", "content": content}], "auto_routing": True,
                           "stream": True}).encode()
@@ -115,7 +115,7 @@ def read_until(sock: socket.socket, received: bytes, marker: bytes) -> bytes:
 class FakeTestCase(unittest.TestCase):
     """A fresh simulator per test, stopped by addCleanup."""
 
-    options: Dict[str, Any] = {}
+    options: dict[str, Any] = {}
 
     def setUp(self) -> None:
         self.fake = FakeGloo(**self.options)
@@ -176,7 +176,7 @@ class TokenTests(FakeTestCase):
         self.assertEqual(len(self.fake.issued_tokens), 2)
 
     def test_concurrent_requests_are_counted_exactly(self):
-        tokens: List[str] = []
+        tokens: list[str] = []
         threads = [threading.Thread(target=lambda: tokens.append(get_token(self.fake))) for _ in range(20)]
         for thread in threads:
             thread.start()
@@ -557,7 +557,7 @@ class MidStreamMarkerTests(FakeTestCase):
         self.assertEqual(deltas[0]["tool_calls"][0]["function"], {"name": "lookup_verse", "arguments": ""})
         self.assertRegex(deltas[0]["tool_calls"][0]["id"], r"^call_")
         self.assertEqual(deltas[0]["tool_calls"][0]["type"], "function")
-        calls: Dict[int, dict] = {}
+        calls: dict[int, dict] = {}
         for delta in deltas:
             for piece in delta["tool_calls"]:
                 call = calls.setdefault(piece["index"], {"name": None, "arguments": ""})
@@ -751,7 +751,7 @@ class ScriptTests(FakeTestCase):
 class LifeCycleTests(unittest.TestCase):
     def test_urls_before_start_raise(self):
         with self.assertRaises(RuntimeError):
-            FakeGloo().base_url
+            _ = FakeGloo().base_url
 
     def test_context_manager_serves_then_closes(self):
         with FakeGloo() as fake:

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import unittest
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 from unittest import mock
 
 from fake_gloo import FakeGloo
@@ -64,7 +64,7 @@ def prompt_body(prompt: str) -> bytes:
 class NginxDeploymentTests(IsolatedTestCase):
     """Requests through nginx to two proxy instances per site."""
 
-    figures: Dict[str, Any] = {}  # measured numbers, for whoever runs these by hand
+    figures: dict[str, Any] = {}  # measured numbers, for whoever runs these by hand
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -85,7 +85,7 @@ class NginxDeploymentTests(IsolatedTestCase):
 
         cls.fake = FakeGloo().start()
         cls.addClassCleanup(cls.fake.stop)
-        cls.logs: Dict[ProxyServer, LogCapture] = {}
+        cls.logs: dict[ProxyServer, LogCapture] = {}
         cls.main = [cls.start_proxy() for _ in range(2)]
         cls.limited = [cls.start_proxy(rate_limit_per_minute=LIMIT) for _ in range(2)]
         cls.failover = [cls.start_proxy() for _ in range(2)]
@@ -125,16 +125,16 @@ class NginxDeploymentTests(IsolatedTestCase):
 
     # -- requests -------------------------------------------------------------
 
-    def request(self, port: int, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None, source: str = "127.0.0.1",
-                timeout: float = 10) -> Tuple[int, Dict[str, str], bytes]:
+    def request(self, port: int, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, source: str = "127.0.0.1",
+                timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
         conn = self.open(port, method, path, body, headers, source, timeout)
         response = conn.getresponse()
         payload = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
 
-    def open(self, port: int, method: str, path: str, body: Optional[bytes] = None,
-             headers: Optional[Dict[str, str]] = None, source: str = "127.0.0.1",
+    def open(self, port: int, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, source: str = "127.0.0.1",
              timeout: float = 10) -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
         self.addCleanup(conn.close)
@@ -143,14 +143,14 @@ class NginxDeploymentTests(IsolatedTestCase):
         conn.request(method, path, body=body, headers=all_headers)
         return conn
 
-    def stream(self, site: str, prompt: str, headers: Optional[Dict[str, str]] = None, tag: str = "") -> TimedStream:
+    def stream(self, site: str, prompt: str, headers: dict[str, str] | None = None, tag: str = "") -> TimedStream:
         """A stream through nginx; `tag` goes in the query string (the proxy ignores it, nginx logs it)."""
         started = time.time()
         path = f"/api/stream?tag={tag}" if tag else "/api/stream"
         conn = self.open(self.sites[site].port, "POST", path, prompt_body(prompt), headers)
         return read_timed(conn.getresponse(), started)
 
-    def health(self, port: int) -> Dict[str, Any]:
+    def health(self, port: int) -> dict[str, Any]:
         status, _, body = self.request(port, "GET", "/health")
         self.assertEqual(status, 200)
         return json.loads(body)
@@ -158,7 +158,7 @@ class NginxDeploymentTests(IsolatedTestCase):
     def completed(self, port: int) -> int:
         return self.health(port)["streams"].get("complete", 0)
 
-    def clients_logged(self, proxies: List[ProxyServer], expected: str) -> List[str]:
+    def clients_logged(self, proxies: list[ProxyServer], expected: str) -> list[str]:
         """The client addresses the instances logged, once `expected` is among them (the line follows the answer)."""
         deadline = time.monotonic() + 3
         while True:
@@ -284,7 +284,7 @@ class NginxDeploymentTests(IsolatedTestCase):
 
     # -- client addresses and rate limits --------------------------------------
 
-    def exhaust(self, port: int, forwarded: List[str], source: str = "127.0.0.1") -> Tuple[int, Dict[str, str]]:
+    def exhaust(self, port: int, forwarded: list[str], source: str = "127.0.0.1") -> tuple[int, dict[str, str]]:
         """Requests until the first 429: how many passed, and the 429's headers."""
         for sent, address in enumerate(forwarded):
             status, headers, body = self.request(port, "GET", "/v1/models", headers={"X-Forwarded-For": address},
@@ -332,7 +332,7 @@ class NginxDeploymentTests(IsolatedTestCase):
 
     # -- losing an instance -----------------------------------------------------
 
-    def upstream_attempts(self, tag: str, count: int) -> List[List[Tuple[str, str]]]:
+    def upstream_attempts(self, tag: str, count: int) -> list[list[tuple[str, str]]]:
         """For the `count` requests tagged `tag`: the (instance, status) pairs nginx tried, in order."""
         pattern = re.compile(r'"POST /api/stream\?tag=' + re.escape(tag)
                              + r'-\d+ .* upstream=(.*) upstream_status=(.*)$')
@@ -444,7 +444,7 @@ class DeployFilesTests(unittest.TestCase):
         self.location = next(d for d in servers[0].block if d.name == "location" and d.args == ["/"])
         self.http = http_block
 
-    def directive(self, name: str) -> List[str]:
+    def directive(self, name: str) -> list[str]:
         found = named(self.location.block, name)
         self.assertEqual(len(found), 1, name)
         return found[0].args
@@ -513,7 +513,7 @@ class DeployFilesTests(unittest.TestCase):
 
 class SystemdUnitTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.entries: List[Tuple[str, str, str]] = []
+        self.entries: list[tuple[str, str, str]] = []
         section = ""
         with open(SYSTEMD_UNIT, encoding="utf-8") as handle:
             for line in handle:
