@@ -2089,6 +2089,7 @@ class _Spinner:
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gloo_stream.py",
+        usage="%(prog)s [options] [question]",
         description="Stream a Gloo AI chat completion to stdout, token by token.",
         epilog=(
             "Try it without credentials: python gloo_stream.py --offline \"Hi\". "
@@ -2239,7 +2240,7 @@ class _Run:
         data = (result or ChatResult()).to_dict()
         if message is not None or error is not None:
             data["error"] = _redact(message if message is not None else str(error))
-        data["error_type"] = type(error).__name__ if error is not None else None
+        data["error_type"] = type(error).__name__.lstrip("_") if error is not None else None
         data["status"] = getattr(error, "status", None)
         data["error_code"] = getattr(error, "code", None)
         data["exit_code"] = exit_code
