@@ -2514,8 +2514,8 @@ class _Run:
     def result_json(self, result: Optional[ChatResult], error: Optional[BaseException], exit_code: int,
                     message: Optional[str] = None) -> dict:
         data = (result or ChatResult()).to_dict()
-        if message is not None or error is not None:
-            data["error"] = _redact(message if message is not None else str(error))
+        if message or error is not None:
+            data["error"] = _redact(message or str(error))
         data["error_type"] = type(error).__name__.lstrip("_") if error is not None else None
         data["status"] = getattr(error, "status", None)
         data["error_code"] = getattr(error, "code", None)
@@ -2659,18 +2659,15 @@ class _Run:
         _print_raw(stream, show)
 
     def verdict(self, stream: ChatStream, result: ChatResult, failure: Optional[StreamError]) -> Tuple[int, str]:
-        outcome = getattr(stream, "outcome", None)
-        if outcome is not None and self.args.raw:
-            if outcome.kind == "finished" and outcome.finish_reason != "content_filter":
-                return _EXIT_OK, ""
-            if outcome.kind == "finished":
+        """The exit code and error line, from the library's one verdict on the stream."""
+        outcome = stream.outcome
+        if outcome.kind == "finished":
+            if outcome.finish_reason == "content_filter":
                 return _EXIT_ERROR, "the answer was stopped by the content filter"
-            return _EXIT_ERROR, outcome.message or "the stream ended before the answer finished"
+            return _EXIT_OK, ""
         if failure is not None:
             return _EXIT_ERROR, str(failure)
-        if result.finish_reason == "content_filter":
-            return _EXIT_ERROR, "the answer was stopped by the content filter"
-        return _EXIT_OK, ""
+        return _EXIT_ERROR, outcome.message or "the stream ended before the answer finished"
 
     def print_sources(self, result: ChatResult) -> None:
         sources = getattr(result, "sources", None)
@@ -2862,50 +2859,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _print_raw(stream: ChatStream, show: Callable[[bytes], None]) -> None:
     """Read the stream to its end, giving `show` each body read's bytes before they are decoded."""
-    if hasattr(stream, "tap"):
-        stream.tap = show
-        folds = hasattr(stream, "outcome")  # read_batch folds events into the accumulator itself
-    else:  # a ChatStream without the tap hook: hear the bytes where they are fed to the decoder
-        feed = stream._feed
-
-        def tapped(data: bytes) -> List[ServerSentEvent]:
-            show(data)
-            return feed(data)
-        stream._feed = tapped  # type: ignore[method-assign]
-        folds = False
+    stream.tap = show
     try:
-        while True:
-            batch = stream.read_batch()
-            if batch is None:
-                break
-            if not folds:
-                _fold(stream, batch)
+        while stream.read_batch() is not None:
+            pass  # read_batch folds every event into the accumulator: stream.outcome is the verdict
     finally:
         stream.close()
-    if not folds:
-        accumulator = stream.accumulator
-        if accumulator.error is not None:
-            raise stream._fail(ProviderError, "stream error: " + _describe_provider_error(accumulator.error),
-                               code=accumulator.error.get("code"), name=accumulator.error.get("name") or "")
-        if not stream._done and accumulator.finish_reason is None:
-            raise stream._fail(ConnectionLostError, "the stream ended before the answer finished")
-
-
-def _fold(stream: ChatStream, batch: List[ServerSentEvent]) -> None:
-    accumulator = stream.accumulator
-    for event in batch:
-        if event.data == "[DONE]":
-            stream._done = True
-            continue
-        try:
-            chunk = json.loads(event.data)
-        except (ValueError, RecursionError):
-            continue
-        if event.event == "error" and isinstance(chunk, dict) and accumulator.error is None:
-            accumulator.error = _error_fields(chunk.get("error", chunk))
-            if accumulator.finish_reason is None:
-                accumulator.finish_reason = "error"
-        accumulator.add(chunk)
 
 
 def _print_stats(result: ChatResult, run: Any, *, color: bool) -> None:
