@@ -1082,18 +1082,18 @@ def _credentials_help() -> str:
     """Why no credentials were found, naming the .env searched (one line, for error messages)."""
     missing = [name for name in ("GLOO_CLIENT_ID", "GLOO_CLIENT_SECRET") if not _setting(None, name)]
     message = (f"missing Gloo credentials: set {' and '.join(missing) or 'GLOO_CLIENT_ID and GLOO_CLIENT_SECRET'} "
-               "(or GLOO_API_KEY, a Gloo Studio API key) in the environment or in .env")
+               "(or GLOO_API_KEY) in the environment or in .env")
     report = _last_dotenv
     placeholders = [name for name in os.environ if name.startswith("GLOO_") and _is_placeholder(os.environ[name])]
     if report is None:
         pass
     elif not report.found:
-        message += f"; there is no .env in {os.path.dirname(report.path)}"
+        message += f" (there is no .env in {os.path.dirname(report.path)})"
     elif report.placeholders:
-        message += (f"; {report.path} still holds the placeholder values from .env.example for "
-                    f"{', '.join(report.placeholders)}: put your credentials from Gloo AI Studio there")
+        message += (f" ({report.path} still holds the placeholder values from .env.example for "
+                    f"{', '.join(report.placeholders)}: put your credentials from Gloo AI Studio there)")
     else:
-        message += f"; {report.path} sets none of them"
+        message += f" ({report.path} sets none of them)"
     if placeholders and not (report and report.placeholders):
         message += f"; the environment holds placeholder values for {', '.join(placeholders)}"
     return message
@@ -2233,6 +2233,14 @@ class _UsageError(Exception):
     """A bad command line: exit 2 with the usage line."""
 
 
+class _HintedError(ConfigurationError):
+    """A configuration error with a next step for the person at the command line."""
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]  (raises instead of exiting)
         raise _UsageError(message)
@@ -2516,7 +2524,7 @@ class _Run:
         data = (result or ChatResult()).to_dict()
         if message or error is not None:
             data["error"] = _redact(message or str(error))
-        data["error_type"] = type(error).__name__.lstrip("_") if error is not None else None
+        data["error_type"] = _error_type(error)
         data["status"] = getattr(error, "status", None)
         data["error_code"] = getattr(error, "code", None)
         data["exit_code"] = exit_code
@@ -2591,7 +2599,8 @@ class _Run:
                               token_url=self.fake.token_url, api_url=self.fake.api_url, read_timeout=args.timeout)
         load_dotenv()
         if not _have_credentials():
-            raise ConfigurationError(_credentials_help() + '; or try it without them: gloo_stream.py --offline "Hi"')
+            raise _HintedError(_credentials_help(), hint='to try it without credentials, add --offline: '
+                                     'python gloo_stream.py --offline "Hi"')
         return GlooClient(read_timeout=args.timeout)
 
     def options(self) -> Dict[str, Any]:
@@ -2684,6 +2693,8 @@ class _Run:
             result = getattr(exc, "result", None)
             self.print_json(self.result_json(result, exc, code))
         self.note(f"error: {exc}")
+        if getattr(exc, "hint", ""):
+            self.note(f"hint: {exc.hint}", dim=True)
         return code
 
     # -- chat ----------------------------------------------------------------
@@ -2799,6 +2810,15 @@ class _Run:
             self.stream.close()
         _silence(self.out)
         return _EXIT_OK
+
+
+def _error_type(error: Optional[BaseException]) -> Optional[str]:
+    """The public class name a script can test for (UsageError for a bad command line)."""
+    if error is None:
+        return None
+    if isinstance(error, _UsageError):
+        return "UsageError"
+    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))
 
 
 class _SafeFormatter(logging.Formatter):

@@ -95,10 +95,12 @@ class CLIOutputTests(CLITestCase):
 
 
 class CLIExitCodeTests(CLITestCase):
-    def test_missing_credentials_is_one_line_exit_2(self):
+    def test_missing_credentials_is_one_line_and_a_hint_exit_2(self):
         proc = self.run_cli("Hi", env={})
         self.assertEqual(proc.returncode, 2)
-        self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
+        self.assertEqual(len(proc.stderr.strip().splitlines()), 2, proc.stderr)
+        self.assertEqual(proc.stderr.splitlines()[1],
+                         'hint: to try it without credentials, add --offline: python gloo_stream.py --offline "Hi"')
         for name in ("GLOO_CLIENT_ID", "GLOO_CLIENT_SECRET", ".env"):
             self.assertIn(name, proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
@@ -531,8 +533,7 @@ class CLIScriptTests(CLITestCase):
         proc = self.run_cli("Hi", env={})
         self.assertEqual(proc.returncode, 2)
         self.assertIn("--offline", proc.stderr)
-        self.assertIn(f"there is no .env in {os.path.realpath(self.cwd)}", proc.stderr.replace(self.cwd,
-                                                                                                os.path.realpath(self.cwd)))
+        self.assertIn(f"(there is no .env in {self.cwd})", proc.stderr)
 
     def test_offline_needs_no_credentials(self):
         for flags in ((), ("-I",)):
