@@ -2484,6 +2484,7 @@ class _Run:
         self.fake: Any = None
         self.safe = _SafeText()
         self.open_line = False  # answer text written without a final newline
+        self.at_prompt = False  # --chat is waiting for a question
         self.json_written = False
 
     # -- output ------------------------------------------------------------
@@ -2721,6 +2722,8 @@ class _Run:
                     continue
             history.append({"role": "user", "content": text})
             reply = self.chat_turn(client, history)
+            if interactive:
+                self.note("")  # a blank line between one answer and the next question
             if reply:
                 history.append({"role": "assistant", "content": reply})
             else:
@@ -2734,14 +2737,19 @@ class _Run:
             if isinstance(data, bytes):
                 data = data.decode("utf-8", "replace")
             return data
+        self.at_prompt = True  # stays set if Ctrl-C ends the run here
         try:
             if self.out_tty:
-                return input("> ")
-            self.err.write("> ")
-            self.err.flush()
-            return input()
-        except EOFError:
-            return None
+                line = input("> ")
+            else:
+                self.err.write("> ")
+                self.err.flush()
+                line = input()
+        except EOFError:  # Ctrl-D: leave the shell's prompt on a line of its own
+            (self.out if self.out_tty else self.err).write("\n")
+            line = None
+        self.at_prompt = False
+        return line
 
     def chat_turn(self, client: GlooClient, history: List[dict]) -> str:
         """One answer to the conversation so far; returns its text ('' when nothing came)."""
@@ -2798,7 +2806,9 @@ class _Run:
                     self.end_line()
             except OSError:  # the reader went too (Ctrl-C reaches a whole pipeline, tee included)
                 _silence(self.out)
-            self.note("interrupted")
+            # Through `| tee` the answer shows on the terminal but its newline may never come.
+            fresh_line = self.at_prompt or (self.open_line and self.err_tty and not self.out_tty)
+            self.note(("\n" if fresh_line else "") + "interrupted")
         finally:
             _restore_sigint(previous)
         return _EXIT_INTERRUPTED
