@@ -9,8 +9,15 @@ and by the benchmarks. Standard library only; imports nothing of the project.
 
     python fake_gloo.py --port 3002            # in the foreground; prints the `export` lines
 
-Endpoints: POST /oauth2/token (form or HTTP Basic credentials) and
-POST /ai/v2/chat/completions (Bearer token; streaming or not).
+Endpoints: POST /oauth2/token (form or HTTP Basic credentials), POST /ai/v2/chat/completions,
+POST /ai/v2/chat/completions/grounded (`rag_publisher`, `sources_limit`; citations as the first
+event) and POST /ai/v2/guarded/chat/completions (a Studio API key or a token), streaming or not.
+
+As strict as Gloo: FastAPI-style 422 `{"detail": [{"type", "loc", "msg", "input"}]}` for bad enums,
+ranges and types; exactly one of auto_routing / model / model_family; unknown model ids 400;
+other errors `{"error": "<text>", "code": "<text>"}`; error chunks carry Gloo's internal codes
+(2001 PROVIDER_TIMEOUT); usage only with `stream_options: {"include_usage": true}`; every chunk
+carries the routing metadata (model_family, routing_mechanism, routing_tier, routing_confidence).
 
 Scenario markers go in the last user message (or in FakeGloo(scenario=...) for every request);
 they combine, and an unknown `[[name]]` is left alone as ordinary text:
@@ -29,8 +36,10 @@ they combine, and an unknown `[[name]]` is left alone as ordinary text:
     [[heartbeat]]           a `: keep-alive` comment between events
     [[stall]] [[stall:S]]   after the first content chunk send nothing until the client goes away
                               (at most 60 s); with S, stall S seconds and then go on
-    [[openai]] [[usage]]    OpenAI ending: finish chunk without usage, a {"choices": [], "usage": ...}
-                              chunk, then `data: [DONE]` (also FakeGloo(style="openai"))
+    [[openai]]              OpenAI ending: finish chunk without usage, a {"choices": [], "usage": ...}
+                              chunk when the request asks (stream_options.include_usage), then
+                              `data: [DONE]` (also FakeGloo(style="openai"))
+    [[usage]]               the same, and the usage chunk even when the request did not ask
     [[tools]]               two tool calls (index 0 and 1) streamed as deltas; finish "tool_calls"
     [[long]] [[long:N]]     exactly N content tokens (default 2000)
     [[markdown]]            a markdown answer: heading, emphasis, code, a python block, lists, a link
@@ -43,6 +52,8 @@ they combine, and an unknown `[[name]]` is left alone as ordinary text:
     [[huge_event:N:open]]     with `open` the line never ends (held until the client goes away)
     [[reset]]               200 headers, then the connection closes
     [[trickle]] [[trickle:S]]  the body one byte per write, S seconds apart (default 0.0002)
+    [[spend_limit]]         429 with Gloo's weekly spend-limit body, X-RateLimit-Reset next Monday
+    [[no_sources]]          a grounded answer that found no sources (`sources_returned: false`)
 
 Everything else gets a plausible answer: canned ones for the demo's questions about the
 resurrection and about discipleship, and a generic one that mentions the question. A request's
@@ -84,6 +95,11 @@ __all__ = ["FakeGloo", "main"]
 
 _TOKEN_PATH = "/oauth2/token"
 _COMPLETIONS_PATH = "/ai/v2/chat/completions"
+_GROUNDED_PATH = "/ai/v2/chat/completions/grounded"
+_GUARDED_PATH = "/ai/v2/guarded/chat/completions"
+_GUARDED_GROUNDED_PATH = _GUARDED_PATH + "/grounded"
+_COMPLETION_PATHS = (_COMPLETIONS_PATH, _GROUNDED_PATH, _GUARDED_PATH, _GUARDED_GROUNDED_PATH)
+_DEFAULT_PUBLISHER = "GlooGrounded"
 _MAX_BODY_BYTES = 8 * 1024 * 1024
 _POLL_SECONDS = 0.1          # how often a pause looks for a client that went away
 _STALL_LIMIT = 60.0
@@ -98,7 +114,7 @@ _log = logging.getLogger("fake_gloo")
 
 _MARKER = re.compile(r"[ \t]*\[\[([a-z][a-z0-9_]*)(?::([^\[\]]*))?\]\]")
 _FLAGS = ("error", "content_filter", "split_utf8", "heartbeat", "tools", "markdown", "hostile", "echo",
-          "stamp", "html", "garbage", "reset")
+          "stamp", "html", "garbage", "reset", "spend_limit", "no_sources")
 _KNOWN = set(_FLAGS) | {"slow", "status", "fail", "drop", "crlf", "cr", "stall", "openai", "usage", "long",
                         "huge_event", "trickle"}
 
@@ -135,6 +151,9 @@ class _Scenario:
     huge_open: bool = False
     reset: bool = False
     trickle: Optional[float] = None
+    usage: bool = False
+    spend_limit: bool = False
+    no_sources: bool = False
 
 
 def _parse_scenario(text: str) -> _Scenario:
@@ -156,6 +175,7 @@ def _apply_marker(s: _Scenario, name: str, args: List[str]) -> None:
         setattr(s, name, True)
     elif name in ("openai", "usage"):
         s.openai = True
+        s.usage = s.usage or name == "usage"
     elif name in ("crlf", "cr"):
         s.eol = b"\r\n" if name == "crlf" else b"\r"
     elif name == "slow":
@@ -270,7 +290,17 @@ _FAMILY_MODELS = {
     "google": "gloo-google-gemini-2.5-flash",
     "open source": "gloo-meta-llama-3.3-70b-instruct",
 }
-_FAMILY_ALIASES = {"open_source": "open source", "opensource": "open source"}
+# Gloo model ids the simulator knows (any other `model` is refused with 400), by family.
+_MODEL_FAMILY = {model: family for family, models in {
+    "openai": ("gloo-openai-gpt-5-mini", "gloo-openai-gpt-5", "gloo-openai-gpt-5-pro", "gloo-openai-gpt-4.1"),
+    "anthropic": ("gloo-anthropic-claude-sonnet-4.5", "gloo-anthropic-claude-haiku-4.5",
+                  "gloo-anthropic-claude-opus-4.1"),
+    "google": ("gloo-google-gemini-2.5-flash", "gloo-google-gemini-2.5-pro"),
+    "open source": ("gloo-meta-llama-3.3-70b-instruct", "gloo-deepseek-r1", "gloo-mistral-large"),
+}.items() for model in models}
+_FAMILY_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "open source": "Open Source"}
+_TIERS = ("tier_1", "tier_2", "tier_3")
+_TOOL_CHOICES = ("none", "auto", "required")
 _TRADITIONS = ("evangelical", "catholic", "mainline", "not_faith_specific")
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 # Words keep their leading blanks, punctuation stands alone: the pieces join back to the text exactly.
@@ -350,59 +380,146 @@ def _last_user_text(messages: List[dict]) -> str:
     return ""
 
 
-def _route(body: dict, prompt: str) -> Tuple[str, str]:
-    """(model, provider) for the request's routing choice; auto routing picks by the prompt."""
+def _route(body: dict, prompt: str) -> Tuple[str, str, Dict[str, Any]]:
+    """(model, provider, routing metadata) for the request's routing choice; auto routing picks by the prompt."""
+    crc = zlib.crc32(prompt.encode("utf-8", "replace"))
     if body.get("model"):
-        model = str(body["model"])
+        model, mechanism, confidence = str(body["model"]), "direct_model_selection", 1.0
     elif body.get("model_family"):
-        family = body["model_family"]
-        model = _FAMILY_MODELS[_FAMILY_ALIASES.get(family, family)]
+        model, mechanism, confidence = _FAMILY_MODELS[body["model_family"]], "model_family", 1.0
     else:
         models = list(_FAMILY_MODELS.values())
-        model = models[zlib.crc32(prompt.encode("utf-8", "replace")) % len(models)]
+        model, mechanism = models[crc % len(models)], "auto_routing"
+        confidence = round(0.6 + (crc % 390) / 1000, 3)  # 0.600 .. 0.989, the same for the same prompt
     parts = model.split("-")
-    return model, parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
+    provider = parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
+    family = _MODEL_FAMILY.get(model, "open source")
+    routing: Dict[str, Any] = {
+        "model_family": _FAMILY_NAMES[family],
+        "auto_routing": mechanism == "auto_routing",
+        "routing_mechanism": mechanism,
+        "routing_tier": _TIERS[crc % len(_TIERS)] if mechanism == "auto_routing" else "tier_2",
+        "routing_confidence": confidence,
+    }
+    if isinstance(body.get("tradition"), str):
+        routing["tradition"] = body["tradition"]
+    return model, provider, routing
 
 
-def _problem(body: Any) -> Optional[Tuple[int, str]]:
-    """Why a completion request is invalid, as (status, message), or None."""
+def _invalid(loc: Sequence[Union[str, int]], msg: str, kind: str, value: Any = None, **ctx: Any) -> Dict[str, Any]:
+    """One FastAPI (pydantic) validation item."""
+    item: Dict[str, Any] = {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
+    if ctx:
+        item["ctx"] = ctx
+    return item
+
+
+def _choices(values: Sequence[str]) -> str:
+    quoted = [f"'{value}'" for value in values]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def _check_number(body: dict, name: str, *, integer: bool, low: Optional[float] = None,
+                  high: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        return (_invalid([name], "Input should be a valid integer", "int_type", value) if integer
+                else _invalid([name], "Input should be a valid number", "float_type", value))
+    if not math.isfinite(value):
+        return _invalid([name], "Input should be a finite number", "finite_number", value)
+    if low is not None and value < low:
+        return _invalid([name], f"Input should be greater than or equal to {low:g}", "greater_than_equal", value,
+                        ge=low)
+    if high is not None and value > high:
+        return _invalid([name], f"Input should be less than or equal to {high:g}", "less_than_equal", value,
+                        le=high)
+    return None
+
+
+def _check_choice(body: dict, name: str, allowed: Sequence[str]) -> Optional[Dict[str, Any]]:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and value in allowed):
+        return None
+    return _invalid([name], f"Input should be {_choices(allowed)}", "enum", value, expected=_choices(allowed))
+
+
+def _check_bool(body: dict, name: str) -> Optional[Dict[str, Any]]:
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return None
+    return _invalid([name], "Input should be a valid boolean", "bool_type", value)
+
+
+def _problem(body: Any, *, grounded: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """Why a completion request is refused, as (status, Gloo's error body), or None.
+
+    Shapes as Gloo answers them: 400 `{"error", "code"}` for bodies that are not a request at all,
+    422 `{"detail": [{"type", "loc", "msg", "input"}...]}` for fields that fail validation.
+    """
     if not isinstance(body, dict):
-        return 400, "the request body must be a JSON object"
+        return 400, _gloo_error("the request body must be a JSON object", "bad_request")
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return 400, "messages must be a non-empty list"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return 400, f"messages[{i}] must be an object with a role"
+    if messages is None and not grounded:
+        return 400, _gloo_error("messages is required", "bad_request")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages:
+            return 400, _gloo_error("messages must be a non-empty list", "bad_request")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return 400, _gloo_error(f"messages[{i}] must be an object with a role", "bad_request")
+    detail: List[Dict[str, Any]] = []
+    for i, message in enumerate(messages or ()):
         if message["role"] not in _ROLES:
-            return 422, f"messages[{i}].role must be one of {', '.join(_ROLES)}"
+            detail.append(_invalid(["messages", i, "role"], f"Input should be {_choices(_ROLES)}", "enum",
+                                   message["role"], expected=_choices(_ROLES)))
         if not isinstance(message.get("content"), (str, list, type(None))):
-            return 422, f"messages[{i}].content must be a string or a list of content parts"
-    if not isinstance(body.get("auto_routing", False), bool):
-        return 422, "auto_routing must be true or false"
+            detail.append(_invalid(["messages", i, "content"], "Input should be a valid string", "string_type",
+                                   message.get("content")))
+    for name in ("auto_routing", "stream", "parallel_tool_calls", "include_citations"):
+        detail.append(_check_bool(body, name))
+    model = body.get("model")
+    if model is not None and not (isinstance(model, str) and model.strip()):
+        detail.append(_invalid(["model"], "Input should be a valid string", "string_type", model))
+    detail.append(_check_choice(body, "model_family", tuple(_FAMILY_MODELS)))
+    detail.append(_check_choice(body, "tradition", _TRADITIONS))
+    detail.append(_check_choice(body, "tool_choice", _TOOL_CHOICES))
+    detail.append(_check_number(body, "temperature", integer=False, low=0, high=2))
+    detail.append(_check_number(body, "max_tokens", integer=True, low=1))
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        detail.append(_invalid(["tools"], "Input should be a valid list", "list_type", body["tools"]))
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            detail.append(_invalid(["stream_options"], "Input should be a valid dictionary", "dict_type", options))
+        else:
+            item = _check_bool(options, "include_usage")
+            if item is not None:
+                item["loc"] = ["body", "stream_options", "include_usage"]
+            detail.append(item)
+    if grounded:
+        publisher = body.get("rag_publisher")
+        if publisher is not None and not (isinstance(publisher, str) and publisher.strip()):
+            detail.append(_invalid(["rag_publisher"], "Input should be a valid string", "string_type", publisher))
+        detail.append(_check_number(body, "sources_limit", integer=True, low=1, high=10))
+    found = [item for item in detail if item is not None]
+    if found:
+        return 422, {"detail": found}
     routes = [key for key in ("auto_routing", "model", "model_family") if body.get(key) not in (None, False)]
     if len(routes) != 1:
-        return 422, "give exactly one of auto_routing: true, model or model_family"
-    if "model" in routes and not (isinstance(body["model"], str) and body["model"].strip()):
-        return 422, "model must be a non-empty string"
-    family = body.get("model_family")
-    if "model_family" in routes and _FAMILY_ALIASES.get(family, family) not in _FAMILY_MODELS:
-        return 422, f"model_family must be one of {', '.join(_FAMILY_MODELS)}"
-    if body.get("tradition") is not None and body["tradition"] not in _TRADITIONS:
-        return 422, f"tradition must be one of {', '.join(_TRADITIONS)}"
-    temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                                    or not 0 <= temperature <= 2):
-        return 422, "temperature must be a number from 0 to 2"
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        return 422, "max_tokens must be a whole number of at least 1"
-    if not isinstance(body.get("stream", False), bool):
-        return 422, "stream must be true or false"
-    if not isinstance(body.get("tools", []), list):
-        return 422, "tools must be a list"
+        return 422, {"detail": [_invalid([], "Value error, exactly one of auto_routing, model or model_family "
+                                             "must be specified", "value_error",
+                                         {key: body.get(key) for key in ("auto_routing", "model", "model_family")})]}
+    if "model" in routes and model not in _MODEL_FAMILY:
+        return 400, _gloo_error(f"unknown model '{model}': use a Gloo model id such as "
+                                f"{_FAMILY_MODELS['anthropic']}, or auto_routing", "model_not_found")
     return None
+
+
+def _gloo_error(message: str, code: str) -> Dict[str, str]:
+    """Gloo's error body: `{"error": "<text>", "code": "<text>"}`."""
+    return {"error": message, "code": code}
 
 
 def _dumps(value: Any) -> bytes:
@@ -420,14 +537,22 @@ class _Reply:
     prompt_tokens: int
     started: float  # time.monotonic() when the request arrived
     tool_calls: Optional[List[dict]] = None
+    routing: Optional[Dict[str, Any]] = None  # model_family, routing_mechanism, routing_tier, ...
+    citations: Optional[List[dict]] = None    # a grounded answer's sources (None: not grounded)
+    include_citations: bool = True
+    include_usage: bool = False
 
     def __post_init__(self) -> None:
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
 
     def envelope(self, kind: str = "chat.completion.chunk") -> Dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "provider": self.provider}
+        envelope = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                    "provider": self.provider}
+        envelope.update(self.routing or {})
+        if self.citations is not None:
+            envelope["sources_returned"] = bool(self.citations)
+        return envelope
 
     def chunk(self, delta: dict, finish_reason: Optional[str] = None) -> Dict[str, Any]:
         chunk = self.envelope()
@@ -442,13 +567,16 @@ class _Reply:
         return int(round((time.monotonic() - self.started) * 1000))
 
 
-_PROVIDER_TIMEOUT = {"code": 504, "name": "PROVIDER_TIMEOUT", "message": "The model provider timed out"}
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_denied",
-                404: "not_found", 408: "request_timeout", 413: "request_too_large", 422: "validation_error",
-                429: "rate_limit_exceeded", 500: "internal_server_error", 502: "bad_gateway",
-                503: "service_unavailable", 504: "gateway_timeout"}
+# Gloo's AI error object: `code` an internal number, `name` the symbolic code.
+_PROVIDER_TIMEOUT = {"code": 2001, "name": "PROVIDER_TIMEOUT", "message": "The model provider timed out"}
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized_invalid_token", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
+                413: "payload_too_large", 429: "too_many_requests", 500: "internal_server_error",
+                502: "bad_gateway", 503: "service_unavailable", 504: "gateway_timeout"}
+_SPEND_LIMIT = {"error": "Weekly spend limit reached for your organization; raise it in Gloo AI Studio or wait "
+                         "for the next week", "code": "spend_limit_exceeded"}
 _ERROR_MESSAGES = {401: "Invalid or expired token", 403: "Insufficient permissions",
-                   429: "Too many requests", 500: "Internal server error (simulated)"}
+                   429: "Rate limit exceeded", 500: "Internal server error (simulated)"}
 _HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head>\n"
               b"<body><h1>Network login required</h1><p>This network intercepts web traffic. "
               b"Sign in to continue.</p></body></html>\n")
@@ -595,8 +723,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == _TOKEN_PATH:
                 self._token()
-            elif path == _COMPLETIONS_PATH:
-                self._completions()
+            elif path in _COMPLETION_PATHS:
+                self._completions(path)
             else:
                 self._send_error(404, f"no such endpoint: POST {path}", close=True)
         except Exception:  # the request boundary: log it, end the connection, never crash the server
@@ -605,7 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         path = urlsplit(self.path).path
-        if path in (_TOKEN_PATH, _COMPLETIONS_PATH):
+        if path == _TOKEN_PATH or path in _COMPLETION_PATHS:
             self._send_error(405, f"{self.command} is not allowed here; use POST", {"Allow": "POST"}, close=True)
         else:
             self._send_error(404, f"no such endpoint: {self.command} {path}", close=True)
@@ -635,10 +763,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
     def _send_error(self, status: int, message: Optional[str] = None,
-                    headers: Optional[Mapping[str, str]] = None, *, close: bool = False) -> None:
-        error = {"message": message or _ERROR_MESSAGES.get(status) or HTTPStatus(status).phrase,
-                 "type": _ERROR_TYPES.get(status, "api_error"), "code": status}
-        self._send_json(status, {"error": error}, headers, close=close)
+                    headers: Optional[Mapping[str, str]] = None, *, close: bool = False,
+                    code: Optional[str] = None) -> None:
+        """An error in Gloo's shape: `{"error": "<text>", "code": "<text>"}`; a 422 as FastAPI's `detail` list."""
+        text = message or _ERROR_MESSAGES.get(status) or HTTPStatus(status).phrase
+        if status == 422:
+            payload: Dict[str, Any] = {"detail": [{"type": "value_error", "loc": ["body"], "msg": text,
+                                                   "input": None}]}
+        else:
+            payload = _gloo_error(text, code or _ERROR_CODES.get(status, "error"))
+        self._send_json(status, payload, headers, close=close)
 
     def _start_body(self, content_type: str = "text/event-stream") -> None:
         """Status and headers of a body that runs until the connection closes."""
@@ -703,8 +837,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- completions endpoint -----------------------------------------------
 
-    def _completions(self) -> None:
+    def _completions(self, path: str) -> None:
         fake = self.server.fake
+        grounded = path.endswith("/grounded")
         started = time.monotonic()
         raw = self._read_body()
         if raw is None:
@@ -722,13 +857,20 @@ class _Handler(BaseHTTPRequestHandler):
         if body is _INVALID:
             self._send_error(400, "the request body is not valid JSON")
             return
-        if not fake._authorized(self.headers.get("Authorization", "")):
+        authorization = self.headers.get("Authorization", "")
+        if not authorization.strip():
+            self._send_error(401, "Authorization header is missing", {"WWW-Authenticate": "Bearer"},
+                             code="unauthorized_missing_authorization")
+            return
+        if not fake._authorized(authorization):
             self._send_error(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
             return
-        problem = _problem(body)
+        problem = _problem(body, grounded=grounded)
         if problem is not None:
-            self._send_error(*problem)
+            self._send_json(*problem)
             return
+        if grounded and body.get("messages") is None:
+            body = dict(body, messages=[{"role": "user", "content": "Hello world!"}])  # Gloo's documented default
         prompt = _last_user_text(body["messages"])
         try:
             scenario = _parse_scenario(fake.scenario + " " + prompt)
@@ -737,6 +879,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if scenario.fail is not None and fake._should_fail(prompt, scenario.fail[1]):
             self._send_error(scenario.fail[0], headers=_retry_headers(scenario.fail[0], 0, always=True))
+        elif scenario.spend_limit:
+            reset = _next_week()
+            self._send_json(429, _SPEND_LIMIT, {"Retry-After": str(max(1, int(reset - time.time()))),
+                                                "X-RateLimit-Reset": str(reset)})
         elif scenario.status is not None:
             self._send_error(scenario.status, headers=_retry_headers(scenario.status, scenario.retry_after))
         elif scenario.html:
@@ -748,7 +894,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif scenario.reset:
             self._start_body("text/event-stream" if body.get("stream") else "application/json")
         else:
-            reply = _build_reply(body, prompt, scenario, started)
+            reply = _build_reply(body, prompt, scenario, started, grounded=grounded)
             if body.get("stream"):
                 self._stream(reply, scenario)
             else:
@@ -764,6 +910,9 @@ class _Handler(BaseHTTPRequestHandler):
                 rng = random.Random(1234)
                 wire.write(bytes(rng.randrange(256) for _ in range(4096)))
                 return
+            if reply.citations is not None and reply.include_citations:
+                # Gloo: "citations are prepended as the first SSE event before any content chunks".
+                wire.event(dict(reply.envelope(), choices=[], citations=reply.citations))
             wire.event(reply.chunk({"role": "assistant", "content": ""}))
             if scenario.huge_event is not None:
                 wire.pause(delay)
@@ -797,10 +946,12 @@ class _Handler(BaseHTTPRequestHandler):
                 wire.event(finish)
             elif scenario.openai or fake.style == "openai":
                 wire.event(finish)
-                wire.event(dict(reply.envelope(), choices=[], usage=usage))
+                if reply.include_usage or scenario.usage:  # [[usage]] asks for it whatever the request says
+                    wire.event(dict(reply.envelope(), choices=[], usage=usage))
                 wire.data(b"[DONE]")
             else:
-                finish["usage"] = usage
+                if reply.include_usage:  # only when asked: stream_options.include_usage
+                    finish["usage"] = usage
                 wire.event(finish)
 
     def _answer(self, reply: _Reply, scenario: _Scenario) -> None:
@@ -815,7 +966,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.close_connection = False
             if reply.finish_reason == "error":
-                self._send_error(504, _PROVIDER_TIMEOUT["message"])
+                self._send_error(504, str(_PROVIDER_TIMEOUT["message"]))
                 return
             message: Dict[str, Any] = {"role": "assistant",
                                        "content": "".join(d.get("content", "") for d in reply.deltas)}
@@ -823,6 +974,8 @@ class _Handler(BaseHTTPRequestHandler):
                 message = {"role": "assistant", "content": None, "tool_calls": reply.tool_calls}
             answer = dict(reply.envelope("chat.completion"), usage=reply.usage(len(reply.deltas)))
             answer["choices"] = [{"index": 0, "message": message, "finish_reason": reply.finish_reason}]
+            if reply.citations is not None and reply.include_citations:
+                answer["citations"] = reply.citations
             self._send_json(200, answer)
 
     def _play(self, scripted: "_Scripted") -> None:
@@ -865,8 +1018,9 @@ def _retry_headers(status: int, seconds: int, *, always: bool = False) -> Dict[s
     return headers
 
 
-def _build_reply(body: dict, prompt: str, scenario: _Scenario, started: float) -> _Reply:
-    model, provider = _route(body, prompt)
+def _build_reply(body: dict, prompt: str, scenario: _Scenario, started: float, *,
+                 grounded: bool = False) -> _Reply:
+    model, provider, routing = _route(body, prompt)
     prompt_tokens = sum(len(_tokenize(_content_text(m.get("content")))) for m in body["messages"])
     calls = None
     if scenario.tools:
@@ -880,7 +1034,56 @@ def _build_reply(body: dict, prompt: str, scenario: _Scenario, started: float) -
         if scenario.error or scenario.content_filter:
             tokens, finish = tokens[:_FEW], "error" if scenario.error else "content_filter"
         deltas = [{"content": token} for token in tokens]
-    return _Reply(model, provider, deltas, finish, prompt_tokens, started, calls)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    citations = None
+    if grounded:
+        citations = _citations(prompt, str(body.get("rag_publisher") or _DEFAULT_PUBLISHER),
+                               body.get("sources_limit") or 3, none=scenario.no_sources)
+    return _Reply(model, provider, deltas, finish, prompt_tokens, started, calls, routing, citations,
+                  body.get("include_citations") is not False, include_usage)
+
+
+_SOURCES = (
+    ("The Resurrection and Christian Hope", "resurrection-and-hope",
+     "Christ's rising is the firstfruits of those who have fallen asleep, the ground of Christian hope."),
+    ("What Discipleship Means Today", "discipleship-today",
+     "To follow Jesus is to learn from him, to be shaped by him, and to join his mission in the world."),
+    ("Building Community in the Local Church", "church-community",
+     "Small groups, shared meals and service together knit a congregation into a family."),
+    ("Grace in Everyday Life", "everyday-grace",
+     "Grace is God's undeserved favour, received in faith and lived out in gratitude."),
+    ("Reading Scripture Well", "reading-scripture",
+     "Read each passage in its context, with the whole story of Scripture in view."),
+    ("Prayer as Conversation", "prayer-conversation",
+     "Prayer is speaking and listening to God, alone and with others."),
+    ("Forgiveness and Reconciliation", "forgiveness",
+     "As we have been forgiven, we forgive; reconciliation follows repentance."),
+    ("Serving Your Neighbour", "serving-neighbours",
+     "Love of God shows itself in practical love for the people next to us."),
+    ("Sabbath and Rest", "sabbath-rest", "Rest is a gift that reminds us our worth is not in our work."),
+    ("Hope in Suffering", "hope-in-suffering", "Lament and trust belong together in the life of faith."),
+)
+
+
+def _citations(prompt: str, publisher: str, limit: int, *, none: bool = False) -> List[dict]:
+    """`limit` plausible sources from `publisher`, the most relevant to the prompt first."""
+    if none:
+        return []
+    words = set(re.findall(r"\w+", prompt.lower()))
+    ranked = sorted(_SOURCES, key=lambda source: -len(words & set(re.findall(r"\w+", (source[0] + " " + source[2])
+                                                                               .lower()))))
+    slug = re.sub(r"[^a-z0-9]+", "-", publisher.lower()).strip("-") or "publisher"
+    return [{"title": title, "url": f"https://{slug}.example.org/articles/{path}", "publisher": publisher,
+             "snippet": snippet} for title, path, snippet in ranked[:max(1, min(10, int(limit)))]]
+
+
+def _next_week() -> int:
+    """The Unix time of next Monday 00:00 UTC, when a weekly spend limit resets."""
+    now = time.time()
+    day = int(now // 86400)
+    monday = day + (7 - (day + 3) % 7)  # 1970-01-01 was a Thursday
+    return monday * 86400
 
 
 def _huge_event_line(reply: _Reply, size: int) -> bytes:

@@ -54,6 +54,7 @@ __all__ = [
     "NotFoundError",
     "UnprocessableEntityError",
     "RateLimitError",
+    "SpendLimitError",
     "ServerError",
     "APIConnectionError",
     "APITimeoutError",
@@ -67,14 +68,17 @@ __all__ = [
     "TokenCache",
     "GlooClient",
     "ChatStream",
+    "is_grounded",
     "load_dotenv",
     # the tutorial's functions
     "ensure_valid_token",
+    "get_access_token",
     "handle_stream_error",
     "make_streaming_request",
     "parse_sse_line",
     "stream_completion",
     "render_stream_to_terminal",
+    "TutorialResponse",
     "main",
 ]
 
@@ -82,6 +86,9 @@ __version__ = "1.0.0"
 
 DEFAULT_TOKEN_URL = "https://platform.ai.gloo.com/oauth2/token"
 DEFAULT_API_URL = "https://platform.ai.gloo.com/ai/v2/chat/completions"
+GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
+DEFAULT_PUBLISHER = "GlooGrounded"
+ENDPOINTS = ("completions", "guarded")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _USER_AGENT = "gloo-stream/" + __version__
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -148,7 +155,13 @@ class TokenError(GlooError):
 
 
 class APIStatusError(GlooError):
-    """The completions endpoint answered a non-2xx status before the stream began."""
+    """The completions endpoint answered a non-2xx status before the stream began.
+
+    `code` is Gloo's string code from the body (`too_many_requests`, `forbidden`, ...) and
+    `detail` the validation list of a 422 (`[{"loc", "msg", "type"}, ...]`), None when absent.
+    """
+
+    retryable = True
 
     def __init__(
         self,
@@ -164,6 +177,11 @@ class APIStatusError(GlooError):
         self.body = _redact(body)
         self.headers = dict(headers or {})
         self.retry_after = retry_after
+        parsed = _parse_error_body(self.body)
+        self.code: Optional[str] = parsed.code
+        self.detail: Optional[List[dict]] = parsed.detail
+        self.reason = parsed.text  # the body's own words for people ("" when it has none)
+        self.spend_limit = status == 429 and parsed.spend_limit
 
 
 class BadRequestError(APIStatusError):
@@ -188,6 +206,12 @@ class UnprocessableEntityError(APIStatusError):
 
 class RateLimitError(APIStatusError):
     """429: too many requests; `retry_after` says how long to wait when known."""
+
+
+class SpendLimitError(RateLimitError):
+    """429 because the organisation's (weekly) spend limit was reached: retrying soon will not help."""
+
+    retryable = False
 
 
 class ServerError(APIStatusError):
@@ -252,6 +276,88 @@ class EventTooLargeError(StreamError):
     """One event grew past the decoder's `max_event_bytes`."""
 
     retryable = False
+
+
+class _ErrorBody(NamedTuple):
+    code: Optional[str]
+    detail: Optional[List[dict]]
+    text: str
+    spend_limit: bool
+
+
+_SPEND_WORDS = ("spend", "spending", "budget", "billing", "quota", "credit", "payment")
+
+
+def _parse_error_body(body: str) -> _ErrorBody:
+    """What an error body says, whatever its shape: Gloo's `{"error": "<text>", "code": "<text>"}`,
+    FastAPI's `{"detail": [{"loc", "msg", "type"}...]}` or `{"detail": "<text>"}`, or OpenAI's
+    `{"error": {"message", "type", "code"}}`. Never raises."""
+    try:
+        data = json.loads(body) if body.lstrip()[:1] == "{" else None
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        return _ErrorBody(None, None, "", False)
+    code: Any = data.get("code")
+    text = ""
+    error = data.get("error")
+    if isinstance(error, str):
+        text = error
+    elif isinstance(error, dict):
+        message = error.get("message")
+        text = message if isinstance(message, str) else ""
+        if code is None:
+            code = error.get("code") if error.get("code") is not None else error.get("type")
+    detail = data.get("detail")
+    items: Optional[List[dict]] = None
+    if isinstance(detail, list):
+        items = [item for item in detail if isinstance(item, dict)]
+        described = [_describe_validation(item) for item in items]
+        text = "; ".join(line for line in described if line) or text
+    elif isinstance(detail, str) and detail:
+        text = text or detail
+    if not text:
+        for key in ("message", "error_description"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                text = value
+                break
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        code = None
+    code = str(code) if code is not None else None
+    said = f"{code or ''} {text}".lower()
+    return _ErrorBody(code, items, text, any(word in said for word in _SPEND_WORDS))
+
+
+def _describe_validation(item: Mapping[str, Any]) -> str:
+    """One FastAPI validation item as `temperature: Input should be less than or equal to 2`."""
+    loc = item.get("loc")
+    parts = [str(part) for part in loc if not isinstance(part, bool)] if isinstance(loc, list) else []
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+    where = ""
+    for part in parts:
+        where += f"[{part}]" if part.isdigit() else (f".{part}" if where else part)
+    message = item.get("msg")
+    message = message if isinstance(message, str) else ""
+    return f"{where}: {message}" if where and message else (message or where)
+
+
+def _describe_status(status: int, body: str) -> str:
+    """The message of an APIStatusError: the tutorial's words for 401/403/429, else Gloo's own."""
+    parsed = _parse_error_body(body)
+    if status == 429 and parsed.spend_limit:
+        return f"Spend limit reached (429): {parsed.text or 'the weekly spend limit was reached'}"
+    if status in (401, 403, 429) or not parsed.text:
+        return _status_message(status, body)
+    code = f" ({parsed.code})" if parsed.code and parsed.code not in parsed.text else ""
+    return f"API error ({status}): {parsed.text[:200]}{code}"
+
+
+def _status_class(status: int, body: str) -> type:
+    if status == 429 and _parse_error_body(body).spend_limit:
+        return SpendLimitError
+    return _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIStatusError)
 
 
 # ---------------------------------------------------------------------------
@@ -1401,9 +1507,9 @@ def _status_message(status: int, body: str) -> str:
 
 def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, str]] = None) -> APIStatusError:
     headers = dict(headers or {})
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIStatusError)
+    cls = _status_class(status, body)
     return cls(
-        _status_message(status, _redact(body)),
+        _describe_status(status, _redact(body)),
         status=status,
         body=body,
         headers=headers,
@@ -1565,6 +1671,42 @@ def _encode_payload(payload: Mapping[str, Any]) -> bytes:
 
 Messages = Union[str, Sequence[Mapping[str, Any]]]
 
+_GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
+
+
+def is_grounded(payload: Mapping[str, Any]) -> bool:
+    """True when a request body asks for a grounded answer (`rag_publisher` or `sources_limit`)."""
+    return any(payload.get(key) is not None for key in _GROUNDED_FIELDS)
+
+
+def _endpoint_name(value: Optional[str]) -> str:
+    name = (value or "completions").strip().lower()
+    name = {"": "completions", "default": "completions", "standard": "completions", "chat": "completions"}.get(
+        name, name)
+    if name not in ENDPOINTS:
+        raise ConfigurationError(f"unknown endpoint {value!r}: use 'completions' or 'guarded' (check GLOO_ENDPOINT)")
+    return name
+
+
+def _endpoint_url(url: str, endpoint: str) -> str:
+    """`url` turned to the guarded endpoint when asked (Gloo's path shape only; other URLs are kept)."""
+    if endpoint != "guarded":
+        return url
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/ai/v2/chat/completions") and "/guarded/" not in path:
+        path = path[: -len("/ai/v2/chat/completions")] + "/ai/v2/guarded/chat/completions"
+        return urllib.parse.urlunsplit(parts._replace(path=path))
+    return url
+
+
+def _grounded_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/grounded"):
+        path += "/grounded"
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
 
 def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
     if isinstance(message, str):
@@ -1581,8 +1723,10 @@ def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
 class GlooClient:
     """A configured connection to the completions API.
 
-    Credentials come from the arguments, else GLOO_CLIENT_ID / GLOO_CLIENT_SECRET (or a static
-    GLOO_API_KEY for OpenAI-compatible servers); URLs from GLOO_TOKEN_URL / GLOO_API_URL.
+    Credentials come from the arguments, else GLOO_CLIENT_ID / GLOO_CLIENT_SECRET (OAuth), or
+    GLOO_API_KEY (a Gloo Studio API key, or any OpenAI-compatible server's key); URLs from
+    GLOO_TOKEN_URL / GLOO_API_URL; `endpoint="guarded"` (or GLOO_ENDPOINT=guarded) picks Gloo's
+    guarded completions. Grounded requests (`publisher=`, `sources_limit=`) go to `<api_url>/grounded`.
     Safe to share between threads.
     """
 
@@ -1594,6 +1738,7 @@ class GlooClient:
         api_key: Optional[str] = None,
         token_url: Optional[str] = None,
         api_url: Optional[str] = None,
+        endpoint: Optional[str] = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         deadline: Optional[float] = None,
@@ -1606,7 +1751,9 @@ class GlooClient:
         clock: Callable[[], float] = time.monotonic,
         token_cache: Optional[TokenCache] = None,
     ) -> None:
-        self.api_url = _setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
+        self.endpoint = _endpoint_name(_setting(endpoint, "GLOO_ENDPOINT", "completions"))
+        self.api_url = _endpoint_url(_setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL,
+                                     self.endpoint)
         self.token_url = _setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL
         for url in (self.api_url, self.token_url):
             if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
@@ -1636,8 +1783,8 @@ class GlooClient:
             secret = _setting(client_secret, "GLOO_CLIENT_SECRET")
             if not cid or not secret:
                 raise ConfigurationError(
-                    "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET "
-                    "in the environment or in .env (or GLOO_API_KEY for an OpenAI-compatible server)"
+                    "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET, or GLOO_API_KEY "
+                    "(a Gloo Studio API key), in the environment or in .env"
                 )
             self.tokens = TokenCache(
                 client_id=cid, client_secret=secret, token_url=self.token_url,
@@ -1657,18 +1804,40 @@ class GlooClient:
         return self.tokens.get()
 
     def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
-                      **options: Any) -> dict:
+                      publisher: Optional[str] = None, sources_limit: Optional[int] = None,
+                      grounded: bool = False, include_usage: bool = True, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
-        Auto routing is used unless `model`, `model_family` or `auto_routing` is given;
-        options whose value is None are left out.
+        Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
+        whose value is None are left out. `publisher` (Gloo's `rag_publisher`), `sources_limit`
+        (1-10) or `grounded=True` make a grounded request, with citations unless
+        `include_citations=False`. A stream asks for usage (`stream_options.include_usage`).
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
         if not any(key in payload for key in ("auto_routing", "model", "model_family")):
             payload["auto_routing"] = True
+        if publisher is not None:
+            payload["rag_publisher"] = publisher
+        if sources_limit is not None:
+            payload["sources_limit"] = sources_limit
+        if grounded and "rag_publisher" not in payload:
+            payload["rag_publisher"] = DEFAULT_PUBLISHER
+        if is_grounded(payload):
+            payload.setdefault("include_citations", True)
+        if stream and include_usage:
+            payload.setdefault("stream_options", {"include_usage": True})
         payload["stream"] = stream
         return payload
+
+    @property
+    def grounded_url(self) -> str:
+        """Where grounded requests go: `<api_url>/grounded`."""
+        return _grounded_url(self.api_url)
+
+    def url_for(self, payload: Mapping[str, Any]) -> str:
+        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
+        return self.grounded_url if is_grounded(payload) else self.api_url
 
     def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> Any:
         """POST `payload` and return the open response once its status is 200.
@@ -1687,7 +1856,7 @@ class GlooClient:
         while True:
             bearer = token or self.token()
             request = urllib.request.Request(
-                self.api_url,
+                self.url_for(payload),
                 data=body,
                 method="POST",
                 headers={
@@ -1771,7 +1940,11 @@ class GlooClient:
 
     def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
                **options: Any) -> "ChatStream":
-        """Start a streamed completion; iterate the returned ChatStream for text deltas."""
+        """Start a streamed completion; iterate the returned ChatStream for text deltas.
+
+        Options are the request's fields (`model`, `model_family`, `tradition`, `temperature`,
+        `max_tokens`, `tools`, ...) plus `publisher=` / `sources_limit=` for a grounded answer.
+        """
         payload = self.build_payload(message, system=system, stream=True, **options)
         return self.stream_payload(payload, token=token)
 
@@ -2118,13 +2291,169 @@ def handle_stream_error(status_code: int, response_body: str = "") -> None:
     """Raise the error for a non-200 status, with the tutorial's messages; 200 returns None."""
     if status_code == 200:
         return None
-    raise _status_error(int(status_code), response_body or "")
+    status, body = int(status_code), response_body or ""
+    error = _status_error(status, body)
+    error.args = (_redact(_status_message(status, body)),)  # the tutorial's exact words
+    raise error
 
 
-def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> Any:
-    """Open the streaming POST and return the response once its status is 200 (else raise)."""
+def get_access_token() -> Dict[str, Any]:
+    """The tutorial's token record: `access_token`, `token_type`, `expires_in` (seconds left) and
+    `expires_at` (a Unix time), from the shared cache (fetched or refreshed when needed).
+
+    With GLOO_API_KEY the key itself is the token; it does not expire (an hour is reported).
+    """
     client = _client()
-    return client.open(client.build_payload(message, stream=True, **options), token=token)
+    token = client.token()
+    left = 3600
+    if client.tokens is not None:
+        left = max(0, int(client.tokens.expires_at - client._clock()))
+    return {"access_token": token, "token_type": "Bearer", "expires_in": left, "expires_at": int(time.time()) + left}
+
+
+class TutorialResponse:
+    """The open streaming response, with the `requests` surface the tutorial's code uses:
+    `status_code`, `headers`, `text`, `json()`, `iter_lines()`, `iter_content()`, `close()`, `with`.
+
+    Everything else (`status`, `read()`, `fp`, ...) is the underlying http.client response's.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self.raw = response
+        self.status_code: int = getattr(response, "status", 200)
+        self.headers = response.headers
+        self.url = getattr(response, "url", None)
+        fp = getattr(response, "fp", None)
+        self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
+        self._eof = False
+        self._content: Optional[bytes] = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def __enter__(self) -> "TutorialResponse":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 400
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self.raw.close()
+        except (OSError, http.client.HTTPException):
+            pass
+
+    def _read(self) -> bytes:
+        """The next body bytes as they arrive; b"" once the body has ended."""
+        while not self._eof:
+            if self._body is not None:
+                data = self._body.read()
+                self._eof = self._body.eof
+            else:
+                read1 = getattr(self.raw, "read1", None)
+                data = read1(_READ_SIZE) if read1 is not None else self.raw.read(_READ_SIZE)
+                self._eof = not data
+            if data:
+                return data
+        return b""
+
+    def iter_content(self, chunk_size: Optional[int] = 1, decode_unicode: bool = False) -> Iterator[Any]:
+        """The body in pieces of at most `chunk_size` bytes (None: as they arrive)."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace") if decode_unicode else None
+        while True:
+            data = self._read()
+            if not data:
+                break
+            step = chunk_size if chunk_size and chunk_size > 0 else len(data)
+            for start in range(0, len(data), step):
+                piece = data[start:start + step]
+                if decoder is None:
+                    yield piece
+                else:
+                    text = decoder.decode(piece)
+                    if text:
+                        yield text
+        if decoder is not None:
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        self.close()
+
+    def iter_lines(self, chunk_size: int = 512, decode_unicode: bool = False,
+                   delimiter: Optional[Union[str, bytes]] = None) -> Iterator[Any]:
+        """The body line by line, as lines arrive, without their ends (blank lines included).
+
+        Lines end at CR, LF or CRLF only (the SSE rule; never `str.splitlines()`).
+        """
+        pending = b""
+        for data in self.iter_content(None):
+            if pending.endswith(b"\r") and data.startswith(b"\n"):
+                data = data[1:]  # the LF of a CRLF split across reads
+            pending += data
+            if delimiter is not None:
+                mark = delimiter.encode("utf-8") if isinstance(delimiter, str) else delimiter
+                *lines, pending = pending.split(mark)
+            else:
+                lines, pending = _split_lines(pending)
+            for line in lines:
+                yield line.decode("utf-8", "replace") if decode_unicode else line
+        if delimiter is None and pending.endswith(b"\r"):
+            pending, last = pending[:-1], True
+        else:
+            last = bool(pending)
+        if last:
+            yield pending.decode("utf-8", "replace") if decode_unicode else pending
+
+    @property
+    def content(self) -> bytes:
+        """The rest of the body, read to its end (the stream is consumed)."""
+        if self._content is None:
+            self._content = b"".join(self.iter_content(None))
+        return self._content
+
+    @property
+    def text(self) -> str:
+        """The rest of the body as text (UTF-8)."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.text, **kwargs)
+
+
+def _split_lines(data: bytes) -> Tuple[List[bytes], bytes]:
+    """Complete lines of `data` (ended by CR, LF or CRLF) and the unfinished rest.
+
+    A CR at the very end stays in the rest: its LF may come with the next read.
+    """
+    lines: List[bytes] = []
+    start, size = 0, len(data)
+    i = 0
+    while i < size:
+        byte = data[i]
+        if byte == 0x0A or byte == 0x0D:
+            if byte == 0x0D and i + 1 == size:
+                break
+            lines.append(data[start:i])
+            i += 2 if byte == 0x0D and data[i + 1] == 0x0A else 1
+            start = i
+            continue
+        i += 1
+    return lines, data[start:]
+
+
+def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> TutorialResponse:
+    """Open the streaming POST and return the response once its status is 200 (else raise).
+
+    The response works like the tutorial's `requests` one: `status_code`, `iter_lines(decode_unicode=True)`, ...
+    """
+    client = _client()
+    return TutorialResponse(client.open(client.build_payload(message, stream=True, **options), token=token))
 
 
 def parse_sse_line(line: Union[str, bytes]) -> Union[None, str, dict]:
