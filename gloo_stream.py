@@ -2724,6 +2724,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="the theological perspective of the answer")
     parser.add_argument("--temperature", type=_float_in(0, 2), help="sampling temperature, 0 to 2")
     parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), help="the most tokens to generate (at least 1)")
+    parser.add_argument("--endpoint", choices=list(ENDPOINTS),
+                        help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
     grounded = parser.add_argument_group("grounded answers (with sources)")
     grounded.add_argument("--publisher", type=_name, help="answer from this publisher's content (Gloo's "
                                                           "rag_publisher, e.g. GlooGrounded)")
@@ -2926,12 +2928,13 @@ class _Run:
             self.fake = fake_gloo(host="127.0.0.1", port=0, delay=_OFFLINE_DELAY).start()
             self.note("[offline: answers come from the built-in simulator (fake_gloo.py), not from Gloo]", dim=True)
             return GlooClient(client_id=self.fake.client_id, client_secret=self.fake.client_secret,
-                              token_url=self.fake.token_url, api_url=self.fake.api_url, read_timeout=args.timeout)
+                              token_url=self.fake.token_url, api_url=self.fake.api_url, endpoint=args.endpoint,
+                              read_timeout=args.timeout)
         load_dotenv()
         if not _have_credentials():
             raise _HintedError(_credentials_help(), hint='to try it without credentials, add --offline: '
                                      'python gloo_stream.py --offline "Hi"')
-        return GlooClient(read_timeout=args.timeout)
+        return GlooClient(read_timeout=args.timeout, endpoint=args.endpoint)
 
     def options(self) -> Dict[str, Any]:
         args = self.args

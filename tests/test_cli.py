@@ -573,5 +573,37 @@ class CLIScriptTests(CLITestCase):
         self.assertEqual([m["role"] for m in self.fake.requests[-1]["body"]["messages"]], ["user"])
 
 
+class CLIGroundedTests(CLITestCase):
+    """--publisher / --sources for grounded answers, --endpoint for the guarded one (issue #10)."""
+
+    def test_grounded_answer_prints_sources_after_it(self):
+        proc = self.run_cli("--publisher", "GlooGrounded", "--sources", "2", "What is grace?")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        request = self.fake.requests[-1]
+        self.assertEqual(request["path"], "/ai/v2/chat/completions/grounded")
+        self.assertEqual((request["body"]["rag_publisher"], request["body"]["sources_limit"]), ("GlooGrounded", 2))
+        lines = proc.stderr.splitlines()
+        self.assertEqual(lines[0], "Sources:")
+        self.assertRegex(lines[1], r"^  \[1\] .+ \(GlooGrounded\) - https://")
+        self.assertRegex(lines[2], r"^  \[2\] .+ - https://")
+        self.assertRegex(lines[3], r"^\[\d+ tokens")
+        self.assertNotIn("http", proc.stdout)  # the answer alone on stdout
+
+    def test_grounded_json_carries_the_sources(self):
+        proc = self.run_cli("--json", "--sources", "1", "What is grace?")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        result = json.loads(proc.stdout)
+        self.assertEqual(len(result["sources"]), 1)
+        self.assertTrue(result["sources"][0]["url"].startswith("https://"))
+        self.assertIs(result["sources_returned"], True)
+        self.assertNotIn("Sources:", proc.stderr)
+
+    def test_guarded_endpoint(self):
+        proc = self.run_cli("--endpoint", "guarded", "Hi")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(self.fake.requests[-1]["path"], "/ai/v2/guarded/chat/completions")
+        self.assertEqual(self.run_cli("--endpoint", "elsewhere", "Hi").returncode, 2)
+
+
 if __name__ == "__main__":
     unittest.main()
