@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """gloo_stream: stream Gloo AI chat completions token by token.
 
 A single-file, standard-library-only client for the Gloo AI completions API (and any

@@ -605,5 +605,33 @@ class CLIGroundedTests(CLITestCase):
         self.assertEqual(self.run_cli("--endpoint", "elsewhere", "Hi").returncode, 2)
 
 
+class ShippedFileTests(unittest.TestCase):
+    """Each shipped file travels alone: it names its licence, and the tools say their version."""
+
+    SHIPPED = ["gloo_stream.py", "proxy_server.py", "fake_gloo.py", "demo.py", "web/app.js", "web/markdown.js",
+               "web/sse.js", "web/style.css", "web/index.html"]
+
+    def test_an_spdx_line_near_the_top_of_each_file(self):
+        for name in self.SHIPPED:
+            with self.subTest(name=name):
+                with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
+                    head = [next(handle, "") for _ in range(3)]
+                self.assertEqual(sum("SPDX-License-Identifier: MIT" in line for line in head), 1, head)
+
+    def test_the_licence_is_mit(self):
+        with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as handle:
+            text = handle.read()
+        self.assertTrue(text.startswith("MIT License\n"))
+        self.assertIn("the gloo-stream authors", text)
+
+    def test_version_options(self):
+        for script in ("gloo_stream.py", "fake_gloo.py"):
+            with self.subTest(script=script):
+                proc = subprocess.run([sys.executable, os.path.join(ROOT, script), "--version"], capture_output=True,
+                                      text=True, timeout=20, stdin=subprocess.DEVNULL)
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                self.assertEqual(proc.stdout, f"{script} {gloo_stream.__version__}\n")
+
+
 if __name__ == "__main__":
     unittest.main()
