@@ -2592,8 +2592,9 @@ def _columns(stream: Any) -> int:
 
 def _replace_unencodable(stream: Any, errors: str) -> None:
     # A cp1252 console or PYTHONIOENCODING=ascii must not end the answer with UnicodeEncodeError.
+    # A lone surrogate in an answer ("\ud800" is valid JSON) fails even UTF-8 with surrogateescape.
     reconfigure = getattr(stream, "reconfigure", None)
-    if reconfigure is not None and getattr(stream, "errors", errors) == "strict":
+    if reconfigure is not None and getattr(stream, "errors", errors) in ("strict", "surrogateescape"):
         try:
             reconfigure(errors=errors)
         except (ValueError, OSError):
@@ -2641,7 +2642,7 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 
 def _name(text: str) -> str:
-    if not text.strip() or text != _terminal_safe(text) or len(text) > 200:
+    if not text.strip() or not text.isprintable() or len(text) > 200:
         raise argparse.ArgumentTypeError(f"expected a name of 1 to 200 printable characters, not {text!r}")
     return text
 
@@ -2792,9 +2793,10 @@ def _load_simulator() -> Any:
 
 def _enable_line_editing() -> None:
     try:
-        import readline  # noqa: F401  (input() gains editing and this session's history)
-    except ImportError:
-        pass
+        import readline
+    except ImportError:  # Windows, or a Python built without it: input() still works
+        return
+    del readline  # importing it is what gives input() line editing and this session's history
 
 
 class _Run:
