@@ -2716,20 +2716,24 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("question", nargs="?", default=None,
                         help="the question; piped stdin is added after it ('-' or no question: stdin only)")
-    parser.add_argument("--system", help="a system message sent before the question")
+    parser.add_argument("--offline", action="store_true",
+                        help="answer from the built-in simulator (fake_gloo.py beside this file): no credentials, "
+                             "no network")
+    parser.add_argument("--system", metavar="TEXT", help="a system message sent before the question")
     routing = parser.add_mutually_exclusive_group()
-    routing.add_argument("--model", type=_name, help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 "
+    routing.add_argument("--model", type=_name, metavar="ID", help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 "
                                                       "(default: auto routing)")
     routing.add_argument("--model-family", choices=["openai", "anthropic", "google", "open source"],
                          help="let Gloo pick a model of this family")
     parser.add_argument("--tradition", choices=["evangelical", "catholic", "mainline", "not_faith_specific"],
                         help="the theological perspective of the answer")
-    parser.add_argument("--temperature", type=_float_in(0, 2), help="sampling temperature, 0 to 2")
-    parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), help="the most tokens to generate (at least 1)")
+    parser.add_argument("--temperature", type=_float_in(0, 2), metavar="T", help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), metavar="N",
+                        help=f"the most tokens to generate, 1 to {_MAX_TOKENS}")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS),
                         help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
     grounded = parser.add_argument_group("grounded answers (with sources)")
-    grounded.add_argument("--publisher", type=_name, help="answer from this publisher's content (Gloo's "
+    grounded.add_argument("--publisher", type=_name, metavar="NAME", help="answer from this publisher's content (Gloo's "
                                                           "rag_publisher, e.g. GlooGrounded)")
     grounded.add_argument("--sources", type=_int_in(1, 10), metavar="N", help="at most N sources, 1 to 10")
     output = parser.add_mutually_exclusive_group()
@@ -2739,11 +2743,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="print the response body's bytes as received (for debugging)")
     output.add_argument("--chat", action="store_true",
                         help="a conversation: ask, read the answer, ask again (Ctrl-D or /exit to leave)")
-    parser.add_argument("--offline", action="store_true",
-                        help="answer from the built-in simulator (fake_gloo.py beside this file): no credentials, "
-                             "no network")
     parser.add_argument("--timeout", type=_float_in(0, _MAX_TIMEOUT, low_open=True, unit=" of seconds"),
-                        default=60.0, help="seconds of silence before giving up (default 60)")
+                        default=60.0, metavar="SECONDS",
+                        help=f"seconds of silence before giving up, more than 0 and at most {_MAX_TIMEOUT:g} (default 60)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -3207,7 +3209,10 @@ def _describe_source(source: Any) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command-line tool; returns the exit code (0 done, 1 API or stream error, 2 usage, 130 Ctrl-C)."""
-    run = _Run(sys.argv[1:] if argv is None else argv)
+    try:
+        run = _Run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        return _EXIT_INTERRUPTED
     try:
         try:
             return run.execute()
@@ -3240,6 +3245,8 @@ def _print_stats(result: ChatResult, run: Any, *, color: bool) -> None:
     parts.append(f"finish_reason={result.finish_reason}")
     separator = " \u00b7 " if _can_encode(run.err, "\u00b7") else " | "
     run.note("[" + separator.join(parts) + "]", dim=color)
+    if result.finish_reason == "length":
+        run.note("note: the answer stopped at the token limit; --max-tokens allows more", dim=color)
 
 
 def _can_encode(stream: Any, text: str) -> bool:
