@@ -14,6 +14,12 @@ Copy this file anywhere CPython 3.9+ runs; it imports nothing outside the standa
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line: Ctrl-C while the modules load exits 130 quietly, as later
+    import os as _os
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(130))
+
 import argparse
 import codecs
 import email.utils
@@ -3257,5 +3263,15 @@ def _can_encode(stream: Any, text: str) -> bool:
     return True
 
 
+def _run_script() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is main()'s from here on
+    code = main()
+    # The run is over: a Ctrl-C while the interpreter shuts down must not print a traceback either.
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(_EXIT_INTERRUPTED))
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _run_script()
