@@ -1084,16 +1084,16 @@ class _DotenvReport:
 
     path: str
     found: bool
-    keys: Tuple[str, ...] = ()
-    placeholders: Tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
 
 
-_last_dotenv: Optional[_DotenvReport] = None
+_last_dotenv: _DotenvReport | None = None
 
 
-def _parse_dotenv(text: str, *, problems: Optional[List[Tuple[int, str]]] = None) -> Dict[str, str]:
+def _parse_dotenv(text: str, *, problems: list[tuple[int, str]] | None = None) -> dict[str, str]:
     """KEY=VALUE pairs of a .env text; lines that are not assignments go to `problems` as (line, why)."""
-    values: Dict[str, str] = {}
+    values: dict[str, str] = {}
     if text.startswith("\ufeff"):  # a BOM from Windows editors is not part of the first key
         text = text[1:]
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -1139,7 +1139,7 @@ def _line_of(data: bytes, offset: int) -> int:
     return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
 
 
-def load_dotenv(path: Union[str, os.PathLike] = ".env", *, override: bool = False) -> Dict[str, str]:
+def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> dict[str, str]:
     """Read KEY=VALUE lines from `path` into os.environ; existing variables win unless `override`.
 
     Handles a UTF-8 BOM, CRLF, comments, `export ` prefixes and quotes; warns (logging) about lines
@@ -1162,7 +1162,7 @@ def load_dotenv(path: Union[str, os.PathLike] = ".env", *, override: bool = Fals
         raise ConfigurationError(
             f"{where} line {_line_of(data, exc.start)} is not UTF-8 text (byte 0x{data[exc.start]:02x}): "
             "save the file as UTF-8") from None
-    problems: List[Tuple[int, str]] = []
+    problems: list[tuple[int, str]] = []
     values = _parse_dotenv(text, problems=problems)
     for number, why in problems:
         log.warning("%s line %d: %s", where, number, why)
@@ -1177,13 +1177,6 @@ def load_dotenv(path: Union[str, os.PathLike] = ".env", *, override: bool = Fals
         if override or key not in os.environ:
             os.environ[key] = value
     return values
-
-
-def _setting(explicit: Optional[str], name: str, default: Optional[str] = None) -> Optional[str]:
-    if explicit is not None:
-        return explicit
-    value = os.environ.get(name)
-    return value if value and not _is_placeholder(value) else default
 
 
 def _have_credentials() -> bool:
@@ -1210,6 +1203,13 @@ def _credentials_help() -> str:
     if placeholders and not (report and report.placeholders):
         message += f"; the environment holds placeholder values for {', '.join(placeholders)}"
     return message
+
+
+def _setting(explicit: str | None, name: str, default: str | None = None) -> str | None:
+    if explicit is not None:
+        return explicit
+    value = os.environ.get(name)
+    return value if value and not _is_placeholder(value) else default
 
 
 # ---------------------------------------------------------------------------
@@ -2578,7 +2578,7 @@ class _HintedError(ConfigurationError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]  (raises instead of exiting)
+    def error(self, message: str) -> None:  # type: ignore[override]  # raises, never exits
         raise _UsageError(message)
 
 
@@ -2663,10 +2663,10 @@ class _Spinner:
         self._color = color
         self._clock = clock
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._shown = 0  # characters on the line now
 
-    def start(self) -> "_Spinner":
+    def start(self) -> _Spinner:
         self._started = self._clock()
         self._thread = threading.Thread(target=self._run, name="gloo-spinner", daemon=True)
         self._thread.start()
@@ -2727,8 +2727,8 @@ def _build_parser() -> argparse.ArgumentParser:
                              "no network")
     parser.add_argument("--system", metavar="TEXT", help="a system message sent before the question")
     routing = parser.add_mutually_exclusive_group()
-    routing.add_argument("--model", type=_name, metavar="ID", help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 "
-                                                      "(default: auto routing)")
+    routing.add_argument("--model", type=_name, metavar="ID",
+                         help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 (default: auto routing)")
     routing.add_argument("--model-family", choices=["openai", "anthropic", "google", "open source"],
                          help="let Gloo pick a model of this family")
     parser.add_argument("--tradition", choices=["evangelical", "catholic", "mainline", "not_faith_specific"],
@@ -2739,8 +2739,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", choices=list(ENDPOINTS),
                         help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
     grounded = parser.add_argument_group("grounded answers (with sources)")
-    grounded.add_argument("--publisher", type=_name, metavar="NAME", help="answer from this publisher's content (Gloo's "
-                                                          "rag_publisher, e.g. GlooGrounded)")
+    grounded.add_argument("--publisher", type=_name, metavar="NAME",
+                          help="answer from this publisher's content (Gloo's rag_publisher, e.g. GlooGrounded)")
     grounded.add_argument("--sources", type=_int_in(1, 10), metavar="N", help="at most N sources, 1 to 10")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
@@ -2751,7 +2751,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="a conversation: ask, read the answer, ask again (Ctrl-D or /exit to leave)")
     parser.add_argument("--timeout", type=_float_in(0, _MAX_TIMEOUT, low_open=True, unit=" of seconds"),
                         default=60.0, metavar="SECONDS",
-                        help=f"seconds of silence before giving up, more than 0 and at most {_MAX_TIMEOUT:g} (default 60)")
+                        help=f"seconds of silence before giving up, more than 0 and at most {_MAX_TIMEOUT:g} "
+                             "(default 60)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -2821,8 +2822,8 @@ class _Run:
         self.animate = self.err_tty and not dumb
         self.json = _wants_json(self.argv)
         self.args: Any = None
-        self.spinner: Optional[_Spinner] = None
-        self.stream: Optional[ChatStream] = None
+        self.spinner: _Spinner | None = None
+        self.stream: ChatStream | None = None
         self.fake: Any = None
         self.safe = _SafeText()
         self.open_line = False  # answer text written without a final newline
@@ -2862,8 +2863,8 @@ class _Run:
         self.json_written = True
         self.write(text.translate(_JSON_SAFE) + "\n")
 
-    def result_json(self, result: Optional[ChatResult], error: Optional[BaseException], exit_code: int,
-                    message: Optional[str] = None) -> dict:
+    def result_json(self, result: ChatResult | None, error: BaseException | None, exit_code: int,
+                    message: str | None = None) -> dict:
         data = (result or ChatResult()).to_dict()
         if message or error is not None:
             data["error"] = _redact(message or str(error))
@@ -2893,7 +2894,7 @@ class _Run:
             client = self.client(args)
             if args.chat:
                 return self.chat(client, question)
-            return self.ask(client, question)
+            return self.ask(client, question or "")
         except ConfigurationError as exc:
             return self.fail(exc, _EXIT_USAGE)
         except GlooError as exc:
@@ -2913,7 +2914,7 @@ class _Run:
             self.print_json(self.result_json(None, _UsageError(message), _EXIT_USAGE))
         return _EXIT_USAGE
 
-    def question(self, args: Any) -> Optional[str]:
+    def question(self, args: Any) -> str | None:
         if args.chat and (args.question in (None, "-")):
             return None  # the questions come from the prompt (or stdin, line by line)
         asked = None if args.question == "-" else args.question
@@ -2947,7 +2948,7 @@ class _Run:
                                      'python gloo_stream.py --offline "Hi"')
         return GlooClient(read_timeout=args.timeout, endpoint=args.endpoint)
 
-    def options(self) -> Dict[str, Any]:
+    def options(self) -> dict[str, Any]:
         args = self.args
         options = {"model": args.model, "model_family": args.model_family, "tradition": args.tradition,
                    "temperature": args.temperature, "max_tokens": args.max_tokens}
@@ -2964,7 +2965,7 @@ class _Run:
 
     def ask(self, client: GlooClient, question: str) -> int:
         stream = self.open_stream(client, question)
-        failure: Optional[StreamError] = None
+        failure: StreamError | None = None
         try:
             if self.args.raw:
                 self.print_raw(stream)
@@ -2994,6 +2995,8 @@ class _Run:
     def print_raw(self, stream: ChatStream) -> None:
         """The body's bytes as received: verbatim to a pipe or file, made safe on a terminal."""
         if self.out_tty:
+            import codecs  # here, not at the top: the decoder section no longer needs it there
+
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
             def show(data: bytes) -> None:
@@ -3011,7 +3014,7 @@ class _Run:
                     self.open_line = not data.endswith(b"\n")
         _print_raw(stream, show)
 
-    def verdict(self, stream: ChatStream, result: ChatResult, failure: Optional[StreamError]) -> Tuple[int, str]:
+    def verdict(self, stream: ChatStream, result: ChatResult, failure: StreamError | None) -> tuple[int, str]:
         """The exit code and error line, from the library's one verdict on the stream."""
         outcome = stream.outcome
         if outcome.kind == "finished":
@@ -3037,18 +3040,19 @@ class _Run:
             result = getattr(exc, "result", None)
             self.print_json(self.result_json(result, exc, code))
         self.note(f"error: {exc}")
-        if getattr(exc, "hint", ""):
-            self.note(f"hint: {exc.hint}", dim=True)
+        hint = getattr(exc, "hint", "")
+        if hint:
+            self.note(f"hint: {hint}", dim=True)
         return code
 
     # -- chat ----------------------------------------------------------------
 
-    def chat(self, client: GlooClient, first: Optional[str]) -> int:
+    def chat(self, client: GlooClient, first: str | None) -> int:
         interactive = _isatty(self.stdin)
         if interactive:
             _enable_line_editing()
             self.note("Chat: type a question and Enter. Ctrl-C stops an answer; Ctrl-D or /exit leaves.", dim=True)
-        history: List[dict] = []
+        history: list[dict] = []
         pending = first
         while True:
             if pending is not None:
@@ -3072,7 +3076,7 @@ class _Run:
             else:
                 history.pop()
 
-    def read_turn(self, interactive: bool) -> Optional[str]:
+    def read_turn(self, interactive: bool) -> str | None:
         if not interactive:
             data = self.stdin.buffer.readline() if hasattr(self.stdin, "buffer") else self.stdin.readline()
             if not data:
@@ -3094,13 +3098,13 @@ class _Run:
         self.at_prompt = False
         return line
 
-    def chat_turn(self, client: GlooClient, history: List[dict]) -> str:
+    def chat_turn(self, client: GlooClient, history: list[dict]) -> str:
         """One answer to the conversation so far; returns its text ('' when nothing came)."""
-        stream: Optional[ChatStream] = None
+        stream: ChatStream | None = None
         self.safe = _SafeText()
         try:
             stream = self.open_stream(client, history)
-            failure: Optional[StreamError] = None
+            failure: StreamError | None = None
             try:
                 self.print_answer(stream)
             except StreamError as exc:
@@ -3165,7 +3169,7 @@ class _Run:
         return _EXIT_OK
 
 
-def _error_type(error: Optional[BaseException]) -> Optional[str]:
+def _error_type(error: BaseException | None) -> str | None:
     """The public class name a script can test for (UsageError for a bad command line)."""
     if error is None:
         return None
@@ -3213,7 +3217,7 @@ def _describe_source(source: Any) -> str:
     return text
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The command-line tool; returns the exit code (0 done, 1 API or stream error, 2 usage, 130 Ctrl-C)."""
     try:
         run = _Run(sys.argv[1:] if argv is None else argv)

@@ -248,7 +248,7 @@ class CLIPipeTests(CLITestCase):
                 cli = self.popen("Hi [[slow:0.02]] [[long:2000]]", preexec_fn=lambda: os.setpgid(0, 0))
                 group = cli.pid
                 pipe = subprocess.Popen([tee, path], stdin=cli.stdout, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=lambda: os.setpgid(0, group))
+                                        stderr=subprocess.DEVNULL, preexec_fn=lambda group=group: os.setpgid(0, group))
                 cli.stdout.close()
                 try:
                     deadline = time.monotonic() + 10

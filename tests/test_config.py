@@ -104,19 +104,19 @@ class ImportTimeTests(unittest.TestCase):
         self.addCleanup(lambda: __import__("shutil").rmtree(folder, ignore_errors=True))
         with open(os.path.join(folder, ".env"), "w") as handle:
             handle.write("GLOO_CLIENT_ID=from-dotenv\n")
-        code = ("import sys, os; sys.path.insert(0, %r); import gloo_stream, proxy_server; "
-                "print(os.environ.get('GLOO_CLIENT_ID', 'unset'))" % ROOT)
+        code = (f"import sys, os; sys.path.insert(0, {ROOT!r}); import gloo_stream, proxy_server; "
+                "print(os.environ.get('GLOO_CLIENT_ID', 'unset'))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder,
                               env=clean_environment(), timeout=20)
         self.assertEqual(proc.stdout.strip(), "unset", proc.stderr)
 
     def test_modules_import_only_the_standard_library(self):
-        code = ("import sys; sys.path.insert(0, %r); before = set(sys.modules); "
+        code = (f"import sys; sys.path.insert(0, {ROOT!r}); before = set(sys.modules); "
                 "import gloo_stream, proxy_server, fake_gloo, demo; "
                 "mods = {m.split('.')[0] for m in set(sys.modules) - before}; "
                 "local = {'gloo_stream', 'proxy_server', 'fake_gloo', 'demo'}; "
                 "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else mods; "
-                "print(sorted(m for m in mods - local if m not in std and not m.startswith('_')))" % ROOT)
+                "print(sorted(m for m in mods - local if m not in std and not m.startswith('_')))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=clean_environment(), timeout=20)
         self.assertEqual(proc.stdout.strip(), "[]", proc.stderr)
@@ -234,7 +234,8 @@ class DotenvToolTests(unittest.TestCase):
     def test_cli_with_a_non_utf8_env(self):
         proc = self.run_in(b"GLOO_CLIENT_ID=caf\xe9\n", os.path.join(ROOT, "gloo_stream.py"), "Hi")
         self.assertEqual(proc.returncode, 2)
-        self.assertRegex(proc.stderr, r"^error: .*\.env line 1 is not UTF-8 text \(byte 0xe9\): save the file as UTF-8\n$")
+        self.assertRegex(proc.stderr,
+                         r"^error: .*\.env line 1 is not UTF-8 text \(byte 0xe9\): save the file as UTF-8\n$")
 
     def test_demo_with_the_copied_example_uses_the_simulator(self):
         proc = self.run_in(self.example(), os.path.join(ROOT, "demo.py"), "--delay", "0")
