@@ -87,6 +87,12 @@ class CLIOutputTests(CLITestCase):
                          ("google", "mainline", 0.3, 40))
         self.assertEqual(body["messages"][0], {"role": "system", "content": "Be brief."})
 
+    def test_an_answer_cut_at_the_token_limit_says_so(self):
+        proc = self.run_cli("--max-tokens", "3", "[[echo]] one two three four five")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertRegex(proc.stderr, r"finish_reason=length\]\nnote: the answer stopped at the token limit; "
+                                      r"--max-tokens allows more\n$")
+
     def test_help(self):
         proc = self.run_cli("--help")
         self.assertEqual(proc.returncode, 0)
@@ -606,6 +612,60 @@ class CLIGroundedTests(CLITestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(self.fake.requests[-1]["path"], "/ai/v2/guarded/chat/completions")
         self.assertEqual(self.run_cli("--endpoint", "elsewhere", "Hi").returncode, 2)
+
+
+class CLIChatTerminalTests(CLITestCase):
+    """--chat at a real terminal: Ctrl-C stops an answer and asks again; at the prompt it leaves."""
+
+    def start(self) -> tuple:
+        master, slave = _pty_pair()
+        proc = subprocess.Popen(CLI + ["--chat"], stdin=slave, stdout=slave, stderr=slave, cwd=self.cwd,
+                                env=clean_environment(dict(self.fake.env, TERM="dumb")), start_new_session=True)
+        os.close(slave)
+        self.addCleanup(os.close, master)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        return proc, master
+
+    def read_until(self, master: int, text: bytes, timeout: float = 10.0) -> bytes:
+        """What the terminal showed up to and including `text` (the rest is kept for the next call)."""
+        import select
+
+        seen, deadline = getattr(self, "_unread", b""), time.monotonic() + timeout
+        while text not in seen:
+            self.assertLess(time.monotonic(), deadline, seen)
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        end = seen.index(text) + len(text)
+        self._unread = seen[end:]
+        return seen[:end]
+
+    def test_ctrl_c_stops_the_answer_then_ctrl_c_at_the_prompt_leaves(self):
+        proc, master = self.start()
+        self.read_until(master, b"> ")
+        os.write(master, b"Hi [[slow:0.05]] [[long:400]]\n")
+        self.read_until(master, b"resurrection")  # the answer is streaming
+        proc.send_signal(signal.SIGINT)
+        shown = self.read_until(master, b"[stopped]")
+        self.assertNotIn(b"Traceback", shown)
+        self.read_until(master, b"> ")
+        self.assertIsNone(proc.poll())  # still chatting
+        proc.send_signal(signal.SIGINT)
+        shown = self.read_until(master, b"interrupted")
+        self.assertEqual(proc.wait(timeout=10), 130)
+        self.assertNotIn(b"Traceback", shown)
+
+    def test_exit_leaves_with_0(self):
+        proc, master = self.start()
+        self.read_until(master, b"> ")
+        os.write(master, b"[[echo]] one\n")
+        self.read_until(master, b"one\r\n")
+        self.read_until(master, b"> ")
+        os.write(master, b"/exit\n")
+        self.assertEqual(proc.wait(timeout=10), 0)
 
 
 class ShippedFileTests(unittest.TestCase):
