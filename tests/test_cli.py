@@ -575,7 +575,7 @@ class CLIScriptTests(CLITestCase):
         self.assertEqual(messages[1]["content"], "first question")
 
     def test_chat_goes_on_after_a_failed_turn(self):
-        proc = self.run_cli("--chat", stdin="Hi [[status:500]]\n[[echo]] again\n/exit\n[[echo]] never\n")
+        proc = self.run_cli("--chat", stdin="Hi [[status:400]]\n[[echo]] again\n/exit\n[[echo]] never\n")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(proc.stdout, "again\n")
         self.assertIn("error:", proc.stderr)
