@@ -2781,11 +2781,13 @@ def _read_stdin(stdin: Any) -> str:
 def _load_simulator() -> Any:
     """The FakeGloo class from fake_gloo.py beside this file (not from sys.path, so `python -I` works)."""
     folder = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(folder, "fake_gloo.py")
+    # Beside this file, or beside the file a symlink (~/bin/gloo -> .../gloo_stream.py) points to.
+    paths = [os.path.join(where, "fake_gloo.py") for where in (folder, os.path.dirname(os.path.realpath(__file__)))]
+    path = next((candidate for candidate in paths if os.path.isfile(candidate)), "")
     module = sys.modules.get("fake_gloo")
-    if module is not None and os.path.abspath(getattr(module, "__file__", "") or "") == path:
+    if module is not None and path and os.path.abspath(getattr(module, "__file__", "") or "") == path:
         return module.FakeGloo
-    if not os.path.isfile(path):
+    if not path:
         raise ConfigurationError(
             f"--offline needs fake_gloo.py beside gloo_stream.py, and {folder} has none: copy it there from "
             "gloo-stream, or run a simulator elsewhere and point GLOO_API_URL and GLOO_TOKEN_URL at it")
