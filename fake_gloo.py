@@ -470,7 +470,7 @@ def _problem(body: Any, *, grounded: bool = False) -> Optional[Tuple[int, Dict[s
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 return 400, _gloo_error(f"messages[{i}] must be an object with a role", "bad_request")
-    detail: List[Dict[str, Any]] = []
+    detail: List[Optional[Dict[str, Any]]] = []
     for i, message in enumerate(messages or ()):
         if message["role"] not in _ROLES:
             detail.append(_invalid(["messages", i, "role"], f"Input should be {_choices(_ROLES)}", "enum",

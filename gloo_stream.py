@@ -787,9 +787,10 @@ class ChatAccumulator:
         self.error: Optional[dict] = None
         self.skipped_events = 0  # events whose data was not JSON
         self._tools: Dict[int, dict] = {}
-        # Chunks add_event() folded that a caller may still hand to add() the old way (parse the
-        # batch read_batch() returned, then add() each chunk): those are not folded twice.
+        # The chunks of the batch ChatStream.read_batch() just folded: a caller may still hand them
+        # to add() the old way (parse the batch, then add() each chunk); they are not folded twice.
         self._unclaimed: List[dict] = []
+        self._claimed = 0
 
     @property
     def text(self) -> str:
@@ -833,17 +834,18 @@ class ChatAccumulator:
                 self._set_error({"message": data})
             else:
                 self.skipped_events += 1
-                log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+                if self.skipped_events == 1:  # once per stream: a server sending only such events cannot flood the log
+                    log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
             return None
         if is_error:
-            self._set_error(chunk.get("error", chunk) if isinstance(chunk, dict) else chunk)
+            inner = chunk.get("error") if isinstance(chunk, dict) else None
+            self._set_error(inner if isinstance(inner, dict) else chunk)
         elif event.event in _SOURCE_EVENTS and isinstance(chunk, list):
             self._add_sources(chunk)  # a named event whose data is the list itself
             return None
         if not isinstance(chunk, dict):
             return None
         self._fold(chunk)
-        self._unclaimed.append(chunk)
         return chunk
 
     def add(self, chunk: Any) -> str:
@@ -852,10 +854,11 @@ class ChatAccumulator:
             return ""
         unclaimed = self._unclaimed
         if unclaimed:
-            if unclaimed[0] is chunk or unclaimed[0] == chunk:
-                del unclaimed[0]
+            at = self._claimed
+            if at < len(unclaimed) and (unclaimed[at] is chunk or unclaimed[at] == chunk):
+                self._claimed = at + 1
                 return extract_token_content(chunk)  # add_event() folded it already
-            unclaimed.clear()
+            self._unclaimed = []
         return self._fold(chunk)
 
     def _set_error(self, error: Any) -> None:
@@ -916,7 +919,8 @@ class ChatAccumulator:
                     for call in calls:
                         self._merge_tool_call(call)
         if error is not None and error is not False and error != "":
-            self.error = _error_fields(error)  # the latest error object is the one that counts
+            # The latest error object is the one that counts; Gloo's flat {"error": "<text>", "code": ...} too.
+            self.error = _error_fields(chunk if isinstance(error, str) and "code" in chunk else error)
             if self.finish_reason is None:
                 self.finish_reason = "error"
         return content
@@ -964,7 +968,7 @@ class ChatAccumulator:
         if self.error is not None:
             error = self.error
             return StreamOutcome("provider_error", self.finish_reason or "error", str(error.get("name") or ""),
-                                 error.get("code"), describe_provider_error(error), True)
+                                 error.get("code"), describe_provider_error(error), error.get("retryable", True))
         if self.finish_reason is not None or self.done:
             return StreamOutcome("finished", self.finish_reason)
         if failure is not None:
@@ -1038,11 +1042,14 @@ def _error_fields(error: Any) -> dict:
         message = error.get("message")
         if not message:  # Gloo's body shape: {"error": "<text>", "code": "<text>"}; or {"detail": "<text>"}
             message = next((error[k] for k in ("error", "detail") if isinstance(error.get(k), str)), "")
-        return {
+        fields = {
             "code": error.get("code"),
             "name": str(error.get("name") or error.get("type") or ""),
             "message": str(message or ""),
         }
+        if isinstance(error.get("retryable"), bool):
+            fields["retryable"] = error["retryable"]
+        return fields
     return {"code": None, "name": "", "message": "" if error is None else str(error)}
 
 
@@ -1053,7 +1060,7 @@ def describe_provider_error(error: Mapping[str, Any]) -> str:
     """
     if not isinstance(error, Mapping):
         error = _error_fields(error)
-    elif set(error) - {"code", "name", "message"}:
+    elif set(error) - {"code", "name", "message", "retryable"}:
         error = _error_fields(dict(error))
     label = error.get("name") or "error"
     if error.get("code") is not None:
@@ -1812,13 +1819,15 @@ class GlooClient:
 
     def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
                       publisher: Optional[str] = None, sources_limit: Optional[int] = None,
-                      grounded: bool = False, include_usage: bool = True, **options: Any) -> dict:
+                      grounded: bool = False, include_usage: Optional[bool] = None, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
         Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
         whose value is None are left out. `publisher` (Gloo's `rag_publisher`), `sources_limit`
         (1-10) or `grounded=True` make a grounded request, with citations unless
-        `include_citations=False`. A stream asks for usage (`stream_options.include_usage`).
+        `include_citations=False`. `include_usage=True` asks a stream for its usage
+        (`stream_options.include_usage`); by default only grounded streams ask, the one endpoint
+        whose reference documents `stream_options`.
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
@@ -1830,29 +1839,22 @@ class GlooClient:
             payload["sources_limit"] = sources_limit
         if grounded and "rag_publisher" not in payload:
             payload["rag_publisher"] = DEFAULT_PUBLISHER
-        if is_grounded(payload):
+        grounded = is_grounded(payload)
+        if grounded:
             payload.setdefault("include_citations", True)
-        if stream and include_usage:
+        if stream and (include_usage if include_usage is not None else grounded):
             payload.setdefault("stream_options", {"include_usage": True})
         payload["stream"] = stream
         return payload
 
-    @property
-    def grounded_url(self) -> str:
-        """Where grounded requests go: `<api_url>/grounded`."""
-        return _grounded_url(self.api_url)
-
-    def url_for(self, payload: Mapping[str, Any]) -> str:
-        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
-        return self.grounded_url if is_grounded(payload) else self.api_url
-
-    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> Any:
-        """POST `payload` and return the open response once its status is 200.
+    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None, url: Optional[str] = None) -> Any:
+        """POST `payload` (to `url`, else `url_for(payload)`) and return the open response once its status is 200.
 
         Retries happen here, before the first byte of the body: a 401 refreshes the token
         once; 408/429/5xx and connection failures back off and retry up to `max_retries`.
         """
         body = _encode_payload(payload)
+        target = url if url is not None else self.url_for(payload)  # grounded bodies go to <api_url>/grounded
         started = self._clock()
         # The response must begin (status and headers) within the deadline, or else within a
         # connect timeout plus an idle timeout, however slowly its bytes trickle in.
@@ -1863,7 +1865,7 @@ class GlooClient:
         while True:
             bearer = token or self.token()
             request = urllib.request.Request(
-                self.url_for(payload),
+                target,
                 data=body,
                 method="POST",
                 headers={
@@ -1945,6 +1947,15 @@ class GlooClient:
     def _within_deadline(self, started: float, wait: float) -> bool:
         return self.deadline is None or (self._clock() - started) + wait < self.deadline
 
+    @property
+    def grounded_url(self) -> str:
+        """Where grounded requests go: `<api_url>/grounded`."""
+        return _grounded_url(self.api_url)
+
+    def url_for(self, payload: Mapping[str, Any]) -> str:
+        """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
+        return self.grounded_url if is_grounded(payload) else self.api_url
+
     def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
                **options: Any) -> "ChatStream":
         """Start a streamed completion; iterate the returned ChatStream for text deltas.
@@ -2015,6 +2026,7 @@ class ChatStream:
         self._eof = False
         self._closed = False
         self._finished_at: Optional[float] = None  # when the accumulator first said finished
+        self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
         self.error: Optional[StreamError] = None
         self.bytes_read = 0
@@ -2066,6 +2078,9 @@ class ChatStream:
         if error is not None and not isinstance(error, ProviderError):
             return self.accumulator.outcome(ended=True, failure=str(error), error_name=type(error).__name__,
                                             retryable=error.retryable)
+        if self._closed and not self._body_ended and not self.accumulator.finished:
+            return self.accumulator.outcome(failure="the stream was closed before the answer finished",
+                                            error_name="closed")
         return self.accumulator.outcome(ended=self._closed)
 
     def grace_remaining(self) -> Optional[float]:
@@ -2163,7 +2178,6 @@ class ChatStream:
 
     def _fold(self, events: List[ServerSentEvent]) -> Tuple[List[ServerSentEvent], List[dict]]:
         accumulator = self.accumulator
-        accumulator._unclaimed.clear()
         chunks: List[dict] = []
         for position, event in enumerate(events):
             chunk = accumulator.add_event(event)
@@ -2174,6 +2188,7 @@ class ChatStream:
                 break
         if self._finished_at is None and accumulator.finished:
             self._finished_at = self._clock()
+        accumulator._unclaimed, accumulator._claimed = chunks[:], 0  # only this batch's: memory stays flat
         return events, chunks
 
     def _feed(self, data: bytes) -> List[ServerSentEvent]:
@@ -2183,6 +2198,7 @@ class ChatStream:
             raise self._fail(EventTooLargeError, str(exc)) from None
 
     def _end_of_body(self) -> None:
+        self._body_ended = True
         try:
             if not self._closed:
                 self._decoder.close()
@@ -2336,6 +2352,8 @@ class TutorialResponse:
         self._content: Optional[bytes] = None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "raw":  # not set yet (a half-built or copied object): no recursion
+            raise AttributeError(name)
         return getattr(self.raw, name)
 
     def __enter__(self) -> "TutorialResponse":

@@ -94,14 +94,15 @@ class StreamingTests(SimulatorTestCase):
                          "Bearer " + self.fake.issued_tokens[-1])
 
     def test_openai_style_usage_after_finish_and_done(self):
-        result = self.client().complete("Hi [[openai]]")
+        result = self.client().complete("Hi [[openai]]", include_usage=True)  # usage only when asked
         self.assertEqual(result.finish_reason, "stop")
         self.assertIsInstance(result.usage, dict)
         self.assertIn("total_tokens", result.usage)
 
     def test_gloo_style_usage_on_finish_chunk(self):
-        result = self.client().complete("Hi")
+        result = self.client().complete("Hi", include_usage=True)
         self.assertIsInstance(result.usage, dict)
+        self.assertIsNone(self.client().complete("Hi").usage)
 
     def test_tool_calls_merged(self):
         result = self.client().complete("Look it up [[tools]]")

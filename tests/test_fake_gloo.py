@@ -220,7 +220,8 @@ class CompletionAuthTests(FakeTestCase):
     def test_bad_bearer_is_401(self):
         for header, code in (("", "unauthorized_missing_authorization"), ("Bearer ", "unauthorized_invalid_token"),
                              ("Bearer fake-token-unknown", "unauthorized_invalid_token"),
-                             ("Basic abc", "unauthorized_invalid_token"), ("bearer wrong", "unauthorized_invalid_token")):
+                             ("Basic abc", "unauthorized_invalid_token"),
+                             ("bearer wrong", "unauthorized_invalid_token")):
             with self.subTest(header=header):
                 response = request(self.fake, "/ai/v2/chat/completions",
                                    {"messages": [{"role": "user", "content": "Hi"}], "auto_routing": True},

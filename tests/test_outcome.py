@@ -38,6 +38,11 @@ VECTORS = [
      ("provider_error", "error", "", 503, "error (503): provider overloaded"), "Hel"),
     ("event error in plain text", content("Hel") + b"event: error\ndata: provider overloaded\n\n",
      ("provider_error", "error", "", None, "error: provider overloaded"), "Hel"),
+    ("event error in Gloo's flat shape", content("Hel") + b'event: error\ndata: {"error": "provider overloaded", '
+     b'"code": "overloaded"}\n\n',
+     ("provider_error", "error", "", "overloaded", "error (overloaded): provider overloaded"), "Hel"),
+    ("an error chunk without an event name", content("Hel") + data({"error": "provider overloaded", "code": 503}),
+     ("provider_error", "error", "", 503, "error (503): provider overloaded"), "Hel"),
     ("finish_reason error with Gloo's internal code", content("Hel") + finish(
         "error", error={"code": 2001, "name": "PROVIDER_TIMEOUT", "message": "timed out"}),
      ("provider_error", "error", "PROVIDER_TIMEOUT", 2001, "PROVIDER_TIMEOUT (2001): timed out"), "Hel"),
@@ -150,6 +155,14 @@ class OneVerdictTests(unittest.TestCase):
                 self.assertEqual(_summary(accumulator.outcome(ended=True)), expected)
                 self.assertEqual(accumulator.text, text)
 
+    def test_a_provider_error_says_whether_to_retry(self):
+        body = content("Hi") + finish("error", error={"code": 3001, "name": "CONTENT_POLICY", "message": "no",
+                                                       "retryable": False})
+        stream = ChatStream(_Body(body, 1 << 20))
+        with self.assertRaises(ProviderError):
+            list(stream)
+        self.assertEqual((stream.outcome.kind, stream.outcome.retryable), ("provider_error", False))
+
     def test_outcome_before_the_end_is_streaming(self):
         stream = ChatStream(_Body(content("Hi") + content("there"), 1 << 20))
         self.assertEqual(stream.read_batch() is not None, True)
@@ -191,6 +204,21 @@ class OneVerdictTests(unittest.TestCase):
                          ("cut_short", "ConnectionLostError", True))
         self.assertEqual(outcome.message, str(caught.exception))
         self.assertEqual(stream.result().error, outcome.message)
+
+    def test_closing_early_is_cut_short_by_the_reader(self):
+        stream = ChatStream(_Body(content("Hi") + content(" there") + finish("stop"), 5))
+        for _ in stream:
+            break
+        outcome = stream.outcome
+        self.assertEqual((outcome.kind, outcome.error_name, outcome.message),
+                         ("cut_short", "closed", "the stream was closed before the answer finished"))
+        self.assertTrue(stream.closed)
+
+    def test_closing_after_the_finish_keeps_it_finished(self):
+        stream = ChatStream(_Body(content("Hi") + finish("stop") + content("late"), 1 << 20))
+        stream.read_batch()
+        stream.close()
+        self.assertEqual(stream.outcome.kind, "finished")
 
     def test_sources_and_routing_never_text(self):
         body = CITATIONS + content("Grace", provider="anthropic", model_family="anthropic",
