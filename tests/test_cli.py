@@ -172,6 +172,8 @@ class SecretTests(CLITestCase):
 
 def _pty_pair(columns: int = 80, rows: int = 24) -> tuple:
     """A pseudo-terminal (master, slave) of the given size, so a child sees a real terminal."""
+    if os.name != "posix":
+        raise unittest.SkipTest("pseudo-terminals need POSIX")
     import fcntl
     import pty
     import struct
