@@ -2951,7 +2951,7 @@ class _Run:
 
     def configure_logging(self) -> None:
         handler = logging.StreamHandler(self.err)
-        handler.setFormatter(_SafeFormatter("gloo_stream: %(message)s"))
+        handler.setFormatter(_SafeFormatter("%(levelname)s: %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
     def client(self, args: Any) -> GlooClient:
@@ -3199,8 +3199,13 @@ def _error_type(error: BaseException | None) -> str | None:
 
 
 class _SafeFormatter(logging.Formatter):
+    """`warning: ...` lines like the tool's own `error: ...`, redacted and made safe for a terminal."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return _terminal_safe(_redact(super().format(record)))
+        text = super().format(record)
+        if text.startswith(record.levelname):
+            text = record.levelname.lower() + text[len(record.levelname):]
+        return _terminal_safe(_redact(text))
 
 
 def _default_sigint() -> Any:
