@@ -2925,6 +2925,8 @@ class _Run:
                 self.fake.stop()
 
     def usage_error(self, parser: argparse.ArgumentParser, message: str) -> int:
+        if message.startswith("unrecognized arguments: -"):
+            message += " (a question that starts with '-' goes after --, e.g. gloo_stream.py -- \"-x?\")"
         try:
             self.err.write(parser.format_usage())
         except (OSError, ValueError):
