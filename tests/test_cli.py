@@ -317,6 +317,18 @@ class CLIPipeTests(CLITestCase):
                         self.assertEqual(proc.stdout, _UTF8_ANSWER.encode(encoding, "replace") + b"\n")
 
 
+    def test_a_lone_surrogate_in_the_answer_is_replaced(self):
+        # "\ud800" is valid JSON, but no encoding can write it: even UTF-8 with surrogateescape fails.
+        for encoding in ("utf-8", "utf-8:surrogateescape", "ascii"):
+            with self.subTest(encoding=encoding):
+                self.fake.enqueue(headers={"Content-Type": "text/event-stream"}, writes=[
+                    b'data: {"choices":[{"index":0,"delta":{"content":"a\\ud800b"},"finish_reason":"stop"}]}\n\n'])
+                proc = subprocess.run(CLI + ["Hi"], capture_output=True, timeout=20, cwd=self.cwd,
+                                      stdin=subprocess.DEVNULL,
+                                      env=clean_environment(dict(self.fake.env, PYTHONIOENCODING=encoding)))
+                self.assertEqual((proc.returncode, proc.stdout), (0, b"a?b\n"), proc.stderr)
+
+
 class CLIUsageTests(unittest.TestCase):
     """Every bad option value is a usage error (exit 2) that names the accepted range."""
 
