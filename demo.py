@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """The streaming tutorial's two examples, end to end, and a grounded answer with its sources.
 
 1. Accumulate a whole answer and report its size, time and finish reason.

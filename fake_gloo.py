@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """fake_gloo: a local simulator of the Gloo AI API (OAuth tokens and chat completions).
 
 Used by `python demo.py` without credentials, by `proxy_server.py --offline`, by the tests
@@ -1325,6 +1326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--expires-in", type=int, default=3600, help="token lifetime in seconds (default 3600)")
     parser.add_argument("--scenario", default="", help="markers applied to every request, e.g. '[[slow:0.2]]'")
     parser.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    parser.add_argument("--version", action="version", version="%(prog)s 1.0.0")  # gloo-stream's version
     args = parser.parse_args(argv)
     if args.delay < 0 or args.expires_in < 1 or not 0 <= args.port <= 65535:
         parser.error("--delay must be >= 0, --expires-in >= 1 and --port 0-65535")

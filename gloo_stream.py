@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """gloo_stream: stream Gloo AI chat completions token by token.
 
 A single-file, standard-library-only client for the Gloo AI completions API (and any
@@ -12,6 +13,12 @@ Copy this file anywhere CPython 3.9+ runs; it imports nothing outside the standa
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # the command line: Ctrl-C while the modules load exits 130 quietly, as later
+    import os as _os
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(130))
 
 import argparse
 import email.utils
@@ -1021,10 +1028,35 @@ _describe_provider_error = describe_provider_error  # the name other modules use
 # Configuration: explicit argument, then the environment, then .env
 # ---------------------------------------------------------------------------
 
+# Values a copied .env.example still holds: never real credentials, so they count as unset.
+_PLACEHOLDER_PREFIXES = ("your-", "your_")
 
-def _parse_dotenv(text: str) -> Dict[str, str]:
-    values: Dict[str, str] = {}
-    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+
+def _is_placeholder(value: str) -> bool:
+    value = value.strip().lower()
+    return value.startswith(_PLACEHOLDER_PREFIXES) or (value.startswith("<") and value.endswith(">"))
+
+
+@dataclass(frozen=True)
+class _DotenvReport:
+    """What the last load_dotenv() found, so a missing-credentials message can say where it looked."""
+
+    path: str
+    found: bool
+    keys: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()
+
+
+_last_dotenv: _DotenvReport | None = None
+
+
+def _parse_dotenv(text: str, *, problems: list[tuple[int, str]] | None = None) -> dict[str, str]:
+    """KEY=VALUE pairs of a .env text; lines that are not assignments go to `problems` as (line, why)."""
+    values: dict[str, str] = {}
+    if text.startswith("\ufeff"):  # a BOM from Windows editors is not part of the first key
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -1032,7 +1064,13 @@ def _parse_dotenv(text: str) -> Dict[str, str]:
             line = line[7:].lstrip()
         key, eq, value = line.partition("=")
         key = key.strip()
-        if not eq or not key or not key.replace("_", "").replace(".", "").isalnum():
+        if not eq:
+            if problems is not None:
+                problems.append((number, "no '=' (expected KEY=VALUE); ignored"))
+            continue
+        if not key or not key.replace("_", "").replace(".", "").isalnum():
+            if problems is not None:
+                problems.append((number, f"{key!r} is not a variable name; ignored"))
             continue
         value = value.strip()
         if value[:1] in ("'", '"'):
@@ -1040,6 +1078,8 @@ def _parse_dotenv(text: str) -> Dict[str, str]:
             end = value.find(quote, 1)
             while quote == '"' and end > 0 and value[end - 1] == "\\":
                 end = value.find(quote, end + 1)
+            if end < 0 and problems is not None:
+                problems.append((number, f"the {quote} quote is never closed; the value runs to the line's end"))
             inner = value[1:end] if end > 0 else value[1:]
             if quote == '"':
                 inner = (inner.replace("\\n", "\n").replace("\\t", "\t")
@@ -1053,30 +1093,82 @@ def _parse_dotenv(text: str) -> Dict[str, str]:
     return values
 
 
-def load_dotenv(path: Union[str, os.PathLike] = ".env", *, override: bool = False) -> Dict[str, str]:
+def _line_of(data: bytes, offset: int) -> int:
+    head = data[:offset]
+    return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+
+
+def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> dict[str, str]:
     """Read KEY=VALUE lines from `path` into os.environ; existing variables win unless `override`.
 
-    Handles comments, blank lines, `export ` prefixes and single or double quotes.
-    Returns the values the file holds (empty when there is no file).
+    Handles a UTF-8 BOM, CRLF, comments, `export ` prefixes and quotes; warns (logging) about lines
+    that are not assignments and about placeholder values copied from .env.example, which are
+    left unset. Returns the values applied or available (empty when there is no file).
     """
+    global _last_dotenv
+    where = os.path.abspath(os.fspath(path))
     try:
-        with open(path, encoding="utf-8") as handle:
-            values = _parse_dotenv(handle.read())
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
+        _last_dotenv = _DotenvReport(where, found=False)
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read {os.fspath(path)}: {exc.__class__.__name__}") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {where}: {exc.strerror or exc.__class__.__name__}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{where} line {_line_of(data, exc.start)} is not UTF-8 text (byte 0x{data[exc.start]:02x}): "
+            "save the file as UTF-8") from None
+    problems: list[tuple[int, str]] = []
+    values = _parse_dotenv(text, problems=problems)
+    for number, why in problems:
+        log.warning("%s line %d: %s", where, number, why)
+    placeholders = tuple(key for key, value in values.items() if value and _is_placeholder(value))
+    if placeholders:
+        log.warning("%s: %s still hold%s the example value%s from .env.example; treated as unset",
+                    where, ", ".join(placeholders), "s" if len(placeholders) == 1 else "",
+                    "" if len(placeholders) == 1 else "s")
+    values = {key: value for key, value in values.items() if key not in placeholders}
+    _last_dotenv = _DotenvReport(where, found=True, keys=tuple(values), placeholders=placeholders)
     for key, value in values.items():
         if override or key not in os.environ:
             os.environ[key] = value
     return values
 
 
-def _setting(explicit: Optional[str], name: str, default: Optional[str] = None) -> Optional[str]:
+def _have_credentials() -> bool:
+    return bool(_setting(None, "GLOO_API_KEY")
+                or (_setting(None, "GLOO_CLIENT_ID") and _setting(None, "GLOO_CLIENT_SECRET")))
+
+
+def _credentials_help() -> str:
+    """Why no credentials were found, naming the .env searched (one line, for error messages)."""
+    missing = [name for name in ("GLOO_CLIENT_ID", "GLOO_CLIENT_SECRET") if not _setting(None, name)]
+    message = (f"missing Gloo credentials: set {' and '.join(missing) or 'GLOO_CLIENT_ID and GLOO_CLIENT_SECRET'} "
+               "(or GLOO_API_KEY) in the environment or in .env")
+    report = _last_dotenv
+    placeholders = [name for name in os.environ if name.startswith("GLOO_") and _is_placeholder(os.environ[name])]
+    if report is None:
+        pass
+    elif not report.found:
+        message += f" (there is no .env in {os.path.dirname(report.path)})"
+    elif report.placeholders:
+        message += (f" ({report.path} still holds the placeholder values from .env.example for "
+                    f"{', '.join(report.placeholders)}: put your credentials from Gloo AI Studio there)")
+    else:
+        message += f" ({report.path} sets none of them)"
+    if placeholders and not (report and report.placeholders):
+        message += f"; the environment holds placeholder values for {', '.join(placeholders)}"
+    return message
+
+
+def _setting(explicit: str | None, name: str, default: str | None = None) -> str | None:
     if explicit is not None:
         return explicit
     value = os.environ.get(name)
-    return value if value else default
+    return value if value and not _is_placeholder(value) else default
 
 
 # ---------------------------------------------------------------------------
@@ -2406,199 +2498,763 @@ def _last_user_text(messages: Any) -> str:
 # ---------------------------------------------------------------------------
 
 _EXIT_OK, _EXIT_ERROR, _EXIT_USAGE, _EXIT_INTERRUPTED = 0, 1, 2, 130
+_MAX_TIMEOUT = 86400.0
+_MAX_TOKENS = 1_000_000
+_OFFLINE_DELAY = 0.02  # seconds between the simulator's tokens: slow enough to see the answer stream
+
+# Every control character but tab and newline, in caret notation (ESC shows as ^[, the C1 controls
+# such as the 8-bit CSI as M-^[ like `cat -v`): with no ESC, BEL or C1 left, no CSI, OSC (titles,
+# OSC 52 clipboard writes, hyperlinks), DCS or hidden-text sequence can reach a terminal.
+_TERMINAL_SAFE = {c: "^" + chr(c + 0x40) for c in range(0x20) if c not in (0x09, 0x0A)}
+_TERMINAL_SAFE[0x7F] = "^?"
+_TERMINAL_SAFE.update({c: "M-^" + chr(c - 0x40) for c in range(0x80, 0xA0)})
+# json.dumps leaves DEL and the C1 controls as they are; a \u escape is the same JSON, and inert.
+_JSON_SAFE = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
+
+
+def _terminal_safe(text: str) -> str:
+    """`text` with control characters shown, not obeyed (CRLF kept as a newline)."""
+    return text.replace("\r\n", "\n").translate(_TERMINAL_SAFE)
+
+
+class _SafeText:
+    """_terminal_safe for text that arrives in pieces: a CR at a piece's end may start a CRLF."""
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, text: str) -> str:
+        if self._cr:
+            text, self._cr = "\r" + text, False
+        if text.endswith("\r"):
+            text, self._cr = text[:-1], True
+        return _terminal_safe(text)
+
+    def flush(self) -> str:
+        cr, self._cr = self._cr, False
+        return "^M" if cr else ""
+
+
+class _UsageError(Exception):
+    """A bad command line: exit 2 with the usage line."""
+
+
+class _HintedError(ConfigurationError):
+    """A configuration error with a next step for the person at the command line."""
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # raises, never exits
+        raise _UsageError(message)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _columns(stream: Any) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+def _replace_unencodable(stream: Any, errors: str) -> None:
+    # A cp1252 console or PYTHONIOENCODING=ascii must not end the answer with UnicodeEncodeError.
+    # A lone surrogate in an answer ("\ud800" is valid JSON) fails even UTF-8 with surrogateescape.
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None and getattr(stream, "errors", errors) in ("strict", "surrogateescape"):
+        try:
+            reconfigure(errors=errors)
+        except (ValueError, OSError):
+            pass
+
+
+def _silence(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null, so exit's flush cannot raise again."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, ValueError, OSError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, unit: str = "") -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if low_open else low <= value) or not value <= high:  # also rejects nan, inf
+            low_words = f"more than {low:g}" if low_open else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"expected a number{unit} {low_words} and at most {high:g}, not {text!r}")
+        return value
+    return parse
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return value
+    return parse
+
+
+def _name(text: str) -> str:
+    if not text.strip() or not text.isprintable() or len(text) > 200:
+        raise argparse.ArgumentTypeError(f"expected a name of 1 to 200 printable characters, not {text!r}")
+    return text
 
 
 class _Spinner:
-    """A small waiting indicator on stderr until the first token (terminals only)."""
+    """A waiting indicator on stderr until the first token: one line, never wider than the terminal."""
 
     _FRAMES = "|/-\\"
 
-    def __init__(self, stream: Any, *, color: bool) -> None:
+    def __init__(self, stream: Any, *, color: bool, clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._color = color
+        self._clock = clock
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
+        self._shown = 0  # characters on the line now
 
-    def start(self) -> None:
+    def start(self) -> _Spinner:
+        self._started = self._clock()
         self._thread = threading.Thread(target=self._run, name="gloo-spinner", daemon=True)
         self._thread.start()
+        return self
+
+    def line(self, frame: int, elapsed: float, columns: int) -> str:
+        """The frame's text, cut to fit `columns` (the last column stays free: writing it wraps)."""
+        text = f"{self._FRAMES[frame % len(self._FRAMES)]} waiting for the first token"
+        if elapsed >= 2:
+            text += f" ({elapsed:.0f}s)"
+        return text[:max(columns - 1, 0)]
 
     def _run(self) -> None:
         frame = 0
-        while not self._stop.wait(0.1):
-            mark = self._FRAMES[frame % len(self._FRAMES)]
-            text = f"{mark} waiting for the first token…"
-            if self._color:
-                text = f"\033[2m{text}\033[0m"
-            self._stream.write("\r" + text)
-            self._stream.flush()
-            frame += 1
+        try:
+            while not self._stop.wait(0.1):
+                text = self.line(frame, self._clock() - self._started, _columns(self._stream))
+                pad = " " * max(self._shown - len(text), 0)
+                shown = f"\033[2m{text}\033[0m" if self._color and text else text
+                self._stream.write("\r" + shown + pad + "\r" * bool(pad))
+                self._stream.flush()
+                self._shown = len(text)
+                frame += 1
+        except (OSError, ValueError):  # the terminal went away: nothing to show any more
+            pass
 
     def stop(self) -> None:
         if self._thread is None or self._stop.is_set():
             return
         self._stop.set()
         self._thread.join()
-        self._stream.write("\r\033[K")
-        self._stream.flush()
+        if self._shown:
+            try:
+                self._stream.write("\r" + " " * self._shown + "\r")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+            self._shown = 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gloo_stream.py",
+        usage="%(prog)s [options] [question]",
         description="Stream a Gloo AI chat completion to stdout, token by token.",
         epilog=(
-            "Credentials: GLOO_CLIENT_ID and GLOO_CLIENT_SECRET (environment or .env), or GLOO_API_KEY for an "
-            "OpenAI-compatible server; GLOO_API_URL and GLOO_TOKEN_URL point elsewhere. "
-            "Exit codes: 0 done, 1 API or stream error, 2 usage or configuration error, 130 interrupted."
+            "Try it without credentials: python gloo_stream.py --offline \"Hi\". "
+            "Credentials: GLOO_CLIENT_ID and GLOO_CLIENT_SECRET (environment or .env), or GLOO_API_KEY (a Gloo "
+            "Studio API key); GLOO_API_URL and GLOO_TOKEN_URL point elsewhere. A question and piped text are "
+            "joined (question first). Exit codes: 0 done (or the reader of stdout stopped), 1 API or stream "
+            "error, 2 usage or configuration error, 130 interrupted."
         ),
     )
-    parser.add_argument("question", nargs="?", default=None, help="the question; read from stdin when absent or '-'")
-    parser.add_argument("--system", help="a system message sent before the question")
+    parser.add_argument("question", nargs="?", default=None,
+                        help="the question; piped stdin is added after it ('-' or no question: stdin only)")
+    parser.add_argument("--offline", action="store_true",
+                        help="answer from the built-in simulator (fake_gloo.py beside this file): no credentials, "
+                             "no network")
+    parser.add_argument("--system", metavar="TEXT", help="a system message sent before the question")
     routing = parser.add_mutually_exclusive_group()
-    routing.add_argument("--model", help="a specific model (default: auto routing)")
+    routing.add_argument("--model", type=_name, metavar="ID",
+                         help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 (default: auto routing)")
     routing.add_argument("--model-family", choices=["openai", "anthropic", "google", "open source"],
                          help="let Gloo pick a model of this family")
     parser.add_argument("--tradition", choices=["evangelical", "catholic", "mainline", "not_faith_specific"],
                         help="the theological perspective of the answer")
-    parser.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2")
-    parser.add_argument("--max-tokens", type=int, help="the most tokens to generate (at least 1)")
+    parser.add_argument("--temperature", type=_float_in(0, 2), metavar="T", help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), metavar="N",
+                        help=f"the most tokens to generate, 1 to {_MAX_TOKENS}")
+    parser.add_argument("--endpoint", choices=list(ENDPOINTS),
+                        help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
+    grounded = parser.add_argument_group("grounded answers (with sources)")
+    grounded.add_argument("--publisher", type=_name, metavar="NAME",
+                          help="answer from this publisher's content (Gloo's rag_publisher, e.g. GlooGrounded)")
+    grounded.add_argument("--sources", type=_int_in(1, 10), metavar="N", help="at most N sources, 1 to 10")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the final result as one JSON object")
-    output.add_argument("--raw", action="store_true", help="print the raw event stream as received (for debugging)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds of silence before giving up (default 60)")
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON object at the end (also for errors)")
+    output.add_argument("--raw", action="store_true",
+                        help="print the response body's bytes as received (for debugging)")
+    output.add_argument("--chat", action="store_true",
+                        help="a conversation: ask, read the answer, ask again (Ctrl-D or /exit to leave)")
+    parser.add_argument("--timeout", type=_float_in(0, _MAX_TIMEOUT, low_open=True, unit=" of seconds"),
+                        default=60.0, metavar="SECONDS",
+                        help=f"seconds of silence before giving up, more than 0 and at most {_MAX_TIMEOUT:g} "
+                             "(default 60)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command-line tool; returns the exit code."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    err = sys.stderr
-    color = err.isatty() and not os.environ.get("NO_COLOR")
-    if args.temperature is not None and not 0 <= args.temperature <= 2:
-        parser.error("--temperature must be between 0 and 2")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        parser.error("--max-tokens must be at least 1")
-    question = args.question
-    if question is None or question == "-":
-        if sys.stdin is None or (question is None and sys.stdin.isatty()):
-            parser.error("give a question, or pipe one on stdin")
-        question = sys.stdin.read().strip()
-    if not question:
-        parser.error("the question is empty")
-    logging.basicConfig(level=logging.WARNING, format="gloo_stream: %(message)s")
-    spinner: Optional[_Spinner] = None
-    stream: Optional[ChatStream] = None
-    out = sys.stdout
+def _wants_json(argv: Sequence[str]) -> bool:
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _read_stdin(stdin: Any) -> str:
+    buffer = getattr(stdin, "buffer", None)
+    data = buffer.read() if buffer is not None else stdin.read()
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _UsageError(f"stdin is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                              "convert it first, e.g. iconv -f latin1 -t utf-8") from None
+    return data[1:] if data.startswith("\ufeff") else data
+
+
+def _load_simulator() -> Any:
+    """The FakeGloo class from fake_gloo.py beside this file (not from sys.path, so `python -I` works)."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    # Beside this file, or beside the file a symlink (~/bin/gloo -> .../gloo_stream.py) points to.
+    paths = [os.path.join(where, "fake_gloo.py") for where in (folder, os.path.dirname(os.path.realpath(__file__)))]
+    path = next((candidate for candidate in paths if os.path.isfile(candidate)), "")
+    module = sys.modules.get("fake_gloo")
+    if module is not None and path and os.path.abspath(getattr(module, "__file__", "") or "") == path:
+        return module.FakeGloo
+    if not path:
+        raise ConfigurationError(
+            f"--offline needs fake_gloo.py beside gloo_stream.py, and {folder} has none: copy it there from "
+            "gloo-stream, or run a simulator elsewhere and point GLOO_API_URL and GLOO_TOKEN_URL at it")
+    import importlib.util  # only offline
+
+    spec = importlib.util.spec_from_file_location("fake_gloo", path)
+    if spec is None or spec.loader is None:
+        raise ConfigurationError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fake_gloo"] = module
+    spec.loader.exec_module(module)
+    return module.FakeGloo
+
+
+def _enable_line_editing() -> None:
     try:
+        import readline
+    except ImportError:  # Windows, or a Python built without it: input() still works
+        return
+    del readline  # importing it is what gives input() line editing and this session's history
+
+
+class _Run:
+    """One run of the command line: its streams, options, spinner, simulator and open stream."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.out, self.err, self.stdin = sys.stdout, sys.stderr, sys.stdin
+        _replace_unencodable(self.out, "replace")
+        _replace_unencodable(self.err, "backslashreplace")
+        self.out_tty, self.err_tty = _isatty(self.out), _isatty(self.err)
+        dumb = os.environ.get("TERM") == "dumb"
+        self.color = self.err_tty and not os.environ.get("NO_COLOR") and not dumb
+        self.animate = self.err_tty and not dumb
+        self.json = _wants_json(self.argv)
+        self.args: Any = None
+        self.spinner: _Spinner | None = None
+        self.stream: ChatStream | None = None
+        self.fake: Any = None
+        self.safe = _SafeText()
+        self.open_line = False  # answer text written without a final newline
+        self.at_prompt = False  # --chat is waiting for a question
+        self.json_written = False
+
+    # -- output ------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.out.flush()
+            self.open_line = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        tail = self.safe.flush()
+        if tail or self.open_line:
+            self.write(tail + "\n")
+
+    def note(self, text: str, *, dim: bool = False) -> None:
+        """A line on stderr, made safe for a terminal; a stderr that went away is ignored."""
+        text = _terminal_safe(_redact(text))
+        if dim and self.color:
+            text = f"\033[2m{text}\033[0m"
+        try:
+            self.err.write(text + "\n")
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
+
+    def print_json(self, data: Mapping[str, Any]) -> None:
+        encoding = (getattr(self.out, "encoding", None) or "utf-8").lower().replace("_", "-")
+        try:
+            text = json.dumps(data, ensure_ascii=not encoding.startswith("utf"))
+        except (TypeError, ValueError):
+            text = json.dumps({"error": "the result cannot be written as JSON", "exit_code": _EXIT_ERROR})
+        self.json_written = True
+        self.write(text.translate(_JSON_SAFE) + "\n")
+
+    def result_json(self, result: ChatResult | None, error: BaseException | None, exit_code: int,
+                    message: str | None = None) -> dict:
+        data = (result or ChatResult()).to_dict()
+        if message or error is not None:
+            data["error"] = _redact(message or str(error))
+        data["error_type"] = _error_type(error)
+        data["status"] = getattr(error, "status", None)
+        data["error_code"] = getattr(error, "code", None)
+        data["exit_code"] = exit_code
+        return data
+
+    def stop_spinner(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+    # -- the run -------------------------------------------------------------
+
+    def execute(self) -> int:
+        parser = _build_parser()
+        try:
+            self.args = args = parser.parse_args(self.argv)
+            question = self.question(args)
+        except _UsageError as exc:
+            return self.usage_error(parser, str(exc))
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else _EXIT_OK
+        self.configure_logging()
+        try:
+            client = self.client(args)
+            if args.chat:
+                return self.chat(client, question)
+            return self.ask(client, question or "")
+        except ConfigurationError as exc:
+            return self.fail(exc, _EXIT_USAGE)
+        except GlooError as exc:
+            return self.fail(exc, _EXIT_ERROR)
+        finally:
+            self.stop_spinner()
+            if self.fake is not None:
+                self.fake.stop()
+
+    def usage_error(self, parser: argparse.ArgumentParser, message: str) -> int:
+        if message.startswith("unrecognized arguments: -"):
+            message += " (a question that starts with '-' goes after --, e.g. gloo_stream.py -- \"-x?\")"
+        try:
+            self.err.write(parser.format_usage())
+        except (OSError, ValueError):
+            pass
+        self.note(f"{parser.prog}: error: {message}")
+        if self.json:
+            self.print_json(self.result_json(None, _UsageError(message), _EXIT_USAGE))
+        return _EXIT_USAGE
+
+    def question(self, args: Any) -> str | None:
+        if args.chat and (args.question in (None, "-")):
+            return None  # the questions come from the prompt (or stdin, line by line)
+        asked = None if args.question == "-" else args.question
+        piped = ""
+        if self.stdin is not None and not args.chat and (asked is None or not _isatty(self.stdin)):
+            if asked is None and _isatty(self.stdin):
+                raise _UsageError('give a question, e.g. gloo_stream.py "Hi" (add --offline to try it without '
+                                  'credentials), pipe one on stdin, or use --chat')
+            piped = _read_stdin(self.stdin).strip()
+        question = "\n\n".join(part for part in ((asked or "").strip(), piped) if part)
+        if not question:
+            raise _UsageError("the question is empty")
+        return question
+
+    def configure_logging(self) -> None:
+        handler = logging.StreamHandler(self.err)
+        handler.setFormatter(_SafeFormatter("%(levelname)s: %(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+    def client(self, args: Any) -> GlooClient:
+        if args.offline:
+            fake_gloo = _load_simulator()
+            self.fake = fake_gloo(host="127.0.0.1", port=0, delay=_OFFLINE_DELAY).start()
+            self.note("[offline: answers come from the built-in simulator (fake_gloo.py), not from Gloo]", dim=True)
+            return GlooClient(client_id=self.fake.client_id, client_secret=self.fake.client_secret,
+                              token_url=self.fake.token_url, api_url=self.fake.api_url, endpoint=args.endpoint,
+                              read_timeout=args.timeout)
         load_dotenv()
-        client = GlooClient(read_timeout=args.timeout)
+        if not _have_credentials():
+            raise _HintedError(_credentials_help(), hint='to try it without credentials, add --offline: '
+                                     'python gloo_stream.py --offline "Hi"')
+        return GlooClient(read_timeout=args.timeout, endpoint=args.endpoint)
+
+    def options(self) -> dict[str, Any]:
+        args = self.args
         options = {"model": args.model, "model_family": args.model_family, "tradition": args.tradition,
                    "temperature": args.temperature, "max_tokens": args.max_tokens}
-        if err.isatty() and not args.json and not args.raw:
-            spinner = _Spinner(err, color=bool(color))
-            spinner.start()
-        stream = client.stream(question, system=args.system, **options)
-        failure: Optional[StreamError] = None
-        if args.raw:
-            try:
-                if not _print_raw(stream, out) and stream.accumulator.finish_reason is None:
-                    failure = ConnectionLostError("the stream ended before the answer finished")
-            except StreamError as exc:
-                failure = exc
-        else:
-            try:
-                for delta in stream:
-                    if spinner is not None:
-                        spinner.stop()
-                    if not args.json:
-                        out.write(delta)
-                        out.flush()
-            except StreamError as exc:
-                failure = exc
-        if spinner is not None:
-            spinner.stop()
-        result = stream.result()
-        if args.json:
-            json.dump(result.to_dict(), out, ensure_ascii=False)
-            out.write("\n")
-        elif not args.raw and result.text and not result.text.endswith("\n"):
-            out.write("\n")
-        out.flush()
-        _print_stats(result, err, color=bool(color))
-        if failure is not None:
-            print(f"error: {failure}", file=err)
-            return _EXIT_ERROR
-        if result.finish_reason == "content_filter":
-            print("error: the answer was stopped by the content filter", file=err)
-            return _EXIT_ERROR
-        return _EXIT_OK
-    except KeyboardInterrupt:
-        if spinner is not None:
-            spinner.stop()
-        if stream is not None:
-            stream.close()
-        out.write("\n")
-        print("interrupted", file=err)
-        return _EXIT_INTERRUPTED
-    except ConfigurationError as exc:
-        if spinner is not None:
-            spinner.stop()
-        print(f"error: {exc}", file=err)
-        return _EXIT_USAGE
-    except GlooError as exc:
-        if spinner is not None:
-            spinner.stop()
-        print(f"error: {exc}", file=err)
-        return _EXIT_ERROR
+        if args.publisher is not None or args.sources is not None:
+            options["publisher"] = args.publisher
+            options["sources_limit"] = args.sources
+        return options
 
+    def open_stream(self, client: GlooClient, message: Messages) -> ChatStream:
+        if self.animate and not self.args.json and not self.args.raw:
+            self.spinner = _Spinner(self.err, color=self.color).start()
+        self.stream = client.stream(message, system=self.args.system, **self.options())
+        return self.stream
 
-def _print_raw(stream: ChatStream, out: Any) -> bool:
-    """Print each event in wire form as it arrives; True if `data: [DONE]` came."""
-    done = False
-    binary = getattr(out, "buffer", None)
-    for batch in stream.event_batches():
-        for event in batch:
-            text = _format_event(event)
-            if binary is not None:
-                binary.write(text.encode("utf-8"))
-                binary.flush()
+    def ask(self, client: GlooClient, question: str) -> int:
+        stream = self.open_stream(client, question)
+        failure: StreamError | None = None
+        try:
+            if self.args.raw:
+                self.print_raw(stream)
             else:
-                out.write(text)
-                out.flush()
-            if event.data == "[DONE]":
-                done = True
-                continue
+                self.print_answer(stream)
+        except StreamError as exc:
+            failure = exc
+        self.stop_spinner()
+        result = stream.result()
+        code, message = self.verdict(stream, result, failure)
+        if self.args.json:
+            self.print_json(self.result_json(result, failure, code, message))
+        else:
+            self.end_line()
+        self.print_sources(result)
+        _print_stats(result, self, color=self.color)
+        if message:
+            self.note(f"error: {message}")
+        return code
+
+    def print_answer(self, stream: ChatStream) -> None:
+        for delta in stream:
+            self.stop_spinner()
+            if not self.args.json:
+                self.write(self.safe.feed(delta))
+
+    def print_raw(self, stream: ChatStream) -> None:
+        """The body's bytes as received: verbatim to a pipe or file, made safe on a terminal."""
+        if self.out_tty:
+            import codecs  # here, not at the top: the decoder section no longer needs it there
+
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+            def show(data: bytes) -> None:
+                self.write(self.safe.feed(decoder.decode(data)))
+        else:
+            self.out.flush()
+            binary = getattr(self.out, "buffer", None)
+
+            def show(data: bytes) -> None:
+                if binary is None:
+                    self.write(data.decode("utf-8", "replace"))
+                elif data:
+                    binary.write(data)
+                    binary.flush()
+                    self.open_line = not data.endswith(b"\n")
+        _print_raw(stream, show)
+
+    def verdict(self, stream: ChatStream, result: ChatResult, failure: StreamError | None) -> tuple[int, str]:
+        """The exit code and error line, from the library's one verdict on the stream."""
+        outcome = stream.outcome
+        if outcome.kind == "finished":
+            if outcome.finish_reason == "content_filter":
+                return _EXIT_ERROR, "the answer was stopped by the content filter"
+            return _EXIT_OK, ""
+        if failure is not None:
+            return _EXIT_ERROR, str(failure)
+        return _EXIT_ERROR, outcome.message or "the stream ended before the answer finished"
+
+    def print_sources(self, result: ChatResult) -> None:
+        sources = getattr(result, "sources", None)
+        if not sources or self.args.json:
+            return
+        self.note("Sources:", dim=True)
+        for number, source in enumerate(sources, 1):
+            self.note(f"  [{number}] {_describe_source(source)}")
+
+    def fail(self, exc: GlooError, code: int) -> int:
+        self.stop_spinner()
+        self.end_line()
+        if self.args is not None and self.args.json and not self.json_written:
+            result = getattr(exc, "result", None)
+            self.print_json(self.result_json(result, exc, code))
+        self.note(f"error: {exc}")
+        hint = getattr(exc, "hint", "")
+        if hint:
+            self.note(f"hint: {hint}", dim=True)
+        return code
+
+    # -- chat ----------------------------------------------------------------
+
+    def chat(self, client: GlooClient, first: str | None) -> int:
+        interactive = _isatty(self.stdin)
+        if interactive:
+            _enable_line_editing()
+            self.note("Chat: type a question and Enter. Ctrl-C stops an answer; Ctrl-D or /exit leaves.", dim=True)
+        history: list[dict] = []
+        pending = first
+        while True:
+            if pending is not None:
+                text, pending = pending, None
+            else:
+                line = self.read_turn(interactive)
+                if line is None:
+                    self.end_line()
+                    return _EXIT_OK
+                text = line.strip()
+                if text in ("/exit", "/quit", "exit", "quit"):
+                    return _EXIT_OK
+                if not text:
+                    continue
+            history.append({"role": "user", "content": text})
+            reply = self.chat_turn(client, history)
+            if interactive:
+                self.note("")  # a blank line between one answer and the next question
+            if reply:
+                history.append({"role": "assistant", "content": reply})
+            else:
+                history.pop()
+
+    def read_turn(self, interactive: bool) -> str | None:
+        if not interactive:
+            data = self.stdin.buffer.readline() if hasattr(self.stdin, "buffer") else self.stdin.readline()
+            if not data:
+                return None
+            if isinstance(data, bytes):
+                data = data.decode("utf-8", "replace")
+            return data
+        self.at_prompt = True  # stays set if Ctrl-C ends the run here
+        try:
+            if self.out_tty:
+                line = input("> ")
+            else:
+                self.err.write("> ")
+                self.err.flush()
+                line = input()
+        except EOFError:  # Ctrl-D: leave the shell's prompt on a line of its own
+            (self.out if self.out_tty else self.err).write("\n")
+            line = None
+        self.at_prompt = False
+        return line
+
+    def chat_turn(self, client: GlooClient, history: list[dict]) -> str:
+        """One answer to the conversation so far; returns its text ('' when nothing came)."""
+        stream: ChatStream | None = None
+        self.safe = _SafeText()
+        try:
+            stream = self.open_stream(client, history)
+            failure: StreamError | None = None
             try:
-                stream.accumulator.add(json.loads(event.data))
-            except (ValueError, RecursionError):
-                pass
-    return done
+                self.print_answer(stream)
+            except StreamError as exc:
+                failure = exc
+            self.stop_spinner()
+            self.end_line()
+            result = stream.result()
+            code, message = self.verdict(stream, result, failure)
+            self.print_sources(result)
+            _print_stats(result, self, color=self.color)
+            if message:
+                self.note(f"error: {message}")
+            return result.text
+        except KeyboardInterrupt:  # stop this answer, keep what came, and ask again
+            self.stop_spinner()
+            if stream is not None:
+                stream.close()
+            self.end_line()
+            self.note("[stopped]", dim=True)
+            return stream.text if stream is not None else ""
+        except ConfigurationError:
+            raise
+        except GlooError as exc:
+            self.stop_spinner()
+            self.end_line()
+            self.note(f"error: {exc}")
+            return ""
+        finally:
+            self.stream = None
+
+    # -- the ends that are not errors -------------------------------------------
+
+    def interrupted(self) -> int:
+        """Ctrl-C: keep the partial answer, say so, exit 130; a second Ctrl-C now ends the process."""
+        previous = _default_sigint()
+        try:
+            self.stop_spinner()
+            stream = self.stream
+            if stream is not None:
+                stream.close()
+            try:
+                if self.args is not None and self.args.json and not self.json_written:
+                    result = stream.result() if stream is not None else None
+                    self.print_json(self.result_json(result, KeyboardInterrupt(), _EXIT_INTERRUPTED, "interrupted"))
+                else:
+                    self.end_line()
+            except OSError:  # the reader went too (Ctrl-C reaches a whole pipeline, tee included)
+                _silence(self.out)
+            # Through `| tee` the answer shows on the terminal but its newline may never come.
+            fresh_line = self.at_prompt or (self.open_line and self.err_tty and not self.out_tty)
+            self.note(("\n" if fresh_line else "") + "interrupted")
+        finally:
+            _restore_sigint(previous)
+        return _EXIT_INTERRUPTED
+
+    def reader_stopped(self) -> int:
+        """stdout's reader went away (`| head`): stop quietly, as other Unix tools do."""
+        self.stop_spinner()
+        if self.stream is not None:
+            self.stream.close()
+        _silence(self.out)
+        return _EXIT_OK
 
 
-def _format_event(event: ServerSentEvent) -> str:
-    lines = []
-    if event.event != "message":
-        lines.append(f"event: {event.event}")
-    if event.id:
-        lines.append(f"id: {event.id}")
-    lines.extend("data: " + line for line in event.data.split("\n"))
-    return "\n".join(lines) + "\n\n"
+def _error_type(error: BaseException | None) -> str | None:
+    """The public class name a script can test for (UsageError for a bad command line)."""
+    if error is None:
+        return None
+    if isinstance(error, _UsageError):
+        return "UsageError"
+    return next(cls.__name__ for cls in type(error).__mro__ if not cls.__name__.startswith("_"))
 
 
-def _print_stats(result: ChatResult, err: Any, *, color: bool) -> None:
+class _SafeFormatter(logging.Formatter):
+    """`warning: ...` lines like the tool's own `error: ...`, redacted and made safe for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if text.startswith(record.levelname):
+            text = record.levelname.lower() + text[len(record.levelname):]
+        return _terminal_safe(_redact(text))
+
+
+def _default_sigint() -> Any:
+    import signal
+
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except (ValueError, OSError):  # not the main thread
+        return None
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is None:
+        return
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, previous)
+    except (ValueError, OSError, TypeError):
+        pass
+
+
+def _describe_source(source: Any) -> str:
+    if not isinstance(source, Mapping):
+        return str(source)
+    title = source.get("title") or source.get("name") or "(untitled)"
+    url = source.get("url") or source.get("link") or source.get("uri")
+    publisher = source.get("publisher")
+    text = str(title)
+    if publisher and publisher != title:
+        text += f" ({publisher})"
+    if url:
+        text += f" - {url}"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command-line tool; returns the exit code (0 done, 1 API or stream error, 2 usage, 130 Ctrl-C)."""
+    try:
+        run = _Run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        return _EXIT_INTERRUPTED
+    try:
+        try:
+            return run.execute()
+        except KeyboardInterrupt:
+            return run.interrupted()
+        except BrokenPipeError:
+            return run.reader_stopped()
+    except KeyboardInterrupt:  # a Ctrl-C while the first was being handled
+        return _EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away while Ctrl-C was being handled
+        _silence(sys.stdout)
+        return _EXIT_INTERRUPTED
+
+
+def _print_raw(stream: ChatStream, show: Callable[[bytes], None]) -> None:
+    """Read the stream to its end, giving `show` each body read's bytes before they are decoded."""
+    stream.tap = show
+    try:
+        while stream.read_batch() is not None:
+            pass  # read_batch folds every event into the accumulator: stream.outcome is the verdict
+    finally:
+        stream.close()
+
+
+def _print_stats(result: ChatResult, run: Any, *, color: bool) -> None:
     parts = [f"{result.token_count} tokens"]
     if result.ttft_ms is not None:
         parts.append(f"first token {result.ttft_ms} ms")
     parts.append(f"{result.duration_ms} ms")
     parts.append(f"finish_reason={result.finish_reason}")
-    line = "[" + " · ".join(parts) + "]"
-    if color:
-        line = f"\033[2m{line}\033[0m"
-    print(line, file=err, flush=True)
+    separator = " \u00b7 " if _can_encode(run.err, "\u00b7") else " | "
+    run.note("[" + separator.join(parts) + "]", dim=color)
+    if result.finish_reason == "length":
+        run.note("note: the answer stopped at the token limit; --max-tokens allows more", dim=color)
+
+
+def _can_encode(stream: Any, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _run_script() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is main()'s from here on
+    code = main()
+    # The run is over: a Ctrl-C while the interpreter shuts down must not print a traceback either.
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(_EXIT_INTERRUPTED))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _run_script()

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """proxy_server: relay Gloo AI completion streams to browsers and OpenAI clients.
 
 The proxy holds the Gloo credentials; browsers and apps talk to it and never see them.

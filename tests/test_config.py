@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,22 +104,143 @@ class ImportTimeTests(unittest.TestCase):
         self.addCleanup(lambda: __import__("shutil").rmtree(folder, ignore_errors=True))
         with open(os.path.join(folder, ".env"), "w") as handle:
             handle.write("GLOO_CLIENT_ID=from-dotenv\n")
-        code = ("import sys, os; sys.path.insert(0, %r); import gloo_stream, proxy_server; "
-                "print(os.environ.get('GLOO_CLIENT_ID', 'unset'))" % ROOT)
+        code = (f"import sys, os; sys.path.insert(0, {ROOT!r}); import gloo_stream, proxy_server; "
+                "print(os.environ.get('GLOO_CLIENT_ID', 'unset'))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder,
                               env=clean_environment(), timeout=20)
         self.assertEqual(proc.stdout.strip(), "unset", proc.stderr)
 
     def test_modules_import_only_the_standard_library(self):
-        code = ("import sys; sys.path.insert(0, %r); before = set(sys.modules); "
+        code = (f"import sys; sys.path.insert(0, {ROOT!r}); before = set(sys.modules); "
                 "import gloo_stream, proxy_server, fake_gloo, demo; "
                 "mods = {m.split('.')[0] for m in set(sys.modules) - before}; "
                 "local = {'gloo_stream', 'proxy_server', 'fake_gloo', 'demo'}; "
                 "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else mods; "
-                "print(sorted(m for m in mods - local if m not in std and not m.startswith('_')))" % ROOT)
+                "print(sorted(m for m in mods - local if m not in std and not m.startswith('_')))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=clean_environment(), timeout=20)
         self.assertEqual(proc.stdout.strip(), "[]", proc.stderr)
+
+
+class DotenvFileTests(IsolatedTestCase):
+    """.env as people really write it: BOMs, CRLF, stray lines, copied examples, other encodings."""
+
+    def write_env(self, data: bytes) -> str:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, ".env")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    def test_bom_and_crlf(self):
+        for data in (b"\xef\xbb\xbfGLOO_CLIENT_ID=id-1\r\nGLOO_CLIENT_SECRET=s-1\r\n",
+                     b"\xef\xbb\xbfGLOO_CLIENT_ID=id-1\rGLOO_CLIENT_SECRET=s-1",
+                     b"GLOO_CLIENT_ID=id-1\nGLOO_CLIENT_SECRET=s-1\n"):
+            with self.subTest(data=data):
+                os.environ.pop("GLOO_CLIENT_ID", None)
+                os.environ.pop("GLOO_CLIENT_SECRET", None)
+                self.assertEqual(load_dotenv(self.write_env(data)),
+                                 {"GLOO_CLIENT_ID": "id-1", "GLOO_CLIENT_SECRET": "s-1"})
+                self.assertEqual(os.environ["GLOO_CLIENT_ID"], "id-1")
+
+    def test_a_line_without_equals_is_warned_with_its_number(self):
+        path = self.write_env(b"# comment\nGLOO_CLIENT_ID=id-1\nGLOO_CLIENT_SECRET s-1\nA-B=1\nC=\"open\n")
+        with self.assertLogs("gloo_stream", "WARNING") as logs:
+            values = load_dotenv(path)
+        self.assertEqual(values, {"GLOO_CLIENT_ID": "id-1", "C": "open"})
+        self.assertEqual(logs.output, [
+            f"WARNING:gloo_stream:{path} line 3: no '=' (expected KEY=VALUE); ignored",
+            f"WARNING:gloo_stream:{path} line 4: 'A-B' is not a variable name; ignored",
+            f"WARNING:gloo_stream:{path} line 5: the \" quote is never closed; the value runs to the line's end",
+        ])
+
+    def test_parse_reports_problems(self):
+        problems: list = []
+        self.assertEqual(gloo_stream._parse_dotenv("\ufeffA=1\r\nnot an assignment\r\n", problems=problems),
+                         {"A": "1"})
+        self.assertEqual(problems, [(2, "no '=' (expected KEY=VALUE); ignored")])
+
+    def test_copied_example_counts_as_missing(self):
+        with open(os.path.join(ROOT, ".env.example"), "rb") as handle:
+            path = self.write_env(handle.read())
+        with self.assertLogs("gloo_stream", "WARNING") as logs:
+            values = load_dotenv(path)
+        self.assertNotIn("GLOO_CLIENT_ID", values)
+        self.assertNotIn("GLOO_CLIENT_ID", os.environ)
+        self.assertNotIn("GLOO_CLIENT_SECRET", os.environ)
+        self.assertIn("GLOO_CLIENT_ID, GLOO_CLIENT_SECRET still hold the example values from .env.example; "
+                      "treated as unset", logs.output[-1])
+        self.assertFalse(gloo_stream._have_credentials())
+        message = gloo_stream._credentials_help()
+        self.assertIn(f"{path} still holds the placeholder values from .env.example for "
+                      "GLOO_CLIENT_ID, GLOO_CLIENT_SECRET", message)
+        with self.assertRaises(gloo_stream.ConfigurationError):
+            GlooClient()
+
+    def test_placeholders_in_the_environment_count_as_missing(self):
+        os.environ.update(GLOO_CLIENT_ID="your-client-id", GLOO_CLIENT_SECRET="<your secret>")
+        self.assertIsNone(gloo_stream._setting(None, "GLOO_CLIENT_ID"))
+        self.assertFalse(gloo_stream._have_credentials())
+        self.assertIn("the environment holds placeholder values for GLOO_CLIENT_ID, GLOO_CLIENT_SECRET",
+                      gloo_stream._credentials_help())
+        self.assertEqual(gloo_stream._setting("your-client-id", "GLOO_CLIENT_ID"), "your-client-id")  # explicit wins
+
+    def test_not_utf8_names_the_file_and_line(self):
+        path = self.write_env(b"A=1\r\nB=caf\xe9\r\n")
+        with self.assertRaises(gloo_stream.ConfigurationError) as caught:
+            load_dotenv(path)
+        self.assertEqual(str(caught.exception),
+                         f"{path} line 2 is not UTF-8 text (byte 0xe9): save the file as UTF-8")
+
+    def test_unreadable_names_the_path(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        os.mkdir(os.path.join(folder, ".env"))  # a directory where the file should be
+        with self.assertRaises(gloo_stream.ConfigurationError) as caught:
+            load_dotenv(os.path.join(folder, ".env"))
+        self.assertIn(os.path.join(folder, ".env"), str(caught.exception))
+
+    def test_missing_file_names_the_folder(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        load_dotenv(os.path.join(folder, ".env"))
+        self.assertIn(f"there is no .env in {folder}", gloo_stream._credentials_help())
+
+
+class DotenvToolTests(unittest.TestCase):
+    """The tools with a troublesome .env in the folder they run from."""
+
+    def run_in(self, data: bytes, *command: str) -> subprocess.CompletedProcess:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(os.path.join(folder, ".env"), "wb") as handle:
+            handle.write(data)
+        return subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=folder, timeout=60,
+                              env=clean_environment(), stdin=subprocess.DEVNULL)
+
+    def example(self) -> bytes:
+        with open(os.path.join(ROOT, ".env.example"), "rb") as handle:
+            return handle.read()
+
+    def test_cli_with_the_copied_example(self):
+        proc = self.run_in(self.example(), os.path.join(ROOT, "gloo_stream.py"), "Hi")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("still hold the example values from .env.example; treated as unset", proc.stderr)
+        self.assertIn("placeholder values from .env.example", proc.stderr)
+        self.assertIn("--offline", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_cli_with_a_non_utf8_env(self):
+        proc = self.run_in(b"GLOO_CLIENT_ID=caf\xe9\n", os.path.join(ROOT, "gloo_stream.py"), "Hi")
+        self.assertEqual(proc.returncode, 2)
+        self.assertRegex(proc.stderr,
+                         r"^error: .*\.env line 1 is not UTF-8 text \(byte 0xe9\): save the file as UTF-8\n$")
+
+    def test_demo_with_the_copied_example_uses_the_simulator(self):
+        proc = self.run_in(self.example(), os.path.join(ROOT, "demo.py"), "--delay", "0")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("simulator", proc.stdout)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: a small, safe markdown renderer for streamed answers.
  *
  *   GlooMarkdown.render(text) -> DocumentFragment

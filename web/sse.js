@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: a server-sent events parser for fetch() bodies.
  *
  *   var parser = GlooSSE.createParser();
