@@ -21,6 +21,7 @@ if __name__ == "__main__":  # the command line: Ctrl-C while the modules load ex
     _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(130))
 
 import argparse
+import codecs
 import email.utils
 import http.client
 import json
@@ -2969,8 +2970,6 @@ class _Run:
     def print_raw(self, stream: ChatStream) -> None:
         """The body's bytes as received: verbatim to a pipe or file, made safe on a terminal."""
         if self.out_tty:
-            import codecs  # here, not at the top: the decoder section no longer needs it there
-
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
             def show(data: bytes) -> None:
