@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import select
 import socket
 import sys
@@ -1572,9 +1573,13 @@ class _Headers(dict):
         return super().get(self._name(key), default)
 
 
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
+
+
 def _redacted_headers(headers: Optional[Mapping[str, str]]) -> _Headers:
+    """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
     items = headers.items() if headers is not None else ()
-    return _Headers((str(name), _redact(str(value))) for name, value in items)
+    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
 
 
 def _response_socket(response: Any) -> Optional[socket.socket]:
@@ -1947,7 +1952,7 @@ class GlooClient:
         self._sleep = sleep
         self._clock = clock
         # One pool and one TLS context for every stream and token request of this client.
-        self.pool = _ConnectionPool(pool_size, pool_idle_timeout)
+        self.pool = _ConnectionPool(pool_size, pool_idle_timeout, clock=clock)
         self._opener = _build_opener(pool=self.pool, ssl_context=ssl_context)
         # Explicit OAuth credentials win over a GLOO_API_KEY left in the environment.
         explicit_oauth = client_id is not None and client_secret is not None
