@@ -48,7 +48,10 @@ __all__ = [
     # chat chunks
     "ChatAccumulator",
     "ChatResult",
+    "StreamOutcome",
     "extract_token_content",
+    "describe_provider_error",
+    "redact",
     # errors
     "GlooError",
     "ConfigurationError",
@@ -139,11 +142,15 @@ def _forget_secrets(values: List[str]) -> None:
     values.clear()
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
+    """`text` with every registered secret (client secret, token, API key) replaced by `[redacted]`."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+_redact = redact  # the name other modules used before it was public
 
 
 # ---------------------------------------------------------------------------
@@ -587,6 +594,33 @@ def extract_token_content(chunk: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
+@dataclass(frozen=True)
+class StreamOutcome:
+    """The one verdict on a stream: how it ended (or that it has not), decided once from its events.
+
+    `kind` is "streaming", "finished" (a finish_reason or `[DONE]` came), "provider_error" (the
+    stream carried an error) or "cut_short" (the body or the connection ended before any finish).
+    """
+
+    kind: str
+    finish_reason: Optional[str] = None
+    error_name: str = ""
+    error_code: Any = None
+    message: str = ""
+    retryable: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True when the answer is whole (it may still have been stopped by a filter or a length)."""
+        return self.kind == "finished"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict of the fields, plus `complete`."""
+        return {"kind": self.kind, "finish_reason": self.finish_reason, "complete": self.complete,
+                "error_name": self.error_name, "error_code": self.error_code, "message": self.message,
+                "retryable": self.retryable}
+
+
 @dataclass
 class ChatResult:
     """A finished (or failed) completion: the text and everything known about how it went."""
@@ -602,6 +636,14 @@ class ChatResult:
     error: Optional[str] = None
     id: Optional[str] = None
     provider: Optional[str] = None
+    sources: List[dict] = field(default_factory=list)
+    sources_returned: Optional[bool] = None
+    model_family: Optional[str] = None
+    routing_mechanism: Optional[str] = None
+    routing_tier: Optional[str] = None
+    routing_confidence: Optional[float] = None
+    tradition: Optional[str] = None
+    outcome: Optional[StreamOutcome] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict (the shape `stream_completion` returns)."""
@@ -617,31 +659,58 @@ class ChatResult:
             "error": self.error,
             "id": self.id,
             "provider": self.provider,
+            "sources": [dict(source) for source in self.sources],
+            "sources_returned": self.sources_returned,
+            "model_family": self.model_family,
+            "routing_mechanism": self.routing_mechanism,
+            "routing_tier": self.routing_tier,
+            "routing_confidence": self.routing_confidence,
+            "tradition": self.tradition,
+            "outcome": self.outcome.to_dict() if self.outcome is not None else None,
         }
 
 
-class ChatAccumulator:
-    """Folds chunks into one answer: content, tool calls, finish reason, usage, first-token time.
+_ROUTING_KEYS = ("model", "id", "provider", "model_family", "routing_mechanism", "routing_tier", "tradition")
+_SOURCE_LISTS = ("citations", "sources")
+_SOURCE_EVENTS = frozenset({"citations", "sources"})
 
-    `add()` never raises, whatever the chunk holds.
+
+class ChatAccumulator:
+    """Folds a stream into one answer: content, tool calls, finish reason, usage, sources, the verdict.
+
+    `add_event()` interprets one event (once); `add()` folds one chunk dict. Neither raises,
+    whatever the data holds. `outcome()` gives the verdict so far.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, started: Optional[float] = None) -> None:
+    def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
+                 started: Optional[float] = None) -> None:
         self._clock = clock
         self.started = clock() if started is None else started
         self.first_token_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self._parts: List[str] = []
-        self.keep_text = True  # a relay that only counts tokens turns this off: memory stays flat
+        self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
         self.token_count = 0
         self.finish_reason: Optional[str] = None
+        self.done = False  # `data: [DONE]` seen
         self.model: Optional[str] = None
         self.id: Optional[str] = None
         self.provider: Optional[str] = None
+        self.model_family: Optional[str] = None
+        self.routing_mechanism: Optional[str] = None
+        self.routing_tier: Optional[str] = None
+        self.routing_confidence: Optional[float] = None
+        self.tradition: Optional[str] = None
         self.usage: Optional[dict] = None
+        self.sources: List[dict] = []
+        self.sources_returned: Optional[bool] = None
         self.server_ttft_ms: Optional[int] = None
         self.error: Optional[dict] = None
+        self.skipped_events = 0  # events whose data was not JSON
         self._tools: Dict[int, dict] = {}
+        # Chunks add_event() folded that a caller may still hand to add() the old way (parse the
+        # batch read_batch() returned, then add() each chunk): those are not folded twice.
+        self._unclaimed: List[dict] = []
 
     @property
     def text(self) -> str:
@@ -662,14 +731,73 @@ class ChatAccumulator:
             return None
         return int(round((self.first_token_at - self.started) * 1000))
 
+    @property
+    def finished(self) -> bool:
+        """True once the answer can grow no more: a finish_reason, `[DONE]` or an error came."""
+        return self.finish_reason is not None or self.done or self.error is not None
+
+    def add_event(self, event: ServerSentEvent) -> Optional[dict]:
+        """Interpret one event: `[DONE]`, a JSON chunk, `event: error`, the grounded citations event.
+
+        Returns the chunk dict it carried, or None (`[DONE]`, data that is not a JSON object).
+        This is the one place an event's meaning is decided; everything else reads the result.
+        """
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return None
+        is_error = event.event == "error"
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            if is_error:  # `event: error` with plain text: the text is the message
+                self._set_error({"message": data})
+            else:
+                self.skipped_events += 1
+                log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+            return None
+        if is_error:
+            self._set_error(chunk.get("error", chunk) if isinstance(chunk, dict) else chunk)
+        elif event.event in _SOURCE_EVENTS and isinstance(chunk, list):
+            self._add_sources(chunk)  # a named event whose data is the list itself
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        self._fold(chunk)
+        self._unclaimed.append(chunk)
+        return chunk
+
     def add(self, chunk: Any) -> str:
         """Fold one chunk in; returns the content it carried ("" if none)."""
         if not isinstance(chunk, dict):
             return ""
-        for key in ("model", "id", "provider"):
+        unclaimed = self._unclaimed
+        if unclaimed:
+            if unclaimed[0] is chunk or unclaimed[0] == chunk:
+                del unclaimed[0]
+                return extract_token_content(chunk)  # add_event() folded it already
+            unclaimed.clear()
+        return self._fold(chunk)
+
+    def _set_error(self, error: Any) -> None:
+        if self.error is None:
+            self.error = _error_fields(error)
+        if self.finish_reason is None:
+            self.finish_reason = "error"
+
+    def _fold(self, chunk: dict) -> str:
+        for key in _ROUTING_KEYS:
             value = chunk.get(key)
             if isinstance(value, str) and value:
                 setattr(self, key, value)
+        routing = chunk.get("routing")  # liberal: some gateways nest the routing metadata
+        if isinstance(routing, dict):
+            for key in _ROUTING_KEYS[2:]:
+                value = routing.get(key) or routing.get(key.replace("routing_", ""))
+                if isinstance(value, str) and value:
+                    setattr(self, key, value)
+            self._set_confidence(routing.get("confidence", routing.get("routing_confidence")))
+        self._set_confidence(chunk.get("routing_confidence"))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -677,6 +805,14 @@ class ChatAccumulator:
         if (isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and self.server_ttft_ms is None
                 and math.isfinite(ttft)):
             self.server_ttft_ms = int(ttft)
+        returned = chunk.get("sources_returned")
+        if isinstance(returned, bool):
+            self.sources_returned = returned
+        for key in _SOURCE_LISTS:
+            sources = chunk.get(key)
+            if isinstance(sources, list):
+                self._add_sources(sources)
+                break
         error = chunk.get("error")
         choice = _first_choice(chunk)
         content = ""
@@ -700,9 +836,23 @@ class ChatAccumulator:
                 if isinstance(calls, list):
                     for call in calls:
                         self._merge_tool_call(call)
-        if error is not None:
-            self.error = _error_fields(error)
+        if error is not None and error is not False and error != "":
+            self.error = _error_fields(error)  # the latest error object is the one that counts
+            if self.finish_reason is None:
+                self.finish_reason = "error"
         return content
+
+    def _set_confidence(self, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            self.routing_confidence = float(value)
+
+    def _add_sources(self, items: List[Any]) -> None:
+        for item in items:
+            source = _source_fields(item)
+            if source is not None:
+                self.sources.append(source)
+        if self.sources and self.sources_returned is None:
+            self.sources_returned = True
 
     def _merge_tool_call(self, call: Any) -> None:
         if not isinstance(call, dict):
@@ -727,11 +877,31 @@ class ChatAccumulator:
             if isinstance(arguments, str):
                 merged["function"]["arguments"] += arguments
 
-    def result(self, *, error: Optional[str] = None) -> ChatResult:
-        """A snapshot of what has been accumulated."""
+    def outcome(self, ended: bool = False, failure: Optional[str] = None, *, error_name: str = "",
+                retryable: bool = True) -> StreamOutcome:
+        """The verdict so far. `ended`: the body ended (or the stream was closed); `failure`: why the
+        transport failed, if it did. A finished answer stays finished whatever the transport did after.
+        """
+        if self.error is not None:
+            error = self.error
+            return StreamOutcome("provider_error", self.finish_reason or "error", str(error.get("name") or ""),
+                                 error.get("code"), describe_provider_error(error), True)
+        if self.finish_reason is not None or self.done:
+            return StreamOutcome("finished", self.finish_reason)
+        if failure is not None:
+            return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
+        if ended:
+            return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None,
+                                 "the stream ended before the answer finished", retryable)
+        return StreamOutcome("streaming")
+
+    def result(self, *, error: Optional[str] = None, outcome: Optional[StreamOutcome] = None) -> ChatResult:
+        """A snapshot of what has been accumulated (`outcome` defaults to `self.outcome()`)."""
         end = self.finished_at if self.finished_at is not None else self._clock()
+        if outcome is None:
+            outcome = self.outcome()
         if error is None and self.error is not None:
-            error = _describe_provider_error(self.error)
+            error = describe_provider_error(self.error)
         return ChatResult(
             text=self.text,
             token_count=self.token_count,
@@ -744,6 +914,14 @@ class ChatAccumulator:
             error=error,
             id=self.id,
             provider=self.provider,
+            sources=[dict(source) for source in self.sources],
+            sources_returned=self.sources_returned,
+            model_family=self.model_family,
+            routing_mechanism=self.routing_mechanism,
+            routing_tier=self.routing_tier,
+            routing_confidence=self.routing_confidence,
+            tradition=self.tradition,
+            outcome=outcome,
         )
 
 
@@ -752,22 +930,60 @@ def _copy_tool_calls(calls: List[dict]) -> List[dict]:
     return [dict(call, function=dict(call["function"])) for call in calls]
 
 
+def _first_text(item: Mapping[str, Any], keys: Sequence[str]) -> Optional[str]:
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _source_fields(item: Any) -> Optional[dict]:
+    """One citation as a dict with at least `title` and `url` (None when the item is unusable).
+
+    Liberal in what it takes: `url`/`link`/`uri`/`source_url` for the address, `title`/`name` for
+    the label; every other key is kept as it came.
+    """
+    if isinstance(item, str) and item:
+        return {"title": item, "url": item if item.startswith(("http://", "https://")) else None}
+    if not isinstance(item, dict):
+        return None
+    source = dict(item)
+    source["url"] = _first_text(item, ("url", "link", "uri", "source_url", "href"))
+    source["title"] = _first_text(item, ("title", "name", "label")) or source["url"]
+    return source
+
+
 def _error_fields(error: Any) -> dict:
     if isinstance(error, dict):
+        message = error.get("message")
+        if not message:  # Gloo's body shape: {"error": "<text>", "code": "<text>"}; or {"detail": "<text>"}
+            message = next((error[k] for k in ("error", "detail") if isinstance(error.get(k), str)), "")
         return {
             "code": error.get("code"),
             "name": str(error.get("name") or error.get("type") or ""),
-            "message": str(error.get("message") or ""),
+            "message": str(message or ""),
         }
-    return {"code": None, "name": "", "message": str(error)}
+    return {"code": None, "name": "", "message": "" if error is None else str(error)}
 
 
-def _describe_provider_error(error: dict) -> str:
+def describe_provider_error(error: Mapping[str, Any]) -> str:
+    """A human line for a stream's error object: `NAME (code): message`, secrets redacted.
+
+    Takes the accumulator's `error` or the raw object (`name`/`type`, `code`, `message`/`error`).
+    """
+    if not isinstance(error, Mapping):
+        error = _error_fields(error)
+    elif set(error) - {"code", "name", "message"}:
+        error = _error_fields(dict(error))
     label = error.get("name") or "error"
     if error.get("code") is not None:
         label = f"{label} ({error['code']})"
     message = error.get("message")
-    return f"{label}: {message}" if message else str(label)
+    return redact(f"{label}: {message}" if message else str(label))
+
+
+_describe_provider_error = describe_provider_error  # the name other modules used before it was public
 
 
 # ---------------------------------------------------------------------------
@@ -2157,28 +2373,36 @@ class ChatStream:
     """An open completion stream.
 
     Iterate it for text deltas, or use `chunks()` for the chunk dicts, `events()` for the raw
-    events, or `event_batches()` for the events of each network read. `result()` gives the
-    ChatResult so far. Mid-stream failures raise a StreamError carrying the partial text.
-    Stopping early (break, close, an exception, Ctrl-C) closes the connection at once.
+    events, `event_batches()` / `read_batch()` for the events of each network read. Every way of
+    reading folds the events into `accumulator` once, so `outcome` is the one verdict on the
+    stream and `result()` the ChatResult so far. Mid-stream failures raise a StreamError carrying
+    the partial text; a finished answer never becomes an error. Stopping early (break, close, an
+    exception, Ctrl-C) closes the connection at once.
     """
+
+    finish_grace = 2.0  # seconds to wait after a finish for a usage chunk or [DONE]
 
     def __init__(self, response: Any, *, clock: Callable[[], float] = time.monotonic,
                  started: Optional[float] = None, read_timeout: Optional[float] = 60.0,
-                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES) -> None:
+                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES,
+                 finish_grace: Optional[float] = None, keep_text: bool = True) -> None:
         self.response = response
         self.status = getattr(response, "status", 200)
         self.headers = dict(response.headers.items()) if getattr(response, "headers", None) else {}
         self._clock = clock
-        self.accumulator = ChatAccumulator(clock=clock, started=started)
+        self.accumulator = ChatAccumulator(keep_text=keep_text, clock=clock, started=started)
         self.read_timeout = read_timeout
         self.deadline = deadline
+        if finish_grace is not None:
+            self.finish_grace = finish_grace
+        self.tap: Optional[Callable[[bytes], None]] = None  # sees each body read's bytes before decoding
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
         self._sock = _response_socket(response)
         fp = getattr(response, "fp", None)
         self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
         self._eof = False
         self._closed = False
-        self._done = False  # `data: [DONE]` seen
+        self._finished_at: Optional[float] = None  # when the accumulator first said finished
         self._consumed = False
         self.error: Optional[StreamError] = None
         self.bytes_read = 0
@@ -2216,14 +2440,39 @@ class ChatStream:
     def closed(self) -> bool:
         return self._closed
 
+    # -- the verdict ------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the answer can grow no more (a finish_reason, `[DONE]` or an error came)."""
+        return self.accumulator.finished
+
+    @property
+    def outcome(self) -> StreamOutcome:
+        """The one verdict on this stream so far (see StreamOutcome)."""
+        error = self.error
+        if error is not None and not isinstance(error, ProviderError):
+            return self.accumulator.outcome(ended=True, failure=str(error), error_name=type(error).__name__,
+                                            retryable=error.retryable)
+        return self.accumulator.outcome(ended=self._closed)
+
+    def grace_remaining(self) -> Optional[float]:
+        """Seconds left of the finish grace (0 when it is over), or None before the answer finished."""
+        if self._finished_at is None:
+            return None
+        return max(0.0, self.finish_grace - (self._clock() - self._finished_at))
+
     # -- reading ----------------------------------------------------------
 
-    def _read(self) -> bytes:
-        if self.deadline is not None and self._sock is not None:
-            remaining = self.deadline - (self._clock() - self.accumulator.started)
-            if remaining <= 0:
-                raise socket.timeout("deadline")
-            self._sock.settimeout(min(self.read_timeout or remaining, remaining))
+    def _read(self, grace: Optional[float] = None) -> bytes:
+        if self._sock is not None and (self.deadline is not None or grace is not None):
+            limits = [t for t in (self.read_timeout, grace) if t is not None]
+            if self.deadline is not None:
+                remaining = self.deadline - (self._clock() - self.accumulator.started)
+                if remaining <= 0:
+                    raise socket.timeout("deadline")
+                limits.append(remaining)
+            self._sock.settimeout(max(0.001, min(limits)))
         if self._body is not None:
             return self._body.read()
         read1 = getattr(self.response, "read1", None)
@@ -2244,35 +2493,76 @@ class ChatStream:
         return fp.buffered if isinstance(fp, _SocketReader) else 0
 
     def read_batch(self) -> Optional[List[ServerSentEvent]]:
-        """One network read's worth of events (possibly none); None at the end of the body.
+        """One network read's worth of events (possibly none), folded into `accumulator`; None at the end.
 
-        Raises ConnectionLostError or StreamTimeoutError on a transport failure, and
-        EventTooLargeError when one event passes `max_event_bytes`.
+        After a finish it waits at most `finish_grace` seconds for more (usage, `[DONE]`), then
+        ends cleanly. Before a finish, raises ConnectionLostError or StreamTimeoutError on a
+        transport failure, and EventTooLargeError when one event passes `max_event_bytes`.
         """
-        if self._closed or self._eof:
+        batch = self._next_batch()
+        return None if batch is None else batch[0]
+
+    def _next_batch(self) -> Optional[Tuple[List[ServerSentEvent], List[dict]]]:
+        accumulator = self.accumulator
+        if self._closed or self._eof or accumulator.done:
             self._end_of_body()
             return None
-        if self._decoder.owes_error:  # an event was too large: say so before waiting on the network
-            self._feed(b"")
+        grace = self.grace_remaining()
+        if grace is not None and grace <= 0:
+            self._end_of_body()  # finished, and nothing more came in time: a clean end
+            return None
         try:
-            data = self._read()
-        except socket.timeout:
-            if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
-                raise self._fail(StreamTimeoutError, f"the stream passed its {self.deadline:g}s deadline") from None
-            raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            if self._closed:
-                return None
-            raise self._fail(ConnectionLostError, f"connection lost mid-stream: {_describe_os_error(exc)}") from None
-        if self._body is not None and self._body.eof:
-            self._eof = True
-        if not data:
-            if self._eof:
-                self._end_of_body()
-                return None
-            return []  # only transfer framing arrived
-        self.bytes_read += len(data)
-        return self._feed(data)
+            if self._decoder.owes_error:  # an event was too large: say so before waiting on the network
+                self._feed(b"")
+            try:
+                data = self._read(grace)
+            except socket.timeout:
+                if self._finished_at is not None:
+                    self._end_of_body()
+                    return None
+                if self.deadline is not None and self._clock() - accumulator.started >= self.deadline:
+                    raise self._fail(StreamTimeoutError,
+                                     f"the stream passed its {self.deadline:g}s deadline") from None
+                raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if self._closed or self._finished_at is not None:
+                    self.close()
+                    return None
+                raise self._fail(ConnectionLostError,
+                                 f"connection lost mid-stream: {_describe_os_error(exc)}") from None
+            if self._body is not None and self._body.eof:
+                self._eof = True
+            if not data:
+                if self._eof:
+                    self._end_of_body()
+                    return None
+                return [], []  # only transfer framing arrived
+            self.bytes_read += len(data)
+            if self.tap is not None:
+                self.tap(data)
+            events = self._feed(data)
+        except EventTooLargeError:
+            if self._finished_at is None:
+                raise
+            self.error = None  # the answer was whole before the oversized event: it stays whole
+            self.close()
+            return None
+        return self._fold(events)
+
+    def _fold(self, events: List[ServerSentEvent]) -> Tuple[List[ServerSentEvent], List[dict]]:
+        accumulator = self.accumulator
+        accumulator._unclaimed.clear()
+        chunks: List[dict] = []
+        for position, event in enumerate(events):
+            chunk = accumulator.add_event(event)
+            if chunk is not None:
+                chunks.append(chunk)
+            if accumulator.done:
+                del events[position + 1:]  # nothing after [DONE] belongs to the answer
+                break
+        if self._finished_at is None and accumulator.finished:
+            self._finished_at = self._clock()
+        return events, chunks
 
     def _feed(self, data: bytes) -> List[ServerSentEvent]:
         try:
@@ -2282,17 +2572,22 @@ class ChatStream:
 
     def _end_of_body(self) -> None:
         try:
-            self._decoder.close()
+            if not self._closed:
+                self._decoder.close()
         except EventTooLargeError as exc:
-            raise self._fail(EventTooLargeError, str(exc)) from None
+            if self._finished_at is None:
+                raise self._fail(EventTooLargeError, str(exc)) from None
         finally:
             self.close()
 
-    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
-        """The events completed by each network read, as they arrive (empty batches skipped)."""
+    def _claim(self) -> None:
         if self._consumed:
             raise GlooError("a ChatStream can be read only once")
         self._consumed = True
+
+    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
+        """The events completed by each network read, as they arrive (empty batches skipped)."""
+        self._claim()
         try:
             while True:
                 batch = self.read_batch()
@@ -2303,55 +2598,34 @@ class ChatStream:
         finally:
             self.close()
 
-    def _batches_until_finished(self) -> Iterator[List[ServerSentEvent]]:
-        # A body cut short after the finish chunk (or [DONE]) lost nothing: the answer is whole.
-        try:
-            yield from self.event_batches()
-        except ConnectionLostError:
-            if self.accumulator.finish_reason is None and not self._done:
-                raise
-            self.error = None
-
     def events(self) -> Iterator[ServerSentEvent]:
         """Every event, one at a time."""
         for batch in self.event_batches():
             yield from batch
 
     def chunks(self) -> Iterator[dict]:
-        """The chunk dicts, read to `data: [DONE]` or the end of the body (never stopped at finish_reason).
+        """The chunk dicts, read to `data: [DONE]`, the end of the body, or the end of the finish grace.
 
         At the end, raises ProviderError for a structured error, ConnectionLostError when the
         body ended before any finish_reason.
         """
-        accumulator = self.accumulator
+        self._claim()
         try:
-            for batch in self._batches_until_finished():
-                for event in batch:
-                    data = event.data
-                    if data == "[DONE]":
-                        self._done = True
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except (ValueError, RecursionError):
-                        log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
-                        continue
-                    if event.event == "error" and isinstance(chunk, dict) and accumulator.error is None:
-                        accumulator.error = _error_fields(chunk.get("error", chunk))
-                        if accumulator.finish_reason is None:
-                            accumulator.finish_reason = "error"
-                    accumulator.add(chunk)
-                    yield chunk
-                if self._done:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
                     break
+                yield from batch[1]
         finally:
             self.close()
-        if accumulator.error is not None:
-            error = accumulator.error
-            raise self._fail(ProviderError, "stream error: " + _describe_provider_error(error),
-                             code=error.get("code"), name=error.get("name") or "")
-        if not self._done and accumulator.finish_reason is None:
-            raise self._fail(ConnectionLostError, "the stream ended before the answer finished")
+        self._raise_for_outcome()
+
+    def _raise_for_outcome(self) -> None:
+        outcome = self.outcome
+        if outcome.kind == "provider_error":
+            raise self._fail(ProviderError, outcome.message, code=outcome.error_code, name=outcome.error_name)
+        if outcome.kind == "cut_short" and self.error is None:
+            raise self._fail(ConnectionLostError, outcome.message)
 
     def __iter__(self) -> Iterator[str]:
         """Text deltas as they arrive."""
@@ -2362,15 +2636,17 @@ class ChatStream:
 
     def _fail(self, cls: type, message: str, **fields: Any) -> StreamError:
         self.close()
-        result = self.accumulator.result(error=_redact(message))
-        error = cls(message, text=result.text, result=result, **fields)
+        error = cls(message, **fields)
         self.error = error
+        result = self.result()
+        error.text, error.result = result.text, result
         return error
 
     def result(self) -> ChatResult:
-        """What has been received so far (the whole answer once iteration ends)."""
-        error = str(self.error) if self.error is not None else None
-        return self.accumulator.result(error=error)
+        """What has been received so far (the whole answer once reading ends), with the verdict."""
+        outcome = self.outcome
+        error = outcome.message if outcome.kind in ("provider_error", "cut_short") else None
+        return self.accumulator.result(error=error, outcome=outcome)
 
     @property
     def text(self) -> str:

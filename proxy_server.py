@@ -999,7 +999,7 @@ class _Handler(BaseHTTPRequestHandler):
                         except (ValueError, RecursionError):
                             chunk = None
                         accumulator.add(chunk)
-                        if first_content is None and accumulator.token_count > had_content:
+                        if first_content is None and accumulator.first_token_at is not None:
                             first_content = last_upstream
                     parts.append(_encode_event(event, last_id))
                     last_id = event.id
