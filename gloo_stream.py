@@ -1073,6 +1073,7 @@ class _SocketReader:
         self._buf = b""
         self._pos = 0
         self.received = 0  # bytes received so far: none means a reused connection was found dead
+        self.at_end = False  # the response's body has ended (set by the response)
         # While set (time.monotonic), every read ends by then: headers that trickle in, or an
         # endless run of "100 Continue", cannot outlast it one patient byte at a time.
         self.deadline = deadline
@@ -1082,10 +1083,19 @@ class _SocketReader:
         return self._sock
 
     @property
-    def buffered(self) -> int:
+    def held(self) -> int:
         """Bytes already received and not yet read (TLS records decrypted but unread included)."""
         pending = getattr(self._sock, "pending", None)
         return len(self._buf) - self._pos + (pending() if pending is not None else 0)
+
+    @property
+    def buffered(self) -> int:
+        """`held`, or at least 1 once the body has ended: a read then returns at once.
+
+        A caller that reads while this is non-zero and polls the socket only when it is zero
+        never waits on a kept-alive connection whose server has nothing more to send.
+        """
+        return self.held + (1 if self.at_end else 0)
 
     @property
     def closed(self) -> bool:
@@ -1290,6 +1300,8 @@ class _StreamingResponse(http.client.HTTPResponse):
         self._chunks = _ChunkedDecoder() if self.chunked else None
         self._left = None if self.chunked else self.length
         self.body_eof = self._left == 0
+        if isinstance(self.fp, _SocketReader):
+            self.fp.at_end = self.body_eof
 
     # -- the body, framed ------------------------------------------------
 
@@ -1301,6 +1313,12 @@ class _StreamingResponse(http.client.HTTPResponse):
         reader = self.fp
         if self.body_eof or not isinstance(reader, _SocketReader):
             return b""
+        data = self._read_framed(reader)
+        if self.body_eof:
+            reader.at_end = True
+        return data
+
+    def _read_framed(self, reader: _SocketReader) -> bytes:
         raw = reader.read1(_READ_SIZE)
         if not raw:
             self.body_eof = True
@@ -1383,11 +1401,11 @@ class _StreamingResponse(http.client.HTTPResponse):
             budget = _DRAIN_BYTES
             while not self.body_eof and budget > 0:
                 # A stream stopped at its last event usually has its final chunk in flight or here.
-                if not reader.buffered and not _readable(reader.sock):
+                if not reader.held and not _readable(reader.sock):
                     return False
                 reader.sock.settimeout(_DRAIN_WAIT)
                 budget -= len(self.read_some())
-            return (self.body_eof and reader.buffered == 0 and not (self._chunks and self._chunks.extra)
+            return (self.body_eof and reader.held == 0 and not (self._chunks and self._chunks.extra)
                     and not _readable(reader.sock))
         except (OSError, ValueError, http.client.HTTPException):
             return False
