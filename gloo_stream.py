@@ -1284,7 +1284,7 @@ class _StreamingResponse(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, deadline: Optional[float] = None, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         # Nothing has been read yet, so nothing is lost by swapping the reader.
-        self.fp = _SocketReader(self.fp, sock, deadline=deadline)
+        self.fp = _SocketReader(self.fp, sock, deadline=deadline)  # type: ignore[assignment]
         self._chunks: Optional[_ChunkedDecoder] = None
         self._left: Optional[int] = None
         self._pending = b""  # decoded body bytes a sized read has not returned yet
@@ -1660,7 +1660,7 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
         if conn.sock is not None and read_timeout is not None:
             conn.sock.settimeout(read_timeout)
         try:
-            response = conn.getresponse()
+            response: _StreamingResponse = conn.getresponse()  # type: ignore[assignment]
         except socket.timeout:
             conn.close()
             raise _ResponseTimeout("timed out waiting for the response") from None
@@ -1735,7 +1735,7 @@ def _has_control(value: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value)
 
 
-def _credential(value: Optional[str], name: str, error: type = None) -> Optional[str]:  # type: ignore[assignment]
+def _credential(value: Optional[str], name: str, error: type = ConfigurationError) -> Optional[str]:
     """`value` without surrounding whitespace (files end in a newline); refused if it holds control characters.
 
     The message names the variable, never the value: a secret pasted with a CR in the middle
@@ -1745,7 +1745,7 @@ def _credential(value: Optional[str], name: str, error: type = None) -> Optional
         return None
     value = value.strip()
     if _has_control(value):
-        raise (error or ConfigurationError)(
+        raise error(
             f"{name} contains a control character (a CR, LF, tab or similar): set it again without one"
         )
     return value

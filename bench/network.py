@@ -42,7 +42,6 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import gloo_stream  # noqa: E402
 from gloo_stream import GlooClient  # noqa: E402
 
 CONTENT = re.compile(rb'"content": ?"[^"]')
@@ -96,11 +95,12 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
     def get_request(self) -> Tuple[Any, Any]:
         sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as servers do: no Nagle wait for ACKs
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
 
 class Forwarder(socketserver.ThreadingTCPServer):
-    """Loopback TCP to `target`, each chunk held `delay` s each way, one RTT more before a new connection's first byte."""
+    """Loopback TCP to `target`: each chunk held `delay` s each way, a new connection's first byte one RTT more."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -327,6 +327,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     child = Child(args.rtt, args.server_ms, folder)
     try:
         context = ssl.create_default_context(cafile=child.info["cert"])
+        warm = client_for(f"https://127.0.0.1:{child.info['upstream']}/v1/chat", context, 0)
+        warm.complete("Hi")  # the child's first handshake loads its key: not a cost of any client
+        warm.close()
         nproc = os.cpu_count()
         print(f"# bench/network.py  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
               f"nproc={nproc} {platform.machine()} Python {platform.python_version()} "

@@ -7,9 +7,11 @@ connections alive between requests and counts what it saw; every wait is bounded
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import logging
 import os
+import select
 import shutil
 import socket
 import socketserver
@@ -255,13 +257,48 @@ class PoolTests(TransportTestCase):
         self.assertEqual(client.pool.reused, 30 - server.connections)
 
 
+class RelayOverPoolTests(TransportTestCase):
+    def test_a_polling_reader_never_waits_after_the_body_ended(self):
+        server = self.serve(lambda request, index: sse_response("polled"))
+        stream = self.client(server).stream("Hi")
+        self.addCleanup(stream.close)
+        batches = []
+        while True:
+            if not stream.buffered:  # the relay's loop: poll only when nothing is buffered
+                self.assertTrue(select.select([stream.fileno()], [], [], 5)[0], "waited on a kept-alive socket")
+            batch = stream.read_batch()
+            if batch is None:
+                break
+            batches.append(batch)
+        self.assertEqual(sum(len(batch) for batch in batches), 2)
+
+    def test_the_relay_streams_over_one_upstream_connection(self):
+        from proxy_server import ProxyConfig, ProxyServer
+
+        server = self.serve(lambda request, index: sse_response("relayed"))
+        client = self.client(server, max_retries=1, retry_rate_limited=False)
+        config = ProxyConfig(port=0, upstream_idle_seconds=30.0, heartbeat_seconds=30.0)
+        proxy = ProxyServer(config, client=client)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        conn = http.client.HTTPConnection(*proxy.server_address[:2], timeout=5)
+        self.addCleanup(conn.close)
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+        for _ in range(3):
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            self.assertIn(b'"content": "relayed"', response.read())
+        self.assertEqual(server.connections, 1)
+
+
 class RedirectTests(TransportTestCase):
     def test_the_completions_post_does_not_follow_a_redirect(self):
         elsewhere = self.serve(lambda request, index: sse_response("stolen"))
         location = f"http://user:hunter2-password@127.0.0.1:{elsewhere.server_address[1]}/steal"
         for status in (301, 302, 303, 307, 308):
             with self.subTest(status=status):
-                server = self.serve(lambda request, index: json_response(
+                server = self.serve(lambda request, index, status=status: json_response(
                     status, {"error": "moved"}, b"Location: " + location.encode() + b"\r\n"))
                 with self.assertRaises(RedirectError) as caught:
                     self.client(server).complete("Hi")
@@ -342,8 +379,8 @@ class RetryAfterTests(TransportTestCase):
         for header, wait in cases:
             with self.subTest(header=header):
                 self.sleeps.clear()
-                server = self.serve(lambda request, index: json_response(429, {"error": "slow down"}, header)
-                                    if index == 0 else sse_response("ok"))
+                server = self.serve(lambda request, index, header=header: json_response(
+                    429, {"error": "slow down"}, header) if index == 0 else sse_response("ok"))
                 self.assertEqual(self.client(server).complete("Hi").text, "ok")
                 self.assertEqual(self.sleeps, [wait])
 
