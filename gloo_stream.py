@@ -1816,10 +1816,43 @@ def _redacted_headers(headers: Optional[Mapping[str, str]]) -> _Headers:
     return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
 
 
-def _response_socket(response: Any) -> Optional[socket.socket]:
+class _LentSocket:
+    """The socket under a response, as its reader sees it: to poll it, time it, or shut it down.
+
+    Once the response is closed its connection may already serve another request from the
+    pool, so a late `shutdown()` (an abort from another thread) or `settimeout()` does nothing.
+    """
+
+    def __init__(self, response: Any, sock: socket.socket) -> None:
+        self._response = response
+        self._sock = sock
+
+    def _lent(self) -> bool:
+        return getattr(self._response, "fp", None) is not None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def gettimeout(self) -> Optional[float]:
+        return self._sock.gettimeout()
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        if self._lent():
+            self._sock.settimeout(timeout)
+
+    def shutdown(self, how: int) -> None:
+        if self._lent():
+            self._sock.shutdown(how)
+
+    def pending(self) -> int:
+        pending = getattr(self._sock, "pending", None)
+        return pending() if pending is not None and self._lent() else 0
+
+
+def _response_socket(response: Any) -> Optional[_LentSocket]:
     """The socket under an http.client response, to poll it or shut it down from another thread."""
     fp = getattr(response, "fp", None)
-    return fp.sock if isinstance(fp, _SocketReader) else None
+    return _LentSocket(response, fp.sock) if isinstance(fp, _SocketReader) else None
 
 
 def _read_error_body(error: urllib.error.HTTPError) -> str:

@@ -177,6 +177,16 @@ class PoolTests(TransportTestCase):
         self.assertEqual(client.complete("Hi").text, "B")
         self.assertEqual(server.connections, 2)
 
+    def test_an_abort_after_close_leaves_the_pooled_connection_alone(self):
+        server = self.serve(lambda request, index: sse_response(f"n{index}"))
+        client = self.client(server)
+        stream = client.stream("Hi")
+        self.assertEqual("".join(stream), "n0")
+        stream.close()
+        stream.abort()  # late, from a drain or a Stop: the connection already went back to the pool
+        self.assertEqual(client.complete("Hi").text, "n1")
+        self.assertEqual(server.connections, 1)
+
     def test_idle_connections_expire(self):
         now = [1000.0]
         server = self.serve(lambda request, index: sse_response("x"))
