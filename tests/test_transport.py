@@ -267,6 +267,26 @@ class PoolTests(TransportTestCase):
         self.assertEqual(client.pool.reused, 30 - server.connections)
 
 
+class ProxyTests(TransportTestCase):
+    def test_http_proxy_gets_the_whole_url_and_keeps_the_connection(self):
+        proxy = self.serve(lambda request, index: sse_response("via proxy"))
+        env = {"HTTP_PROXY": f"http://pxuser:px-secret-0001@127.0.0.1:{proxy.server_address[1]}",
+               "NO_PROXY": "", "no_proxy": ""}
+        with mock.patch.dict(os.environ, env):
+            client = self.client(proxy, api_url="http://upstream.invalid/v1/chat")
+            self.assertEqual([client.complete("Hi").text for _ in range(2)], ["via proxy"] * 2)
+        self.assertEqual([r.path for r in proxy.requests], ["http://upstream.invalid/v1/chat"] * 2)
+        self.assertEqual(proxy.requests[0].headers["host"], "upstream.invalid")
+        self.assertEqual(proxy.requests[0].headers["proxy-authorization"], "Basic cHh1c2VyOnB4LXNlY3JldC0wMDAx")
+        self.assertEqual(proxy.connections, 1)
+
+    def test_no_proxy_is_honoured(self):
+        server = self.serve(lambda request, index: sse_response("direct"))
+        env = {"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        with mock.patch.dict(os.environ, env):
+            self.assertEqual(self.client(server).complete("Hi").text, "direct")
+
+
 class RelayOverPoolTests(TransportTestCase):
     def test_a_polling_reader_never_waits_after_the_body_ended(self):
         server = self.serve(lambda request, index: sse_response("polled"))
@@ -585,6 +605,53 @@ class TLSTests(TransportTestCase):
             texts = [client.complete("Hi").text for _ in range(3)]
         self.assertEqual(texts, ["secure"] * 3)
         self.assertEqual(built, [1])
+        self.assertEqual(server.connections, 1)
+
+    def test_connect_tunnels_are_pooled(self):
+        server, url = self.serve_tls(lambda request, index: sse_response("tunnelled"))
+        tunnel = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(tunnel.close)
+        seen: List[bytes] = []
+
+        def pipe(source: socket.socket, dest: socket.socket) -> None:
+            try:
+                while True:
+                    data = source.recv(65536)
+                    if not data:
+                        break
+                    dest.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, dest):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve_tunnels() -> None:
+            while True:
+                try:
+                    client, _ = tunnel.accept()
+                except OSError:
+                    return
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += client.recv(4096)
+                seen.append(head)
+                upstream = socket.create_connection(("127.0.0.1", server.server_address[1]))
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+        threading.Thread(target=serve_tunnels, daemon=True).start()
+        env = {"HTTPS_PROXY": f"http://127.0.0.1:{tunnel.getsockname()[1]}", "NO_PROXY": "", "no_proxy": ""}
+        context = ssl.create_default_context(cafile=self.cert)
+        with mock.patch.dict(os.environ, env):
+            client = self.client(server, api_url=url, ssl_context=context)
+            self.assertEqual([client.complete("Hi").text for _ in range(3)], ["tunnelled"] * 3)
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(seen[0].startswith(f"CONNECT 127.0.0.1:{server.server_address[1]} HTTP/".encode()))
         self.assertEqual(server.connections, 1)
 
     def test_an_explicit_ssl_context_is_used(self):
