@@ -1712,6 +1712,11 @@ def _build_opener(*, pool: Optional[_ConnectionPool] = None, ssl_context: Any = 
     return opener
 
 
+# ---------------------------------------------------------------------------
+# Transport checks: credentials and URLs refused or redacted, headers in any case, statuses to errors
+# ---------------------------------------------------------------------------
+
+
 def _describe_os_error(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     if isinstance(reason, BaseException):
@@ -1728,8 +1733,6 @@ def _is_timeout(exc: BaseException) -> bool:
     reason = getattr(exc, "reason", None)
     return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
 
-
-# Credentials and URLs: checked when configured, never echoed.
 
 def _has_control(value: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value)
