@@ -21,6 +21,7 @@ if __name__ == "__main__":  # the command line: Ctrl-C while the modules load ex
     _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(130))
 
 import argparse
+import base64
 import codecs
 import email.utils
 import http.client
@@ -29,6 +30,8 @@ import logging
 import math
 import os
 import random
+import re
+import select
 import socket
 import sys
 import threading
@@ -36,8 +39,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+try:
+    import ssl
+except ImportError:  # a Python built without OpenSSL: plain http still works
+    ssl = None  # type: ignore[assignment]
 
 __all__ = [
     # SSE decoding
@@ -63,6 +72,7 @@ __all__ = [
     "RateLimitError",
     "SpendLimitError",
     "ServerError",
+    "RedirectError",
     "APIConnectionError",
     "APITimeoutError",
     "UnexpectedResponseError",
@@ -112,14 +122,38 @@ log.addHandler(logging.NullHandler())  # a library stays quiet unless the applic
 
 _secrets: Tuple[str, ...] = ()  # longest first; replaced whole, so reading it needs no lock
 _secrets_lock = threading.Lock()
+_secret_owners: Dict[str, int] = {}  # each live secret and how many owners registered it
 
 
 def _register_secret(value: Optional[str]) -> None:
+    """Scrub `value` from every message until each owner that registered it has forgotten it."""
     # Short values would scrub ordinary words; real secrets and tokens are long.
     global _secrets
-    if value and len(value) >= 8 and value not in _secrets:
+    if value and len(value) >= 8:
         with _secrets_lock:
-            _secrets = tuple(sorted(set(_secrets) | {value}, key=len, reverse=True))
+            _secret_owners[value] = _secret_owners.get(value, 0) + 1
+            if value not in _secrets:
+                _secrets = tuple(sorted(_secret_owners, key=len, reverse=True))
+
+
+def _forget_secret(value: Optional[str]) -> None:
+    """One owner no longer holds `value` (a replaced token, a client gone): the registry stays small."""
+    global _secrets
+    with _secrets_lock:
+        owners = _secret_owners.get(value or "")
+        if owners is None:
+            return
+        if owners > 1:
+            _secret_owners[value or ""] = owners - 1
+            return
+        del _secret_owners[value or ""]
+        _secrets = tuple(sorted(_secret_owners, key=len, reverse=True))
+
+
+def _forget_secrets(values: List[str]) -> None:
+    for value in values:
+        _forget_secret(value)
+    values.clear()
 
 
 def redact(text: str) -> str:
@@ -182,7 +216,7 @@ class APIStatusError(GlooError):
         super().__init__(message)
         self.status = status
         self.body = _redact(body)
-        self.headers = dict(headers or {})
+        self.headers = _redacted_headers(headers)
         self.retry_after = retry_after
         parsed = _parse_error_body(self.body)
         self.code: Optional[str] = parsed.code
@@ -1173,8 +1207,13 @@ def _setting(explicit: str | None, name: str, default: str | None = None) -> str
 
 
 # ---------------------------------------------------------------------------
-# Transport: urllib.request only
+# Transport plumbing: sockets, responses and a keep-alive pool under urllib.request
 # ---------------------------------------------------------------------------
+#
+# urllib.request opens one connection per request and closes it ("Connection: close"); over
+# TLS that costs a TCP and a TLS handshake, and a fresh CA store, every time. The handler
+# below keeps connections alive in a bounded pool instead. A response decides, when it is
+# closed, whether its connection goes back: only when its body was read to the end cleanly.
 
 
 class _SocketReader:
@@ -1186,11 +1225,13 @@ class _SocketReader:
     by its first timeout).
     """
 
-    def __init__(self, file: Any, *, deadline: Optional[float] = None) -> None:
-        self._file = file  # the makefile() object: closing it releases the socket
-        self._sock = file.raw._sock
+    def __init__(self, file: Any, sock: socket.socket, *, deadline: Optional[float] = None) -> None:
+        self._file = file  # the makefile() object: it keeps the socket open while the response lives
+        self._sock = sock
         self._buf = b""
         self._pos = 0
+        self.received = 0  # bytes received so far: none means a reused connection was found dead
+        self.at_end = False  # the response's body has ended (set by the response)
         # While set (time.monotonic), every read ends by then: headers that trickle in, or an
         # endless run of "100 Continue", cannot outlast it one patient byte at a time.
         self.deadline = deadline
@@ -1200,10 +1241,19 @@ class _SocketReader:
         return self._sock
 
     @property
-    def buffered(self) -> int:
+    def held(self) -> int:
         """Bytes already received and not yet read (TLS records decrypted but unread included)."""
         pending = getattr(self._sock, "pending", None)
         return len(self._buf) - self._pos + (pending() if pending is not None else 0)
+
+    @property
+    def buffered(self) -> int:
+        """`held`, or at least 1 once the body has ended: a read then returns at once.
+
+        A caller that reads while this is non-zero and polls the socket only when it is zero
+        never waits on a kept-alive connection whose server has nothing more to send.
+        """
+        return self.held + (1 if self.at_end else 0)
 
     @property
     def closed(self) -> bool:
@@ -1240,6 +1290,7 @@ class _SocketReader:
         data = self._sock.recv(_READ_SIZE)
         if not data:
             return False
+        self.received += len(data)
         self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
         self._pos = 0
         return True
@@ -1298,6 +1349,7 @@ class _ChunkedDecoder:
         self._buf = b""
         self._state = self._SIZE
         self._left = 0
+        self.extra = 0  # bytes after the last chunk: a server that sent them cannot be trusted again
 
     @property
     def done(self) -> bool:
@@ -1340,79 +1392,628 @@ class _ChunkedDecoder:
                     self._state = self._DATA if self._left else self._TRAILER
                 elif not line:
                     self._state = self._DONE
-        self._buf = buf[pos:] if self._state != self._DONE else b""
+        if self._state == self._DONE:
+            self.extra += end - pos
+            self._buf = b""
+        else:
+            self._buf = buf[pos:]
         return b"".join(out) if len(out) != 1 else out[0]
 
 
 class _BodyReader:
-    """The body of a response whose headers http.client has read, framed as they said."""
+    """One socket read's worth of a streaming response's body at a time (ChatStream reads through it)."""
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
-        self._reader: _SocketReader = response.fp  # type: ignore[assignment]
-        self._chunked = _ChunkedDecoder() if response.chunked else None
-        self._left = response.length  # None: until the connection closes
-        self.eof = False
+    def __init__(self, response: "_StreamingResponse") -> None:
+        self._response = response
+
+    @property
+    def eof(self) -> bool:
+        return self._response.body_eof
 
     def read(self) -> bytes:
-        """Body bytes from one socket read (b"" when only framing came); sets `eof` at the end."""
-        raw = self._reader.read1(_READ_SIZE)
-        if not raw:
-            self.eof = True
-            if (self._chunked is not None and not self._chunked.done) or self._left:
-                raise http.client.IncompleteRead(b"")
-            return b""
-        if self._chunked is not None:
-            data = self._chunked.feed(raw)
-            self.eof = self._chunked.done
-            return data
-        if self._left is not None:
-            raw = raw[: self._left]
-            self._left -= len(raw)
-            self.eof = self._left == 0
-        return raw
+        """Body bytes from one socket read (b"" when only framing came); `eof` is set at the end."""
+        return self._response.read_some()
+
+
+_DRAIN_BYTES = 64 * 1024  # at close, read at most this much already-arrived body to find its end
+_DRAIN_WAIT = 0.05  # ...waiting at most this long for the rest of a TLS record that began to arrive
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a recv would return at once (data, or the end of the connection)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True  # a broken socket: let the caller find out
 
 
 class _StreamingResponse(http.client.HTTPResponse):
-    """An http.client response read through a _SocketReader."""
+    """An http.client response read through a _SocketReader, which frames its own body.
 
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+    Reading the body here (not through http.client's blocking chunk reads) lets a relay poll
+    the socket, and tells `close()` whether the body ended cleanly: if it did, and the server
+    keeps the connection alive, the connection goes back to its pool; otherwise it is closed.
+    """
+
+    def __init__(self, sock: socket.socket, *args: Any, deadline: Optional[float] = None, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         # Nothing has been read yet, so nothing is lost by swapping the reader.
-        self.fp = _SocketReader(self.fp, deadline=getattr(_response_deadline, "value", None))
+        self.fp = _SocketReader(self.fp, sock, deadline=deadline)  # type: ignore[assignment]
+        self._chunks: Optional[_ChunkedDecoder] = None
+        self._left: Optional[int] = None
+        self._pending = b""  # decoded body bytes a sized read has not returned yet
+        self.body_eof = False
+        self._release: Optional[Callable[[bool], None]] = None  # set by the pool: called once at close
+
+    def begin(self) -> None:
+        super().begin()
+        # http.client skips only "100 Continue"; 102 Processing and 103 Early Hints are interim too.
+        while 100 <= self.status < 200 and self.status != 101:
+            self.headers = self.msg = None  # type: ignore[assignment]  # begin() reads a new status only then
+            super().begin()
+        self._chunks = _ChunkedDecoder() if self.chunked else None
+        self._left = None if self.chunked else self.length
+        self.body_eof = self._left == 0
+        if isinstance(self.fp, _SocketReader):
+            self.fp.at_end = self.body_eof
+
+    # -- the body, framed ------------------------------------------------
+
+    def read_some(self) -> bytes:
+        """Body bytes from at most one socket read (b"" when only framing came; check `body_eof`)."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        reader = self.fp
+        if self.body_eof or not isinstance(reader, _SocketReader):
+            return b""
+        data = self._read_framed(reader)
+        if self.body_eof:
+            reader.at_end = True
+        return data
+
+    def _read_framed(self, reader: _SocketReader) -> bytes:
+        raw = reader.read1(_READ_SIZE)
+        if not raw:
+            self.body_eof = True
+            if (self._chunks is not None and not self._chunks.done) or self._left:
+                raise http.client.IncompleteRead(b"")
+            return b""
+        if self._chunks is not None:
+            data = self._chunks.feed(raw)
+            self.body_eof = self._chunks.done
+            return data
+        if self._left is not None:
+            if len(raw) > self._left:
+                raise http.client.HTTPException("the server sent more than its Content-Length")
+            self._left -= len(raw)
+            self.body_eof = self._left == 0
+        return raw
+
+    def read(self, amt: Optional[int] = None) -> bytes:
+        if amt is None or amt < 0:
+            parts = [self.read_some()]
+            while not self.body_eof:
+                parts.append(self.read_some())
+            return b"".join(parts)
+        if amt == 0:
+            return b""
+        parts, size = [], 0
+        while size < amt and (self._pending or not self.body_eof):
+            data = self.read_some()
+            parts.append(data)
+            size += len(data)
+        data = b"".join(parts)
+        self._pending = data[amt:]
+        return data[:amt]
+
+    def read1(self, n: int = -1) -> bytes:
+        data = self.read_some()
+        while not data and not self.body_eof:
+            data = self.read_some()
+        if 0 <= n < len(data):
+            self._pending = data[n:]
+            data = data[:n]
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: Optional[int] = -1) -> bytes:
+        limit = -1 if limit is None else limit
+        line = b""
+        while limit < 0 or len(line) < limit:
+            if not self._pending:
+                self._pending = self.read1()
+                if not self._pending:
+                    break
+            end = self._pending.find(b"\n")
+            cut = end + 1 if end >= 0 else len(self._pending)
+            if limit >= 0:
+                cut = min(cut, limit - len(line))
+            line += self._pending[:cut]
+            self._pending = self._pending[cut:]
+            if line.endswith(b"\n"):
+                break
+        return line
+
+    def peek(self, n: int = 0) -> bytes:
+        if not self._pending and not self.body_eof:
+            self._pending = self.read1()
+        return self._pending
+
+    # -- the end: back to the pool, or closed ------------------------------
+
+    def _ended_cleanly(self) -> bool:
+        """Whether the body ended with nothing after it, reading only what already arrived to know."""
+        reader = self.fp
+        if not isinstance(reader, _SocketReader) or self.will_close or self._pending:
+            return False
+        try:
+            budget = _DRAIN_BYTES
+            while not self.body_eof and budget > 0:
+                # A stream stopped at its last event usually has its final chunk in flight or here.
+                if not reader.held and not _readable(reader.sock):
+                    return False
+                reader.sock.settimeout(_DRAIN_WAIT)
+                budget -= len(self.read_some())
+            return (self.body_eof and reader.held == 0 and not (self._chunks and self._chunks.extra)
+                    and not _readable(reader.sock))
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        clean = release is not None and self._ended_cleanly()
+        super().close()
+        if release is not None:
+            release(clean)
 
 
-_response_deadline = threading.local()  # set around opener.open(): when the response must have begun
+class _PooledHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection that can be lent out again; its responses are _StreamingResponses."""
 
-class _HTTPConnection(http.client.HTTPConnection):
-    response_class = _StreamingResponse
+    headers_deadline: Optional[float] = None  # when the next response must have begun (time.monotonic)
+    reader: Optional[_SocketReader] = None  # the reader of the last response begun on this connection
 
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = _StreamingResponse
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(_HTTPConnection, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def https_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(_HTTPSConnection, req, context=self._context)
+    def response_class(self, sock: socket.socket, *args: Any, **kwargs: Any) -> _StreamingResponse:  # type: ignore[override]
+        # http.client builds each response with self.response_class(...): as a method it can
+        # hand the response its deadline, which the class alone could not know.
+        response = _StreamingResponse(sock, *args, deadline=self.headers_deadline, **kwargs)
+        self.reader = response.fp  # type: ignore[assignment]
+        return response
 
 
-def _build_opener() -> urllib.request.OpenerDirector:
-    # Proxies come from the environment (HTTPS_PROXY, NO_PROXY), as urllib always does.
-    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+class _PooledHTTPSConnection(_PooledHTTPConnection, http.client.HTTPSConnection):
+    """The same over TLS, with the client's one TLS context."""
 
 
-def _response_socket(response: Any) -> Optional[socket.socket]:
+_PoolKey = Tuple[str, str, str]  # scheme, host:port, proxy ("" when none)
+
+
+class _ConnectionPool:
+    """Idle keep-alive connections, at most `size` per scheme+host+port+proxy, each kept `idle_timeout` s.
+
+    Thread-safe: a relay's threads all borrow from one pool. A connection is lent to one
+    request at a time; a request that finds none idle opens a new one (never waits).
+    """
+
+    def __init__(self, size: int = 16, idle_timeout: float = 30.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = max(0, int(size))
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._idle: Dict[_PoolKey, List[Tuple[float, _PooledHTTPConnection]]] = {}
+        self._lock = threading.Lock()
+        self.opened = 0  # connections opened, for benchmarks and tests
+        self.reused = 0  # requests sent on a connection taken from the pool
+        weakref.finalize(self, _close_idle, self._idle)  # a client dropped closes its idle sockets
+
+    def take(self, key: _PoolKey) -> Optional[_PooledHTTPConnection]:
+        """An idle connection to `key` that still looks alive, or None."""
+        while True:
+            now = self._clock()
+            expired: List[_PooledHTTPConnection] = []
+            with self._lock:
+                idle = self._idle.get(key)
+                found = None
+                if idle:
+                    released, found = idle.pop()  # the most recently used: the others can expire
+                    if now - released > self.idle_timeout:
+                        expired = [found] + [conn for _, conn in idle]
+                        idle.clear()
+                        found = None
+                    if not idle:
+                        del self._idle[key]
+            for conn in expired:
+                conn.close()
+            if found is None:
+                return None
+            sock = found.sock
+            if sock is not None and not _readable(sock):  # readable while idle: closed by the server
+                with self._lock:
+                    self.reused += 1
+                return found
+            found.close()
+
+    def put(self, key: _PoolKey, conn: _PooledHTTPConnection) -> None:
+        """Keep `conn` for the next request to `key` (or close it when the pool is full)."""
+        now = self._clock()
+        drop: List[_PooledHTTPConnection] = []
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            while idle and now - idle[0][0] > self.idle_timeout:
+                drop.append(idle.pop(0)[1])
+            if conn.sock is None or len(idle) >= self.size:
+                drop.append(conn)
+            else:
+                idle.append((now, conn))
+            if not idle:
+                del self._idle[key]
+        for old in drop:
+            old.close()
+
+    def note_opened(self) -> None:
+        with self._lock:
+            self.opened += 1
+
+    def idle_count(self, key: Optional[_PoolKey] = None) -> int:
+        """Idle connections held (for `key`, or in all)."""
+        with self._lock:
+            if key is not None:
+                return len(self._idle.get(key, ()))
+            return sum(len(idle) for idle in self._idle.values())
+
+    def clear(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle = [conn for conns in self._idle.values() for _, conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+
+def _close_idle(idle: Dict[_PoolKey, List[Tuple[float, _PooledHTTPConnection]]]) -> None:
+    for conns in list(idle.values()):
+        for _, conn in conns:
+            conn.close()
+    idle.clear()
+
+
+class _Request(urllib.request.Request):
+    """A urllib request that also says how long to wait for its answer once it is sent."""
+
+    def __init__(self, url: str, *, read_timeout: Optional[float] = None,
+                 response_deadline: Optional[float] = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.read_timeout = read_timeout  # each wait for the status and headers (None: the connect timeout)
+        self.response_deadline = response_deadline  # time.monotonic() by which the headers must be in
+
+
+class _ResponseTimeout(socket.timeout):
+    """The request was sent whole, then no answer came in time: sending it again could run it twice."""
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before answering (the server closed it while idle)."""
+
+
+def _default_ssl_context() -> Any:
+    """A verifying TLS context, honouring SSL_CERT_FILE and SSL_CERT_DIR."""
+    if ssl is None:
+        raise ConfigurationError("this Python has no ssl module: https URLs cannot be used")
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None,
+                                      capath=os.environ.get("SSL_CERT_DIR") or None)
+
+
+class _PooledHandler(urllib.request.AbstractHTTPHandler):
+    """urllib.request's http and https handler, over pooled keep-alive connections.
+
+    Proxies come from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) as urllib's own
+    ProxyHandler reads them; https goes through a CONNECT tunnel, pooled like any connection.
+    """
+
+    def __init__(self, pool: _ConnectionPool, *, ssl_context: Any = None,
+                 proxies: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__()
+        self.pool = pool
+        self._ssl_context = ssl_context
+        self._ssl_lock = threading.Lock()
+        self._proxies: Dict[str, Tuple[str, Dict[str, str]]] = {}
+        for scheme, proxy in (urllib.request.getproxies() if proxies is None else proxies).items():
+            if scheme in ("http", "https") and proxy:
+                proxy = proxy if "://" in proxy else "http://" + proxy
+                self._proxies[scheme] = (proxy, _proxy_auth(urllib.parse.urlsplit(proxy)))
+
+    http_request = urllib.request.AbstractHTTPHandler.do_request_
+    https_request = urllib.request.AbstractHTTPHandler.do_request_
+
+    def http_open(self, req: urllib.request.Request) -> _StreamingResponse:
+        return self._open(req)
+
+    def https_open(self, req: urllib.request.Request) -> _StreamingResponse:
+        return self._open(req)
+
+    @property
+    def ssl_context(self) -> Any:
+        """The one TLS context of this handler, built on first use (building one loads the CA store)."""
+        if self._ssl_context is None:
+            with self._ssl_lock:
+                if self._ssl_context is None:
+                    self._ssl_context = _default_ssl_context()
+        return self._ssl_context
+
+    def _proxy(self, scheme: str, host: str) -> Tuple[str, Dict[str, str]]:
+        proxy = self._proxies.get(scheme)
+        if proxy is None or urllib.request.proxy_bypass(host):
+            return "", {}
+        return proxy
+
+    def _connect(self, scheme: str, host: str, proxy: str, proxy_headers: Dict[str, str],
+                 timeout: Any) -> _PooledHTTPConnection:
+        conn: _PooledHTTPConnection
+        if proxy:
+            parts = urllib.parse.urlsplit(proxy)
+            proxy_host = parts.hostname or ""
+            proxy_port = parts.port or (443 if parts.scheme == "https" else 80)
+            if scheme == "https":
+                conn = _PooledHTTPSConnection(proxy_host, proxy_port, timeout=timeout, context=self.ssl_context)
+                conn.set_tunnel(host, headers=proxy_headers)
+            else:
+                conn = _PooledHTTPConnection(proxy_host, proxy_port, timeout=timeout)
+        elif scheme == "https":
+            conn = _PooledHTTPSConnection(host, timeout=timeout, context=self.ssl_context)
+        else:
+            conn = _PooledHTTPConnection(host, timeout=timeout)
+        self.pool.note_opened()
+        return conn
+
+    def _open(self, req: urllib.request.Request) -> _StreamingResponse:
+        scheme, host = req.type, req.host
+        if not host:
+            raise urllib.error.URLError("no host given")
+        proxy, proxy_headers = self._proxy(scheme, host)
+        key: _PoolKey = (scheme, host, proxy)
+        headers = dict(req.header_items())
+        selector = req.selector
+        if proxy and scheme == "http":
+            selector = req.full_url  # a plain-http proxy takes the whole URL
+            headers.update(proxy_headers)
+        replayable = req.data is None or isinstance(req.data, (bytes, bytearray))
+        conn = self.pool.take(key) if self.pool.size else None
+        if conn is not None:
+            try:
+                return self._exchange(conn, req, selector, headers, key, reused=True)
+            except _StaleConnection:
+                if not replayable:
+                    raise http.client.RemoteDisconnected("a reused connection closed before answering") from None
+                log.info("a pooled connection to %s was closed by the server; sending again on a new one", host)
+        conn = self._connect(scheme, host, proxy, proxy_headers, req.timeout)
+        try:
+            return self._exchange(conn, req, selector, headers, key, reused=False)
+        except _StaleConnection:  # cannot happen on a new connection; kept for type checkers
+            raise http.client.RemoteDisconnected("the server closed the connection before answering") from None
+
+    def _exchange(self, conn: _PooledHTTPConnection, req: urllib.request.Request, selector: str,
+                  headers: Dict[str, str], key: _PoolKey, *, reused: bool) -> _StreamingResponse:
+        conn.headers_deadline = getattr(req, "response_deadline", None)
+        conn.reader = None
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(req.timeout)  # a borrowed socket has the last stream's timeout
+            conn.request(req.get_method(), selector, req.data, headers)
+        except OSError as exc:
+            conn.close()
+            if reused and not isinstance(exc, socket.timeout):
+                raise _StaleConnection() from None
+            raise urllib.error.URLError(exc) from None
+        # Sent: from here every wait is for the server's answer, and uses the read timeout.
+        read_timeout = getattr(req, "read_timeout", None)
+        if conn.sock is not None and read_timeout is not None:
+            conn.sock.settimeout(read_timeout)
+        try:
+            response: _StreamingResponse = conn.getresponse()  # type: ignore[assignment]
+        except socket.timeout:
+            conn.close()
+            raise _ResponseTimeout("timed out waiting for the response") from None
+        except (ConnectionError, http.client.BadStatusLine):
+            received = conn.reader.received if conn.reader is not None else 0
+            conn.close()
+            if reused and not received:
+                raise _StaleConnection() from None
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        response.url = req.full_url  # what urllib's own handler sets; HTTPError reads msg as the reason
+        response.msg = response.reason  # type: ignore[assignment]
+        if not response.will_close and self.pool.size:
+            pool = self.pool
+
+            def release(clean: bool) -> None:
+                if clean:
+                    pool.put(key, conn)
+                else:
+                    conn.close()
+
+            response._release = release
+        elif not response.will_close:
+            response._release = lambda clean: conn.close()
+        return response
+
+
+def _proxy_auth(parts: urllib.parse.SplitResult) -> Dict[str, str]:
+    if parts.username is None:
+        return {}
+    user_pass = "%s:%s" % (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    _register_secret(user_pass)
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(user_pass.encode("utf-8")).decode("ascii")}
+
+
+def _build_opener(*, pool: Optional[_ConnectionPool] = None, ssl_context: Any = None) -> urllib.request.OpenerDirector:
+    """An opener with the pooled handler and no redirect handler: a 3xx is an HTTPError, never followed.
+
+    Following a redirect would send the bearer token or the client secret to wherever the
+    Location points, over plain http even; callers turn a 3xx into a typed error instead.
+    """
+    opener = urllib.request.OpenerDirector()
+    for handler in (_PooledHandler(pool if pool is not None else _ConnectionPool(), ssl_context=ssl_context),
+                    urllib.request.UnknownHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+# ---------------------------------------------------------------------------
+# Transport checks: credentials and URLs refused or redacted, headers in any case, statuses to errors
+# ---------------------------------------------------------------------------
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        exc = reason
+    elif isinstance(reason, str):
+        return _redact(reason)
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    text = str(exc) or exc.__class__.__name__
+    return _redact(text)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
+
+
+def _has_control(value: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value)
+
+
+def _credential(value: Optional[str], name: str, error: type = ConfigurationError) -> Optional[str]:
+    """`value` without surrounding whitespace (files end in a newline); refused if it holds control characters.
+
+    The message names the variable, never the value: a secret pasted with a CR in the middle
+    would otherwise split a header, and echoing it would print it.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if _has_control(value):
+        raise error(
+            f"{name} contains a control character (a CR, LF, tab or similar): set it again without one"
+        )
+    return value
+
+
+def _redact_url(url: str) -> str:
+    """`url` with any user:password@ replaced, and registered secrets scrubbed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if "@" in parts.netloc:
+            url = urllib.parse.urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        return "[a URL that does not parse]"
+    return _redact(url)
+
+
+def _check_url(url: str, name: str) -> str:
+    """An http(s) URL without credentials in it, else a ConfigurationError naming `name`."""
+    url = url.strip()
+    if _has_control(url):
+        raise ConfigurationError(f"{name} contains a control character: set it again without one")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # noqa: F841  (a bad port raises here, not on the first request)
+    except ValueError:
+        raise ConfigurationError(f"{name} is not a valid URL: {_redact_url(url)}") from None
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"{name} must not carry a user name or password (user:password@): "
+            "give the credentials as GLOO_CLIENT_ID / GLOO_CLIENT_SECRET or GLOO_API_KEY"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"not an http(s) URL: {_redact_url(url)!r} (check {name})")
+    return url
+
+
+class _Headers(dict):
+    """Response header names to values; lookups ignore case (`retry-after` is `Retry-After`)."""
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items.items() if hasattr(items, "items") else items)
+        self._names = {str(name).lower(): name for name in self}
+
+    def _name(self, key: Any) -> Any:
+        return self._names.get(key.lower(), key) if isinstance(key, str) else key
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._name(key))
+
+    def __contains__(self, key: Any) -> bool:
+        return super().__contains__(self._name(key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(self._name(key), value)
+        if isinstance(key, str):
+            self._names.setdefault(key.lower(), key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(self._name(key), default)
+
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
+
+
+def _redacted_headers(headers: Optional[Mapping[str, str]]) -> _Headers:
+    """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
+    items = headers.items() if headers is not None else ()
+    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
+
+
+class _LentSocket:
+    """The socket under a response, as its reader sees it: to poll it, time it, or shut it down.
+
+    Once the response is closed its connection may already serve another request from the
+    pool, so a late `shutdown()` (an abort from another thread) or `settimeout()` does nothing.
+    """
+
+    def __init__(self, response: Any, sock: socket.socket) -> None:
+        self._response = response
+        self._sock = sock
+
+    def _lent(self) -> bool:
+        return getattr(self._response, "fp", None) is not None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def gettimeout(self) -> Optional[float]:
+        return self._sock.gettimeout()
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        if self._lent():
+            self._sock.settimeout(timeout)
+
+    def shutdown(self, how: int) -> None:
+        if self._lent():
+            self._sock.shutdown(how)
+
+    def pending(self) -> int:
+        pending = getattr(self._sock, "pending", None)
+        return pending() if pending is not None and self._lent() else 0
+
+
+def _response_socket(response: Any) -> Optional[_LentSocket]:
     """The socket under an http.client response, to poll it or shut it down from another thread."""
     fp = getattr(response, "fp", None)
-    if isinstance(fp, _SocketReader):
-        return fp.sock
-    sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
+    return _LentSocket(response, fp.sock) if isinstance(fp, _SocketReader) else None
 
 
 def _read_error_body(error: urllib.error.HTTPError) -> str:
@@ -1425,29 +2026,56 @@ def _read_error_body(error: urllib.error.HTTPError) -> str:
     return data.decode("utf-8", "replace")
 
 
+_MAX_RETRY_AFTER = 24 * 3600.0  # a longer ask (inf, 1e400, a date in 3000) is read as this
+
+
+def _header(headers: Any, name: str) -> str:
+    """The value of header `name` in any case, from a dict or an http.client message ("" when absent)."""
+    if headers is None:
+        return ""
+    if not isinstance(headers, dict) or isinstance(headers, _Headers):
+        value = headers.get(name)  # http.client messages and _Headers ignore case themselves
+    else:
+        value = headers.get(name)
+        if value is None:
+            lowered = name.lower()
+            value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == lowered), None)
+    return str(value).strip() if value is not None else ""
+
+
+def _seconds(value: float) -> Optional[float]:
+    if math.isnan(value):
+        return None
+    return min(max(0.0, value), _MAX_RETRY_AFTER)  # inf and 1e400 (which float() reads as inf) capped
+
+
 def _parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> Optional[float]:
-    """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`."""
-    value = (headers.get("Retry-After") or "").strip()
+    """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`.
+
+    Header names in any case; the answer is capped at a day, never an OverflowError.
+    """
+    value = _header(headers, "Retry-After")
     if value:
         try:
-            return max(0.0, float(value))
+            return _seconds(float(value))
         except ValueError:
             try:
                 when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None and when.tzinfo is not None:
-                return max(0.0, when.timestamp() - now())
-    value = (headers.get("X-RateLimit-Reset") or "").strip()
+                wait = when.timestamp() - now() if when is not None and when.tzinfo is not None else None
+            except (TypeError, ValueError, IndexError, OverflowError, OSError):
+                wait = None
+            if wait is not None:
+                return _seconds(wait)
+    value = _header(headers, "X-RateLimit-Reset")
     if value:
         try:
             reset = float(value)
         except ValueError:
             return None
         # Either seconds from now or a Unix time; a Unix time is far larger than any sane wait.
-        if reset > 1_000_000_000:
-            return max(0.0, reset - now())
-        return max(0.0, reset)
+        if 1_000_000_000 < reset < 1e12:
+            return _seconds(reset - now())
+        return _seconds(reset)
     return None
 
 
@@ -1473,7 +2101,15 @@ def _status_message(status: int, body: str) -> str:
 
 
 def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, str]] = None) -> APIStatusError:
-    headers = dict(headers or {})
+    headers = _Headers(headers or {})
+    if 300 <= status < 400:
+        location = _header(headers, "Location")
+        where = f" to {_redact_url(location)[:300]}" if location else ""
+        return RedirectError(
+            f"the completions endpoint redirected ({status}){where}; redirects are not followed, so the "
+            "bearer token never travels elsewhere: set GLOO_API_URL to the final address",
+            status=status, body=body, headers=headers, location=_redact_url(location) if location else None,
+        )
     cls = _status_class(status, body)
     return cls(
         _describe_status(status, _redact(body)),
@@ -1484,11 +2120,30 @@ def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, st
     )
 
 
+class RedirectError(APIStatusError):
+    """3xx: the endpoint answered a redirect, which is never followed (it would carry the credentials).
+
+    `location` is where it pointed (credentials in it redacted); `status` the 3xx code.
+    """
+
+    def __init__(self, message: str, *, location: Optional[str] = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.location = location
+
+
+# ---------------------------------------------------------------------------
+# OAuth tokens: client credentials, one fetch at a time, refreshed early with a grace
+# ---------------------------------------------------------------------------
+
+
 class TokenCache:
     """OAuth2 client-credentials tokens, fetched once and shared by every thread until near expiry.
 
-    A token is refreshed 5 minutes before it expires, or halfway through a shorter life.
+    A token is refreshed 5 minutes before it expires, or halfway through a shorter life; if
+    that early refresh fails, the cached token is used while it is valid and the refresh tried again.
     """
+
+    refresh_retry_seconds = 30.0  # after a failed early refresh, try again this much later
 
     def __init__(
         self,
@@ -1500,14 +2155,19 @@ class TokenCache:
         clock: Callable[[], float] = time.monotonic,
         opener: Optional[urllib.request.OpenerDirector] = None,
     ) -> None:
+        client_id = _credential(client_id, "GLOO_CLIENT_ID") or ""
+        client_secret = _credential(client_secret, "GLOO_CLIENT_SECRET") or ""
         if not client_id or not client_secret:
             raise ConfigurationError(
                 "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET in the environment or in .env"
             )
-        _register_secret(client_secret)
+        self.token_url = _check_url(token_url, "GLOO_TOKEN_URL")
+        # The secret and the tokens in use are scrubbed from messages; forgotten when this cache goes.
+        self._live_secrets: List[str] = []
+        self._remember(client_secret)
+        weakref.finalize(self, _forget_secrets, self._live_secrets)
         self.client_id = client_id
         self._client_secret = client_secret
-        self.token_url = token_url
         self.timeout = timeout
         self._clock = clock
         self._opener = opener or _build_opener()
@@ -1522,25 +2182,43 @@ class TokenCache:
     def __repr__(self) -> str:  # never show the secret or the token
         return f"TokenCache(client_id={self.client_id!r}, token_url={self.token_url!r})"
 
+    def _remember(self, value: str) -> None:
+        _register_secret(value)
+        self._live_secrets.append(value)
+
     def get(self) -> str:
         """A valid access token, fetching a new one only when needed.
 
         One fetch at a time: callers that queued behind a fetch that failed get its error at
-        once instead of each trying again, so N callers fail in one timeout, not N.
+        once instead of each trying again, so N callers fail in one timeout, not N. A failed
+        early refresh keeps the still-valid token (with a warning) and tries again later.
         """
         ticket = self._attempts
         with self._lock:
-            if self._token is not None and self._clock() < self._refresh_at:
-                return self._token
+            now = self._clock()
+            token = self._token
+            if token is not None and now < self._refresh_at:
+                return token
+            valid = token is not None and now < self._expires_at
             failure = self._last_failure
             if failure is not None and self._attempts != ticket:
+                if valid:
+                    assert token is not None
+                    return token
                 raise TokenError(str(failure), status=failure.status)
             self._attempts += 1
             try:
                 self._fetch()
             except TokenError as exc:
                 self._last_failure = exc
-                raise
+                if not valid:
+                    raise
+                assert token is not None
+                left = self._expires_at - now
+                self._refresh_at = now + min(self.refresh_retry_seconds, left / 2)
+                log.warning("token refresh failed (%s); the current token stays in use (%.0fs left), "
+                            "next try in %.0fs", exc, left, self._refresh_at - now)
+                return token
             self._last_failure = None
             assert self._token is not None
             return self._token
@@ -1560,7 +2238,7 @@ class TokenCache:
         form = urllib.parse.urlencode(
             {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._client_secret}
         ).encode("ascii")
-        request = urllib.request.Request(
+        request = _Request(
             self.token_url,
             data=form,
             method="POST",
@@ -1569,58 +2247,59 @@ class TokenCache:
                 "Accept": "application/json",
                 "User-Agent": _USER_AGENT,
             },
+            read_timeout=self.timeout,
+            response_deadline=time.monotonic() + 2 * self.timeout,
         )
         self.fetch_count += 1
-        _response_deadline.value = time.monotonic() + 2 * self.timeout
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read(_ERROR_BODY_LIMIT + 1)
         except urllib.error.HTTPError as exc:
+            location = _header(exc.headers, "Location") if 300 <= exc.code < 400 else ""
             body = _read_error_body(exc)
+            if 300 <= exc.code < 400:
+                where = f" to {_redact_url(location)[:300]}" if location else ""
+                raise TokenError(
+                    f"the token endpoint redirected ({exc.code}){where}; redirects are not followed, so the "
+                    "client secret never travels elsewhere: set GLOO_TOKEN_URL to the final address",
+                    status=exc.code,
+                ) from None
             hint = " (check GLOO_CLIENT_ID and GLOO_CLIENT_SECRET)" if exc.code in (400, 401, 403) else ""
             raise TokenError(
                 f"token request failed ({exc.code}){hint}: {_redact(body)[:200]}", status=exc.code
             ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise TokenError(f"token endpoint unreachable at {self.token_url}: {_describe_os_error(exc)}") from None
-        finally:
-            _response_deadline.value = None
         try:
             payload = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise TokenError("token endpoint answered something that is not JSON") from None
         token = payload.get("access_token") if isinstance(payload, dict) else None
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not token.strip():
             raise TokenError("token endpoint answered without an access_token")
-        _register_secret(token)
+        token = _credential(token, "the access_token the token endpoint issued", TokenError) or ""
         lifetime = payload.get("expires_in", 3600)
         try:
             lifetime = float(lifetime)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             lifetime = 3600.0
         if not math.isfinite(lifetime) or lifetime <= 0:
             lifetime = 3600.0  # Gloo's documented lifetime; a 401 forces a refresh anyway
+        lifetime = min(lifetime, 366 * 86400.0)
         now = self._clock()
+        if token not in self._live_secrets:
+            self._remember(token)
+            # Kept: the secret, the token before (a stream begun with it may still run), this one.
+            while len(self._live_secrets) > 3:
+                _forget_secret(self._live_secrets.pop(1))
         self._token = token
         self._expires_at = now + lifetime
         self._refresh_at = now + lifetime - min(300.0, lifetime / 2)
 
 
-def _describe_os_error(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, BaseException):
-        exc = reason
-    elif isinstance(reason, str):
-        return reason
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    text = str(exc) or exc.__class__.__name__
-    return _redact(text)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    reason = getattr(exc, "reason", None)
-    return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
+# ---------------------------------------------------------------------------
+# Client and streams: the completions POST, its retries, and the stream it opens
+# ---------------------------------------------------------------------------
 
 
 def _encode_payload(payload: Mapping[str, Any]) -> bytes:
@@ -1679,7 +2358,7 @@ def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
     if isinstance(message, str):
         messages: List[dict] = [{"role": "user", "content": message}]
     elif isinstance(message, Sequence) and message and all(isinstance(m, Mapping) for m in message):
-        messages = [dict(m) for m in message]
+        messages = [dict(m) for m in message if isinstance(m, Mapping)]  # (the filter is for the type checker)
     else:
         raise ConfigurationError("message must be a string or a non-empty list of chat messages")
     if system:
@@ -1717,14 +2396,18 @@ class GlooClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         token_cache: Optional[TokenCache] = None,
+        retry_rate_limited: bool = True,
+        retry_timeouts: bool = False,
+        ssl_context: Any = None,
+        pool_size: int = 16,
+        pool_idle_timeout: float = 30.0,
     ) -> None:
         self.endpoint = _endpoint_name(_setting(endpoint, "GLOO_ENDPOINT", "completions"))
-        self.api_url = _endpoint_url(_setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL,
-                                     self.endpoint)
-        self.token_url = _setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL
-        for url in (self.api_url, self.token_url):
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise ConfigurationError(f"not an http(s) URL: {url!r} (check GLOO_API_URL and GLOO_TOKEN_URL)")
+        self.api_url = _check_url(
+            _endpoint_url(_setting(api_url, "GLOO_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL, self.endpoint),
+            "GLOO_API_URL")
+        self.token_url = _check_url(_setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL,
+                                    "GLOO_TOKEN_URL")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
@@ -1733,21 +2416,27 @@ class GlooClient:
         self.backoff_max = backoff_max
         self.max_retry_wait = max_retry_wait
         self.max_event_bytes = max_event_bytes
+        self.retry_rate_limited = retry_rate_limited  # False: a 429 is raised at once (a relay passes it on)
+        self.retry_timeouts = retry_timeouts  # True: a request sent whole, then unanswered in time, is sent again
         self._sleep = sleep
         self._clock = clock
-        self._opener = _build_opener()
+        # One pool and one TLS context for every stream and token request of this client.
+        self.pool = _ConnectionPool(pool_size, pool_idle_timeout, clock=clock)
+        self._opener = _build_opener(pool=self.pool, ssl_context=ssl_context)
         # Explicit OAuth credentials win over a GLOO_API_KEY left in the environment.
         explicit_oauth = client_id is not None and client_secret is not None
-        self._api_key = api_key if api_key is not None else (
-            None if explicit_oauth else _setting(None, "GLOO_API_KEY"))
-        _register_secret(self._api_key)
+        self._api_key = _credential(api_key, "api_key") if api_key is not None else (
+            None if explicit_oauth else _credential(_setting(None, "GLOO_API_KEY"), "GLOO_API_KEY"))
+        if self._api_key:
+            _register_secret(self._api_key)
+            weakref.finalize(self, _forget_secret, self._api_key)
         if token_cache is not None:
             self.tokens: Optional[TokenCache] = token_cache
         elif self._api_key:
             self.tokens = None
         else:
-            cid = _setting(client_id, "GLOO_CLIENT_ID")
-            secret = _setting(client_secret, "GLOO_CLIENT_SECRET")
+            cid = _credential(_setting(client_id, "GLOO_CLIENT_ID"), "GLOO_CLIENT_ID")
+            secret = _credential(_setting(client_secret, "GLOO_CLIENT_SECRET"), "GLOO_CLIENT_SECRET")
             if not cid or not secret:
                 raise ConfigurationError(
                     "missing Gloo credentials: set GLOO_CLIENT_ID and GLOO_CLIENT_SECRET, or GLOO_API_KEY "
@@ -1757,6 +2446,16 @@ class GlooClient:
                 client_id=cid, client_secret=secret, token_url=self.token_url,
                 timeout=connect_timeout, clock=clock, opener=self._opener,
             )
+
+    def close(self) -> None:
+        """Close the idle pooled connections (streams still open keep theirs until they end)."""
+        self.pool.clear()
+
+    def __enter__(self) -> "GlooClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"GlooClient(api_url={self.api_url!r}, auth={'api_key' if self.tokens is None else 'oauth'})"
@@ -1804,10 +2503,15 @@ class GlooClient:
         """POST `payload` (to `url`, else `url_for(payload)`) and return the open response once its status is 200.
 
         Retries happen here, before the first byte of the body: a 401 refreshes the token
-        once; 408/429/5xx and connection failures back off and retry up to `max_retries`.
+        once; 408/429/5xx and connection failures back off and retry up to `max_retries`
+        (never sooner than a Retry-After asks; a 429 not at all with `retry_rate_limited=False`).
+        A request sent whole and then unanswered in time is not sent again unless
+        `retry_timeouts`; a redirect is a RedirectError, never followed.
         """
         body = _encode_payload(payload)
-        target = url if url is not None else self.url_for(payload)  # grounded bodies go to <api_url>/grounded
+        target = _check_url(url, "url") if url is not None else self.url_for(payload)  # grounded: <api_url>/grounded
+        if token is not None:
+            token = _credential(token, "token")
         started = self._clock()
         # The response must begin (status and headers) within the deadline, or else within a
         # connect timeout plus an idle timeout, however slowly its bytes trickle in.
@@ -1817,7 +2521,10 @@ class GlooClient:
         refreshed = False
         while True:
             bearer = token or self.token()
-            request = urllib.request.Request(
+            timeout = self.connect_timeout
+            if self.deadline is not None:
+                timeout = min(timeout, max(0.001, self.deadline - (self._clock() - started)))
+            request = _Request(
                 target,
                 data=body,
                 method="POST",
@@ -1827,15 +2534,13 @@ class GlooClient:
                     "Accept": "text/event-stream" if payload.get("stream") else "application/json",
                     "User-Agent": _USER_AGENT,
                 },
+                read_timeout=self.read_timeout,
+                response_deadline=headers_by,
             )
-            timeout = self.connect_timeout
-            if self.deadline is not None:
-                timeout = min(timeout, max(0.001, self.deadline - (self._clock() - started)))
-            _response_deadline.value = headers_by
             try:
                 response = self._opener.open(request, timeout=timeout)
             except urllib.error.HTTPError as exc:
-                status, headers = exc.code, dict(exc.headers.items()) if exc.headers else {}
+                status, headers = exc.code, _Headers(exc.headers.items() if exc.headers else ())
                 error_body = _read_error_body(exc)
                 if status == 401 and self.tokens is not None and token is None and not refreshed:
                     refreshed = True
@@ -1843,7 +2548,8 @@ class GlooClient:
                     log.info("completions answered 401; fetching a new token and retrying once")
                     continue
                 error = _status_error(status, error_body, headers)
-                if status in _RETRYABLE_STATUSES and attempt < self.max_retries:
+                if (status in _RETRYABLE_STATUSES and attempt < self.max_retries and error.retryable
+                        and (status != 429 or self.retry_rate_limited)):
                     wait = self._backoff(attempt, error.retry_after)
                     if wait is not None and self._within_deadline(started, wait):
                         log.info("completions answered %d; retry %d in %.2fs", status, attempt + 1, wait)
@@ -1852,7 +2558,9 @@ class GlooClient:
                         continue
                 raise error from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                if attempt < self.max_retries:
+                # Sent whole, then no answer in time: the server may be generating it already.
+                resend = self.retry_timeouts or not isinstance(exc, _ResponseTimeout)
+                if attempt < self.max_retries and resend:
                     wait = self._backoff(attempt, None)
                     if wait is not None and self._within_deadline(started, wait):
                         log.info("connection failed (%s); retry %d in %.2fs",
@@ -1861,9 +2569,7 @@ class GlooClient:
                         attempt += 1
                         continue
                 cls = APITimeoutError if _is_timeout(exc) else APIConnectionError
-                raise cls(f"cannot reach {self.api_url}: {_describe_os_error(exc)}") from None
-            finally:
-                _response_deadline.value = None
+                raise cls(f"cannot reach {_redact_url(target)}: {_describe_os_error(exc)}") from None
             return self._check_response(response, payload)
 
     def _check_response(self, response: Any, payload: Mapping[str, Any]) -> Any:

@@ -20,7 +20,6 @@ import argparse
 import errno
 import hmac
 import html
-import inspect
 import io
 import ipaddress
 import json
@@ -1515,12 +1514,8 @@ def _client_options(config: Any) -> dict[str, Any]:
         token_url=config.token_url, api_url=config.api_url, endpoint=config.endpoint,
         read_timeout=config.upstream_idle_seconds,
         max_retries=config.upstream_retries, max_event_bytes=config.max_event_bytes,
+        retry_rate_limited=False,  # a 429 goes straight back to the client with its Retry-After
     )
-    accepted = inspect.signature(GlooClient).parameters
-    if "retry_rate_limited" in accepted:
-        options["retry_rate_limited"] = False  # a 429 goes straight back to the client with its Retry-After
-    else:  # TODO(merge transport): remove; until then no wait the upstream asks for is spent here
-        options["max_retry_wait"] = 0.0
     return options
 
 

@@ -553,7 +553,8 @@ class UpstreamFailureTests(ProxyTestCase):
         silent.listen(5)
         self.addCleanup(silent.close)
         port = silent.getsockname()[1]
-        proxy = self.start_proxy(api_url=f"http://127.0.0.1:{port}/x")
+        # The wait for the upstream's headers is bounded by the read (idle) timeout, not the connect one.
+        proxy = self.start_proxy(api_url=f"http://127.0.0.1:{port}/x", upstream_idle_seconds=0.5)
         status, _, body = self.request("POST", "/api/stream", PROMPT, proxy=proxy)
         self.assertEqual(status, 504)
 
