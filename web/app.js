@@ -35,13 +35,16 @@ function localStore() {
 }
 
 const store = new ChatStore(localStore());
-const touch = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
+// A touch keyboard: Enter adds a line there, and the Send button sends.
+const touch = Boolean(window.matchMedia) && (window.matchMedia("(pointer: coarse)").matches ||
+  (navigator.maxTouchPoints > 0 && window.matchMedia("(hover: none)").matches));
 
 const state = {
   chat: store.current(),   // {id, title, created, updated, turns: [{q, a, model, sources, error, outcome, stats}]}
   run: null,               // the answer being streamed (see startRun)
   controller: null,
   editing: null,           // the index of the question being edited
+  follow: true,            // keep the latest text in view (false once the reader scrolls up)
 };
 
 // ---------------------------------------------------------------------------
@@ -255,11 +258,11 @@ function buildTurn(turn, index) {
 }
 
 /** Everything of a finished (or stored) turn that is not the streaming text. */
-function fillTurn(article, turn, index) {
+function fillTurn(article, turn, index, rendered = false) {
   const last = index === state.chat.turns.length - 1;
   const answer = article.querySelector(".answer");
-  if (turn.a) answer.replaceChildren(renderMarkdown(turn.a));
-  else answer.replaceChildren();
+  if (!rendered && turn.a) answer.replaceChildren(renderMarkdown(turn.a));
+  else if (!rendered) answer.replaceChildren();
   const error = article.querySelector(".turn-error");
   error.hidden = !turn.error;
   article.querySelector(".error-text").textContent = turn.error || "";
@@ -456,8 +459,10 @@ function startRun(index) {
   Object.assign(turn, { a: "", model: "", sources: [], error: "", outcome: "", stats: [] });
   saveChat();
 
+  for (const old of ui.turns.querySelectorAll(".turn")) {
+    if (parseInt(old.dataset.index, 10) > index) old.remove();
+  }
   let article = turnElement(index);
-  while (ui.turns.lastElementChild && ui.turns.lastElementChild !== article) ui.turns.lastElementChild.remove();
   if (!article) {
     article = buildTurn(turn, index);
     ui.turns.appendChild(article);
@@ -483,6 +488,7 @@ function startRun(index) {
   setStreaming(true);
   setStatus("Connecting\u2026", "busy");
   run.view.update("", true);
+  state.follow = true;
   scrollToEnd();
   const waitTimer = setInterval(() => showWaiting(run), 1000);
 
@@ -524,10 +530,9 @@ function scheduleRender(run) {
   run.frame = requestAnimationFrame(() => {
     run.frame = 0;
     if (state.run !== run) return;
-    const follow = nearBottom();
     run.view.update(run.text, true);
     fillMeta(ui.meta, runStats(run));
-    if (follow) scrollToEnd();
+    if (state.follow) scrollToEnd();
   });
 }
 
@@ -642,11 +647,11 @@ function finish(run) {
   });
   saveChat();
   run.view.finish(run.text);
-  fillTurn(run.article, turn, run.index);
+  fillTurn(run.article, turn, run.index, true);  // the view already shows the answer
   setStreaming(false);
   setStatus(outcome, kind);
   fillMeta(ui.meta, turn.stats);
-  if (nearBottom() || error) scrollToEnd();
+  if (state.follow || error) scrollToEnd();
   if (!ui.apiKeyRow.hidden && document.activeElement === ui.apiKey) return;
   if (state.editing === null) ui.prompt.focus();
 }
@@ -790,7 +795,9 @@ for (const select of [ui.modelFamily, ui.tradition]) {
 }
 
 function updateJump() {
-  ui.jumpBtn.hidden = nearBottom() || !state.chat.turns.length;
+  // Growing text fires no scroll event, so this only changes when the reader (or scrollToEnd) scrolls.
+  state.follow = nearBottom();
+  ui.jumpBtn.hidden = state.follow || !state.chat.turns.length;
 }
 window.addEventListener("scroll", updateJump, { passive: true });
 window.addEventListener("resize", updateJump, { passive: true });
