@@ -851,6 +851,10 @@ fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
     document.documentElement.setAttribute("data-health", "unavailable");
   });
 
+// A page closed or reloaded mid-answer left a question without an answer or an error: say so,
+// so that Retry is there.
+const lastTurn = state.chat.turns[state.chat.turns.length - 1];
+if (lastTurn && !lastTurn.a && !lastTurn.error) lastTurn.error = "This answer was interrupted before it began. Try again.";
 renderChat();
 setStreaming(false);
 fitPrompt();
