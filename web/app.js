@@ -149,6 +149,9 @@ function plainMessage(raw) {
     else if (typeof raw.detail === "string") text = raw.detail;
     else if (Array.isArray(raw.detail) && raw.detail[0] && typeof raw.detail[0].msg === "string") text = raw.detail[0].msg;
   }
+  // "the upstream answered 500: <Gloo's words>": Gloo's words are what a person needs.
+  const relayed = /^the upstream answered \d{3}: (.+)$/i.exec(text.trim());
+  if (relayed) text = relayed[1];
   text = text.replace(/\s*\(\d{3}\)\s*$/, "").trim();  // the status is not repeated in the words
   if (!text || /\bupstream\b|Traceback|Exception|Error\(/i.test(text) || text.length > 400) return "";
   return text.charAt(0).toUpperCase() + text.slice(1);
