@@ -803,7 +803,8 @@ class RendererTest(PageTestCase):
             ("[x](https://e.com/a_b)", f'<p><a href="https://e.com/a_b" {link}>x</a></p>'),
             ("![cat](https://e.com/c.png)", f'<p><a href="https://e.com/c.png" {link} class="md-image" title="Images '
                                             "are not loaded here: the page's security policy blocks remote images. "
-                                            'Open the link to see it.">Image: cat</a></p>'),
+                                            'Open the link to see it.">Image: cat</a><span class="md-image-note"> '
+                                            '(not shown: this page loads no remote images)</span></p>'),
             ("[x](javascript:alert(1))", "<p>x</p>"),
             ("<script>alert(1)</script>", "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"),
             ("line1\nline2", "<p>line1<br>line2</p>"),

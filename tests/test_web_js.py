@@ -1,4 +1,4 @@
-"""The page's JavaScript modules (web/markdown.js, web/sse.js, web/highlight.js) under `node --test`.
+"""The page's JavaScript modules (markdown.js, sse.js, highlight.js, store.js in web/) under `node --test`.
 
 The tests themselves are web/tests/*.test.mjs; this module runs them in a subprocess so that
 `python -m unittest` stays the one test command. Skipped when Node is missing, unless CI=true

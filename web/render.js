@@ -66,7 +66,9 @@ function appendInline(tokens, parent) {
           a.className = "md-image";
           a.setAttribute("title", IMAGE_NOTE);
           a.textContent = label;
-          parent.appendChild(a);
+          const note = el("span", "md-image-note");
+          note.textContent = " (not shown: this page loads no remote images)";
+          parent.append(a, note);
         } else {
           const span = el("span", "md-image");
           span.textContent = "[" + label + "]";
