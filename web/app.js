@@ -14,7 +14,7 @@ import { ChatStore } from "./store.js";
 const STREAM_URL = "/api/stream";
 const HEALTH_URL = "/health";
 const KEY_STORAGE = "glooStream.apiKey";
-const WAIT_NOTE_MS = 5000;   // silence before the "still waiting" note
+const WAIT_NOTE_MS = 4000;   // silence before the "still waiting" note
 const MAX_SOURCES = 12;
 
 const $ = (id) => document.getElementById(id);
@@ -493,7 +493,7 @@ function startRun(index) {
   run.view.update("", true);
   state.follow = true;
   scrollToEnd();
-  const waitTimer = setInterval(() => showWaiting(run), 1000);
+  const waitTimer = setInterval(() => showWaiting(run), 500);
 
   const headers = { "Content-Type": "application/json", "Accept": "text/event-stream" };
   const key = ui.apiKey.value.trim();

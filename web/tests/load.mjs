@@ -22,20 +22,20 @@ export function bestTime(fn, runs = 5, reps = 1) {
 
 /**
  * Time fn(build(n)) and fn(build(4n)); the ratio is ~4 for linear work and ~16 for quadratic.
- * Small inputs are repeated until a run lasts ~20 ms, so timer resolution and one garbage
+ * Small inputs are repeated until a run lasts ~10 ms, so timer resolution and one garbage
  * collection cannot swing the ratio.
  */
 export function sweep(build, fn, n, { attempts = 3, limit = 6 } = {}) {
   const a = build(n), b = build(4 * n);
   const once = bestTime(() => fn(a), 2);  // also warms up the JIT on the input's shape
-  const reps = Math.max(1, Math.min(200, Math.ceil(20 / Math.max(once, 0.01))));
+  const reps = Math.max(1, Math.min(200, Math.ceil(10 / Math.max(once, 0.01))));
   fn(b);
   let best = null;
   // A garbage collection landing in one run can make linear work look like x7; quadratic work
   // is x16 every time. So measure again (up to `attempts` times) while the ratio looks high.
   for (let attempt = 0; attempt < attempts; attempt++) {
-    const small = bestTime(() => fn(a), 5, reps);
-    const large = bestTime(() => fn(b), 5, Math.max(1, Math.ceil(reps / 4)));
+    const small = bestTime(() => fn(a), 3, reps);
+    const large = bestTime(() => fn(b), 3, Math.max(1, Math.ceil(reps / 4)));
     const result = { small, large, ratio: large / small };
     if (best === null || result.ratio < best.ratio) best = result;
     if (best.ratio < limit) break;
