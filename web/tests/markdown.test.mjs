@@ -218,3 +218,23 @@ test("incremental parsing of a growing answer stays linear per step", () => {
   const { ratio } = sweep((n) => unit.repeat(Math.ceil(n / unit.length)), (text) => md.parseIncremental(text), 16000);
   assert.ok(ratio < RATIO_LIMIT, `x${ratio.toFixed(1)}`);
 });
+
+test("the inputs that froze the old renderer for seconds now take milliseconds", () => {
+  const known = {
+    "heading: # + 3000 spaces + U+2028": "#" + " ".repeat(3000) + "\u2028",
+    "list: - + 3000 spaces + U+2028": "-" + " ".repeat(3000) + "\u2028",
+    "list: 1. + 3000 tabs and spaces + U+2028": "1." + " \t".repeat(1500) + "\u2028",
+    "fence: ``` + 3000 spaces + backtick": "```" + " ".repeat(3000) + "`\n",
+    "fence: ``` + 3000 spaces + U+2028": "```" + " ".repeat(3000) + "\u2028\ncode",
+    "link titles: 3000 unclosed": "[a](b \"".repeat(3000),
+    "link destinations: 3000 unclosed": "[a](<".repeat(3000),
+    "paragraph: trailing spaces then U+2028": "a" + " ".repeat(3000) + "\u2028" + " ".repeat(3000) + "b",
+  };
+  for (const [name, text] of Object.entries(known)) {
+    const started = process.hrtime.bigint();
+    md.parse(text);
+    md.parseIncremental(text);
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    assert.ok(ms < 250, `${name}: ${ms.toFixed(1)} ms`);
+  }
+});
