@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,8 +49,10 @@ ANSWERS = (
     "book, see [the Bible Project](https://bibleproject.com).",
 )
 CITATIONS = [
-    {"title": "The Cost of Discipleship", "url": "https://example.org/cost-of-discipleship", "publisher": "GlooGrounded"},
-    {"title": "Spiritual practices for ordinary days", "url": "https://example.org/practices", "publisher": "GlooGrounded"},
+    {"title": "The Cost of Discipleship", "url": "https://example.org/cost-of-discipleship",
+     "publisher": "GlooGrounded"},
+    {"title": "Spiritual practices for ordinary days", "url": "https://example.org/practices",
+     "publisher": "GlooGrounded"},
 ]
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 
@@ -67,7 +68,7 @@ def _delta(delta: dict, finish: object = None) -> bytes:
     return _event(choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
 
 
-def _writes(text: str, grounded: bool) -> List[bytes]:
+def _writes(text: str, grounded: bool) -> list[bytes]:
     writes = [_event(choices=[], sources_returned=True, citations=CITATIONS)] if grounded else []
     writes.append(_delta({"role": "assistant", "content": ""}))
     writes += [_delta({"content": token}) for token in _TOKEN.findall(text)]
@@ -111,7 +112,7 @@ def _settle(page) -> None:
     time.sleep(0.4)  # let the buttons' colour transitions finish
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(REPO, "docs"), help="folder for the PNG files")
     args = parser.parse_args(argv)

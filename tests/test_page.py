@@ -11,7 +11,8 @@ import os
 import re
 import time
 import unittest
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tests.page_support import serving, start_browser
 from tests.support import clean_environment
@@ -56,11 +57,12 @@ FORBIDDEN_JS = """([root, allowed]) => {
   return bad;
 }"""
 READY_JS = "() => document.documentElement.dataset.ready === 'true'"
+CHAT_TITLES_JS = "() => [...document.querySelectorAll('#chatList .chat-title')].map((e) => e.textContent)"
 
 
-def chunk_event(delta: Optional[dict] = None, finish: Optional[str] = None, **extra: Any) -> bytes:
+def chunk_event(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
     """One `data:` event of a chat.completion.chunk (extra keys such as model or citations at the top)."""
-    chunk: Dict[str, Any] = {"id": "chatcmpl-page", "object": "chat.completion.chunk", "created": 1,
+    chunk: dict[str, Any] = {"id": "chatcmpl-page", "object": "chat.completion.chunk", "created": 1,
                              "model": "gloo-test-model"}
     chunk.update(extra)
     if "choices" not in extra:
@@ -69,7 +71,7 @@ def chunk_event(delta: Optional[dict] = None, finish: Optional[str] = None, **ex
 
 
 def answer_writes(text: str, *, per_write: int = 1, first: Sequence[bytes] = (), model: str = "gloo-test-model",
-                  finish: str = "stop") -> List[bytes]:
+                  finish: str = "stop") -> list[bytes]:
     """The writes of a scripted stream answering `text`, word by word, `per_write` events per write."""
     words = re.findall(r"\s*\S+|\s+", text)
     events = [chunk_event({"content": w}, model=model) for w in words]
@@ -80,7 +82,7 @@ def answer_writes(text: str, *, per_write: int = 1, first: Sequence[bytes] = (),
 
 _playwright: Any = None
 _browser: Any = None
-_stack: List[Any] = []
+_stack: list[Any] = []
 
 
 def setUpModule() -> None:
@@ -129,9 +131,9 @@ class PageTestCase(unittest.TestCase):
         script = getattr(self.fake, "_script", None)
         if script is not None:
             script.clear()
-        self.page_errors: List[str] = []
-        self.console_errors: List[str] = []
-        self.dialogs: List[str] = []
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.dialogs: list[str] = []
 
     def open_page(self, proxy: Any = None, *, width: int = 1280, height: int = 800,
                   color_scheme: str = "light", context: Any = None, touch: bool = False) -> Any:
@@ -156,7 +158,7 @@ class PageTestCase(unittest.TestCase):
     def new_context(self, *, width: int = 1280, height: int = 800, color_scheme: str = "light",
                     touch: bool = False) -> Any:
         """A fresh browser context (its own localStorage), closed when the test ends."""
-        options: Dict[str, Any] = dict(viewport={"width": width, "height": height}, color_scheme=color_scheme)
+        options: dict[str, Any] = dict(viewport={"width": width, "height": height}, color_scheme=color_scheme)
         if touch:
             options.update(is_mobile=True, has_touch=True)
         context = _browser.new_context(**options)
@@ -189,10 +191,10 @@ class PageTestCase(unittest.TestCase):
         page.wait_for_function(FINISHED_JS)
         return page.text_content("#status")
 
-    def last_request(self) -> Dict[str, Any]:
+    def last_request(self) -> dict[str, Any]:
         return self.fake.requests[-1]["body"]
 
-    def turns(self, page: Any) -> List[List[str]]:
+    def turns(self, page: Any) -> list[list[str]]:
         """[question, answer text] of every turn on screen."""
         return page.evaluate("""() => [...document.querySelectorAll('#turns .turn')].map((t) => [
             t.querySelector('.question-text').textContent, t.querySelector('.answer').textContent])""")
@@ -249,7 +251,8 @@ class StreamingTest(PageTestCase):
         self.assertEqual(int(META.match(meta).group(1)), 6)
         self.assertEqual(page.text_content("#sendBtn"), "Send")
         self.assertEqual(page.get_attribute("#output", "aria-busy"), "false")
-        self.assertEqual(self.last_request()["messages"], [{"role": "user", "content": "[[slow:0.15]] [[echo]] " + words}])
+        self.assertEqual(self.last_request()["messages"],
+                         [{"role": "user", "content": "[[slow:0.15]] [[echo]] " + words}])
         self.assertNoErrors()
 
     def test_markdown_answer_becomes_the_right_elements(self):
@@ -398,7 +401,8 @@ class StreamingTest(PageTestCase):
         report = page.evaluate("""() => ({
           tasks: window.__longTasks, frame: window.__longestFrame,
           same: window.__firstHeading === document.querySelector('#output h2'),
-          headings: document.querySelectorAll('#output h2').length, tables: document.querySelectorAll('#output table').length,
+          headings: document.querySelectorAll('#output h2').length,
+          tables: document.querySelectorAll('#output table').length,
           text: document.getElementById('output').textContent.length})""")
         self.assertTrue(report["same"], "a finished block was rendered again")
         self.assertEqual(report["headings"], sections)
@@ -415,7 +419,7 @@ class StreamingTest(PageTestCase):
 
 class FailureTest(PageTestCase):
 
-    def error_box(self, page: Any) -> Dict[str, Any]:
+    def error_box(self, page: Any) -> dict[str, Any]:
         return page.evaluate("""() => {
           const turn = [...document.querySelectorAll('#turns .turn')].pop();
           const box = turn.querySelector('.turn-error');
@@ -514,7 +518,7 @@ class ConversationTest(PageTestCase):
         self.assertEqual(self.last_request()["messages"], [{"role": "user", "content": "[[echo]] Fresh start"}])
 
         page.click("#chatsBtn")
-        titles = page.evaluate("() => [...document.querySelectorAll('#chatList .chat-title')].map((e) => e.textContent)")
+        titles = page.evaluate(CHAT_TITLES_JS)
         self.assertEqual(titles, ["[[echo]] Fresh start", "[[echo]] What is grace?"])
         page.click("#chatList .chat-item:nth-child(2) .chat-open")
         self.assertEqual([t[0] for t in self.turns(page)], ["[[echo]] What is grace?", "[[echo]] And mercy?"])
@@ -522,7 +526,7 @@ class ConversationTest(PageTestCase):
 
         page.click("#chatsBtn")
         page.locator("#chatList .chat-item", has_text="Fresh start").locator(".chat-delete").click()
-        titles = page.evaluate("() => [...document.querySelectorAll('#chatList .chat-title')].map((e) => e.textContent)")
+        titles = page.evaluate(CHAT_TITLES_JS)
         self.assertEqual(titles, ["[[echo]] What is grace?"])
         self.assertNoErrors()
 
@@ -623,7 +627,8 @@ class ConversationTest(PageTestCase):
         page.click("#turns .turn:last-child .copy-answer")
         page.wait_for_function("() => document.querySelector('.copy-answer').textContent === 'Copied'")
         copied = page.evaluate("() => navigator.clipboard.readText()")
-        self.assertTrue(copied.startswith("# Practices of discipleship\n\nDiscipleship is **a whole way of life**"), copied)
+        self.assertTrue(copied.startswith("# Practices of discipleship\n\nDiscipleship is **a whole way of life**"),
+                        copied)
         self.assertIn("```python\n", copied)
         self.assertNoErrors()
 
@@ -640,7 +645,8 @@ class ConversationTest(PageTestCase):
         self.assertEqual(self.ask(page, "Grounded please"), "Done")
         shape = page.evaluate("""() => {
           const turn = [...document.querySelectorAll('#turns .turn')].pop();
-          return {links: [...turn.querySelectorAll('.sources a')].map((a) => [a.textContent, a.getAttribute('href'), a.rel]),
+          const links = [...turn.querySelectorAll('.sources a')];
+          return {links: links.map((a) => [a.textContent, a.getAttribute('href'), a.rel]),
                   meta: turn.querySelector('.turn-meta').textContent};
         }""")
         self.assertEqual(shape["links"], [["Mark 1 commentary", "https://example.org/mark-1", "noopener noreferrer"],
@@ -685,7 +691,8 @@ class ConversationTest(PageTestCase):
     def test_the_button_keeps_its_size_when_the_question_box_grows(self):
         page = self.open_page()
         box = lambda sel: page.evaluate(  # noqa: E731
-            "(sel) => { const r = document.querySelector(sel).getBoundingClientRect(); return [r.width, r.height]; }", sel)
+            "(sel) => { const r = document.querySelector(sel).getBoundingClientRect(); "
+            "return [r.width, r.height]; }", sel)
         before, prompt_before = box("#sendBtn"), box("#prompt")
         page.fill("#prompt", "\n".join(f"line {n}" for n in range(12)))
         page.dispatch_event("#prompt", "input")
@@ -701,7 +708,8 @@ class ConversationTest(PageTestCase):
         page.wait_for_selector("#jumpBtn", state="visible")
         page.click("#jumpBtn")
         page.wait_for_selector("#jumpBtn", state="hidden")
-        self.assertTrue(page.evaluate("() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 2"))
+        self.assertTrue(page.evaluate(
+            "() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 2"))
         self.assertNoErrors()
 
     def test_model_family_and_tradition_are_sent_only_when_chosen(self):
@@ -758,7 +766,7 @@ class ApiKeyTest(PageTestCase):
 
 class SimulatorBadgeTest(PageTestCase):
 
-    def open_with_health(self, health: Dict[str, Any]) -> Any:
+    def open_with_health(self, health: dict[str, Any]) -> Any:
         context = self.new_context()
         context.route("**/health", lambda route: route.fulfill(
             status=200, content_type="application/json", body=json.dumps(health)))
@@ -787,18 +795,21 @@ class RendererTest(PageTestCase):
             ("# Title", "<h1>Title</h1>"),
             ("a **b** *c* `d` ~~e~~", "<p>a <strong>b</strong> <em>c</em> <code>d</code> <del>e</del></p>"),
             ("```\n<b>x</b>\n```", '<div class="code-block"><div class="code-head"><span class="code-lang">text</span>'
-                                   '<button class="copy-code" type="button" aria-label="Copy the text code">Copy</button>'
+                                   '<button class="copy-code" type="button" aria-label="Copy the text code">'
+                                   'Copy</button>'
                                    '</div><pre><code>&lt;b&gt;x&lt;/b&gt;</code></pre></div>'),
             ("1. a\n2. b", "<ol><li>a</li><li>b</li></ol>"),
             ("3. c", '<ol start="3"><li>c</li></ol>'),
             ("- a\n\n- b", "<ul><li><p>a</p></li><li><p>b</p></li></ul>"),
-            ("- [x] done", '<ul class="task-list"><li class="task"><input type="checkbox" disabled="" aria-label="done">'
+            ("- [x] done", '<ul class="task-list"><li class="task">'
+                           '<input type="checkbox" disabled="" aria-label="done">'
                            'done</li></ul>'),
             ("> q", "<blockquote><p>q</p></blockquote>"),
             ("---", "<hr>"),
             ("| a |\n|--:|\n| 1 |", '<div class="table-wrap"><table><thead><tr><th class="align-right">a</th></tr>'
                                    '</thead><tbody><tr><td class="align-right">1</td></tr></tbody></table></div>'),
-            ("x[^n]\n\n[^n]: y", '<p>x<sup class="fnref">[n]</sup></p><div class="footnote"><sup class="footnote-label">'
+            ("x[^n]\n\n[^n]: y", '<p>x<sup class="fnref">[n]</sup></p><div class="footnote">'
+                                 '<sup class="footnote-label">'
                                  'n</sup>y</div>'),
             ("[x](https://e.com/a_b)", f'<p><a href="https://e.com/a_b" {link}>x</a></p>'),
             ("![cat](https://e.com/c.png)", f'<p><a href="https://e.com/c.png" {link} class="md-image" title="Images '
@@ -830,7 +841,8 @@ class RendererTest(PageTestCase):
           const forbidden = """ + FORBIDDEN_JS + """;
           const pieces = ['<script>window.__pwned=1</script>', '<img src=x onerror="window.__pwned=1">',
             '<a href="javascript:window.__pwned=1">', '<svg onload=window.__pwned=1>', '<iframe src=x>',
-            '[', ']', '(', ')', '](', '](javascript:window.__pwned=1)', '](https://ok.example/p)', '![', '[^1]', '[^1]: ',
+            '[', ']', '(', ')', '](', '](javascript:window.__pwned=1)', '](https://ok.example/p)', '![', '[^1]',
+            '[^1]: ',
             '](http://x.y/"onmouseover="window.__pwned=1)', '](data:text/html,x)', '<', '>', '<https://a.b/>',
             '<javascript:x>', '*', '**', '***', '_', '__', '~~', '`', '``', '```', '```js\\n', '~~~', '\\n', '\\n\\n',
             '\\r', '\\r\\n', '# ', '## ', '- ', '* ', '+ ', '1. ', '2) ', '> ', '| a |', '|---|', '- [ ] ', '---',
@@ -859,7 +871,8 @@ class RendererTest(PageTestCase):
             rendered++;
           }
           // Every prefix of a long answer through the streaming view, as the page shows it.
-          const doc = pieces.join(' ') + '\\n# Head\\n- a **b\\n1. `c\\n```py\\nx\\n```\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n[l](https://x.y/) end';
+          const doc = pieces.join(' ') + '\\n# Head\\n- a **b\\n1. `c\\n```py\\nx\\n```\\n' +
+            '| a | b |\\n|---|---|\\n| 1 | 2 |\\n[l](https://x.y/) end';
           const view = new AnswerView(sandbox);
           for (let i = 0; i <= doc.length; i++) { view.update(doc.slice(0, i)); rendered++; }
           view.finish(doc);
@@ -882,7 +895,8 @@ class RendererTest(PageTestCase):
         page = self.open_page()
         result = page.evaluate("""async () => {
           const { createParser } = await import('/sse.js');
-          const bytes = new TextEncoder().encode(': hi\\r\\ndata: caf\\u00e9 \\ud83d\\ude00\\r\\n\\r\\ndata: [DONE]\\n\\n');
+          const bytes = new TextEncoder().encode(
+            ': hi\\r\\ndata: caf\\u00e9 \\ud83d\\ude00\\r\\n\\r\\ndata: [DONE]\\n\\n');
           const decoder = new TextDecoder('utf-8');
           const parser = createParser();
           const out = [];
@@ -899,7 +913,10 @@ class PageShapeTest(PageTestCase):
         page = self.open_page()
         shape = page.evaluate("""() => {
           const $ = (id) => document.getElementById(id);
-          const label = (id) => { const l = document.querySelector('label[for=' + id + ']'); return l && l.textContent.trim(); };
+          const label = (id) => {
+            const l = document.querySelector('label[for=' + id + ']');
+            return l && l.textContent.trim();
+          };
           return {
             send: [$('sendBtn').textContent, $('sendBtn').disabled, $('sendBtn').type], stop: $('stopBtn'),
             prompt: [$('prompt').tagName, label('prompt')], status: $('status').textContent,
@@ -969,7 +986,7 @@ class PageShapeTest(PageTestCase):
         self.assertNoErrors()
 
 
-def _rgb(css: str) -> List[float]:
+def _rgb(css: str) -> list[float]:
     return [float(v) for v in re.findall(r"[\d.]+", css)[:3]]
 
 

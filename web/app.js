@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: the chat page.
  *
  * POSTs the conversation to the proxy's /api/stream (same origin), reads the event stream with

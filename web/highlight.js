@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: light syntax highlighting for code blocks, as tokens (no DOM here).
  *
  *   highlight(code, lang) -> [{kind, text}, ...]   kind: "" (plain) or one of KINDS

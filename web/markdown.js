@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: GitHub-flavoured markdown for streamed answers, parsed into tokens (no DOM here).
  *
  *   parse(text)            -> [block, ...]              every block of `text`

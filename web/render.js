@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: markdown tokens (markdown.js) to elements, and the view of an answer as it streams.
  *
  *   renderMarkdown(text)         -> DocumentFragment of the whole text

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: a server-sent events parser for fetch() bodies.
  *
  *   import { createParser } from "./sse.js";

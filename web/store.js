@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* gloo-stream: conversations kept in localStorage, bounded.
  *
  *   const store = new ChatStore(window.localStorage);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node --test web/tests/ : light syntax highlighting (web/highlight.js).
 import test from "node:test";
 import assert from "node:assert/strict";

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Loads a module of web/ by its file name. The page's modules are plain .js files (the proxy serves
 // only those), which Node before 20.19 would read as CommonJS; a data: URL makes them ES modules on
 // any Node since 12. Only self-contained modules (no imports of their own) can be loaded this way.

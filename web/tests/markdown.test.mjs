@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node --test web/tests/ : the markdown parser (web/markdown.js) on vectors and adversarial sizes.
 import test from "node:test";
 import assert from "node:assert/strict";

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node --test web/tests/ : the event-stream parser (web/sse.js), WHATWG "interpreting an event stream".
 import test from "node:test";
 import assert from "node:assert/strict";

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node --test web/tests/ : conversations in storage (web/store.js), with an in-memory Storage.
 import test from "node:test";
 import assert from "node:assert/strict";
