@@ -53,6 +53,7 @@ FORBIDDEN_JS = """([root, allowed]) => {
       if (!okAttr(el, attr.name, attr.value)) bad.push(tag + ' ' + attr.name + '=' + attr.value);
     }
     if (tag === 'A' && !(el.getAttribute('href') && el.rel && el.target)) bad.push('bare link');
+    if (tag === 'A' && el.parentElement && el.parentElement.closest('a')) bad.push('link inside a link');
   }
   return bad;
 }"""
@@ -817,6 +818,8 @@ class RendererTest(PageTestCase):
                                             'Open the link to see it.">Image: cat</a><span class="md-image-note"> '
                                             '(not shown: this page loads no remote images)</span></p>'),
             ("[x](javascript:alert(1))", "<p>x</p>"),
+            ("[see https://a.b/ ![i](https://c.d/i.png)](https://e.com)",
+             f'<p><a href="https://e.com/" {link}>see https://a.b/ <span class="md-image">[Image: i]</span></a></p>'),
             ("<script>alert(1)</script>", "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"),
             ("line1\nline2", "<p>line1<br>line2</p>"),
         ]

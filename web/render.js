@@ -30,7 +30,8 @@ function link(href) {
   return a;
 }
 
-function appendInline(tokens, parent) {
+/** Inline tokens into `parent`; inside a link, links and images become their words (no nested A). */
+function appendInline(tokens, parent, inLink = false) {
   for (const t of tokens) {
     switch (t.type) {
       case "text":
@@ -49,20 +50,24 @@ function appendInline(tokens, parent) {
       case "em":
       case "del": {
         const node = el(t.type);
-        appendInline(t.children, node);
+        appendInline(t.children, node, inLink);
         parent.appendChild(node);
         break;
       }
       case "link": {
+        if (inLink) {
+          appendInline(t.children, parent, true);
+          break;
+        }
         const a = link(t.href);
-        appendInline(t.children, a);
+        appendInline(t.children, a, true);
         if (!a.firstChild) a.textContent = t.href;
         parent.appendChild(a);
         break;
       }
       case "image": {
         const label = "Image" + (t.alt ? ": " + t.alt : "");
-        if (t.href) {
+        if (t.href && !inLink) {
           const a = link(t.href);
           a.className = "md-image";
           a.setAttribute("title", IMAGE_NOTE);
