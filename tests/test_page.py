@@ -655,6 +655,26 @@ class ConversationTest(PageTestCase):
         self.assertTrue(shape["meta"].startswith("answered by gloo-anthropic-claude-sonnet-4.5 \u2022 "), shape["meta"])
         self.assertNoErrors()
 
+    def test_cite_sources_asks_for_a_grounded_answer_and_is_remembered(self):
+        context = self.new_context()
+        bodies: list[dict] = []
+
+        def capture(route: Any) -> None:
+            bodies.append(json.loads(route.request.post_data or "{}"))
+            route.continue_()
+
+        context.route("**/api/stream", capture)
+        page = self.open_page(context=context)
+        self.assertEqual(self.ask(page, "[[echo]] plain"), "Done")
+        page.check("#grounded")
+        self.assertEqual(self.ask(page, "[[echo]] grounded"), "Done")
+        self.assertNotIn("sources_limit", bodies[0])
+        self.assertEqual(bodies[1]["sources_limit"], 5)
+        page.reload()
+        page.wait_for_function(READY_JS)
+        self.assertTrue(page.is_checked("#grounded"))
+        self.assertNoErrors()
+
     def test_keys_enter_ctrl_enter_and_shift_enter(self):
         page = self.open_page()
         count = len(self.fake.requests)
@@ -924,7 +944,8 @@ class PageShapeTest(PageTestCase):
             send: [$('sendBtn').textContent, $('sendBtn').disabled, $('sendBtn').type], stop: $('stopBtn'),
             prompt: [$('prompt').tagName, label('prompt')], status: $('status').textContent,
             meta: $('meta').textContent, turns: $('turns').children.length, intro: !$('intro').hidden,
-            labels: [label('modelFamily'), label('tradition'), label('apiKey')],
+            labels: [label('modelFamily'), label('tradition'), label('grounded'), label('apiKey')],
+            grounded: [$('grounded').type, $('grounded').checked],
             families: [...$('modelFamily').options].map((o) => o.value),
             traditions: [...$('tradition').options].map((o) => o.value),
             inlineScripts: [...document.scripts].filter((s) => !s.src).length,
@@ -937,7 +958,7 @@ class PageShapeTest(PageTestCase):
         self.assertEqual(shape, {
             "send": ["Send", False, "submit"], "stop": None,
             "prompt": ["TEXTAREA", "Your question"], "status": "Ready", "meta": "", "turns": 0, "intro": True,
-            "labels": ["Model", "Tradition", "API key"],
+            "labels": ["Model", "Tradition", "Cite sources", "API key"], "grounded": ["checkbox", False],
             "families": ["", "openai", "anthropic", "google", "open source"],
             "traditions": ["", "evangelical", "catholic", "mainline", "not_faith_specific"],
             "inlineScripts": 0, "scripts": [["/app.js", "module"]],

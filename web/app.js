@@ -17,13 +17,14 @@ const HEALTH_URL = "/health";
 const KEY_STORAGE = "glooStream.apiKey";
 const WAIT_NOTE_MS = 4000;   // silence before the "still waiting" note
 const MAX_SOURCES = 12;
+const SOURCES_LIMIT = 5;     // how many sources a grounded answer asks for (Gloo allows 1-10)
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   form: $("composer"), prompt: $("prompt"), sendBtn: $("sendBtn"), newBtn: $("newBtn"),
   chatsBtn: $("chatsBtn"), chatPanel: $("chatPanel"), chatList: $("chatList"), chatEmpty: $("chatEmpty"),
   status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
-  modelFamily: $("modelFamily"), tradition: $("tradition"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
+  modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
   simBadge: $("simBadge"), hint: $("promptHint"),
 };
 
@@ -425,6 +426,8 @@ function requestBody(messages) {
   const body = { messages };
   if (ui.modelFamily.value) body.model_family = ui.modelFamily.value;
   if (ui.tradition.value) body.tradition = ui.tradition.value;
+  // The relay sends a request naming sources to Gloo's grounded endpoint, whose first event cites them.
+  if (ui.grounded.checked) body.sources_limit = SOURCES_LIMIT;
   return JSON.stringify(body);
 }
 
@@ -794,8 +797,9 @@ document.addEventListener("keydown", (event) => {
     ui.chatsBtn.focus();
   }
 });
-for (const select of [ui.modelFamily, ui.tradition]) {
-  select.addEventListener("change", () => store.saveOptions({ model_family: ui.modelFamily.value, tradition: ui.tradition.value }));
+for (const control of [ui.modelFamily, ui.tradition, ui.grounded]) {
+  control.addEventListener("change", () => store.saveOptions({
+    model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked }));
 }
 
 function updateJump() {
@@ -838,6 +842,7 @@ const options = store.options();
 for (const [select, value] of [[ui.modelFamily, options.model_family], [ui.tradition, options.tradition]]) {
   if (typeof value === "string" && [...select.options].some((o) => o.value === value)) select.value = value;
 }
+ui.grounded.checked = options.grounded === true;
 if (touch) {
   ui.prompt.setAttribute("enterkeyhint", "enter");
   ui.hint.textContent = "Send button sends \u00b7 Enter adds a line";
