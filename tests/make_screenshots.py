@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Take the README's screenshots of the chat page in use (not part of the test run).
 
-    python tests/make_screenshots.py [--out docs] [--scheme light|dark]
+    python tests/make_screenshots.py [--out docs]
 
-Starts the simulator and the proxy on loopback, scripts two answers (a markdown answer and a
-follow-up with a code block), asks both questions in Chromium, and saves
-docs/screenshot-desktop.png (1280x800, the finished conversation) and docs/screenshot-phone.png
-(390x844, the follow-up answer while it is still streaming).
+Starts the simulator and the proxy on loopback, scripts two answers (a grounded markdown answer
+with a table, a quote and sources; a follow-up with a code block and a task list), asks both in
+Chromium, and saves docs/screenshot-desktop.png (1280x800, the finished conversation),
+docs/screenshot-dark.png (the same in the dark scheme) and docs/screenshot-phone.png (390x844,
+the follow-up while it is still streaming).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import os
 import re
 import sys
 import time
-from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.page_support import REPO, serving, start_browser  # noqa: E402
 
+MODEL = "gloo-anthropic-claude-sonnet-4.5"
 QUESTIONS = (
     "What does discipleship look like day to day?",
     "Could you suggest a simple reading plan I could keep track of in code?",
@@ -31,41 +32,68 @@ ANSWERS = (
     "## Everyday discipleship\n\n"
     "Discipleship is **a whole way of life**, shaped by *grace* rather than performance. Most "
     "traditions describe a rhythm of a few simple practices:\n\n"
-    "1. **Prayer**: a few honest minutes, morning and evening\n"
-    "2. **Scripture**: reading slowly, a short passage at a time\n"
-    "3. **Community**: worship, shared meals and mutual care\n\n"
-    "- Serve someone during the week\n"
-    "- Keep a day of rest\n\n"
+    "| Practice | When | Time |\n|:--|:--:|--:|\n| Prayer | morning and evening | 10 min |\n"
+    "| Scripture | daily | 15 min |\n| Community | weekly | 2 h |\n\n"
+    "> Follow me, and I will make you fishers of men.\n\n"
     "The point is not a checklist but a life slowly formed by love of God and neighbour.",
     "### A four-week plan\n\n"
     "Start small: one Gospel, a chapter a day. A plan can live in a `plan.py` file:\n\n"
     "```python\n"
     "PLAN = [\"Mark 1\", \"Mark 2\", \"Mark 3\", \"Mark 4\"]\n\n"
     "def reading_for(day: int) -> str:\n"
+    "    # one chapter a day, starting over after the last\n"
     "    return PLAN[day % len(PLAN)]\n"
     "```\n\n"
+    "- [x] Week 1: Mark 1\u20134\n- [ ] Week 2: Mark 5\u20138\n\n"
     "Mark the days you read, and *don't* worry about the ones you miss. For background on each "
     "book, see [the Bible Project](https://bibleproject.com).",
 )
+CITATIONS = [
+    {"title": "The Cost of Discipleship", "url": "https://example.org/cost-of-discipleship",
+     "publisher": "GlooGrounded"},
+    {"title": "Spiritual practices for ordinary days", "url": "https://example.org/practices",
+     "publisher": "GlooGrounded"},
+]
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 
 
-def _event(delta: dict, finish: object = None) -> bytes:
-    chunk = {"id": "chatcmpl-screenshot", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": "gloo-openai-gpt-5-mini", "provider": "openai",
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+def _event(**chunk: object) -> bytes:
+    body = {"id": "chatcmpl-screenshot", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": MODEL, "provider": "anthropic"}
+    body.update(chunk)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _writes(text: str) -> List[bytes]:
-    writes = [_event({"role": "assistant", "content": ""})]
-    writes += [_event({"content": token}) for token in _TOKEN.findall(text)]
-    writes.append(_event({}, "stop"))
+def _delta(delta: dict, finish: object = None) -> bytes:
+    return _event(choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
+
+
+def _writes(text: str, grounded: bool) -> list[bytes]:
+    writes = [_event(choices=[], sources_returned=True, citations=CITATIONS)] if grounded else []
+    writes.append(_delta({"role": "assistant", "content": ""}))
+    writes += [_delta({"content": token}) for token in _TOKEN.findall(text)]
+    writes.append(_delta({}, "stop"))
     return writes
 
 
-def _script(fake, text: str, delay: float) -> None:
-    fake.enqueue(200, {"Content-Type": "text/event-stream"}, _writes(text), delay=delay)
+def _script(fake, index: int, delay: float) -> None:
+    fake.enqueue(200, {"Content-Type": "text/event-stream"}, _writes(ANSWERS[index], index == 0), delay=delay)
+
+
+def _open(browser, proxy, **options):
+    context = browser.new_context(device_scale_factor=options.pop("scale", 1), **options)
+    # The answers come from the simulator, so the page says so (the relay's /health "simulator" key).
+    def health(route):
+        response = route.fetch()
+        data = response.json()
+        data["simulator"] = True
+        route.fulfill(response=response, body=json.dumps(data))
+    context.route("**/health", health)
+    page = context.new_page()
+    page.goto(proxy.url + "/")
+    page.wait_for_function("() => document.documentElement.dataset.ready === 'true'")
+    page.wait_for_selector("#simBadge", state="visible")
+    return context, page
 
 
 def _ask(page, question: str) -> None:
@@ -77,58 +105,62 @@ def _wait_done(page) -> None:
     page.wait_for_function("() => document.getElementById('status').textContent === 'Done'", timeout=30000)
 
 
-def main(argv: List[str]) -> int:
+def _settle(page) -> None:
+    page.mouse.move(0, 0)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
+    time.sleep(0.4)  # let the buttons' colour transitions finish
+
+
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(REPO, "docs"), help="folder for the PNG files")
-    parser.add_argument("--scheme", default="light", choices=("light", "dark"))
-    parser.add_argument("--suffix", default="", help="added to the file names, e.g. -dark")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    written = []
 
     playwright, browser = start_browser()
     try:
         with serving() as (fake, proxy):
-            # Desktop: the whole conversation, finished.
-            context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme=args.scheme,
-                                          device_scale_factor=1)
-            page = context.new_page()
-            page.goto(proxy.url + "/")
-            for question, answer in zip(QUESTIONS, ANSWERS):
-                _script(fake, answer, 0.012)
-                _ask(page, question)
-                _wait_done(page)
-            page.mouse.move(0, 0)
-            page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
-            page.evaluate("() => document.activeElement && document.activeElement.blur()")
-            time.sleep(0.4)  # let the buttons' colour transitions finish
-            desktop = os.path.join(args.out, f"screenshot-desktop{args.suffix}.png")
-            page.screenshot(path=desktop)
-            context.close()
+            # Desktop, light and dark: the whole conversation, finished, the latest answer in view.
+            for scheme, name in (("light", "screenshot-desktop.png"), ("dark", "screenshot-dark.png")):
+                context, page = _open(browser, proxy, viewport={"width": 1280, "height": 800}, color_scheme=scheme)
+                for index, question in enumerate(QUESTIONS):
+                    _script(fake, index, 0.004)
+                    _ask(page, question)
+                    _wait_done(page)
+                _settle(page)
+                if scheme == "dark":  # the first answer's table, quote and sources
+                    page.evaluate("() => document.querySelector('#turns .turn').scrollIntoView()")
+                    page.evaluate("() => window.scrollBy(0, -70)")
+                    time.sleep(0.2)
+                path = os.path.join(args.out, name)
+                page.screenshot(path=path)
+                written.append(path)
+                context.close()
 
             # Phone: the follow-up answer caught while it streams (cursor and live figures showing).
-            context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme=args.scheme,
-                                          device_scale_factor=2, is_mobile=True, has_touch=True)
-            page = context.new_page()
-            page.goto(proxy.url + "/")
-            _script(fake, ANSWERS[0], 0.005)
+            context, page = _open(browser, proxy, viewport={"width": 390, "height": 844}, color_scheme="light",
+                                  scale=2, is_mobile=True, has_touch=True)
+            _script(fake, 0, 0.002)
             _ask(page, QUESTIONS[0])
             _wait_done(page)
-            _script(fake, ANSWERS[1], 0.06)
+            _script(fake, 1, 0.06)
             _ask(page, QUESTIONS[1])
-            page.wait_for_function("() => document.querySelectorAll('#output pre').length > 0 && "
-                                   "document.querySelector('#output pre').textContent.includes('return')",
-                                   timeout=30000)
+            page.wait_for_function("() => { const pre = document.querySelector('#output pre');"
+                                   " return pre && pre.textContent.includes('return'); }", timeout=30000)
             page.evaluate("() => document.activeElement && document.activeElement.blur()")
             page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
-            phone = os.path.join(args.out, f"screenshot-phone{args.suffix}.png")
-            page.screenshot(path=phone)
-            page.click("#stopBtn")
+            path = os.path.join(args.out, "screenshot-phone.png")
+            page.screenshot(path=path)
+            written.append(path)
+            page.click("#sendBtn")  # Stop
             context.close()
     finally:
         browser.close()
         playwright.stop()
-    print(desktop)
-    print(phone)
+    for path in written:
+        print(path)
     return 0
 
 

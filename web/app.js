@@ -1,466 +1,872 @@
 // SPDX-License-Identifier: MIT
 /* gloo-stream: the chat page.
  *
- * POSTs the conversation to the proxy's /api/stream (same origin), reads the event stream
- * with fetch + ReadableStream + GlooSSE, and re-renders the whole answer with GlooMarkdown
- * after every read. The model's text only ever reaches the page through GlooMarkdown, which
- * builds elements with createElement/textContent; this file never assigns HTML either.
+ * POSTs the conversation to the proxy's /api/stream (same origin), reads the event stream with
+ * fetch + ReadableStream + sse.js, and shows the answer with render.js, which renders finished
+ * blocks once and only the open block again (once per animation frame, however fast reads come).
+ * Conversations live in localStorage (store.js). The model's text only ever reaches the page
+ * through render.js (createElement/textContent); this file never assigns HTML either.
  */
-(function () {
-  "use strict";
+import { createParser } from "./sse.js";
+import { AnswerView, renderMarkdown } from "./render.js";
+import { safeHref } from "./markdown.js";
+import { ChatStore } from "./store.js";
 
-  var STREAM_URL = "/api/stream";
-  var HEALTH_URL = "/health";
-  var KEY_STORAGE = "glooStream.apiKey";
-  var CONNECTING = "Connecting\u2026";
-  var STREAMING = "Streaming\u2026";
+const STREAM_URL = "/api/stream";
+const HEALTH_URL = "/health";
+const KEY_STORAGE = "glooStream.apiKey";
+const WAIT_NOTE_MS = 4000;   // silence before the "still waiting" note
+const MAX_SOURCES = 12;
+const SOURCES_LIMIT = 5;     // how many sources a grounded answer asks for (Gloo allows 1-10)
 
-  function byId(id) {
-    return document.getElementById(id);
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $("composer"), prompt: $("prompt"), sendBtn: $("sendBtn"), newBtn: $("newBtn"),
+  chatsBtn: $("chatsBtn"), chatPanel: $("chatPanel"), chatList: $("chatList"), chatEmpty: $("chatEmpty"),
+  status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
+  modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
+  simBadge: $("simBadge"), hint: $("promptHint"),
+};
+
+function localStore() {
+  try {
+    return window.localStorage;
+  } catch (e) {
+    return null;  // storage disabled: conversations last as long as the page
   }
+}
 
-  var ui = {
-    form: byId("composer"),
-    prompt: byId("prompt"),
-    sendBtn: byId("sendBtn"),
-    stopBtn: byId("stopBtn"),
-    newBtn: byId("newBtn"),
-    status: byId("status"),
-    meta: byId("meta"),
-    output: byId("output"),
-    intro: byId("intro"),
-    history: byId("history"),
-    currentQuestion: byId("currentQuestion"),
-    currentAnswer: byId("currentAnswer"),
-    question: byId("question"),
-    modelFamily: byId("modelFamily"),
-    tradition: byId("tradition"),
-    apiKeyRow: byId("apiKeyRow"),
-    apiKey: byId("apiKey")
-  };
+const store = new ChatStore(localStore());
+// A touch keyboard: Enter adds a line there, and the Send button sends.
+const touch = Boolean(window.matchMedia) && (window.matchMedia("(pointer: coarse)").matches ||
+  (navigator.maxTouchPoints > 0 && window.matchMedia("(hover: none)").matches));
 
-  var state = {
-    messages: [],       // the finished exchanges, sent as context with the next question
-    controller: null,   // the AbortController of the stream in flight
-    run: null           // the exchange on screen (see newRun)
-  };
+const state = {
+  chat: store.current(),   // {id, title, created, updated, turns: [{q, a, model, sources, error, outcome, stats}]}
+  run: null,               // the answer being streamed (see startRun)
+  controller: null,
+  editing: null,           // the index of the question being edited
+  follow: true,            // keep the latest text in view (false once the reader scrolls up)
+};
 
-  // ---------------------------------------------------------------------------
-  // Small helpers
-  // ---------------------------------------------------------------------------
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
 
-  function now() {
-    return window.performance && performance.now ? performance.now() : Date.now();
+const now = () => performance.now();
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(className, text, label) {
+  const b = el("button", className, text);
+  b.type = "button";
+  if (label) b.setAttribute("aria-label", label);
+  return b;
+}
+
+function setStatus(text, kind) {
+  ui.status.textContent = text;
+  ui.status.className = "status" + (kind ? " is-" + kind : "");
+}
+
+const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
+
+/** The figures of a run: "N tokens", "X ms", and once content came, first token and tokens/s. */
+function runStats(run) {
+  const end = run.finished === null ? now() : run.finished;
+  const ms = Math.max(0, Math.round(end - run.started));
+  const parts = [plural(run.tokens, "token"), ms + " ms"];
+  if (run.firstToken !== null) {
+    parts.push("first token " + Math.round(run.firstToken - run.started) + " ms");
+    if (ms > 0 && run.tokens > 0) parts.push((run.tokens / (ms / 1000)).toFixed(1) + " tokens/s");
   }
+  return parts;
+}
 
-  function storedKey() {
-    try {
-      return window.sessionStorage.getItem(KEY_STORAGE) || "";
-    } catch (e) {
-      return "";  // storage disabled: the field still works for this page's life
-    }
-  }
-
-  function storeKey(value) {
-    try {
-      if (value) window.sessionStorage.setItem(KEY_STORAGE, value);
-      else window.sessionStorage.removeItem(KEY_STORAGE);
-    } catch (e) {
-      /* storage disabled */
-    }
-  }
-
-  function showKeyField(focus) {
-    ui.apiKeyRow.hidden = false;
-    if (focus) ui.apiKey.focus();
-  }
-
-  function setStatus(text, kind) {
-    ui.status.textContent = text;
-    ui.status.className = "status" + (kind ? " is-" + kind : "");
-  }
-
-  function plural(n, word) {
-    return n + " " + word + (n === 1 ? "" : "s");
-  }
-
-  /** The figures of a run: "N tokens", "X ms", and once content came, first token and tokens/s. */
-  function metaParts(run) {
-    var end = run.finished === null ? now() : run.finished;
-    var ms = Math.max(0, Math.round(end - run.started));
-    var parts = [plural(run.tokens, "token"), ms + " ms"];
-    if (run.firstToken !== null) {
-      parts.push("first token " + Math.round(run.firstToken - run.started) + " ms");
-      if (ms > 0 && run.tokens > 0) parts.push((run.tokens / (ms / 1000)).toFixed(1) + " tokens/s");
-    }
-    return parts;
-  }
-
-  /** `target` as "a • b • c", each figure kept whole when the line wraps on a narrow screen. */
-  function fillMeta(target, parts) {
-    target.replaceChildren();
-    for (var i = 0; i < parts.length; i++) {
-      if (i > 0) target.appendChild(document.createTextNode(" \u2022 "));
-      var part = document.createElement("span");
-      part.className = "meta-part";
-      part.textContent = parts[i];
-      target.appendChild(part);
-    }
-  }
-
-  function showMeta(parts) {
-    fillMeta(ui.meta, parts);
-  }
-
-  function setStreaming(streaming) {
-    ui.sendBtn.disabled = streaming;
-    ui.stopBtn.disabled = !streaming;
-    ui.newBtn.disabled = streaming;
-    ui.output.setAttribute("aria-busy", streaming ? "true" : "false");
-    document.body.classList.toggle("is-streaming", streaming);
-  }
-
-  /** Where the blinking cursor goes: the end of the last block that holds text. */
-  function cursorHost(root) {
-    var host = root;
-    for (;;) {
-      var last = host.lastChild;
-      if (!last || last.nodeType !== 1 || !/^(P|H[1-6]|UL|OL|LI|PRE|CODE)$/.test(last.nodeName)) return host;
-      host = last;
-    }
-  }
-
-  function makeCursor() {
-    var cursor = document.createElement("span");
-    cursor.className = "cursor";
-    cursor.setAttribute("aria-hidden", "true");
-    return cursor;
-  }
-
-  function nearBottom() {
-    var doc = document.documentElement;
-    return window.innerHeight + window.scrollY >= doc.scrollHeight - 120;
-  }
-
-  function scrollToEnd() {
-    window.scrollTo(0, document.documentElement.scrollHeight);
-  }
-
-  // ---------------------------------------------------------------------------
-  // The answer on screen
-  // ---------------------------------------------------------------------------
-
-  function newRun(question) {
-    return {
-      question: question,
-      text: "",
-      tokens: 0,
-      started: now(),
-      firstToken: null,
-      finished: null,
-      finishReason: null,
-      sawDone: false,
-      error: null,
-      stopped: false,
-      gotResponse: false,
-      outcome: ""
-    };
-  }
-
-  function renderAnswer(run, streaming) {
-    var follow = nearBottom();
-    var fragment = window.GlooMarkdown.render(run.text);
-    if (streaming) cursorHost(fragment).appendChild(makeCursor());
-    ui.output.replaceChildren(fragment);
-    showMeta(metaParts(run));
-    if (follow) scrollToEnd();
-  }
-
-  function block(tag, className, text) {
-    var node = document.createElement(tag);
-    node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  /** Move the finished exchange on screen into the history (exchanges without an answer go). */
-  function archiveCurrent() {
-    var run = state.run;
-    state.run = null;
-    if (run && run.text) {
-      var turn = block("article", "turn");
-      var question = block("div", "question");
-      question.appendChild(block("p", "speaker", "You"));
-      question.appendChild(block("p", "question-text", run.question));
-      var answerBlock = block("div", "answer-block");
-      answerBlock.appendChild(block("p", "speaker", "Answer"));
-      var answer = block("div", "answer markdown");
-      while (ui.output.firstChild) answer.appendChild(ui.output.firstChild);
-      answerBlock.appendChild(answer);
-      var note = block("p", "turn-meta" + (run.outcome.indexOf("Error") === 0 ? " is-error" : ""));
-      fillMeta(note, (run.outcome && run.outcome !== "Done" ? [run.outcome] : []).concat(metaParts(run)));
-      answerBlock.appendChild(note);
-      turn.appendChild(question);
-      turn.appendChild(answerBlock);
-      ui.history.appendChild(turn);
-    }
-    ui.output.replaceChildren();
-    ui.question.textContent = "";
-    ui.currentQuestion.hidden = true;
-    ui.currentAnswer.hidden = true;
-  }
-
-  // ---------------------------------------------------------------------------
-  // Reading the stream
-  // ---------------------------------------------------------------------------
-
-  function errorMessage(error) {
-    if (typeof error === "string") return error;
-    if (error && typeof error === "object") {
-      if (typeof error.message === "string" && error.message) return error.message;
-      if (error.name || error.code) return String(error.name || error.code);
-    }
-    return "the stream reported an error";
-  }
-
-  /** Apply one event's data to the run: content, finish_reason, errors. */
-  function handleEvent(run, data) {
-    if (data === "[DONE]") {
-      run.sawDone = true;
-      return;
-    }
-    var chunk;
-    try {
-      chunk = JSON.parse(data);
-    } catch (e) {
-      return;  // not JSON: nothing a person should see
-    }
-    if (!chunk || typeof chunk !== "object") return;
-    if (chunk.error && run.error === null) run.error = errorMessage(chunk.error);
-    var choice = Array.isArray(chunk.choices) ? chunk.choices[0] : null;
-    if (!choice || typeof choice !== "object") return;
-    var delta = choice.delta;
-    var content = delta && typeof delta.content === "string" ? delta.content : "";
-    if (content) {
-      if (run.firstToken === null) run.firstToken = now();
-      run.text += content;
-      run.tokens += 1;
-    }
-    if (typeof choice.finish_reason === "string" && choice.finish_reason) run.finishReason = choice.finish_reason;
-  }
-
-  /** The message of a non-200 answer: the proxy's {"error": {"message", …}} when it sent one. */
-  function describeFailure(response, bodyText) {
-    var message = "";
-    try {
-      var parsed = JSON.parse(bodyText);
-      if (parsed && parsed.error) message = errorMessage(parsed.error);
-    } catch (e) {
-      message = "";
-    }
-    var status = response.status;
-    if (status === 401) {
-      return ui.apiKey.value
-        ? "the API key was not accepted (401). Check the key and send again."
-        : "this proxy needs an API key (401). Enter it in the API key field and send again.";
-    }
-    if (status === 429) {
-      var wait = response.headers.get("Retry-After");
-      return (message || "too many requests") + " (429)" + (wait ? ". Try again in " + wait + " s." : "");
-    }
-    return (message || "the proxy answered " + (response.statusText || "an error")) + " (" + status + ")";
-  }
-
-  function requestBody(messages) {
-    var body = { messages: messages };
-    if (ui.modelFamily.value) body.model_family = ui.modelFamily.value;
-    if (ui.tradition.value) body.tradition = ui.tradition.value;
-    return JSON.stringify(body);
-  }
-
-  function send() {
-    var question = ui.prompt.value;
-    if (state.controller || !question.trim()) {
-      if (!state.controller) ui.prompt.focus();
-      return;
-    }
-    archiveCurrent();
-    ui.intro.hidden = true;
-    var run = newRun(question);
-    state.run = run;
-    ui.question.textContent = question;
-    ui.currentQuestion.hidden = false;
-    ui.currentAnswer.hidden = false;
-    ui.prompt.value = "";
-    var messages = state.messages.concat([{ role: "user", content: question }]);
-
-    var headers = { "Content-Type": "application/json", "Accept": "text/event-stream" };
-    var key = ui.apiKey.value.trim();
-    if (key) headers.Authorization = "Bearer " + key;
-
-    var controller = new AbortController();
-    state.controller = controller;
-    setStreaming(true);
-    setStatus(CONNECTING, "busy");
-    renderAnswer(run, true);
-    scrollToEnd();
-
-    stream(run, headers, requestBody(messages), controller.signal)
-      .catch(function (err) {
-        if (err && err.name === "AbortError") {
-          run.stopped = true;
-        } else if (run.error === null) {
-          run.error = run.gotResponse
-            ? "connection lost (" + ((err && err.message) || "read failed") + ")"
-            : "could not reach the proxy (" + ((err && err.message) || "network error") + ")";
-        }
-      })
-      .then(function () {
-        finish(run, messages);
-      });
-  }
-
-  function stream(run, headers, body, signal) {
-    return fetch(STREAM_URL, {
-      method: "POST",
-      headers: headers,
-      body: body,
-      signal: signal,
-      cache: "no-store",
-      credentials: "same-origin"
-    }).then(function (response) {
-      run.gotResponse = true;
-      if (!response.ok) {
-        if (response.status === 401) showKeyField(true);
-        return response.text().then(function (text) {
-          run.error = describeFailure(response, text);
-        });
-      }
-      if (!response.body) {
-        run.error = "this browser cannot read streamed responses";
-        return undefined;
-      }
-      setStatus(STREAMING, "busy");
-      var reader = response.body.getReader();
-      var decoder = new TextDecoder("utf-8");
-      var parser = window.GlooSSE.createParser();
-
-      function take(events) {
-        for (var i = 0; i < events.length; i++) handleEvent(run, events[i].data);
-      }
-
-      function pump() {
-        return reader.read().then(function (result) {
-          if (result.done) {
-            take(parser.feed(decoder.decode()));
-            take(parser.end());
-            return undefined;
-          }
-          take(parser.feed(decoder.decode(result.value, { stream: true })));
-          if (run.sawDone) {
-            reader.cancel().catch(function () {});
-            return undefined;
-          }
-          renderAnswer(run, true);
-          return pump();
-        });
-      }
-      return pump();
-    });
-  }
-
-  function finish(run, messages) {
-    run.finished = now();
-    state.controller = null;
-    setStreaming(false);
-    if (state.run !== run) return;  // a new conversation was started meanwhile
-    renderAnswer(run, false);
-
-    var outcome, kind;
-    if (run.stopped) {
-      outcome = "Stopped";
-      kind = "stopped";
-    } else if (run.error !== null) {
-      outcome = "Error: " + run.error;
-      kind = "error";
-    } else if (run.finishReason === "error") {
-      outcome = "Error: the model's provider failed before the answer finished";
-      kind = "error";
-    } else if (run.finishReason === "content_filter") {
-      outcome = "Error: the answer was stopped by the content filter";
-      kind = "error";
-    } else if (run.finishReason === null && !run.sawDone) {
-      outcome = "Error: connection lost before the answer finished";
-      kind = "error";
-    } else {
-      outcome = run.finishReason === "length" ? "Done (the answer reached its length limit)" : "Done";
-      kind = "done";
-    }
-    run.outcome = outcome;
-    setStatus(outcome, kind);
-    showMeta(run.gotResponse && (run.text || run.error === null) ? metaParts(run) : []);
-
-    if (run.text) {
-      // Even a stopped or broken answer is context: the next question may be about it.
-      state.messages = messages.concat([{ role: "assistant", content: run.text }]);
-    } else if (!ui.prompt.value) {
-      ui.prompt.value = run.question;  // nothing came back: give the question back to retry
-    }
-    if (!ui.apiKeyRow.hidden && document.activeElement === ui.apiKey) return;
-    ui.prompt.focus();
-  }
-
-  function stop() {
-    if (state.controller) state.controller.abort();
-  }
-
-  function newConversation() {
-    if (state.controller) return;
-    state.messages = [];
-    archiveCurrent();
-    ui.history.replaceChildren();
-    ui.intro.hidden = false;
-    ui.meta.textContent = "";
-    setStatus("Ready", "");
-    ui.prompt.value = "";
-    ui.prompt.focus();
-  }
-
-  // ---------------------------------------------------------------------------
-  // Wiring
-  // ---------------------------------------------------------------------------
-
-  ui.form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    send();
+/** `target` as "a • b • c", each figure kept whole when the line wraps on a narrow screen. */
+function fillMeta(target, parts) {
+  target.replaceChildren();
+  parts.forEach((text, i) => {
+    if (i > 0) target.appendChild(document.createTextNode(" \u2022 "));
+    target.appendChild(el("span", "meta-part", text));
   });
-  ui.stopBtn.addEventListener("click", stop);
-  ui.newBtn.addEventListener("click", newConversation);
-  ui.prompt.addEventListener("keydown", function (event) {
-    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
-    if (event.altKey || event.ctrlKey || event.metaKey) return;
-    event.preventDefault();
-    send();
-  });
-  ui.apiKey.value = storedKey();
-  ui.apiKey.addEventListener("input", function () {
-    storeKey(ui.apiKey.value.trim());
-  });
-  if (ui.apiKey.value) showKeyField(false);
+}
 
-  fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
-    .then(function (response) {
-      return response.ok ? response.json() : null;
-    })
-    .then(function (health) {
-      if (health && health.auth_required === true) showKeyField(false);
-      document.documentElement.setAttribute("data-health", health ? "ok" : "unavailable");
-    })
-    .catch(function () {
-      // No health route: the key field still appears on a 401.
-      document.documentElement.setAttribute("data-health", "unavailable");
-    });
+function nearBottom() {
+  const doc = document.documentElement;
+  return window.innerHeight + window.scrollY >= doc.scrollHeight - 120;
+}
 
-  setStreaming(false);
+function scrollToEnd() {
+  window.scrollTo(0, document.documentElement.scrollHeight);
+}
+
+async function copyText(text, feedback) {
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    ok = true;
+  } catch (e) {
+    // No clipboard API (an insecure origin, or permission refused): the old way.
+    const area = el("textarea", "visually-hidden");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    try {
+      ok = document.execCommand("copy");
+    } catch (e2) {
+      ok = false;
+    }
+    area.remove();
+  }
+  if (feedback) {
+    const before = feedback.dataset.label || feedback.textContent;
+    feedback.dataset.label = before;
+    feedback.textContent = ok ? "Copied" : "Copy failed";
+    feedback.classList.toggle("is-done", ok);
+    setTimeout(() => {
+      feedback.textContent = before;
+      feedback.classList.remove("is-done");
+    }, 1500);
+  }
+  return ok;
+}
+
+// ---------------------------------------------------------------------------
+// Errors in plain words
+// ---------------------------------------------------------------------------
+
+/** A message fit for people, or "" when it is missing or phrased for operators. */
+function plainMessage(raw) {
+  let text = "";
+  if (typeof raw === "string") text = raw;
+  else if (raw && typeof raw === "object") {
+    if (typeof raw.message === "string") text = raw.message;
+    else if (typeof raw.error === "string") text = raw.error;
+    else if (typeof raw.detail === "string") text = raw.detail;
+    else if (Array.isArray(raw.detail) && raw.detail[0] && typeof raw.detail[0].msg === "string") text = raw.detail[0].msg;
+  }
+  // "the upstream answered 500: <Gloo's words>": Gloo's words are what a person needs.
+  const relayed = /^the upstream answered \d{3}: (.+)$/i.exec(text.trim());
+  if (relayed) text = relayed[1];
+  text = text.replace(/\s*\(\d{3}\)\s*$/, "").trim();  // the status is not repeated in the words
+  if (!text || /\bupstream\b|Traceback|Exception|Error\(/i.test(text) || text.length > 400) return "";
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+const sentence = (text) => (/[.!?]$/.test(text) ? text : text + ".");
+
+/** The words for a failed answer before the stream: the server's own message when it has one. */
+function describeStatus(status, body, headers) {
+  let parsed = null;
+  try {
+    parsed = JSON.parse(body);
+  } catch (e) {
+    parsed = null;
+  }
+  const own = parsed ? plainMessage(parsed.error !== undefined ? parsed.error : parsed) : "";
+  if (status === 401) {
+    return ui.apiKey.value
+      ? "The API key was not accepted. Check the key and send again."
+      : "This proxy needs an API key. Enter it in the API key field and send again.";
+  }
+  if (status === 429) {
+    const wait = parseInt(headers.get("Retry-After") || "", 10);
+    return sentence(own || "Too many requests right now") + (wait > 0 ? " Try again in " + plural(wait, "second") + "." : " Try again in a moment.");
+  }
+  if (own) return sentence(own);
+  if (status === 413) return "The conversation is too long to send. Start a new chat.";
+  if (status === 504 || status === 408) return "The AI service took too long to answer. Try again.";
+  if (status === 503) return "The server is busy right now. Try again in a moment.";
+  if (status >= 500) return "The AI service could not answer right now. Try again in a moment.";
+  if (status === 403) return "This request is not allowed.";
+  return "The request was not accepted (status " + status + ").";
+}
+
+/** The words for an error event in the stream (the relay's {"error": {...}} or Gloo's error object). */
+function describeStreamError(error) {
+  const own = plainMessage(error);
+  if (own) return sentence(own);
+  const type = error && typeof error === "object" ? String(error.type || error.name || "") : "";
+  if (/timeout/i.test(type)) return "The AI service stopped sending before the answer finished. Try again.";
+  if (/disconnect/i.test(type)) return "The connection was lost before the answer finished.";
+  return "The model's provider failed before the answer finished. Try again.";
+}
+
+// ---------------------------------------------------------------------------
+// Turns on screen
+// ---------------------------------------------------------------------------
+
+/** The sources of a grounded answer: http(s) links only, from `citations` or `sources`. */
+function readSources(chunk) {
+  const list = Array.isArray(chunk.citations) ? chunk.citations : Array.isArray(chunk.sources) ? chunk.sources : null;
+  if (!list) return null;
+  const out = [];
+  const seen = new Set();
+  for (const item of list) {
+    if (!item || typeof item !== "object") continue;
+    const raw = [item.url, item.link, item.uri].find((v) => typeof v === "string");
+    const href = raw ? safeHref(raw.trim()) : null;
+    if (!href || seen.has(href)) continue;
+    seen.add(href);
+    const title = [item.title, item.name].find((v) => typeof v === "string" && v.trim());
+    const publisher = typeof item.publisher === "string" ? item.publisher : "";
+    out.push({ href, title: (title || href).trim().slice(0, 300), publisher: publisher.trim().slice(0, 120) });
+    if (out.length >= MAX_SOURCES) break;
+  }
+  return out;
+}
+
+function turnElement(index) {
+  return ui.turns.querySelector('.turn[data-index="' + index + '"]');
+}
+
+/** A turn's article: question (with Edit), an error line (with Retry), the answer and its actions. */
+function buildTurn(turn, index) {
+  const article = el("article", "turn");
+  article.dataset.index = String(index);
+  article.setAttribute("aria-label", "Question " + (index + 1) + " and its answer");
+
+  const question = el("div", "question");
+  const qHead = el("div", "question-head");
+  qHead.append(el("p", "speaker", "You"), button("edit-btn button-link", "Edit", "Edit this question and send it again"));
+  question.append(qHead, el("p", "question-text", turn.q));
+
+  const error = el("div", "turn-error");
+  error.setAttribute("role", "alert");
+  error.append(el("p", "error-text"), button("retry-btn button-secondary", "Retry", "Send this question again"));
+  error.hidden = true;
+
+  const answerBlock = el("div", "answer-block");
+  const answer = el("div", "answer markdown");
+  answer.setAttribute("aria-label", "Answer");
+  const waiting = el("p", "waiting", "");
+  waiting.setAttribute("role", "status");
+  waiting.hidden = true;
+  const sources = el("div", "sources");
+  sources.hidden = true;
+  const foot = el("div", "answer-foot");
+  const actions = el("div", "answer-actions");
+  actions.append(button("copy-answer button-link", "Copy", "Copy the answer"),
+                 button("regen-btn button-link", "Regenerate", "Write this answer again"));
+  foot.append(el("p", "turn-meta"), actions);
+  answerBlock.append(el("p", "speaker", "Answer"), answer, waiting, sources, foot);
+
+  article.append(question, error, answerBlock);
+  fillTurn(article, turn, index);
+  return article;
+}
+
+/** Everything of a finished (or stored) turn that is not the streaming text. */
+function fillTurn(article, turn, index, rendered = false) {
+  const last = index === state.chat.turns.length - 1;
+  const answer = article.querySelector(".answer");
+  if (!rendered && turn.a) answer.replaceChildren(renderMarkdown(turn.a));
+  else if (!rendered) answer.replaceChildren();
+  const error = article.querySelector(".turn-error");
+  error.hidden = !turn.error;
+  article.querySelector(".error-text").textContent = turn.error || "";
+  article.querySelector(".retry-btn").hidden = !last;
+  article.querySelector(".answer-block").hidden = !turn.a;
+  article.querySelector(".answer-block").classList.toggle("is-empty", !turn.a);
+  fillSources(article.querySelector(".sources"), turn.sources);
+  const meta = [];
+  if (turn.model) meta.push("answered by " + turn.model);
+  if (turn.outcome && turn.outcome !== "Done") meta.push(turn.outcome);
+  fillMeta(article.querySelector(".turn-meta"), meta.concat(turn.stats || []));
+  article.querySelector(".copy-answer").hidden = !turn.a;
+  article.querySelector(".regen-btn").hidden = !last || !turn.a;
+  article.querySelector(".answer-foot").hidden = !turn.a && !meta.length;
+  article.querySelector(".waiting").hidden = true;
+}
+
+function fillSources(box, sources) {
+  box.replaceChildren();
+  box.hidden = !(sources && sources.length);
+  if (box.hidden) return;
+  box.appendChild(el("p", "sources-title", "Sources"));
+  const list = el("ol", "sources-list");
+  for (const source of sources) {
+    const href = safeHref(source.href);
+    if (!href) continue;
+    const li = el("li");
+    const a = el("a", "", source.title || href);
+    a.setAttribute("href", href);
+    a.setAttribute("rel", "noopener noreferrer");
+    a.setAttribute("target", "_blank");
+    li.appendChild(a);
+    if (source.publisher) li.appendChild(el("span", "source-publisher", " \u2014 " + source.publisher));
+    list.appendChild(li);
+  }
+  box.appendChild(list);
+}
+
+/** The whole conversation on screen, from state.chat. */
+function renderChat() {
+  ui.turns.replaceChildren();
+  state.chat.turns.forEach((turn, i) => ui.turns.appendChild(buildTurn(turn, i)));
+  ui.intro.hidden = state.chat.turns.length > 0;
+  markCurrent();
+  renderChatList();
+}
+
+/** The latest question and answer keep the ids #question and #output (for tests and skip links). */
+function markCurrent() {
+  for (const old of ui.turns.querySelectorAll("#output, #question")) old.removeAttribute("id");
+  const last = ui.turns.lastElementChild;
+  if (!last) return;
+  last.querySelector(".answer").id = "output";
+  last.querySelector(".question-text").id = "question";
+  last.querySelector(".answer").setAttribute("aria-live", "polite");
+  for (const a of ui.turns.querySelectorAll(".answer:not(#output)")) a.removeAttribute("aria-live");
+  // Only the last answer can be regenerated or retried.
+  ui.turns.querySelectorAll(".turn").forEach((article, i, all) => {
+    const isLast = i === all.length - 1;
+    const turn = state.chat.turns[i];
+    article.querySelector(".regen-btn").hidden = !isLast || !turn || !turn.a;
+    article.querySelector(".retry-btn").hidden = !isLast;
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The conversation list
+// ---------------------------------------------------------------------------
+
+function renderChatList() {
+  const chats = store.list();
+  ui.chatList.replaceChildren();
+  ui.chatEmpty.hidden = chats.length > 0;
+  for (const chat of chats) {
+    const li = el("li", "chat-item");
+    const open = button("chat-open", "");
+    open.dataset.id = chat.id;
+    open.appendChild(el("span", "chat-title", chat.title || "Untitled"));
+    open.appendChild(el("span", "chat-date", new Date(chat.updated).toLocaleString([], {
+      month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
+    if (chat.id === state.chat.id) open.setAttribute("aria-current", "true");
+    const del = button("chat-delete", "\u00d7", "Delete the conversation \u201c" + (chat.title || "Untitled") + "\u201d");
+    del.dataset.id = chat.id;
+    li.append(open, del);
+    ui.chatList.appendChild(li);
+  }
+  ui.chatsBtn.textContent = "Chats" + (chats.length ? " (" + chats.length + ")" : "");
+}
+
+function toggleChats(open) {
+  const show = open === undefined ? ui.chatPanel.hidden : open;
+  ui.chatPanel.hidden = !show;
+  ui.chatsBtn.setAttribute("aria-expanded", String(show));
+  if (show) renderChatList();
+}
+
+function switchChat(id) {
+  if (state.controller) return;
+  const chat = store.get(id);
+  if (!chat) return;
+  state.chat = chat;
+  store.setCurrent(id);
+  cancelEdit();
+  renderChat();
+  setStatus("Ready", "");
+  ui.meta.replaceChildren();
+  toggleChats(false);
+  scrollToEnd();
   ui.prompt.focus();
-})();
+}
+
+function deleteChat(id) {
+  if (state.controller && id === state.chat.id) return;
+  store.remove(id);
+  if (id === state.chat.id) {
+    state.chat = store.current();
+    renderChat();
+  }
+  renderChatList();
+}
+
+function newChat() {
+  if (state.controller) return;
+  cancelEdit();
+  state.chat = store.create();
+  renderChat();
+  setStatus("Ready", "");
+  ui.meta.replaceChildren();
+  ui.prompt.value = "";
+  fitPrompt();
+  toggleChats(false);
+  ui.prompt.focus();
+}
+
+function saveChat() {
+  store.save(state.chat);
+  renderChatList();
+}
+
+// ---------------------------------------------------------------------------
+// Streaming an answer
+// ---------------------------------------------------------------------------
+
+function setStreaming(streaming) {
+  ui.sendBtn.textContent = streaming ? "Stop" : "Send";
+  ui.sendBtn.setAttribute("aria-label", streaming ? "Stop the answer (Escape)" : "Send the question");
+  ui.sendBtn.classList.toggle("is-stop", streaming);
+  ui.newBtn.disabled = streaming;
+  document.body.classList.toggle("is-streaming", streaming);
+  for (const b of ui.turns.querySelectorAll(".edit-btn, .regen-btn, .retry-btn")) b.disabled = streaming;
+  const out = $("output");
+  if (out) out.setAttribute("aria-busy", streaming ? "true" : "false");
+}
+
+function requestBody(messages) {
+  const body = { messages };
+  if (ui.modelFamily.value) body.model_family = ui.modelFamily.value;
+  if (ui.tradition.value) body.tradition = ui.tradition.value;
+  // The relay sends a request naming sources to Gloo's grounded endpoint, whose first event cites them.
+  if (ui.grounded.checked) body.sources_limit = SOURCES_LIMIT;
+  return JSON.stringify(body);
+}
+
+/** The context sent with turn `index`: every earlier exchange that has an answer, then its question. */
+function messagesFor(index) {
+  const messages = [];
+  for (let i = 0; i < index; i++) {
+    const t = state.chat.turns[i];
+    messages.push({ role: "user", content: t.q });
+    if (t.a) messages.push({ role: "assistant", content: t.a });
+  }
+  messages.push({ role: "user", content: state.chat.turns[index].q });
+  return messages;
+}
+
+/** Ask a new question at the end of the conversation. */
+function send() {
+  if (state.controller) return;
+  const question = ui.prompt.value;
+  if (!question.trim()) {
+    ui.prompt.focus();
+    return;
+  }
+  cancelEdit();
+  if (!state.chat.title) state.chat.title = question.trim().replace(/\s+/g, " ").slice(0, 80);
+  state.chat.turns.push({ q: question, a: "" });
+  ui.prompt.value = "";
+  fitPrompt();
+  startRun(state.chat.turns.length - 1);
+}
+
+/** Stream the answer of turn `index` (a new question, a retry, a regenerate or an edit). */
+function startRun(index) {
+  const turn = state.chat.turns[index];
+  state.chat.turns.length = index + 1;   // anything after it belongs to the old answer
+  Object.assign(turn, { a: "", model: "", sources: [], error: "", outcome: "", stats: [] });
+  saveChat();
+
+  for (const old of ui.turns.querySelectorAll(".turn")) {
+    if (parseInt(old.dataset.index, 10) > index) old.remove();
+  }
+  let article = turnElement(index);
+  if (!article) {
+    article = buildTurn(turn, index);
+    ui.turns.appendChild(article);
+  } else {
+    const fresh = buildTurn(turn, index);
+    article.replaceWith(fresh);
+    article = fresh;
+  }
+  ui.intro.hidden = true;
+  markCurrent();
+  article.querySelector(".answer-block").hidden = false;
+  article.querySelector(".answer-foot").hidden = true;
+
+  const run = {
+    index, turn, article, text: "", tokens: 0, started: now(), firstToken: null, finished: null,
+    finishReason: null, sawDone: false, error: null, stopped: false, gotResponse: false, model: "",
+    sources: null, lastProgress: now(), frame: 0,
+    view: new AnswerView(article.querySelector(".answer")),
+  };
+  state.run = run;
+  const controller = new AbortController();
+  state.controller = controller;
+  setStreaming(true);
+  setStatus("Connecting\u2026", "busy");
+  run.view.update("", true);
+  state.follow = true;
+  scrollToEnd();
+  const waitTimer = setInterval(() => showWaiting(run), 500);
+
+  const headers = { "Content-Type": "application/json", "Accept": "text/event-stream" };
+  const key = ui.apiKey.value.trim();
+  if (key) headers.Authorization = "Bearer " + key;
+
+  stream(run, headers, requestBody(messagesFor(index)), controller.signal)
+    .catch((err) => {
+      if (err && err.name === "AbortError") run.stopped = true;
+      else if (run.error === null) {
+        run.error = run.gotResponse
+          ? "The connection was lost before the answer finished."
+          : "Could not reach the chat server. Check that it is running, then try again.";
+      }
+    })
+    .then(() => {
+      clearInterval(waitTimer);
+      finish(run);
+    });
+}
+
+function showWaiting(run) {
+  const note = run.article.querySelector(".waiting");
+  const silent = now() - run.lastProgress;
+  if (state.run !== run || silent < WAIT_NOTE_MS) {
+    note.hidden = true;
+    return;
+  }
+  note.hidden = false;
+  const seconds = Math.round(silent / 1000);
+  note.textContent = (run.text ? "Still waiting for the rest of the answer" : "Still waiting for the model to answer") +
+    " (" + seconds + " s)\u2026 Press Stop or Escape to give up.";
+}
+
+/** Draw the answer at most once per frame: reads can come much faster than the screen refreshes. */
+function scheduleRender(run) {
+  if (run.frame) return;
+  run.frame = requestAnimationFrame(() => {
+    run.frame = 0;
+    if (state.run !== run) return;
+    run.view.update(run.text, true);
+    fillMeta(ui.meta, runStats(run));
+    if (state.follow) scrollToEnd();
+  });
+}
+
+/** Apply one event's data to the run: content, model, sources, finish_reason, errors. */
+function handleEvent(run, event) {
+  const data = event.data;
+  if (data === "[DONE]") {
+    run.sawDone = true;
+    return;
+  }
+  let chunk;
+  try {
+    chunk = JSON.parse(data);
+  } catch (e) {
+    return;  // not JSON: nothing a person should see
+  }
+  if (!chunk || typeof chunk !== "object") return;
+  if ((chunk.error || event.event === "error") && run.error === null) run.error = describeStreamError(chunk.error || chunk);
+  if (typeof chunk.model === "string" && chunk.model) run.model = chunk.model.slice(0, 100);
+  const sources = readSources(chunk);
+  if (sources) run.sources = sources;
+  const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : null;
+  if (!choice || typeof choice !== "object") return;
+  const delta = choice.delta;
+  const content = delta && typeof delta.content === "string" ? delta.content : "";
+  if (content) {
+    if (run.firstToken === null) run.firstToken = now();
+    run.text += content;
+    run.tokens += 1;
+    run.lastProgress = now();
+  }
+  if (typeof choice.finish_reason === "string" && choice.finish_reason) {
+    run.finishReason = choice.finish_reason;
+    if (choice.finish_reason === "error" && run.error === null && chunk.error === undefined && choice.error) {
+      run.error = describeStreamError(choice.error);
+    }
+  }
+}
+
+async function stream(run, headers, body, signal) {
+  const response = await fetch(STREAM_URL, {
+    method: "POST", headers, body, signal, cache: "no-store", credentials: "same-origin",
+  });
+  run.gotResponse = true;
+  if (!response.ok) {
+    if (response.status === 401) showKeyField(true);
+    run.error = describeStatus(response.status, await response.text(), response.headers);
+    return;
+  }
+  if (!response.body) {
+    run.error = "This browser cannot read streamed answers.";
+    return;
+  }
+  setStatus("Streaming\u2026", "busy");
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  const parser = createParser();
+  const take = (events) => {
+    for (const event of events) handleEvent(run, event);
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) {
+      take(parser.feed(decoder.decode()));
+      take(parser.end());
+      return;
+    }
+    take(parser.feed(decoder.decode(value, { stream: true })));
+    if (run.sawDone) {
+      reader.cancel().catch(() => {});
+      return;
+    }
+    scheduleRender(run);
+  }
+}
+
+function finish(run) {
+  run.finished = now();
+  if (run.frame) cancelAnimationFrame(run.frame);
+  state.controller = null;
+  if (state.run !== run) {
+    setStreaming(false);
+    return;
+  }
+  state.run = null;
+
+  let outcome, kind, error = "";
+  if (run.stopped) {
+    outcome = "Stopped";
+    kind = "stopped";
+  } else if (run.error !== null) {
+    error = run.error;
+  } else if (run.finishReason === "error") {
+    error = "The model's provider failed before the answer finished. Try again.";
+  } else if (run.finishReason === "content_filter") {
+    error = "The answer was stopped by the content filter.";
+  } else if (run.finishReason === null && !run.sawDone) {
+    error = "The connection was lost before the answer finished.";
+  } else {
+    outcome = run.finishReason === "length" ? "Done (the answer reached its length limit)" : "Done";
+    kind = "done";
+  }
+  if (error) {
+    outcome = "Error: " + error;
+    kind = "error";
+  }
+  const turn = run.turn;
+  Object.assign(turn, {
+    a: run.text, model: run.model, sources: run.sources || [], error,
+    outcome: kind === "error" ? "" : outcome,
+    stats: run.gotResponse && (run.text || !error) ? runStats(run) : [],
+  });
+  saveChat();
+  run.view.finish(run.text);
+  fillTurn(run.article, turn, run.index, true);  // the view already shows the answer
+  setStreaming(false);
+  setStatus(outcome, kind);
+  fillMeta(ui.meta, turn.stats);
+  if (state.follow || error) scrollToEnd();
+  if (!ui.apiKeyRow.hidden && document.activeElement === ui.apiKey) return;
+  if (state.editing === null) ui.prompt.focus();
+}
+
+function stop() {
+  if (state.controller) state.controller.abort();
+}
+
+// ---------------------------------------------------------------------------
+// Edit, retry, regenerate, copy
+// ---------------------------------------------------------------------------
+
+function startEdit(index) {
+  if (state.controller) return;
+  cancelEdit();
+  const article = turnElement(index);
+  const question = article.querySelector(".question");
+  const editor = el("div", "editor");
+  const label = el("label", "visually-hidden", "Edit your question");
+  const area = el("textarea", "edit-area");
+  area.id = "editArea";
+  label.htmlFor = "editArea";
+  area.value = state.chat.turns[index].q;
+  area.rows = Math.min(8, Math.max(2, area.value.split("\n").length));
+  const row = el("div", "editor-actions");
+  row.append(button("edit-send button-primary", "Save & send"), button("edit-cancel button-secondary", "Cancel"));
+  editor.append(label, area, row);
+  question.querySelector(".question-text").hidden = true;
+  question.appendChild(editor);
+  state.editing = index;
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+
+function cancelEdit() {
+  if (state.editing === null) return;
+  const article = turnElement(state.editing);
+  state.editing = null;
+  if (!article) return;
+  const editor = article.querySelector(".editor");
+  if (editor) editor.remove();
+  article.querySelector(".question-text").hidden = false;
+}
+
+function submitEdit() {
+  const index = state.editing;
+  if (index === null || state.controller) return;
+  const article = turnElement(index);
+  const text = article.querySelector(".edit-area").value;
+  if (!text.trim()) return;
+  cancelEdit();
+  state.chat.turns[index].q = text;
+  if (index === 0) state.chat.title = text.trim().replace(/\s+/g, " ").slice(0, 80);
+  startRun(index);
+}
+
+ui.turns.addEventListener("click", (event) => {
+  const target = event.target.closest("button");
+  if (!target || target.disabled) return;
+  const article = target.closest(".turn");
+  const index = article ? parseInt(article.dataset.index, 10) : -1;
+  if (target.classList.contains("copy-code")) {
+    const code = target.closest(".code-block").querySelector("pre code");
+    copyText(code.textContent, target);
+  } else if (target.classList.contains("copy-answer")) {
+    copyText(state.chat.turns[index].a, target);
+  } else if (target.classList.contains("regen-btn") || target.classList.contains("retry-btn")) {
+    if (!state.controller && index === state.chat.turns.length - 1) startRun(index);
+  } else if (target.classList.contains("edit-btn")) {
+    startEdit(index);
+  } else if (target.classList.contains("edit-send")) {
+    submitEdit();
+  } else if (target.classList.contains("edit-cancel")) {
+    cancelEdit();
+  }
+});
+
+ui.turns.addEventListener("keydown", (event) => {
+  if (!event.target.classList.contains("edit-area")) return;
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey || (!touch && !event.shiftKey && !event.isComposing))) {
+    event.preventDefault();
+    submitEdit();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The composer, keys, scrolling
+// ---------------------------------------------------------------------------
+
+/** Grow the question box with its text (rows, not inline styles: the CSP forbids those). */
+function fitPrompt() {
+  const box = ui.prompt;
+  box.rows = 2;
+  while (box.rows < 8 && box.scrollHeight > box.clientHeight + 1) box.rows += 1;
+}
+
+function showKeyField(focus) {
+  ui.apiKeyRow.hidden = false;
+  if (focus) ui.apiKey.focus();
+}
+
+ui.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (state.controller) stop();
+  else send();
+});
+ui.newBtn.addEventListener("click", newChat);
+ui.chatsBtn.addEventListener("click", () => toggleChats());
+ui.chatList.addEventListener("click", (event) => {
+  const target = event.target.closest("button");
+  if (!target) return;
+  if (target.classList.contains("chat-delete")) deleteChat(target.dataset.id);
+  else if (target.classList.contains("chat-open")) switchChat(target.dataset.id);
+});
+ui.prompt.addEventListener("input", fitPrompt);
+ui.prompt.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || event.isComposing || event.keyCode === 229) return;
+  if (event.ctrlKey || event.metaKey) {       // Ctrl/Cmd+Enter sends everywhere
+    event.preventDefault();
+    if (!state.controller) send();
+    return;
+  }
+  if (touch || event.shiftKey || event.altKey) return;  // on a touch keyboard Enter adds a line
+  event.preventDefault();
+  if (!state.controller) send();
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  if (state.controller) {
+    event.preventDefault();
+    stop();
+  } else if (state.editing !== null) {
+    cancelEdit();
+  } else if (!ui.chatPanel.hidden) {
+    toggleChats(false);
+    ui.chatsBtn.focus();
+  }
+});
+for (const control of [ui.modelFamily, ui.tradition, ui.grounded]) {
+  control.addEventListener("change", () => store.saveOptions({
+    model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked }));
+}
+
+function updateJump() {
+  // Growing text fires no scroll event, so this only changes when the reader (or scrollToEnd) scrolls.
+  state.follow = nearBottom();
+  ui.jumpBtn.hidden = state.follow || !state.chat.turns.length;
+}
+window.addEventListener("scroll", updateJump, { passive: true });
+window.addEventListener("resize", updateJump, { passive: true });
+ui.jumpBtn.addEventListener("click", () => {
+  scrollToEnd();
+  ui.jumpBtn.hidden = true;
+});
+
+function storedKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch (e) {
+    return "";  // storage disabled: the field still works for this page's life
+  }
+}
+
+ui.apiKey.value = storedKey();
+ui.apiKey.addEventListener("input", () => {
+  try {
+    const value = ui.apiKey.value.trim();
+    if (value) window.sessionStorage.setItem(KEY_STORAGE, value);
+    else window.sessionStorage.removeItem(KEY_STORAGE);
+  } catch (e) {
+    /* storage disabled */
+  }
+});
+if (ui.apiKey.value) showKeyField(false);
+
+// ---------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------
+
+const options = store.options();
+for (const [select, value] of [[ui.modelFamily, options.model_family], [ui.tradition, options.tradition]]) {
+  if (typeof value === "string" && [...select.options].some((o) => o.value === value)) select.value = value;
+}
+ui.grounded.checked = options.grounded === true;
+if (touch) {
+  ui.prompt.setAttribute("enterkeyhint", "enter");
+  ui.hint.textContent = "Send button sends \u00b7 Enter adds a line";
+}
+
+fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
+  .then((response) => (response.ok ? response.json() : null))
+  .then((health) => {
+    if (health && health.auth_required === true) showKeyField(false);
+    if (health && health.simulator === true) ui.simBadge.hidden = false;
+    document.documentElement.setAttribute("data-health", health ? "ok" : "unavailable");
+  })
+  .catch(() => {
+    // No health route: the key field still appears on a 401.
+    document.documentElement.setAttribute("data-health", "unavailable");
+  });
+
+// A page closed or reloaded mid-answer left a question without an answer or an error: say so,
+// so that Retry is there.
+const lastTurn = state.chat.turns[state.chat.turns.length - 1];
+if (lastTurn && !lastTurn.a && !lastTurn.error) lastTurn.error = "This answer was interrupted before it began. Try again.";
+renderChat();
+setStreaming(false);
+fitPrompt();
+if (state.chat.turns.length) scrollToEnd();
+ui.prompt.focus();
+document.documentElement.setAttribute("data-ready", "true");

@@ -1,528 +1,1058 @@
 // SPDX-License-Identifier: MIT
-/* gloo-stream: a small, safe markdown renderer for streamed answers.
+/* gloo-stream: GitHub-flavoured markdown for streamed answers, parsed into tokens (no DOM here).
  *
- *   GlooMarkdown.render(text) -> DocumentFragment
+ *   parse(text)            -> [block, ...]              every block of `text`
+ *   parseIncremental(text) -> {done, doneLength, open}   blocks that can no longer change, the
+ *                                                        length of text they cover, and the rest
+ *   parseInline(text)      -> [inline, ...]
+ *   safeHref(url)          -> absolute http(s) URL or null
  *
- * The model's text is data, never markup: this file never parses HTML. It builds only
- * H1-H6, P, STRONG, EM, CODE, PRE, OL, UL, LI, A and BR with createElement/textContent;
- * the only attributes it sets are href (absolute http/https URLs only), rel and target on
- * links, and class="language-…" on fenced code. Anything else in the text, including
- * <script>, <img onerror=…> and javascript: links, comes out as plain text.
+ * Blocks: paragraph{inline} heading{level, inline} code{lang, text, closed} hr
+ *   blockquote{children} list{ordered, start, loose, items: [{task, children}]}
+ *   table{align, head: [inline], rows: [[inline]]} footnote{label, children}
+ * Inline: text{text} code{text} br strong/em/del{children} link{href, children}
+ *   image{href, alt} fnref{label}
  *
- * It is called on the whole answer after every network read while the answer streams, so
- * it must accept half-finished markup: an unclosed **, ` or [ stays literal text until its
- * closer arrives, and an unclosed ``` fence renders as a code block that is still growing.
+ * Every construct is scanned by hand or with anchored regexes free of nested quantifiers, so
+ * time is linear in the input (web/tests/markdown.test.mjs sweeps adversarial sizes x4). The
+ * model's text is data: nothing here produces HTML; render.js turns tokens into elements.
  */
-(function (global) {
-  "use strict";
 
-  var MAX_DEPTH = 12;          // nested lists and emphasis; deeper input is shown as plain text
-  var MAX_LABEL = 1000;        // a link label longer than this is not a link (bounds the scan)
-  var MAX_URL = 2048;
+const MAX_DEPTH = 12;        // nested containers / emphasis; deeper input is shown as text
+const MAX_URL = 2048;
+const MAX_LABEL = 999;       // a link label longer than this is not a link (CommonMark's limit)
+const MAX_PARENS = 32;       // parentheses nesting in a link destination (CommonMark allows a limit)
+const MAX_COLUMNS = 64;
 
-  var FENCE_OPEN = /^( {0,3})(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$/;
-  var FENCE_CLOSE = /^ {0,3}(`{3,}|~{3,})[ \t]*$/;
-  var HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$/;
-  var THEMATIC_BREAK = /^ {0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$/;
-  var LIST_ITEM = /^([ \t]*)(?:([-*+])|(\d{1,9})([.)]))(?:([ \t]+)(.*)|)$/;
-  var LANGUAGE = /^[A-Za-z0-9_+#.-]{1,32}$/;
-  var ESCAPABLE = /^[!-\/:-@\[-`{-~]$/;
-  var BARE_URL = /^https?:\/\/[^\s<>"]+/;
-  var AUTOLINK = /^<(https?:\/\/[^\s<>]{1,2048})>/;
-  var WORD_CHAR = /[A-Za-z0-9]/;
-  var SPACE = /\s/;
+// ---------------------------------------------------------------------------
+// Character helpers
+// ---------------------------------------------------------------------------
 
-  // ---------------------------------------------------------------------------
-  // Elements: the only place that creates nodes
-  // ---------------------------------------------------------------------------
+const isSpaceTab = (c) => c === " " || c === "\t";
+const isWhite = (c) => c === " " || c === "\t" || c === "\n" || c === "\r" || c === "\f" || c === "\v";
+// Unicode white space and punctuation decide which delimiter runs can open or close emphasis.
+const UNICODE_SPACE = /\s/u;
+const PUNCT = /[\p{P}\p{S}]/u;
+const ASCII_PUNCT = /[!-/:-@[-`{-~]/;
+const spaceLike = (c) => c === undefined || UNICODE_SPACE.test(c);
+const punctLike = (c) => c !== undefined && PUNCT.test(c);
+const isWordChar = (c) => c !== undefined && /[\p{L}\p{N}]/u.test(c);
 
-  function el(tag) {
-    return document.createElement(tag);
+/** Columns of leading space/tab (a tab advances to the next multiple of 4) and the index after. */
+function leading(line) {
+  let cols = 0, i = 0;
+  for (; i < line.length; i++) {
+    const c = line[i];
+    if (c === " ") cols += 1;
+    else if (c === "\t") cols += 4 - (cols % 4);
+    else break;
   }
+  return { cols, index: i };
+}
 
-  /** The URL as an absolute http(s) href, or null: relative, javascript:, data: … are refused. */
-  function safeHref(raw) {
-    if (typeof raw !== "string" || raw.length > MAX_URL || /[\u0000-\u001f\u007f]/.test(raw)) return null;
-    if (!/^https?:\/\//i.test(raw)) return null;
-    var url;
-    try {
-      url = new URL(raw);
-    } catch (e) {
-      return null;
-    }
-    if (url.protocol !== "http:" && url.protocol !== "https:") return null;
-    return url.href;
+/** The line without its first `n` columns of leading white space. */
+function dropColumns(line, n) {
+  let cols = 0, i = 0;
+  while (i < line.length && cols < n) {
+    const c = line[i];
+    if (c === " ") cols += 1;
+    else if (c === "\t") cols += 4 - (cols % 4);
+    else break;
+    i++;
   }
+  return line.slice(i);
+}
 
-  function makeLink(href) {
-    var a = el("a");
-    a.setAttribute("href", href);
-    a.setAttribute("rel", "noopener noreferrer");
-    a.setAttribute("target", "_blank");
-    return a;
+function isBlank(line) {
+  for (let i = 0; i < line.length; i++) if (!isSpaceTab(line[i])) return false;
+  return true;
+}
+
+/** `s` without trailing spaces and tabs (a hand loop: /[ \t]+$/ is quadratic on long runs). */
+function trimEndSpaces(s) {
+  let end = s.length;
+  while (end > 0 && isSpaceTab(s[end - 1])) end--;
+  return end === s.length ? s : s.slice(0, end);
+}
+
+function trimSpaces(s) {
+  let start = 0;
+  while (start < s.length && isSpaceTab(s[start])) start++;
+  return trimEndSpaces(start ? s.slice(start) : s);
+}
+
+function runOf(s, i, ch) {
+  let n = 0;
+  while (i + n < s.length && s[i + n] === ch) n++;
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Links
+// ---------------------------------------------------------------------------
+
+/** The URL as an absolute http(s) href, or null: relative, javascript:, data: ... are refused. */
+export function safeHref(raw) {
+  if (typeof raw !== "string" || raw.length > MAX_URL) return null;
+  for (let i = 0; i < raw.length; i++) {
+    const code = raw.charCodeAt(i);
+    if (code < 0x21 || code === 0x7f) return null;
   }
-
-  /** Text with its line breaks as BR elements (chat answers mean a newline as a newline). */
-  function appendText(parent, text) {
-    if (!text) return;
-    var lines = text.split("\n");
-    for (var i = 0; i < lines.length; i++) {
-      if (i > 0) parent.appendChild(el("br"));
-      if (lines[i]) parent.appendChild(document.createTextNode(lines[i]));
-    }
+  if (!/^https?:\/\//i.test(raw)) return null;
+  let url;
+  try {
+    url = new URL(raw);
+  } catch (e) {
+    return null;
   }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return null;
+  return url.href;
+}
 
-  // ---------------------------------------------------------------------------
-  // Blocks
-  // ---------------------------------------------------------------------------
+// ---------------------------------------------------------------------------
+// Block lines: what kind of block a line starts
+// ---------------------------------------------------------------------------
 
-  function isBlank(line) {
-    return /^[ \t]*$/.test(line);
+/** {ch, length, info, indent} for a fence opener such as ```python, or null. */
+function fenceOpen(line) {
+  const { cols, index } = leading(line);
+  if (cols > 3) return null;
+  const ch = line[index];
+  if (ch !== "`" && ch !== "~") return null;
+  const length = runOf(line, index, ch);
+  if (length < 3) return null;
+  const info = trimSpaces(line.slice(index + length));
+  if (ch === "`" && info.indexOf("`") !== -1) return null;
+  let lang = "";
+  for (let i = 0; i < info.length && !isWhite(info[i]) && i < 32; i++) lang += info[i];
+  if (!/^[A-Za-z0-9_+#.-]+$/.test(lang)) lang = "";
+  return { ch, length, lang, indent: cols };
+}
+
+function fenceCloses(line, fence) {
+  const { cols, index } = leading(line);
+  if (cols > 3 || line[index] !== fence.ch) return false;
+  const length = runOf(line, index, fence.ch);
+  return length >= fence.length && isBlank(line.slice(index + length));
+}
+
+/** {level, text} for an ATX heading such as "## Title ##", or null. */
+function heading(line) {
+  const { cols, index } = leading(line);
+  if (cols > 3 || line[index] !== "#") return null;
+  const level = runOf(line, index, "#");
+  if (level > 6) return null;
+  const after = index + level;
+  if (after < line.length && !isSpaceTab(line[after])) return null;
+  let text = trimSpaces(line.slice(after));
+  // A closing run of #s, when it is all #s or follows a space.
+  let end = text.length;
+  while (end > 0 && text[end - 1] === "#") end--;
+  if (end < text.length && (end === 0 || isSpaceTab(text[end - 1]))) text = trimEndSpaces(text.slice(0, end));
+  return { level, text };
+}
+
+function thematicBreak(line) {
+  const { cols, index } = leading(line);
+  if (cols > 3) return false;
+  const ch = line[index];
+  if (ch !== "-" && ch !== "*" && ch !== "_") return false;
+  let count = 0;
+  for (let i = index; i < line.length; i++) {
+    if (line[i] === ch) count++;
+    else if (!isSpaceTab(line[i])) return false;
   }
+  return count >= 3;
+}
 
-  /** Columns of leading white space, a tab counting to the next multiple of 4. */
-  function indentOf(line) {
-    var cols = 0;
-    for (var i = 0; i < line.length; i++) {
-      if (line[i] === " ") cols += 1;
-      else if (line[i] === "\t") cols += 4 - (cols % 4);
-      else break;
-    }
-    return cols;
+/** A setext underline ("===" or "---") after a paragraph line: 1, 2, or 0. */
+function setextLevel(line) {
+  const { cols, index } = leading(line);
+  if (cols > 3) return 0;
+  const ch = line[index];
+  if (ch !== "=" && ch !== "-") return 0;
+  const n = runOf(line, index, ch);
+  return isBlank(line.slice(index + n)) ? (ch === "=" ? 1 : 2) : 0;
+}
+
+/** A list item marker: {ordered, marker, start, indent, contentIndent, text}, or null. */
+function listItem(line) {
+  const { cols, index } = leading(line);
+  let i = index, ordered = false, marker, start = 1;
+  const c = line[i];
+  if (c === "-" || c === "*" || c === "+") {
+    marker = c;
+    i += 1;
+  } else {
+    let digits = 0;
+    while (digits < 10 && line[i + digits] >= "0" && line[i + digits] <= "9") digits++;
+    if (digits === 0 || digits > 9) return null;
+    const delim = line[i + digits];
+    if (delim !== "." && delim !== ")") return null;
+    ordered = true;
+    marker = delim;
+    start = parseInt(line.slice(i, i + digits), 10);
+    i += digits + 1;
   }
+  if (i < line.length && !isSpaceTab(line[i])) return null;
+  const markerEnd = cols + (i - index);
+  const rest = line.slice(i);
+  const gap = leading(rest);
+  let contentIndent, text;
+  if (gap.index === rest.length) {        // an empty item
+    contentIndent = markerEnd + 1;
+    text = "";
+  } else if (gap.cols > 4) {              // a wide gap is indented content, not a wider marker
+    contentIndent = markerEnd + 1;
+    text = dropColumns(rest, 1);
+  } else {
+    contentIndent = markerEnd + gap.cols;
+    text = rest.slice(gap.index);
+  }
+  return { ordered, marker, start, indent: cols, contentIndent, text };
+}
 
-  /** The line without its first `n` columns of leading white space. */
-  function dropColumns(line, n) {
-    var cols = 0, i = 0;
-    while (i < line.length && cols < n) {
-      if (line[i] === " ") cols += 1;
-      else if (line[i] === "\t") cols += 4 - (cols % 4);
-      else break;
+function quoteLine(line) {
+  const { cols, index } = leading(line);
+  return cols <= 3 && line[index] === ">";
+}
+
+/** The content of a ">" line: after the marker and one optional space. */
+function stripQuote(line) {
+  const { index } = leading(line);
+  let i = index + 1;
+  if (line[i] === " ") i++;
+  else if (line[i] === "\t") return "  " + line.slice(i + 1);  // a tab counts as the space plus the rest
+  return line.slice(i);
+}
+
+/** "[^label]: text": {label, text}, or null. */
+function footnoteDef(line) {
+  const { cols, index } = leading(line);
+  if (cols > 3 || line[index] !== "[" || line[index + 1] !== "^") return null;
+  const close = line.indexOf("]", index + 2);
+  if (close === -1 || close - index > 100 || line[close + 1] !== ":") return null;
+  const label = line.slice(index + 2, close);
+  if (!label || /[\s\[]/.test(label)) return null;
+  return { label, text: trimSpaces(line.slice(close + 2)) };
+}
+
+/** The cells of a table row, split on unescaped "|" (GitHub splits inside code spans too). */
+function splitRow(line) {
+  let s = trimSpaces(line);
+  const cells = [];
+  let start = 0;
+  if (s[0] === "|") start = 1;
+  let cell = "";
+  let i = start;
+  for (; i < s.length; i++) {
+    const c = s[i];
+    if (c === "\\" && s[i + 1] === "|") {
+      cell += "|";
       i++;
+    } else if (c === "|") {
+      cells.push(trimSpaces(cell));
+      cell = "";
+      if (cells.length > MAX_COLUMNS * 4) return cells;
+    } else {
+      cell += c;
     }
-    return line.slice(i);
   }
+  const last = trimSpaces(cell);
+  if (last !== "" || s[s.length - 1] !== "|" || s.length === 1) cells.push(last);
+  return cells;
+}
 
-  function listItem(line) {
-    if (THEMATIC_BREAK.test(line)) return null;
-    var m = LIST_ITEM.exec(line);
-    if (!m) return null;
-    var ordered = m[3] !== undefined;
-    var markerWidth = ordered ? m[3].length + 1 : 1;
-    var gap = m[5] ? indentOf(m[5]) : 1;
-    if (gap > 4) gap = 1;  // a wide gap means indented content, not a wider marker
-    return {
-      ordered: ordered,
-      marker: ordered ? m[4] : m[2],
-      indent: indentOf(m[1]),
-      contentIndent: indentOf(m[1]) + markerWidth + gap,
-      text: m[6] === undefined ? "" : m[6]
-    };
+/** The alignments of a delimiter row such as "| :--- | :---: | ---: |", or null. */
+function delimiterRow(line) {
+  if (line.indexOf("-") === -1) return null;
+  const s = trimSpaces(line);
+  if (!s || leading(line).cols > 3) return null;
+  const cells = splitRow(s);
+  if (cells.length === 0 || cells.length > MAX_COLUMNS) return null;
+  const align = [];
+  for (const cell of cells) {
+    let a = 0, b = cell.length;
+    const left = cell[0] === ":";
+    const right = cell[b - 1] === ":" && b > 1;
+    if (left) a++;
+    if (right) b--;
+    if (b - a < 1) return null;
+    for (let i = a; i < b; i++) if (cell[i] !== "-") return null;
+    align.push(left && right ? "center" : right ? "right" : left ? "left" : "");
   }
+  // One column needs a pipe somewhere, or "---" alone would be a table.
+  if (cells.length === 1 && s.indexOf("|") === -1) return null;
+  return align;
+}
 
-  function startsBlock(line) {
-    return FENCE_OPEN.test(line) || HEADING.test(line) || THEMATIC_BREAK.test(line) || listItem(line) !== null;
+function tableStarts(lines, i) {
+  if (i + 1 >= lines.length || lines[i].indexOf("|") === -1) return null;
+  const align = delimiterRow(lines[i + 1]);
+  if (!align) return null;
+  const head = splitRow(lines[i]);
+  return head.length === align.length ? align : null;
+}
+
+/** Does `line` start a block that ends a paragraph? (Ordered lists must start at 1 to.) */
+function interruptsParagraph(line, lines, i) {
+  if (fenceOpen(line) || heading(line) || thematicBreak(line) || quoteLine(line) || footnoteDef(line)) return true;
+  const item = listItem(line);
+  if (item && item.text !== "" && (!item.ordered || item.start === 1)) return true;
+  return tableStarts(lines, i) !== null;
+}
+
+// ---------------------------------------------------------------------------
+// Blocks
+// ---------------------------------------------------------------------------
+
+/**
+ * The blocks of `lines` (already split, no line ends). Each top-level block records `line`,
+ * the index of its first line, and `next`, the index where the following block begins.
+ */
+function parseLines(lines, depth) {
+  const blocks = [];
+  if (depth > MAX_DEPTH) {
+    const text = lines.join("\n");
+    if (text.trim()) blocks.push({ type: "paragraph", inline: [{ type: "text", text }], line: 0, next: lines.length });
+    return blocks;
   }
-
-  function sameList(a, b) {
-    return a.ordered === b.ordered && a.marker === b.marker;
-  }
-
-  /** Render `lines` as blocks into `parent`; in a tight list item paragraphs get no P. */
-  function renderBlocks(lines, parent, depth, tight) {
-    if (depth > MAX_DEPTH) {
-      var p = el("p");
-      appendText(p, lines.join("\n"));
-      parent.appendChild(p);
-      return;
-    }
-    var i = 0, m, wrotePara = false;
-    while (i < lines.length) {
-      var line = lines[i];
-      if (isBlank(line)) {
-        i++;
-        continue;
-      }
-      if ((m = FENCE_OPEN.exec(line))) {
-        i = renderFence(lines, i, m, parent);
-        continue;
-      }
-      if ((m = HEADING.exec(line))) {
-        var level = m[1].length;
-        var title = (m[2] || "").replace(/(?:^|[ \t]+)#+$/, "");
-        var h = el("h" + level);
-        renderInline(title, h, depth);
-        parent.appendChild(h);
-        i++;
-        continue;
-      }
-      if (THEMATIC_BREAK.test(line)) {  // no HR in the allowed set: a break is just a gap
-        i++;
-        continue;
-      }
-      if (listItem(line)) {
-        i = renderList(lines, i, parent, depth);
-        continue;
-      }
-      var para = [line.replace(/^[ \t]+/, "")];
+  let i = 0;
+  const push = (block, first) => {
+    block.line = first;
+    blocks.push(block);
+  };
+  while (i < lines.length) {
+    const line = lines[i];
+    if (isBlank(line)) {
       i++;
-      while (i < lines.length && !isBlank(lines[i]) && !startsBlock(lines[i])) {
-        para.push(lines[i].replace(/^[ \t]+/, ""));
-        i++;
-      }
-      var text = para.map(function (l) { return l.replace(/[ \t]+$/, ""); }).join("\n");
-      if (tight) {
-        if (wrotePara) parent.appendChild(el("br"));
-        renderInline(text, parent, depth);
-        wrotePara = true;
-      } else {
-        var pEl = el("p");
-        renderInline(text, pEl, depth);
-        parent.appendChild(pEl);
-      }
+      continue;
     }
-  }
-
-  function renderFence(lines, start, m, parent) {
-    var indent = m[1].length, fence = m[2], language = m[3];
-    var body = [], i = start + 1;
-    while (i < lines.length) {
-      var close = FENCE_CLOSE.exec(lines[i]);
-      if (close && close[1][0] === fence[0] && close[1].length >= fence.length) {
-        i++;
-        break;
-      }
-      body.push(dropColumns(lines[i], indent));
-      i++;
-    }
-    var pre = el("pre");
-    var code = el("code");
-    if (language && LANGUAGE.test(language)) code.className = "language-" + language;
-    code.textContent = body.join("\n");
-    pre.appendChild(code);
-    parent.appendChild(pre);
-    return i;
-  }
-
-  function renderList(lines, start, parent, depth) {
-    var first = listItem(lines[start]);
-    var list = el(first.ordered ? "ol" : "ul");
-    var items = [], loose = false, i = start;
-    while (i < lines.length) {
-      var item = listItem(lines[i]);
-      if (!item || !sameList(item, first) || item.indent > first.indent + 1) break;
-      var body = [item.text], sawBlank = false;
+    const first = i;
+    const fence = fenceOpen(line);
+    if (fence) {
+      const body = [];
+      let closed = false;
       i++;
       while (i < lines.length) {
-        var line = lines[i];
-        if (isBlank(line)) {
-          var j = i;
+        if (fenceCloses(lines[i], fence)) {
+          closed = true;
+          i++;
+          break;
+        }
+        body.push(dropColumns(lines[i], fence.indent));
+        i++;
+      }
+      push({ type: "code", lang: fence.lang, text: body.join("\n"), closed }, first);
+      continue;
+    }
+    const h = heading(line);
+    if (h) {
+      push({ type: "heading", level: h.level, inline: parseInline(h.text, depth) }, first);
+      i++;
+      continue;
+    }
+    if (thematicBreak(line)) {
+      push({ type: "hr" }, first);
+      i++;
+      continue;
+    }
+    if (quoteLine(line)) {
+      const inner = [];
+      let lazyOk = false;
+      while (i < lines.length) {
+        const l = lines[i];
+        if (quoteLine(l)) {
+          const content = stripQuote(l);
+          inner.push(content);
+          lazyOk = !isBlank(content) && !fenceOpen(content);
+        } else if (lazyOk && !isBlank(l) && !interruptsParagraph(l, lines, i)) {
+          inner.push(l);  // a lazy continuation of the quoted paragraph
+        } else {
+          break;
+        }
+        i++;
+      }
+      push({ type: "blockquote", children: stripPositions(parseLines(inner, depth + 1)) }, first);
+      continue;
+    }
+    const note = footnoteDef(line);
+    if (note) {
+      const inner = [note.text];
+      i++;
+      while (i < lines.length) {
+        const l = lines[i];
+        if (isBlank(l)) {
+          let j = i;
           while (j < lines.length && isBlank(lines[j])) j++;
-          if (j < lines.length && indentOf(lines[j]) >= item.contentIndent) {
-            for (; i < j; i++) body.push("");
-            sawBlank = true;
+          if (j < lines.length && leading(lines[j]).cols >= 4) {
+            for (; i < j; i++) inner.push("");
             continue;
           }
           break;
         }
-        var indent = indentOf(line), nested = listItem(line);
-        if (indent >= item.contentIndent || (nested && indent > item.indent + 1)) {
-          body.push(dropColumns(line, Math.min(indent, item.contentIndent)));
-          i++;
-          continue;
-        }
-        if (!sawBlank && !startsBlock(line)) {  // a lazy continuation line of the item's paragraph
-          body.push(line.replace(/^[ \t]+/, ""));
-          i++;
-          continue;
-        }
+        if (leading(l).cols >= 4) inner.push(dropColumns(l, 4));
+        else if (!interruptsParagraph(l, lines, i)) inner.push(l);
+        else break;
+        i++;
+      }
+      push({ type: "footnote", label: note.label, children: stripPositions(parseLines(inner, depth + 1)) }, first);
+      continue;
+    }
+    if (listItem(line)) {
+      i = parseList(lines, i, depth, push);
+      continue;
+    }
+    const align = tableStarts(lines, i);
+    if (align) {
+      const head = splitRow(line).map((cell) => parseInline(cell, depth));
+      const rows = [];
+      i += 2;
+      while (i < lines.length && !isBlank(lines[i]) && lines[i].indexOf("|") !== -1 &&
+             !interruptsParagraph(lines[i], [], 0)) {
+        const cells = splitRow(lines[i]);
+        const row = [];
+        for (let c = 0; c < align.length; c++) row.push(parseInline(cells[c] || "", depth));
+        rows.push(row);
+        i++;
+      }
+      push({ type: "table", align, head, rows }, first);
+      continue;
+    }
+    // A paragraph: until a blank line or a block that may interrupt it.
+    const para = [trimSpaces(line)];
+    i++;
+    let level = 0;
+    while (i < lines.length && !isBlank(lines[i])) {
+      level = setextLevel(lines[i]);
+      if (level) {
+        i++;
         break;
       }
-      if (sawBlank) loose = true;
-      items.push(body);
-      if (i < lines.length && isBlank(lines[i])) {
-        var k = i;
-        while (k < lines.length && isBlank(lines[k])) k++;
-        var next = k < lines.length ? listItem(lines[k]) : null;
-        if (next && sameList(next, first) && next.indent <= first.indent + 1) {
-          loose = true;
-          i = k;
-          continue;
-        }
-        break;
-      }
-    }
-    for (var n = 0; n < items.length; n++) {
-      var li = el("li");
-      renderBlocks(items[n], li, depth + 1, !loose);
-      list.appendChild(li);
-    }
-    parent.appendChild(list);
-    return i;
-  }
-
-  // ---------------------------------------------------------------------------
-  // Inline: code spans, strong, em, links, autolinks; everything else is text
-  // ---------------------------------------------------------------------------
-
-  function runLength(s, i, ch) {
-    var n = 0;
-    while (i + n < s.length && s[i + n] === ch) n++;
-    return n;
-  }
-
-  /** Inline parsing of one block's text, with memo tables that keep it near linear. */
-  function InlineParser(s) {
-    this.s = s;
-    this.noCloserFrom = Object.create(null);
-  }
-
-  /** Start of the next run of exactly `n` backticks in [from, end), or -1. */
-  InlineParser.prototype.findBackticks = function (from, end, n) {
-    var key = "`" + n + ":" + end;
-    if (this.noCloserFrom[key] !== undefined && from >= this.noCloserFrom[key]) return -1;
-    var s = this.s, i = from;
-    while (i < end) {
-      var at = s.indexOf("`", i);
-      if (at === -1 || at >= end) break;
-      var run = runLength(s, at, "`");
-      if (at + run > end) run = end - at;
-      if (run === n) return at;
-      i = at + run;
-    }
-    this.noCloserFrom[key] = Math.min(from, this.noCloserFrom[key] === undefined ? from : this.noCloserFrom[key]);
-    return -1;
-  };
-
-  /** Where the closing delimiter of an emphasis run starts (strong: 2 chars, em: 1), or -1. */
-  InlineParser.prototype.findCloser = function (from, end, ch, size) {
-    var key = ch + size + ":" + end;
-    if (this.noCloserFrom[key] !== undefined && from >= this.noCloserFrom[key]) return -1;
-    var s = this.s, i = from;
-    while (i < end) {
-      var c = s[i];
-      if (c === "\\") {
-        i += 2;
-        continue;
-      }
-      if (c === "`") {
-        var ticks = runLength(s, i, "`");
-        var close = this.findBackticks(i + ticks, end, ticks);
-        i = close === -1 ? i + ticks : close + ticks;
-        continue;
-      }
-      if (c === ch) {
-        var run = Math.min(runLength(s, i, ch), end - i);
-        var before = s[i - 1], after = s[i + run];
-        var rightFlanking = i > from && before !== undefined && !SPACE.test(before);
-        var boundaryOk = ch !== "_" || after === undefined || i + run >= end || !WORD_CHAR.test(after);
-        var fits = size === 2 ? run >= 2 : run !== 2;
-        if (rightFlanking && boundaryOk && fits) return i + run - size;
-        i += run;
-        continue;
-      }
+      if (interruptsParagraph(lines[i], lines, i)) break;
+      para.push(trimSpaces(lines[i]));
       i++;
     }
-    this.noCloserFrom[key] = from;
-    return -1;
-  };
+    const text = para.join("\n");
+    if (level) push({ type: "heading", level, inline: parseInline(text, depth) }, first);
+    else push({ type: "paragraph", inline: parseInline(text, depth) }, first);
+  }
+  for (let b = 0; b < blocks.length; b++) blocks[b].next = b + 1 < blocks.length ? blocks[b + 1].line : lines.length;
+  return blocks;
+}
 
-  /** Index of the `]` closing a link label opened at `open`, or -1. */
-  InlineParser.prototype.findLabelEnd = function (open, end) {
-    var s = this.s, depth = 0, limit = Math.min(end, open + MAX_LABEL);
-    for (var i = open; i < limit; i++) {
-      var c = s[i];
-      if (c === "\\") {
-        i++;
-      } else if (c === "[") {
-        depth++;
-      } else if (c === "]") {
-        depth--;
-        if (depth === 0) return i;
+function stripPositions(blocks) {
+  for (const block of blocks) {
+    delete block.line;
+    delete block.next;
+  }
+  return blocks;
+}
+
+function sameList(a, b) {
+  return a.ordered === b.ordered && a.marker === b.marker;
+}
+
+/** A list starting at lines[start]; returns the index after it. */
+function parseList(lines, start, depth, push) {
+  const first = listItem(lines[start]);
+  const items = [];
+  let loose = false, i = start;
+  while (i < lines.length) {
+    const item = listItem(lines[i]);
+    if (!item || !sameList(item, first) || item.indent > first.indent + 3 || thematicBreak(lines[i])) break;
+    const body = [item.text];
+    let sawBlank = false;
+    i++;
+    while (i < lines.length) {
+      const line = lines[i];
+      if (isBlank(line)) {
+        let j = i;
+        while (j < lines.length && isBlank(lines[j])) j++;
+        if (j < lines.length && leading(lines[j]).cols >= item.contentIndent && item.text !== "") {
+          for (; i < j; i++) body.push("");
+          sawBlank = true;
+          continue;
+        }
+        break;
       }
+      const cols = leading(line).cols;
+      if (cols >= item.contentIndent) {
+        body.push(dropColumns(line, item.contentIndent));
+        i++;
+        continue;
+      }
+      const nested = listItem(line);
+      if (nested && cols > item.indent && !thematicBreak(line)) {  // a sub-list indented a little too little
+        body.push(dropColumns(line, cols));
+        i++;
+        continue;
+      }
+      if (!sawBlank && !nested && !interruptsParagraph(line, lines, i)) {  // a lazy continuation line
+        body.push(trimSpaces(line));
+        i++;
+        continue;
+      }
+      break;
     }
-    return -1;
-  };
+    // A task list item: "[ ] " or "[x] " first in the item.
+    let task = null;
+    const head = body[0];
+    if (/^\[[ xX]\](?:[ \t]|$)/.test(head)) {
+      task = head[1] !== " ";
+      body[0] = head.slice(3).replace(/^[ \t]/, "");
+    }
+    const children = stripPositions(parseLines(body, depth + 1));
+    if (sawBlank && children.length > 1) loose = true;
+    items.push({ task, children });
+    if (i < lines.length && isBlank(lines[i])) {
+      let k = i;
+      while (k < lines.length && isBlank(lines[k])) k++;
+      const next = k < lines.length ? listItem(lines[k]) : null;
+      if (next && sameList(next, first) && next.indent <= first.indent + 3 && !thematicBreak(lines[k])) {
+        loose = true;
+        i = k;
+        continue;
+      }
+      break;
+    }
+  }
+  push({ type: "list", ordered: first.ordered, start: first.start, loose, items }, start);
+  return i;
+}
 
-  /** A link destination `(url "title")` starting at `i` (the "("): {url, end} or null. */
-  InlineParser.prototype.parseDestination = function (i, end) {
-    var s = this.s;
-    if (s[i] !== "(") return null;
-    var j = i + 1;
-    while (j < end && (s[j] === " " || s[j] === "\t")) j++;
-    var url = "";
+function splitLines(text) {
+  let source = String(text == null ? "" : text);
+  if (source.indexOf("\r") !== -1) source = source.replace(/\r\n?/g, "\n");
+  if (source.indexOf("\u0000") !== -1) source = source.replace(/\u0000/g, "\uFFFD");
+  return source.split("\n");
+}
+
+/** Every block of `text`. */
+export function parse(text) {
+  return stripPositions(parseLines(splitLines(text), 0));
+}
+
+/**
+ * The blocks of a growing `text` that later text can no longer change, and the rest.
+ *
+ * A block is done when the block after it has begun and two complete lines follow its end: a
+ * block's end is decided by the next line, and a table or setext heading by one more. The
+ * caller keeps `doneLength` characters as rendered and passes only the remainder next time.
+ */
+export function parseIncremental(text) {
+  let source = String(text == null ? "" : text);
+  if (source.indexOf("\u0000") !== -1) source = source.replace(/\u0000/g, "\uFFFD");
+  // Lines with where each begins in `source` (CR, LF and CRLF all end a line).
+  const lines = [], starts = [];
+  let pos = 0, cr = source.indexOf("\r");
+  for (;;) {
+    const lf = source.indexOf("\n", pos);
+    if (cr !== -1 && cr < pos) cr = source.indexOf("\r", pos);
+    starts.push(pos);
+    if (lf === -1 && cr === -1) {
+      lines.push(source.slice(pos));
+      break;
+    }
+    const end = cr !== -1 && (lf === -1 || cr < lf) ? cr : lf;
+    lines.push(source.slice(pos, end));
+    pos = end + (source[end] === "\r" && source[end + 1] === "\n" ? 2 : 1);
+  }
+  const blocks = parseLines(lines, 0);
+  const lastLine = lines.length - 1;  // possibly incomplete
+  let doneCount = 0;
+  while (doneCount < blocks.length - 1 && blocks[doneCount].next + 1 < lastLine) doneCount++;
+  const doneLength = doneCount > 0 ? starts[blocks[doneCount - 1].next] : 0;
+  return {
+    done: stripPositions(blocks.slice(0, doneCount)),
+    doneLength,
+    open: stripPositions(blocks.slice(doneCount)),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Inline: one left-to-right pass into a linked list, then CommonMark's emphasis algorithm
+// (delimiter stack with per-kind lower bounds, so unmatched runs are never rescanned).
+// ---------------------------------------------------------------------------
+
+/** The text of a backslash escape, or the characters as they are. */
+function unescapeText(s) {
+  if (s.indexOf("\\") === -1) return s;
+  let out = "";
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] === "\\" && i + 1 < s.length && ASCII_PUNCT.test(s[i + 1])) {
+      out += s[i + 1];
+      i++;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+class Inline {
+  constructor(s) {
+    this.s = s;
+    this.head = { type: "head", prev: null, next: null };
+    this.tail = this.head;
+    this.delims = null;          // top of the delimiter stack (emphasis runs)
+    this.brackets = null;        // top of the bracket stack ("[" and "![")
+    this.nextRun = null;         // backtick run index -> next run of the same length
+    this.quoteCache = Object.create(null);
+  }
+
+  append(node) {
+    node.prev = this.tail;
+    node.next = null;
+    this.tail.next = node;
+    this.tail = node;
+    return node;
+  }
+
+  text(t) {
+    if (!t) return;
+    if (this.tail.type === "text" && !this.tail.delim) this.tail.text += t;
+    else this.append({ type: "text", text: t });
+  }
+
+  /** Where the next backtick run exactly `n` long starts after `from`, or -1 (one scan per text). */
+  closingTicks(from, n) {
+    if (this.nextRun === null) {
+      // Every backtick run, then each run's next same-length run, found right to left.
+      const s = this.s, runs = [];
+      for (let i = s.indexOf("`"); i !== -1; ) {
+        const len = runOf(s, i, "`");
+        runs.push([i, len]);
+        i = s.indexOf("`", i + len);
+      }
+      const next = new Map(), seen = new Map();
+      for (let r = runs.length - 1; r >= 0; r--) {
+        const [pos, len] = runs[r];
+        next.set(pos, seen.has(len) ? seen.get(len) : -1);
+        seen.set(len, pos);
+      }
+      this.nextRun = next;
+    }
+    const found = this.nextRun.get(from - n);
+    return found === undefined ? -1 : found;
+  }
+
+  /** s.indexOf(ch, from), remembered: repeated searches over the same stretch cost nothing. */
+  nextPlain(ch, from) {
+    const key = "p" + ch;
+    const cache = this.quoteCache[key];
+    if (cache && from >= cache.from && (cache.at === -1 || from <= cache.at)) return cache.at;
+    const at = this.s.indexOf(ch, from);
+    this.quoteCache[key] = { from, at };
+    return at;
+  }
+
+  /** The next unescaped `quote` at or after `from`, or -1; calls come in increasing `from`. */
+  nextQuote(quote, from) {
+    const cache = this.quoteCache[quote];
+    if (cache && from >= cache.from && (cache.at === -1 || from <= cache.at)) return cache.at;
+    const s = this.s;
+    let at = s.indexOf(quote, from);
+    while (at !== -1) {
+      let slashes = 0;
+      while (at - slashes - 1 >= from && s[at - slashes - 1] === "\\") slashes++;
+      if (slashes % 2 === 0) break;
+      at = s.indexOf(quote, at + 1);
+    }
+    this.quoteCache[quote] = { from, at };
+    return at;
+  }
+
+  /** An inline link's "(destination "title")" at s[i] === "(": {href, end} or null. */
+  destination(i) {
+    const s = this.s;
+    let j = i + 1;
+    while (j < s.length && isWhite(s[j])) j++;
+    let url;
     if (s[j] === "<") {
-      var close = s.indexOf(">", j + 1);
-      if (close === -1 || close >= end) return null;
-      url = s.slice(j + 1, close);
-      if (/[<\n]/.test(url)) return null;
+      const close = this.nextPlain(">", j + 1);
+      const nl = this.nextPlain("\n", j + 1);
+      if (close === -1 || (nl !== -1 && nl < close) || close - j > MAX_URL) return null;
+      url = s.slice(j + 1, close).replace(/ /g, "%20");
+      if (url.indexOf("<") !== -1) return null;
       j = close + 1;
     } else {
-      var parens = 0, startUrl = j;
-      while (j < end && j - startUrl <= MAX_URL) {
-        var c = s[j];
-        if (SPACE.test(c)) break;
-        if (c === "(") parens++;
-        if (c === ")") {
+      let parens = 0;
+      const startUrl = j;
+      for (; j < s.length; j++) {
+        const c = s[j];
+        if (isWhite(c) || c.charCodeAt(0) < 0x20) break;
+        if (c === "\\" && j + 1 < s.length && ASCII_PUNCT.test(s[j + 1])) {
+          j++;
+        } else if (c === "(") {
+          if (++parens > MAX_PARENS) return null;
+        } else if (c === ")") {
           if (parens === 0) break;
           parens--;
         }
-        j++;
+        if (j - startUrl > MAX_URL) return null;
       }
+      if (parens !== 0) return null;
       url = s.slice(startUrl, j);
     }
-    while (j < end && (s[j] === " " || s[j] === "\t" || s[j] === "\n")) j++;
-    var quote = s[j];
-    if (quote === '"' || quote === "'") {
-      var titleEnd = s.indexOf(quote, j + 1);
-      if (titleEnd === -1 || titleEnd >= end) return null;
-      j = titleEnd + 1;
-      while (j < end && (s[j] === " " || s[j] === "\t")) j++;
+    const beforeTitle = j;
+    while (j < s.length && isWhite(s[j])) j++;
+    const q = s[j];
+    if ((q === '"' || q === "'" || q === "(") && j > beforeTitle) {
+      const close = this.nextQuote(q === "(" ? ")" : q, j + 1);
+      if (close === -1) return null;
+      j = close + 1;
+      while (j < s.length && isWhite(s[j])) j++;
     }
     if (s[j] !== ")") return null;
-    return { url: url.replace(/\\([!-\/:-@\[-`{-~])/g, "$1"), end: j + 1 };
-  };
+    return { url: unescapeText(url), end: j + 1 };
+  }
 
-  /** Parse s[start, end) into `parent`. */
-  InlineParser.prototype.parse = function (start, end, parent, depth, inLink) {
-    var s = this.s, text = "", i = start;
-    var flush = function () {
-      appendText(parent, text);
+  parse() {
+    const s = this.s;
+    let i = 0, text = "";
+    const flush = () => {
+      this.text(text);
       text = "";
     };
-    while (i < end) {
-      var c = s[i];
-      if (c === "\\" && i + 1 < end && ESCAPABLE.test(s[i + 1])) {
-        text += s[i + 1];
-        i += 2;
+    while (i < s.length) {
+      const c = s[i];
+      if (c === "\\") {
+        const n = s[i + 1];
+        if (n === "\n") {
+          flush();
+          this.append({ type: "br" });
+          i += 2;
+          continue;
+        }
+        if (n !== undefined && ASCII_PUNCT.test(n)) {
+          text += n;
+          i += 2;
+          continue;
+        }
+        text += c;
+        i++;
+        continue;
+      }
+      if (c === "\n") {
+        flush();
+        this.append({ type: "br" });  // chat answers mean a newline as a newline
+        i++;
         continue;
       }
       if (c === "`") {
-        var ticks = Math.min(runLength(s, i, "`"), end - i);
-        var close = this.findBackticks(i + ticks, end, ticks);
+        const n = runOf(s, i, "`");
+        const close = this.closingTicks(i + n, n);
         if (close !== -1) {
           flush();
-          var code = el("code");
-          var content = s.slice(i + ticks, close).replace(/\n/g, " ");
-          if (content.length > 2 && content[0] === " " && content[content.length - 1] === " " && content.trim()) {
-            content = content.slice(1, -1);
+          let code = s.slice(i + n, close).replace(/\n/g, " ");
+          if (code.length > 2 && code[0] === " " && code[code.length - 1] === " " && code.trim()) {
+            code = code.slice(1, -1);
           }
-          code.textContent = content;
-          parent.appendChild(code);
-          i = close + ticks;
+          this.append({ type: "code", text: code });
+          i = close + n;
           continue;
         }
-        text += s.slice(i, i + ticks);
-        i += ticks;
+        text += s.slice(i, i + n);
+        i += n;
         continue;
       }
-      if (c === "*" || c === "_") {
-        var run = Math.min(runLength(s, i, c), end - i);
-        var next = s[i + run], prev = s[i - 1];
-        var leftFlanking = i + run < end && next !== undefined && !SPACE.test(next);
-        var boundaryOk = c !== "_" || i === start || prev === undefined || !WORD_CHAR.test(prev);
-        if (leftFlanking && boundaryOk && depth < MAX_DEPTH) {
-          var size = run >= 2 ? 2 : 1;
-          var closer = this.findCloser(i + size, end, c, size);
-          if (closer !== -1 && closer > i + size) {
+      if (c === "*" || c === "_" || c === "~") {
+        const n = runOf(s, i, c);
+        if (c === "~" && n > 2) {
+          text += s.slice(i, i + n);
+          i += n;
+          continue;
+        }
+        flush();
+        const before = i === 0 ? undefined : s[i - 1];
+        const after = s[i + n];
+        const left = !spaceLike(after) && (!punctLike(after) || spaceLike(before) || punctLike(before));
+        const right = !spaceLike(before) && (!punctLike(before) || spaceLike(after) || punctLike(after));
+        let canOpen = left, canClose = right;
+        if (c === "_") {
+          canOpen = left && (!right || punctLike(before));
+          canClose = right && (!left || punctLike(after));
+        }
+        const node = this.append({ type: "text", text: s.slice(i, i + n), delim: true });
+        if (canOpen || canClose) {
+          const d = { ch: c, node, n, orig: n, canOpen, canClose, prev: this.delims, next: null, active: true };
+          if (this.delims) this.delims.next = d;
+          this.delims = d;
+        }
+        i += n;
+        continue;
+      }
+      if (c === "!" && s[i + 1] === "[") {
+        flush();
+        const node = this.append({ type: "text", text: "![", delim: true });
+        this.brackets = { node, image: true, active: true, prev: this.brackets, delims: this.delims, start: i + 2 };
+        i += 2;
+        continue;
+      }
+      if (c === "[") {
+        // A footnote reference "[^label]".
+        if (s[i + 1] === "^") {
+          const close = this.nextPlain("]", i + 2);
+          if (close !== -1 && close - i <= 100) {
+            const label = s.slice(i + 2, close);
+            if (label && !/[\s\[]/.test(label)) {
+              flush();
+              this.append({ type: "fnref", label });
+              i = close + 1;
+              continue;
+            }
+          }
+        }
+        flush();
+        const node = this.append({ type: "text", text: "[", delim: true });
+        this.brackets = { node, image: false, active: true, prev: this.brackets, delims: this.delims, start: i + 1 };
+        i++;
+        continue;
+      }
+      if (c === "]") {
+        const opener = this.brackets;
+        if (!opener) {
+          text += c;
+          i++;
+          continue;
+        }
+        this.brackets = opener.prev;
+        const dest = opener.active && s[i + 1] === "(" && i - opener.start <= MAX_LABEL ? this.destination(i + 1) : null;
+        if (!dest) {
+          text += c;
+          i++;
+          continue;
+        }
+        flush();
+        const href = safeHref(dest.url);
+        // Emphasis inside the label is settled first, then the label's nodes move into the link.
+        this.processEmphasis(opener.delims);
+        const link = { type: opener.image ? "image" : "link", href, first: null, last: null, alt: "" };
+        if (opener.image) link.alt = unescapeText(s.slice(opener.start, i));
+        if (opener.node.next) {
+          link.first = opener.node.next;
+          link.last = this.tail;
+          opener.node.next = null;
+          link.first.prev = null;
+        }
+        this.tail = opener.node;
+        // The "[" node becomes the link.
+        Object.assign(opener.node, link);
+        delete opener.node.text;
+        if (!opener.image) for (let b = this.brackets; b; b = b.prev) if (!b.image) b.active = false;  // no links in links
+        i = dest.end;
+        continue;
+      }
+      if (c === "<") {
+        const close = this.nextPlain(">", i + 1);
+        if (close !== -1 && close - i <= MAX_URL + 1) {
+          const inner = s.slice(i + 1, close);
+          const href = /^https?:\/\/[^\s<>]+$/i.test(inner) ? safeHref(inner) : null;
+          if (href) {
             flush();
-            var node = el(size === 2 ? "strong" : "em");
-            this.parse(i + size, closer, node, depth + 1, inLink);
-            parent.appendChild(node);
-            i = closer + size;
+            this.append({ type: "link", href, first: null, last: null, label: inner });
+            i = close + 1;
             continue;
           }
         }
-        text += s.slice(i, i + run);
-        i += run;
+        text += c;
+        i++;
         continue;
       }
-      if (c === "[" && !inLink) {
-        var labelEnd = this.findLabelEnd(i, end);
-        var dest = labelEnd === -1 ? null : this.parseDestination(labelEnd + 1, end);
-        if (dest) {
+      if ((c === "h" || c === "H") && (i === 0 || !isWordChar(s[i - 1])) &&
+          !(i >= 2 && s[i - 1] === "(" && s[i - 2] === "]") && /^https?:\/\//i.test(s.slice(i, i + 8))) {
+        let j = i;
+        while (j < s.length && j - i < MAX_URL && !isWhite(s[j]) && s[j] !== "<" && s[j] !== ">" && s[j] !== '"') j++;
+        const url = trimUrl(s.slice(i, j));
+        const href = url.length > 8 ? safeHref(url) : null;
+        if (href) {
           flush();
-          var href = safeHref(dest.url);
-          if (href && depth < MAX_DEPTH) {
-            var a = makeLink(href);
-            this.parse(i + 1, labelEnd, a, depth + 1, true);
-            if (!a.firstChild) a.textContent = href;
-            parent.appendChild(a);
-          } else {
-            // Not an http(s) link (javascript:, data:, relative …): keep the words, drop the link.
-            this.parse(i + 1, labelEnd, parent, depth + 1, inLink);
-          }
-          i = dest.end;
+          this.append({ type: "link", href, first: null, last: null, label: url });
+          i += url.length;
           continue;
         }
-      }
-      if (c === "<" && !inLink) {
-        var auto = AUTOLINK.exec(s.slice(i, Math.min(end, i + MAX_URL + 2)));
-        var autoHref = auto && safeHref(auto[1]);
-        if (autoHref) {
-          flush();
-          var autoLink = makeLink(autoHref);
-          autoLink.textContent = auto[1];
-          parent.appendChild(autoLink);
-          i += auto[0].length;
-          continue;
-        }
-      }
-      // A bare URL; not right after "](": that is a link still arriving, shown as text until it closes.
-      if (c === "h" && !inLink && (i === start || !WORD_CHAR.test(s[i - 1])) &&
-          !(i - start >= 2 && s[i - 1] === "(" && s[i - 2] === "]") &&
-          (s.startsWith("http://", i) || s.startsWith("https://", i))) {
-        var bare = BARE_URL.exec(s.slice(i, Math.min(end, i + MAX_URL)));
-        if (bare) {
-          var url = trimUrl(bare[0]);
-          var bareHref = url.length > 8 ? safeHref(url) : null;
-          if (bareHref) {
-            flush();
-            var bareLink = makeLink(bareHref);
-            bareLink.textContent = url;
-            parent.appendChild(bareLink);
-            i += url.length;
-            continue;
-          }
-        }
+        text += s.slice(i, j);
+        i = j;
+        continue;
       }
       text += c;
       i++;
     }
     flush();
-  };
+    this.processEmphasis(null);
+    return this.head.next;
+  }
 
-  /** A bare URL without the sentence punctuation that follows it. */
-  function trimUrl(url) {
-    for (;;) {
-      var last = url[url.length - 1];
-      if (/[.,;:!?'"*_\]]/.test(last)) {
-        url = url.slice(0, -1);
-      } else if (last === ")" && url.split("(").length <= url.split(")").length - 1) {
-        url = url.slice(0, -1);
+  /** CommonMark "process emphasis" above `bottom` (a delimiter, or null for the whole stack). */
+  processEmphasis(bottom) {
+    // The lowest closer, then openers_bottom per (char, canOpen, length mod 3) so no run is rescanned.
+    let closer = this.delims;
+    while (closer && closer.prev !== bottom) closer = closer.prev;
+    if (!bottom && closer) while (closer.prev) closer = closer.prev;
+    if (bottom && closer === null) return;
+    const openersBottom = Object.create(null);
+    while (closer) {
+      if (!closer.canClose) {
+        closer = closer.next;
+        continue;
+      }
+      const key = closer.ch + (closer.canOpen ? "1" : "0") + (closer.orig % 3);
+      const floor = key in openersBottom ? openersBottom[key] : bottom;
+      let opener = closer.prev, found = false;
+      while (opener && opener !== floor && opener !== bottom) {
+        if (opener.ch === closer.ch && opener.canOpen) {
+          const odd = (opener.canClose || closer.canOpen) && (opener.orig + closer.orig) % 3 === 0 &&
+                      !(opener.orig % 3 === 0 && closer.orig % 3 === 0);
+          const tildeOk = closer.ch !== "~" || opener.n === closer.n;
+          if (!odd && tildeOk) {
+            found = true;
+            break;
+          }
+        }
+        opener = opener.prev;
+      }
+      if (!found) {
+        openersBottom[key] = closer.prev;
+        const next = closer.next;
+        if (!closer.canOpen) this.removeDelim(closer);
+        closer = next;
+        continue;
+      }
+      const use = closer.ch === "~" ? closer.n : closer.n >= 2 && opener.n >= 2 ? 2 : 1;
+      opener.n -= use;
+      closer.n -= use;
+      opener.node.text = opener.node.text.slice(0, opener.n);
+      closer.node.text = closer.node.text.slice(0, closer.n);
+      const type = closer.ch === "~" ? "del" : use === 2 ? "strong" : "em";
+      const wrap = { type, first: opener.node.next, last: closer.node.prev, prev: opener.node, next: closer.node };
+      if (wrap.first === closer.node) {
+        wrap.first = wrap.last = null;
       } else {
-        return url;
+        wrap.first.prev = null;
+        wrap.last.next = null;
+      }
+      opener.node.next = wrap;
+      closer.node.prev = wrap;
+      // Delimiters between opener and closer can no longer match anything.
+      for (let d = closer.prev; d && d !== opener; ) {
+        const p = d.prev;
+        this.removeDelim(d);
+        d = p;
+      }
+      if (opener.n === 0) {
+        this.removeNode(opener.node);
+        this.removeDelim(opener);
+      }
+      if (closer.n === 0) {
+        const next = closer.next;
+        this.removeNode(closer.node);
+        this.removeDelim(closer);
+        closer = next;
+      }
+    }
+    // Whatever is left above the bottom stays text.
+    while (this.delims && this.delims !== bottom) this.removeDelim(this.delims);
+  }
+
+  removeDelim(d) {
+    if (d.prev) d.prev.next = d.next;
+    if (d.next) d.next.prev = d.prev;
+    if (this.delims === d) this.delims = d.prev;
+    d.prev = d.next = null;
+  }
+
+  removeNode(node) {
+    if (node.prev) node.prev.next = node.next;
+    if (node.next) node.next.prev = node.prev;
+    if (this.tail === node) this.tail = node.prev;
+  }
+}
+
+/** A bare URL without the sentence punctuation that follows it. */
+function trimUrl(url) {
+  let end = url.length, open = 0, close = 0;
+  for (let i = 0; i < end; i++) {
+    if (url[i] === "(") open++;
+    else if (url[i] === ")") close++;
+  }
+  while (end > 0) {
+    const last = url[end - 1];
+    if (".,;:!?'*_~]".indexOf(last) !== -1) {
+      end--;
+    } else if (last === ")" && close > open) {
+      close--;
+      end--;
+    } else {
+      break;
+    }
+  }
+  return url.slice(0, end);
+}
+
+/**
+ * The linked list from `first` as plain token arrays, depth-capped: emphasis or links deeper
+ * than MAX_DEPTH are flattened into their parent, so rendering never recurses without bound.
+ * Iterative, with an explicit stack, for the same reason.
+ */
+function toTokens(first, depth) {
+  const root = [];
+  const stack = [{ node: first, out: root, depth }];
+  while (stack.length) {
+    const top = stack[stack.length - 1];
+    const node = top.node;
+    if (!node) {
+      stack.pop();
+      continue;
+    }
+    top.node = node.next;
+    const out = top.out;
+    switch (node.type) {
+      case "text":
+        if (node.text) {
+          const last = out[out.length - 1];
+          if (last && last.type === "text") last.text += node.text;
+          else out.push({ type: "text", text: node.text });
+        }
+        break;
+      case "br":
+        out.push({ type: "br" });
+        break;
+      case "code":
+        out.push({ type: "code", text: node.text });
+        break;
+      case "fnref":
+        out.push({ type: "fnref", label: node.label });
+        break;
+      case "image":
+        out.push({ type: "image", href: node.href, alt: node.alt });
+        break;
+      case "link":
+        if (node.label !== undefined && !node.first) {
+          out.push({ type: "link", href: node.href, children: [{ type: "text", text: node.label }] });
+          break;
+        }
+      // falls through
+      default: {
+        // strong / em / del / link with children
+        if (top.depth >= MAX_DEPTH || (node.type === "link" && !node.href)) {
+          stack.push({ node: node.first, out, depth: top.depth });  // flattened: children only
+          break;
+        }
+        const token = node.type === "link" ? { type: "link", href: node.href, children: [] } : { type: node.type, children: [] };
+        out.push(token);
+        stack.push({ node: node.first, out: token.children, depth: top.depth + 1 });
       }
     }
   }
+  return root;
+}
 
-  function renderInline(text, parent, depth) {
-    new InlineParser(text).parse(0, text.length, parent, depth, false);
-  }
+/** The inline tokens of one block's text. */
+export function parseInline(text, depth = 0) {
+  const s = String(text == null ? "" : text);
+  if (!s) return [];
+  return toTokens(new Inline(s).parse(), depth);
+}
 
-  // ---------------------------------------------------------------------------
-  // Entry point
-  // ---------------------------------------------------------------------------
-
-  /** The answer `text` as safe DOM nodes (see the top of this file for what can appear). */
-  function render(text) {
-    var fragment = document.createDocumentFragment();
-    var source = String(text == null ? "" : text).replace(/\r\n?/g, "\n").replace(/\u0000/g, "\uFFFD");
-    renderBlocks(source.split("\n"), fragment, 0, false);
-    return fragment;
-  }
-
-  var api = { render: render, safeHref: safeHref };
-  if (Object.freeze) Object.freeze(api);
-  global.GlooMarkdown = api;
-})(window);
+export const limits = Object.freeze({ MAX_DEPTH, MAX_URL, MAX_LABEL, MAX_PARENS, MAX_COLUMNS });

@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: MIT
+/* gloo-stream: markdown tokens (markdown.js) to elements, and the view of an answer as it streams.
+ *
+ *   renderMarkdown(text)         -> DocumentFragment of the whole text
+ *   new AnswerView(element)      .update(text) while streaming, .finish(text) at the end
+ *
+ * Only createElement/textContent: the model's text never becomes markup. Elements made here:
+ * H1-H6 P STRONG EM DEL CODE PRE OL UL LI A BR HR BLOCKQUOTE TABLE THEAD TBODY TR TH TD SUP SPAN
+ * DIV, BUTTON (copy a code block) and a disabled checkbox INPUT (task lists). Attributes: href
+ * (absolute http/https only, from safeHref), rel, target, title, class, start, type, disabled,
+ * checked, aria-label.
+ */
+import { parse, parseIncremental } from "./markdown.js";
+import { highlight, languageName } from "./highlight.js";
+
+const IMAGE_NOTE = "Images are not loaded here: the page's security policy blocks remote images. " +
+  "Open the link to see it.";
+
+function el(tag, className) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  return node;
+}
+
+function link(href) {
+  const a = el("a");
+  a.setAttribute("href", href);
+  a.setAttribute("rel", "noopener noreferrer");
+  a.setAttribute("target", "_blank");
+  return a;
+}
+
+/** Inline tokens into `parent`; inside a link, links and images become their words (no nested A). */
+function appendInline(tokens, parent, inLink = false) {
+  for (const t of tokens) {
+    switch (t.type) {
+      case "text":
+        parent.appendChild(document.createTextNode(t.text));
+        break;
+      case "br":
+        parent.appendChild(el("br"));
+        break;
+      case "code": {
+        const code = el("code");
+        code.textContent = t.text;
+        parent.appendChild(code);
+        break;
+      }
+      case "strong":
+      case "em":
+      case "del": {
+        const node = el(t.type);
+        appendInline(t.children, node, inLink);
+        parent.appendChild(node);
+        break;
+      }
+      case "link": {
+        if (inLink) {
+          appendInline(t.children, parent, true);
+          break;
+        }
+        const a = link(t.href);
+        appendInline(t.children, a, true);
+        if (!a.firstChild) a.textContent = t.href;
+        parent.appendChild(a);
+        break;
+      }
+      case "image": {
+        const label = "Image" + (t.alt ? ": " + t.alt : "");
+        if (t.href && !inLink) {
+          const a = link(t.href);
+          a.className = "md-image";
+          a.setAttribute("title", IMAGE_NOTE);
+          a.textContent = label;
+          const note = el("span", "md-image-note");
+          note.textContent = " (not shown: this page loads no remote images)";
+          parent.append(a, note);
+        } else {
+          const span = el("span", "md-image");
+          span.textContent = "[" + label + "]";
+          parent.appendChild(span);
+        }
+        break;
+      }
+      case "fnref": {
+        const sup = el("sup", "fnref");
+        sup.textContent = "[" + t.label + "]";
+        parent.appendChild(sup);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+function codeBlock(block) {
+  const box = el("div", "code-block");
+  const head = el("div", "code-head");
+  const label = el("span", "code-lang");
+  label.textContent = languageName(block.lang) || block.lang || "text";
+  const copy = el("button", "copy-code");
+  copy.type = "button";
+  copy.textContent = "Copy";
+  copy.setAttribute("aria-label", "Copy the " + label.textContent + " code");
+  head.append(label, copy);
+  const pre = el("pre");
+  const code = el("code");
+  if (block.lang) code.className = "language-" + block.lang;
+  for (const token of highlight(block.text, block.lang)) {
+    if (token.kind) {
+      const span = el("span", "tok-" + token.kind);
+      span.textContent = token.text;
+      code.appendChild(span);
+    } else {
+      code.appendChild(document.createTextNode(token.text));
+    }
+  }
+  pre.appendChild(code);
+  box.append(head, pre);
+  return box;
+}
+
+function table(block) {
+  const wrap = el("div", "table-wrap");
+  const t = el("table");
+  const cell = (tag, tokens, c) => {
+    const node = el(tag, block.align[c] ? "align-" + block.align[c] : "");
+    appendInline(tokens, node);
+    return node;
+  };
+  const thead = el("thead");
+  const headRow = el("tr");
+  block.head.forEach((tokens, c) => headRow.appendChild(cell("th", tokens, c)));
+  thead.appendChild(headRow);
+  t.appendChild(thead);
+  if (block.rows.length) {
+    const tbody = el("tbody");
+    for (const row of block.rows) {
+      const tr = el("tr");
+      row.forEach((tokens, c) => tr.appendChild(cell("td", tokens, c)));
+      tbody.appendChild(tr);
+    }
+    t.appendChild(tbody);
+  }
+  wrap.appendChild(t);
+  return wrap;
+}
+
+/** One block's element. In a tight list item, paragraphs are inline (no P). */
+function blockElement(block, tight) {
+  switch (block.type) {
+    case "paragraph": {
+      const p = el("p");
+      appendInline(block.inline, p);
+      return p;
+    }
+    case "heading": {
+      const h = el("h" + block.level);
+      appendInline(block.inline, h);
+      return h;
+    }
+    case "code":
+      return codeBlock(block);
+    case "hr":
+      return el("hr");
+    case "blockquote": {
+      const q = el("blockquote");
+      appendBlocks(block.children, q, false);
+      return q;
+    }
+    case "footnote": {
+      const box = el("div", "footnote");
+      const label = el("sup", "footnote-label");
+      label.textContent = block.label;
+      box.appendChild(label);
+      appendBlocks(block.children, box, true);
+      return box;
+    }
+    case "list": {
+      const list = el(block.ordered ? "ol" : "ul");
+      if (block.ordered && block.start !== 1) list.setAttribute("start", String(block.start));
+      for (const item of block.items) {
+        const li = el("li");
+        if (item.task !== null) {
+          li.className = "task";
+          list.classList.add("task-list");
+          const box = el("input");
+          box.type = "checkbox";
+          box.disabled = true;
+          box.checked = item.task;
+          box.setAttribute("aria-label", item.task ? "done" : "not done");
+          li.appendChild(box);
+        }
+        appendBlocks(item.children, li, !block.loose);
+        list.appendChild(li);
+      }
+      return list;
+    }
+    case "table":
+      return table(block);
+    default:
+      return null;
+  }
+}
+
+function appendBlocks(blocks, parent, tight) {
+  let inlineBefore = false;
+  for (const block of blocks) {
+    if (tight && block.type === "paragraph") {
+      if (inlineBefore) parent.appendChild(el("br"));
+      appendInline(block.inline, parent);
+      inlineBefore = true;
+      continue;
+    }
+    const node = blockElement(block, tight);
+    if (node) parent.appendChild(node);
+    inlineBefore = false;
+  }
+}
+
+/** The whole of `text` as elements. */
+export function renderMarkdown(text) {
+  const fragment = document.createDocumentFragment();
+  appendBlocks(parse(text), fragment, false);
+  return fragment;
+}
+
+/** Where the blinking cursor goes: the end of the last block that holds text. */
+function cursorHost(root) {
+  let host = root;
+  for (;;) {
+    const last = host.lastElementChild;
+    if (!last || host.lastChild !== last || !/^(P|H[1-6]|UL|OL|LI|PRE|CODE|BLOCKQUOTE|DIV|TABLE|TBODY|THEAD|TR|TD|TH)$/.test(last.nodeName)) {
+      return host;
+    }
+    if (last.classList.contains("code-head")) return host;
+    host = last;
+  }
+}
+
+/**
+ * An answer being written: blocks that can no longer change are rendered once and kept; only the
+ * open block (usually the last paragraph, list or code block) is rendered again on each update.
+ */
+export class AnswerView {
+  constructor(element) {
+    this.element = element;
+    this.offset = 0;      // characters of the text already rendered as finished blocks
+    this.live = [];       // the elements of the open blocks
+    this.cursor = null;
+    element.replaceChildren();
+  }
+
+  /** Show `text` (the whole answer so far); `streaming` adds the cursor. */
+  update(text, streaming = true) {
+    const step = parseIncremental(text.slice(this.offset));
+    for (const node of this.live) node.remove();
+    if (step.done.length) {
+      const fragment = document.createDocumentFragment();
+      appendBlocks(step.done, fragment, false);
+      this.element.appendChild(fragment);
+      this.offset += step.doneLength;
+    }
+    const open = document.createDocumentFragment();
+    appendBlocks(step.open, open, false);
+    this.live = Array.from(open.childNodes);
+    if (streaming) {
+      if (!this.cursor) {
+        this.cursor = el("span", "cursor");
+        this.cursor.setAttribute("aria-hidden", "true");
+      }
+      const host = this.live.length ? cursorHost(open) : open;
+      (host === open ? open : host).appendChild(this.cursor);
+      if (host === open) this.live.push(this.cursor);
+    }
+    this.element.appendChild(open);
+  }
+
+  /** The final rendering: the open blocks once more, without the cursor. */
+  finish(text) {
+    this.update(text, false);
+    if (this.cursor) this.cursor.remove();
+  }
+}

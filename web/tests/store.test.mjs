@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+// node --test web/tests/ : conversations in storage (web/store.js), with an in-memory Storage.
+import test from "node:test";
+import assert from "node:assert/strict";
+import { load } from "./load.mjs";
+
+const { ChatStore, CHATS_KEY, OPTIONS_KEY, MAX_CHATS, MAX_CHARS } = await load("store.js");
+
+function memoryStorage(quota = Infinity) {
+  const items = new Map();
+  return {
+    items,
+    getItem: (key) => (items.has(key) ? items.get(key) : null),
+    setItem: (key, value) => {
+      const size = [...items].reduce((n, [k, v]) => n + (k === key ? 0 : v.length), 0) + String(value).length;
+      if (size > quota) {
+        const error = new Error("quota");
+        error.name = "QuotaExceededError";
+        throw error;
+      }
+      items.set(key, String(value));
+    },
+    removeItem: (key) => items.delete(key),
+  };
+}
+
+function ask(store, chat, q, a = "answer") {
+  chat.turns.push({ q, a });
+  if (!chat.title) chat.title = q;
+  store.save(chat);
+}
+
+test("a new chat is not stored until it has a question; the current one comes back", () => {
+  const storage = memoryStorage();
+  const store = new ChatStore(storage);
+  const chat = store.current();
+  assert.equal(store.list().length, 0);
+  ask(store, chat, "first");
+  const again = new ChatStore(storage);
+  assert.equal(again.current().id, chat.id);
+  assert.deepEqual(again.current().turns, [{ q: "first", a: "answer" }]);
+});
+
+test("new chat keeps the old one; remove picks the newest left", () => {
+  const storage = memoryStorage();
+  const store = new ChatStore(storage);
+  const one = store.current();
+  ask(store, one, "one");
+  const two = store.create();
+  ask(store, two, "two");
+  assert.deepEqual(store.list().map((c) => c.title).sort(), ["one", "two"]);
+  store.remove(two.id);
+  assert.equal(new ChatStore(storage).current().id, one.id);
+});
+
+test("at most MAX_CHATS conversations and about MAX_CHARS characters; the oldest go", () => {
+  const storage = memoryStorage();
+  const store = new ChatStore(storage);
+  const ids = [];
+  for (let i = 0; i < MAX_CHATS + 10; i++) {
+    const chat = store.create();
+    ask(store, chat, "q" + i, "a".repeat(40000));
+    ids.push(chat.id);
+  }
+  const again = new ChatStore(storage);
+  assert.ok(again.list().length <= MAX_CHATS);
+  assert.ok(storage.getItem(CHATS_KEY).length <= MAX_CHARS + 1000);
+  assert.equal(again.get(ids[0]), null, "the oldest is gone");
+  assert.notEqual(again.get(ids[ids.length - 1]), null, "the newest stays");
+});
+
+test("one conversation alone over the bound loses its oldest exchanges", () => {
+  const store = new ChatStore(memoryStorage());
+  const chat = store.current();
+  for (let i = 0; i < 40; i++) ask(store, chat, "q" + i, "b".repeat(60000));
+  assert.ok(chat.turns.length < 40 && chat.turns.length > 1);
+  assert.equal(chat.turns[chat.turns.length - 1].q, "q39");
+});
+
+test("over the browser's quota, older conversations go until it fits", () => {
+  const storage = memoryStorage(200000);
+  const store = new ChatStore(storage);
+  for (let i = 0; i < 10; i++) ask(store, store.create(), "q" + i, "c".repeat(30000));
+  const again = new ChatStore(storage);
+  assert.ok(again.list().length >= 1 && again.list().length < 10);
+  assert.equal(again.list()[0].title, "q9");
+});
+
+test("no storage, or unreadable storage: everything still works in memory", () => {
+  const store = new ChatStore(null);
+  const chat = store.current();
+  ask(store, chat, "q");
+  assert.equal(store.list().length, 1);
+  assert.deepEqual(store.options(), {});
+  const broken = memoryStorage();
+  broken.items.set(CHATS_KEY, "{not json");
+  assert.equal(new ChatStore(broken).list().length, 0);
+  broken.items.set(CHATS_KEY, JSON.stringify({ chats: [{ id: 1 }, { id: "ok", turns: [] }, null] }));
+  assert.deepEqual(new ChatStore(broken).list().map((c) => c.id), ["ok"]);
+});
+
+test("options are remembered", () => {
+  const storage = memoryStorage();
+  new ChatStore(storage).saveOptions({ model_family: "anthropic", tradition: "catholic" });
+  assert.deepEqual(new ChatStore(storage).options(), { model_family: "anthropic", tradition: "catholic" });
+  assert.ok(storage.items.has(OPTIONS_KEY));
+});
