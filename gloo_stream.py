@@ -41,7 +41,8 @@ import urllib.parse
 import urllib.request
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Iterator, Mapping, Sequence
 
 try:
     import ssl
@@ -120,12 +121,12 @@ log.addHandler(logging.NullHandler())  # a library stays quiet unless the applic
 # Secrets: registered values are scrubbed from every message this module builds
 # ---------------------------------------------------------------------------
 
-_secrets: Tuple[str, ...] = ()  # longest first; replaced whole, so reading it needs no lock
+_secrets: tuple[str, ...] = ()  # longest first; replaced whole, so reading it needs no lock
 _secrets_lock = threading.Lock()
-_secret_owners: Dict[str, int] = {}  # each live secret and how many owners registered it
+_secret_owners: dict[str, int] = {}  # each live secret and how many owners registered it
 
 
-def _register_secret(value: Optional[str]) -> None:
+def _register_secret(value: str | None) -> None:
     """Scrub `value` from every message until each owner that registered it has forgotten it."""
     # Short values would scrub ordinary words; real secrets and tokens are long.
     global _secrets
@@ -136,7 +137,7 @@ def _register_secret(value: Optional[str]) -> None:
                 _secrets = tuple(sorted(_secret_owners, key=len, reverse=True))
 
 
-def _forget_secret(value: Optional[str]) -> None:
+def _forget_secret(value: str | None) -> None:
     """One owner no longer holds `value` (a replaced token, a client gone): the registry stays small."""
     global _secrets
     with _secrets_lock:
@@ -150,7 +151,7 @@ def _forget_secret(value: Optional[str]) -> None:
         _secrets = tuple(sorted(_secret_owners, key=len, reverse=True))
 
 
-def _forget_secrets(values: List[str]) -> None:
+def _forget_secrets(values: list[str]) -> None:
     for value in values:
         _forget_secret(value)
     values.clear()
@@ -190,7 +191,7 @@ class ConfigurationError(GlooError):
 class TokenError(GlooError):
     """The OAuth2 token endpoint refused, failed or answered something unusable."""
 
-    def __init__(self, message: str, *, status: Optional[int] = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
@@ -210,8 +211,8 @@ class APIStatusError(GlooError):
         *,
         status: int,
         body: str = "",
-        headers: Optional[Mapping[str, str]] = None,
-        retry_after: Optional[float] = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -219,8 +220,8 @@ class APIStatusError(GlooError):
         self.headers = _redacted_headers(headers)
         self.retry_after = retry_after
         parsed = _parse_error_body(self.body)
-        self.code: Optional[str] = parsed.code
-        self.detail: Optional[List[dict]] = parsed.detail
+        self.code: str | None = parsed.code
+        self.detail: list[dict] | None = parsed.detail
         self.reason = parsed.text  # the body's own words for people ("" when it has none)
         self.spend_limit = status == 429 and parsed.spend_limit
 
@@ -282,7 +283,7 @@ class StreamError(GlooError):
 
     retryable = True
 
-    def __init__(self, message: str, *, text: str = "", result: Optional["ChatResult"] = None) -> None:
+    def __init__(self, message: str, *, text: str = "", result: ChatResult | None = None) -> None:
         super().__init__(message)
         self.text = text
         self.result = result
@@ -304,7 +305,7 @@ class ProviderError(StreamError):
         message: str,
         *,
         text: str = "",
-        result: Optional["ChatResult"] = None,
+        result: ChatResult | None = None,
         code: Any = None,
         name: str = "",
     ) -> None:
@@ -320,8 +321,8 @@ class EventTooLargeError(StreamError):
 
 
 class _ErrorBody(NamedTuple):
-    code: Optional[str]
-    detail: Optional[List[dict]]
+    code: str | None
+    detail: list[dict] | None
     text: str
     spend_limit: bool
 
@@ -350,7 +351,7 @@ def _parse_error_body(body: str) -> _ErrorBody:
         if code is None:
             code = error.get("code") if error.get("code") is not None else error.get("type")
     detail = data.get("detail")
-    items: Optional[List[dict]] = None
+    items: list[dict] | None = None
     if isinstance(detail, list):
         items = [item for item in detail if isinstance(item, dict)]
         described = [_describe_validation(item) for item in items]
@@ -639,7 +640,7 @@ class SSEDecoder:
 # ---------------------------------------------------------------------------
 
 
-def _first_choice(chunk: Any) -> Optional[dict]:
+def _first_choice(chunk: Any) -> dict | None:
     if not isinstance(chunk, dict):
         return None
     choices = chunk.get("choices")
@@ -669,7 +670,7 @@ class StreamOutcome:
     """
 
     kind: str
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
     error_name: str = ""
     error_code: Any = None
     message: str = ""
@@ -680,7 +681,7 @@ class StreamOutcome:
         """True when the answer is whole (it may still have been stopped by a filter or a length)."""
         return self.kind == "finished"
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields, plus `complete`."""
         return {"kind": self.kind, "finish_reason": self.finish_reason, "complete": self.complete,
                 "error_name": self.error_name, "error_code": self.error_code, "message": self.message,
@@ -695,23 +696,23 @@ class ChatResult:
     token_count: int = 0
     duration_ms: int = 0
     finish_reason: str = "unknown"
-    ttft_ms: Optional[int] = None
-    model: Optional[str] = None
-    usage: Optional[dict] = None
-    tool_calls: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    id: Optional[str] = None
-    provider: Optional[str] = None
-    sources: List[dict] = field(default_factory=list)
-    sources_returned: Optional[bool] = None
-    model_family: Optional[str] = None
-    routing_mechanism: Optional[str] = None
-    routing_tier: Optional[str] = None
-    routing_confidence: Optional[float] = None
-    tradition: Optional[str] = None
-    outcome: Optional[StreamOutcome] = None
+    ttft_ms: int | None = None
+    model: str | None = None
+    usage: dict | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    error: str | None = None
+    id: str | None = None
+    provider: str | None = None
+    sources: list[dict] = field(default_factory=list)
+    sources_returned: bool | None = None
+    model_family: str | None = None
+    routing_mechanism: str | None = None
+    routing_tier: str | None = None
+    routing_confidence: float | None = None
+    tradition: str | None = None
+    outcome: StreamOutcome | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A plain dict (the shape `stream_completion` returns)."""
         return {
             "text": self.text,
@@ -749,34 +750,34 @@ class ChatAccumulator:
     """
 
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
-                 started: Optional[float] = None) -> None:
+                 started: float | None = None) -> None:
         self._clock = clock
         self.started = clock() if started is None else started
-        self.first_token_at: Optional[float] = None
-        self.finished_at: Optional[float] = None
-        self._parts: List[str] = []
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self._parts: list[str] = []
         self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
         self.token_count = 0
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
         self.done = False  # `data: [DONE]` seen
-        self.model: Optional[str] = None
-        self.id: Optional[str] = None
-        self.provider: Optional[str] = None
-        self.model_family: Optional[str] = None
-        self.routing_mechanism: Optional[str] = None
-        self.routing_tier: Optional[str] = None
-        self.routing_confidence: Optional[float] = None
-        self.tradition: Optional[str] = None
-        self.usage: Optional[dict] = None
-        self.sources: List[dict] = []
-        self.sources_returned: Optional[bool] = None
-        self.server_ttft_ms: Optional[int] = None
-        self.error: Optional[dict] = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.provider: str | None = None
+        self.model_family: str | None = None
+        self.routing_mechanism: str | None = None
+        self.routing_tier: str | None = None
+        self.routing_confidence: float | None = None
+        self.tradition: str | None = None
+        self.usage: dict | None = None
+        self.sources: list[dict] = []
+        self.sources_returned: bool | None = None
+        self.server_ttft_ms: int | None = None
+        self.error: dict | None = None
         self.skipped_events = 0  # events whose data was not JSON
-        self._tools: Dict[int, dict] = {}
+        self._tools: dict[int, dict] = {}
         # The chunks of the batch ChatStream.read_batch() just folded: a caller may still hand them
         # to add() the old way (parse the batch, then add() each chunk); they are not folded twice.
-        self._unclaimed: List[dict] = []
+        self._unclaimed: list[dict] = []
         self._claimed = 0
 
     @property
@@ -787,12 +788,12 @@ class ChatAccumulator:
         return self._parts[0] if self._parts else ""
 
     @property
-    def tool_calls(self) -> List[dict]:
+    def tool_calls(self) -> list[dict]:
         """Tool calls merged by index, in index order."""
         return [self._tools[index] for index in sorted(self._tools)]
 
     @property
-    def ttft_ms(self) -> Optional[int]:
+    def ttft_ms(self) -> int | None:
         """Milliseconds from the start to the first content token, as the client saw it."""
         if self.first_token_at is None:
             return None
@@ -803,7 +804,7 @@ class ChatAccumulator:
         """True once the answer can grow no more: a finish_reason, `[DONE]` or an error came."""
         return self.finish_reason is not None or self.done or self.error is not None
 
-    def add_event(self, event: ServerSentEvent) -> Optional[dict]:
+    def add_event(self, event: ServerSentEvent) -> dict | None:
         """Interpret one event: `[DONE]`, a JSON chunk, `event: error`, the grounded citations event.
 
         Returns the chunk dict it carried, or None (`[DONE]`, data that is not a JSON object).
@@ -916,7 +917,7 @@ class ChatAccumulator:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             self.routing_confidence = float(value)
 
-    def _add_sources(self, items: List[Any]) -> None:
+    def _add_sources(self, items: list[Any]) -> None:
         for item in items:
             source = _source_fields(item)
             if source is not None:
@@ -947,7 +948,7 @@ class ChatAccumulator:
             if isinstance(arguments, str):
                 merged["function"]["arguments"] += arguments
 
-    def outcome(self, ended: bool = False, failure: Optional[str] = None, *, error_name: str = "",
+    def outcome(self, ended: bool = False, failure: str | None = None, *, error_name: str = "",
                 retryable: bool = True) -> StreamOutcome:
         """The verdict so far. `ended`: the body ended (or the stream was closed); `failure`: why the
         transport failed, if it did. A finished answer stays finished whatever the transport did after.
@@ -965,7 +966,7 @@ class ChatAccumulator:
                                  "the stream ended before the answer finished", retryable)
         return StreamOutcome("streaming")
 
-    def result(self, *, error: Optional[str] = None, outcome: Optional[StreamOutcome] = None) -> ChatResult:
+    def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ChatResult:
         """A snapshot of what has been accumulated (`outcome` defaults to `self.outcome()`)."""
         end = self.finished_at if self.finished_at is not None else self._clock()
         if outcome is None:
@@ -995,12 +996,12 @@ class ChatAccumulator:
         )
 
 
-def _copy_tool_calls(calls: List[dict]) -> List[dict]:
+def _copy_tool_calls(calls: list[dict]) -> list[dict]:
     """Copies deep enough that a caller changing one never changes the accumulator's."""
     return [dict(call, function=dict(call["function"])) for call in calls]
 
 
-def _first_text(item: Mapping[str, Any], keys: Sequence[str]) -> Optional[str]:
+def _first_text(item: Mapping[str, Any], keys: Sequence[str]) -> str | None:
     for key in keys:
         value = item.get(key)
         if isinstance(value, str) and value:
@@ -1008,7 +1009,7 @@ def _first_text(item: Mapping[str, Any], keys: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _source_fields(item: Any) -> Optional[dict]:
+def _source_fields(item: Any) -> dict | None:
     """One citation as a dict with at least `title` and `url` (None when the item is unusable).
 
     Liberal in what it takes: `url`/`link`/`uri`/`source_url` for the address, `title`/`name` for
@@ -1225,7 +1226,7 @@ class _SocketReader:
     by its first timeout).
     """
 
-    def __init__(self, file: Any, sock: socket.socket, *, deadline: Optional[float] = None) -> None:
+    def __init__(self, file: Any, sock: socket.socket, *, deadline: float | None = None) -> None:
         self._file = file  # the makefile() object: it keeps the socket open while the response lives
         self._sock = sock
         self._buf = b""
@@ -1302,7 +1303,7 @@ class _SocketReader:
             return b""
         return self._take(n)
 
-    def read(self, n: Optional[int] = -1) -> bytes:
+    def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
             parts = [self._take(-1)]
             while self._fill():
@@ -1358,7 +1359,7 @@ class _ChunkedDecoder:
     def feed(self, data: bytes) -> bytes:
         """The body bytes that `data` completes; raises ValueError on broken framing."""
         buf = self._buf + data if self._buf else data
-        out: List[bytes] = []
+        out: list[bytes] = []
         pos, end = 0, len(buf)
         while pos < end and self._state != self._DONE:
             state = self._state
@@ -1403,7 +1404,7 @@ class _ChunkedDecoder:
 class _BodyReader:
     """One socket read's worth of a streaming response's body at a time (ChatStream reads through it)."""
 
-    def __init__(self, response: "_StreamingResponse") -> None:
+    def __init__(self, response: _StreamingResponse) -> None:
         self._response = response
 
     @property
@@ -1439,15 +1440,15 @@ class _StreamingResponse(http.client.HTTPResponse):
     keeps the connection alive, the connection goes back to its pool; otherwise it is closed.
     """
 
-    def __init__(self, sock: socket.socket, *args: Any, deadline: Optional[float] = None, **kwargs: Any) -> None:
+    def __init__(self, sock: socket.socket, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         # Nothing has been read yet, so nothing is lost by swapping the reader.
         self.fp = _SocketReader(self.fp, sock, deadline=deadline)  # type: ignore[assignment]
-        self._chunks: Optional[_ChunkedDecoder] = None
-        self._left: Optional[int] = None
+        self._chunks: _ChunkedDecoder | None = None
+        self._left: int | None = None
         self._pending = b""  # decoded body bytes a sized read has not returned yet
         self.body_eof = False
-        self._release: Optional[Callable[[bool], None]] = None  # set by the pool: called once at close
+        self._release: Callable[[bool], None] | None = None  # set by the pool: called once at close
 
     def begin(self) -> None:
         super().begin()
@@ -1494,7 +1495,7 @@ class _StreamingResponse(http.client.HTTPResponse):
             self.body_eof = self._left == 0
         return raw
 
-    def read(self, amt: Optional[int] = None) -> bytes:
+    def read(self, amt: int | None = None) -> bytes:
         if amt is None or amt < 0:
             parts = [self.read_some()]
             while not self.body_eof:
@@ -1525,7 +1526,7 @@ class _StreamingResponse(http.client.HTTPResponse):
         buffer[: len(data)] = data
         return len(data)
 
-    def readline(self, limit: Optional[int] = -1) -> bytes:
+    def readline(self, limit: int | None = -1) -> bytes:
         limit = -1 if limit is None else limit
         line = b""
         while limit < 0 or len(line) < limit:
@@ -1579,8 +1580,8 @@ class _StreamingResponse(http.client.HTTPResponse):
 class _PooledHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection that can be lent out again; its responses are _StreamingResponses."""
 
-    headers_deadline: Optional[float] = None  # when the next response must have begun (time.monotonic)
-    reader: Optional[_SocketReader] = None  # the reader of the last response begun on this connection
+    headers_deadline: float | None = None  # when the next response must have begun (time.monotonic)
+    reader: _SocketReader | None = None  # the reader of the last response begun on this connection
 
     def response_class(self, sock: socket.socket, *args: Any, **kwargs: Any) -> _StreamingResponse:  # type: ignore[override]
         # http.client builds each response with self.response_class(...): as a method it can
@@ -1594,7 +1595,7 @@ class _PooledHTTPSConnection(_PooledHTTPConnection, http.client.HTTPSConnection)
     """The same over TLS, with the client's one TLS context."""
 
 
-_PoolKey = Tuple[str, str, str]  # scheme, host:port, proxy ("" when none)
+_PoolKey = tuple[str, str, str]  # scheme, host:port, proxy ("" when none)
 
 
 class _ConnectionPool:
@@ -1609,17 +1610,17 @@ class _ConnectionPool:
         self.size = max(0, int(size))
         self.idle_timeout = idle_timeout
         self._clock = clock
-        self._idle: Dict[_PoolKey, List[Tuple[float, _PooledHTTPConnection]]] = {}
+        self._idle: dict[_PoolKey, list[tuple[float, _PooledHTTPConnection]]] = {}
         self._lock = threading.Lock()
         self.opened = 0  # connections opened, for benchmarks and tests
         self.reused = 0  # requests sent on a connection taken from the pool
         weakref.finalize(self, _close_idle, self._idle)  # a client dropped closes its idle sockets
 
-    def take(self, key: _PoolKey) -> Optional[_PooledHTTPConnection]:
+    def take(self, key: _PoolKey) -> _PooledHTTPConnection | None:
         """An idle connection to `key` that still looks alive, or None."""
         while True:
             now = self._clock()
-            expired: List[_PooledHTTPConnection] = []
+            expired: list[_PooledHTTPConnection] = []
             with self._lock:
                 idle = self._idle.get(key)
                 found = None
@@ -1645,7 +1646,7 @@ class _ConnectionPool:
     def put(self, key: _PoolKey, conn: _PooledHTTPConnection) -> None:
         """Keep `conn` for the next request to `key` (or close it when the pool is full)."""
         now = self._clock()
-        drop: List[_PooledHTTPConnection] = []
+        drop: list[_PooledHTTPConnection] = []
         with self._lock:
             idle = self._idle.setdefault(key, [])
             while idle and now - idle[0][0] > self.idle_timeout:
@@ -1663,7 +1664,7 @@ class _ConnectionPool:
         with self._lock:
             self.opened += 1
 
-    def idle_count(self, key: Optional[_PoolKey] = None) -> int:
+    def idle_count(self, key: _PoolKey | None = None) -> int:
         """Idle connections held (for `key`, or in all)."""
         with self._lock:
             if key is not None:
@@ -1679,7 +1680,7 @@ class _ConnectionPool:
             conn.close()
 
 
-def _close_idle(idle: Dict[_PoolKey, List[Tuple[float, _PooledHTTPConnection]]]) -> None:
+def _close_idle(idle: dict[_PoolKey, list[tuple[float, _PooledHTTPConnection]]]) -> None:
     for conns in list(idle.values()):
         for _, conn in conns:
             conn.close()
@@ -1689,8 +1690,8 @@ def _close_idle(idle: Dict[_PoolKey, List[Tuple[float, _PooledHTTPConnection]]])
 class _Request(urllib.request.Request):
     """A urllib request that also says how long to wait for its answer once it is sent."""
 
-    def __init__(self, url: str, *, read_timeout: Optional[float] = None,
-                 response_deadline: Optional[float] = None, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, read_timeout: float | None = None,
+                 response_deadline: float | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.read_timeout = read_timeout  # each wait for the status and headers (None: the connect timeout)
         self.response_deadline = response_deadline  # time.monotonic() by which the headers must be in
@@ -1720,12 +1721,12 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
     """
 
     def __init__(self, pool: _ConnectionPool, *, ssl_context: Any = None,
-                 proxies: Optional[Mapping[str, str]] = None) -> None:
+                 proxies: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.pool = pool
         self._ssl_context = ssl_context
         self._ssl_lock = threading.Lock()
-        self._proxies: Dict[str, Tuple[str, Dict[str, str]]] = {}
+        self._proxies: dict[str, tuple[str, dict[str, str]]] = {}
         for scheme, proxy in (urllib.request.getproxies() if proxies is None else proxies).items():
             if scheme in ("http", "https") and proxy:
                 proxy = proxy if "://" in proxy else "http://" + proxy
@@ -1749,13 +1750,13 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
                     self._ssl_context = _default_ssl_context()
         return self._ssl_context
 
-    def _proxy(self, scheme: str, host: str) -> Tuple[str, Dict[str, str]]:
+    def _proxy(self, scheme: str, host: str) -> tuple[str, dict[str, str]]:
         proxy = self._proxies.get(scheme)
         if proxy is None or urllib.request.proxy_bypass(host):
             return "", {}
         return proxy
 
-    def _connect(self, scheme: str, host: str, proxy: str, proxy_headers: Dict[str, str],
+    def _connect(self, scheme: str, host: str, proxy: str, proxy_headers: dict[str, str],
                  timeout: Any) -> _PooledHTTPConnection:
         conn: _PooledHTTPConnection
         if proxy:
@@ -1801,7 +1802,7 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
             raise http.client.RemoteDisconnected("the server closed the connection before answering") from None
 
     def _exchange(self, conn: _PooledHTTPConnection, req: urllib.request.Request, selector: str,
-                  headers: Dict[str, str], key: _PoolKey, *, reused: bool) -> _StreamingResponse:
+                  headers: dict[str, str], key: _PoolKey, *, reused: bool) -> _StreamingResponse:
         conn.headers_deadline = getattr(req, "response_deadline", None)
         conn.reader = None
         try:
@@ -1848,15 +1849,15 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
         return response
 
 
-def _proxy_auth(parts: urllib.parse.SplitResult) -> Dict[str, str]:
+def _proxy_auth(parts: urllib.parse.SplitResult) -> dict[str, str]:
     if parts.username is None:
         return {}
-    user_pass = "%s:%s" % (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    user_pass = "{}:{}".format(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
     _register_secret(user_pass)
     return {"Proxy-Authorization": "Basic " + base64.b64encode(user_pass.encode("utf-8")).decode("ascii")}
 
 
-def _build_opener(*, pool: Optional[_ConnectionPool] = None, ssl_context: Any = None) -> urllib.request.OpenerDirector:
+def _build_opener(*, pool: _ConnectionPool | None = None, ssl_context: Any = None) -> urllib.request.OpenerDirector:
     """An opener with the pooled handler and no redirect handler: a 3xx is an HTTPError, never followed.
 
     Following a redirect would send the bearer token or the client secret to wherever the
@@ -1896,7 +1897,7 @@ def _has_control(value: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value)
 
 
-def _credential(value: Optional[str], name: str, error: type = ConfigurationError) -> Optional[str]:
+def _credential(value: str | None, name: str, error: type = ConfigurationError) -> str | None:
     """`value` without surrounding whitespace (files end in a newline); refused if it holds control characters.
 
     The message names the variable, never the value: a secret pasted with a CR in the middle
@@ -1971,7 +1972,7 @@ class _Headers(dict):
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
 
 
-def _redacted_headers(headers: Optional[Mapping[str, str]]) -> _Headers:
+def _redacted_headers(headers: Mapping[str, str] | None) -> _Headers:
     """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
     items = headers.items() if headers is not None else ()
     return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
@@ -1994,10 +1995,10 @@ class _LentSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def gettimeout(self) -> Optional[float]:
+    def gettimeout(self) -> float | None:
         return self._sock.gettimeout()
 
-    def settimeout(self, timeout: Optional[float]) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         if self._lent():
             self._sock.settimeout(timeout)
 
@@ -2010,7 +2011,7 @@ class _LentSocket:
         return pending() if pending is not None and self._lent() else 0
 
 
-def _response_socket(response: Any) -> Optional[_LentSocket]:
+def _response_socket(response: Any) -> _LentSocket | None:
     """The socket under an http.client response, to poll it or shut it down from another thread."""
     fp = getattr(response, "fp", None)
     return _LentSocket(response, fp.sock) if isinstance(fp, _SocketReader) else None
@@ -2043,13 +2044,13 @@ def _header(headers: Any, name: str) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _seconds(value: float) -> Optional[float]:
+def _seconds(value: float) -> float | None:
     if math.isnan(value):
         return None
     return min(max(0.0, value), _MAX_RETRY_AFTER)  # inf and 1e400 (which float() reads as inf) capped
 
 
-def _parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> Optional[float]:
+def _parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`.
 
     Header names in any case; the answer is capped at a day, never an OverflowError.
@@ -2100,7 +2101,7 @@ def _status_message(status: int, body: str) -> str:
     return f"API error ({status}): {body[:200]}"
 
 
-def _status_error(status: int, body: str = "", headers: Optional[Mapping[str, str]] = None) -> APIStatusError:
+def _status_error(status: int, body: str = "", headers: Mapping[str, str] | None = None) -> APIStatusError:
     headers = _Headers(headers or {})
     if 300 <= status < 400:
         location = _header(headers, "Location")
@@ -2126,7 +2127,7 @@ class RedirectError(APIStatusError):
     `location` is where it pointed (credentials in it redacted); `status` the 3xx code.
     """
 
-    def __init__(self, message: str, *, location: Optional[str] = None, **fields: Any) -> None:
+    def __init__(self, message: str, *, location: str | None = None, **fields: Any) -> None:
         super().__init__(message, **fields)
         self.location = location
 
@@ -2153,7 +2154,7 @@ class TokenCache:
         token_url: str = DEFAULT_TOKEN_URL,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        opener: Optional[urllib.request.OpenerDirector] = None,
+        opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
         client_id = _credential(client_id, "GLOO_CLIENT_ID") or ""
         client_secret = _credential(client_secret, "GLOO_CLIENT_SECRET") or ""
@@ -2163,7 +2164,7 @@ class TokenCache:
             )
         self.token_url = _check_url(token_url, "GLOO_TOKEN_URL")
         # The secret and the tokens in use are scrubbed from messages; forgotten when this cache goes.
-        self._live_secrets: List[str] = []
+        self._live_secrets: list[str] = []
         self._remember(client_secret)
         weakref.finalize(self, _forget_secrets, self._live_secrets)
         self.client_id = client_id
@@ -2172,11 +2173,11 @@ class TokenCache:
         self._clock = clock
         self._opener = opener or _build_opener()
         self._lock = threading.Lock()
-        self._token: Optional[str] = None
+        self._token: str | None = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
         self._attempts = 0
-        self._last_failure: Optional[TokenError] = None
+        self._last_failure: TokenError | None = None
         self.fetch_count = 0
 
     def __repr__(self) -> str:  # never show the secret or the token
@@ -2223,7 +2224,7 @@ class TokenCache:
             assert self._token is not None
             return self._token
 
-    def invalidate(self, token: Optional[str] = None) -> None:
+    def invalidate(self, token: str | None = None) -> None:
         """Forget the cached token (only if it is still `token`, when given)."""
         with self._lock:
             if token is None or token == self._token:
@@ -2325,7 +2326,7 @@ def is_grounded(payload: Mapping[str, Any]) -> bool:
     return any(payload.get(key) is not None for key in _GROUNDED_FIELDS)
 
 
-def _endpoint_name(value: Optional[str]) -> str:
+def _endpoint_name(value: str | None) -> str:
     name = (value or "completions").strip().lower()
     name = {"": "completions", "default": "completions", "standard": "completions", "chat": "completions"}.get(
         name, name)
@@ -2354,9 +2355,9 @@ def _grounded_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
-def _as_messages(message: Messages, system: Optional[str] = None) -> List[dict]:
+def _as_messages(message: Messages, system: str | None = None) -> list[dict]:
     if isinstance(message, str):
-        messages: List[dict] = [{"role": "user", "content": message}]
+        messages: list[dict] = [{"role": "user", "content": message}]
     elif isinstance(message, Sequence) and message and all(isinstance(m, Mapping) for m in message):
         messages = [dict(m) for m in message if isinstance(m, Mapping)]  # (the filter is for the type checker)
     else:
@@ -2379,23 +2380,23 @@ class GlooClient:
     def __init__(
         self,
         *,
-        client_id: Optional[str] = None,
-        client_secret: Optional[str] = None,
-        api_key: Optional[str] = None,
-        token_url: Optional[str] = None,
-        api_url: Optional[str] = None,
-        endpoint: Optional[str] = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        api_key: str | None = None,
+        token_url: str | None = None,
+        api_url: str | None = None,
+        endpoint: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
-        deadline: Optional[float] = None,
+        deadline: float | None = None,
         max_retries: int = 2,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         max_retry_wait: float = 30.0,
-        max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        token_cache: Optional[TokenCache] = None,
+        token_cache: TokenCache | None = None,
         retry_rate_limited: bool = True,
         retry_timeouts: bool = False,
         ssl_context: Any = None,
@@ -2431,7 +2432,7 @@ class GlooClient:
             _register_secret(self._api_key)
             weakref.finalize(self, _forget_secret, self._api_key)
         if token_cache is not None:
-            self.tokens: Optional[TokenCache] = token_cache
+            self.tokens: TokenCache | None = token_cache
         elif self._api_key:
             self.tokens = None
         else:
@@ -2451,7 +2452,7 @@ class GlooClient:
         """Close the idle pooled connections (streams still open keep theirs until they end)."""
         self.pool.clear()
 
-    def __enter__(self) -> "GlooClient":
+    def __enter__(self) -> GlooClient:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -2469,9 +2470,9 @@ class GlooClient:
             return self._api_key
         return self.tokens.get()
 
-    def build_payload(self, message: Messages, *, system: Optional[str] = None, stream: bool = True,
-                      publisher: Optional[str] = None, sources_limit: Optional[int] = None,
-                      grounded: bool = False, include_usage: Optional[bool] = None, **options: Any) -> dict:
+    def build_payload(self, message: Messages, *, system: str | None = None, stream: bool = True,
+                      publisher: str | None = None, sources_limit: int | None = None,
+                      grounded: bool = False, include_usage: bool | None = None, **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
         Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
@@ -2499,7 +2500,7 @@ class GlooClient:
         payload["stream"] = stream
         return payload
 
-    def open(self, payload: Mapping[str, Any], *, token: Optional[str] = None, url: Optional[str] = None) -> Any:
+    def open(self, payload: Mapping[str, Any], *, token: str | None = None, url: str | None = None) -> Any:
         """POST `payload` (to `url`, else `url_for(payload)`) and return the open response once its status is 200.
 
         Retries happen here, before the first byte of the body: a 401 refreshes the token
@@ -2596,7 +2597,7 @@ class GlooClient:
             response.fp.deadline = None  # the body has its own idle timeout and deadline
         return response
 
-    def _backoff(self, attempt: int, retry_after: Optional[float]) -> Optional[float]:
+    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before retry `attempt` + 1, or None when the server asks for too long."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_wait else None
@@ -2615,8 +2616,8 @@ class GlooClient:
         """The URL a request body goes to: the grounded endpoint when it names a publisher or a sources limit."""
         return self.grounded_url if is_grounded(payload) else self.api_url
 
-    def stream(self, message: Messages, *, system: Optional[str] = None, token: Optional[str] = None,
-               **options: Any) -> "ChatStream":
+    def stream(self, message: Messages, *, system: str | None = None, token: str | None = None,
+               **options: Any) -> ChatStream:
         """Start a streamed completion; iterate the returned ChatStream for text deltas.
 
         Options are the request's fields (`model`, `model_family`, `tradition`, `temperature`,
@@ -2625,7 +2626,7 @@ class GlooClient:
         payload = self.build_payload(message, system=system, stream=True, **options)
         return self.stream_payload(payload, token=token)
 
-    def stream_payload(self, payload: Mapping[str, Any], *, token: Optional[str] = None) -> "ChatStream":
+    def stream_payload(self, payload: Mapping[str, Any], *, token: str | None = None) -> ChatStream:
         """Start a streamed completion from a ready JSON body (`stream` is forced on)."""
         payload = dict(payload)
         payload["stream"] = True
@@ -2634,8 +2635,8 @@ class GlooClient:
         return ChatStream(response, clock=self._clock, started=started, read_timeout=self.read_timeout,
                           deadline=self.deadline, max_event_bytes=self.max_event_bytes)
 
-    def complete(self, message: Messages, *, on_delta: Optional[Callable[[str], None]] = None,
-                 system: Optional[str] = None, token: Optional[str] = None, **options: Any) -> ChatResult:
+    def complete(self, message: Messages, *, on_delta: Callable[[str], None] | None = None,
+                 system: str | None = None, token: str | None = None, **options: Any) -> ChatResult:
         """Stream a completion to the end and return its ChatResult.
 
         Failures before the stream raise; failures during it are recorded in `result.error`
@@ -2665,9 +2666,9 @@ class ChatStream:
     finish_grace = 2.0  # seconds to wait after a finish for a usage chunk or [DONE]
 
     def __init__(self, response: Any, *, clock: Callable[[], float] = time.monotonic,
-                 started: Optional[float] = None, read_timeout: Optional[float] = 60.0,
-                 deadline: Optional[float] = None, max_event_bytes: Optional[int] = DEFAULT_MAX_EVENT_BYTES,
-                 finish_grace: Optional[float] = None, keep_text: bool = True) -> None:
+                 started: float | None = None, read_timeout: float | None = 60.0,
+                 deadline: float | None = None, max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
+                 finish_grace: float | None = None, keep_text: bool = True) -> None:
         self.response = response
         self.status = getattr(response, "status", 200)
         self.headers = dict(response.headers.items()) if getattr(response, "headers", None) else {}
@@ -2677,22 +2678,22 @@ class ChatStream:
         self.deadline = deadline
         if finish_grace is not None:
             self.finish_grace = finish_grace
-        self.tap: Optional[Callable[[bytes], None]] = None  # sees each body read's bytes before decoding
+        self.tap: Callable[[bytes], None] | None = None  # sees each body read's bytes before decoding
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
         self._sock = _response_socket(response)
         fp = getattr(response, "fp", None)
         self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
         self._eof = False
         self._closed = False
-        self._finished_at: Optional[float] = None  # when the accumulator first said finished
+        self._finished_at: float | None = None  # when the accumulator first said finished
         self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
-        self.error: Optional[StreamError] = None
+        self.error: StreamError | None = None
         self.bytes_read = 0
 
     # -- lifecycle --------------------------------------------------------
 
-    def __enter__(self) -> "ChatStream":
+    def __enter__(self) -> ChatStream:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -2742,7 +2743,7 @@ class ChatStream:
                                             error_name="closed")
         return self.accumulator.outcome(ended=self._closed)
 
-    def grace_remaining(self) -> Optional[float]:
+    def grace_remaining(self) -> float | None:
         """Seconds left of the finish grace (0 when it is over), or None before the answer finished."""
         if self._finished_at is None:
             return None
@@ -2750,7 +2751,7 @@ class ChatStream:
 
     # -- reading ----------------------------------------------------------
 
-    def _read(self, grace: Optional[float] = None) -> bytes:
+    def _read(self, grace: float | None = None) -> bytes:
         if self._sock is not None and (self.deadline is not None or grace is not None):
             limits = [t for t in (self.read_timeout, grace) if t is not None]
             if self.deadline is not None:
@@ -2778,7 +2779,7 @@ class ChatStream:
         fp = getattr(self.response, "fp", None)
         return fp.buffered if isinstance(fp, _SocketReader) else 0
 
-    def read_batch(self) -> Optional[List[ServerSentEvent]]:
+    def read_batch(self) -> list[ServerSentEvent] | None:
         """One network read's worth of events (possibly none), folded into `accumulator`; None at the end.
 
         After a finish it waits at most `finish_grace` seconds for more (usage, `[DONE]`), then
@@ -2788,7 +2789,7 @@ class ChatStream:
         batch = self._next_batch()
         return None if batch is None else batch[0]
 
-    def _next_batch(self) -> Optional[Tuple[List[ServerSentEvent], List[dict]]]:
+    def _next_batch(self) -> tuple[list[ServerSentEvent], list[dict]] | None:
         accumulator = self.accumulator
         if self._closed or self._eof or accumulator.done:
             self._end_of_body()
@@ -2835,9 +2836,9 @@ class ChatStream:
             return None
         return self._fold(events)
 
-    def _fold(self, events: List[ServerSentEvent]) -> Tuple[List[ServerSentEvent], List[dict]]:
+    def _fold(self, events: list[ServerSentEvent]) -> tuple[list[ServerSentEvent], list[dict]]:
         accumulator = self.accumulator
-        chunks: List[dict] = []
+        chunks: list[dict] = []
         for position, event in enumerate(events):
             chunk = accumulator.add_event(event)
             if chunk is not None:
@@ -2850,7 +2851,7 @@ class ChatStream:
         accumulator._unclaimed, accumulator._claimed = chunks[:], 0  # only this batch's: memory stays flat
         return events, chunks
 
-    def _feed(self, data: bytes) -> List[ServerSentEvent]:
+    def _feed(self, data: bytes) -> list[ServerSentEvent]:
         try:
             return self._decoder.feed(data)
         except EventTooLargeError as exc:
@@ -2872,7 +2873,7 @@ class ChatStream:
             raise GlooError("a ChatStream can be read only once")
         self._consumed = True
 
-    def event_batches(self) -> Iterator[List[ServerSentEvent]]:
+    def event_batches(self) -> Iterator[list[ServerSentEvent]]:
         """The events completed by each network read, as they arrive (empty batches skipped)."""
         self._claim()
         try:
@@ -2945,7 +2946,7 @@ class ChatStream:
 # ---------------------------------------------------------------------------
 
 _default_lock = threading.Lock()
-_default_client: Optional[GlooClient] = None
+_default_client: GlooClient | None = None
 
 
 def _client() -> GlooClient:
@@ -2979,7 +2980,7 @@ def handle_stream_error(status_code: int, response_body: str = "") -> None:
     raise error
 
 
-def get_access_token() -> Dict[str, Any]:
+def get_access_token() -> dict[str, Any]:
     """The tutorial's token record: `access_token`, `token_type`, `expires_in` (seconds left) and
     `expires_at` (a Unix time), from the shared cache (fetched or refreshed when needed).
 
@@ -3008,14 +3009,14 @@ class TutorialResponse:
         fp = getattr(response, "fp", None)
         self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
         self._eof = False
-        self._content: Optional[bytes] = None
+        self._content: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
         if name == "raw":  # not set yet (a half-built or copied object): no recursion
             raise AttributeError(name)
         return getattr(self.raw, name)
 
-    def __enter__(self) -> "TutorialResponse":
+    def __enter__(self) -> TutorialResponse:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -3046,7 +3047,7 @@ class TutorialResponse:
                 return data
         return b""
 
-    def iter_content(self, chunk_size: Optional[int] = 1, decode_unicode: bool = False) -> Iterator[Any]:
+    def iter_content(self, chunk_size: int | None = 1, decode_unicode: bool = False) -> Iterator[Any]:
         """The body in pieces of at most `chunk_size` bytes (None: as they arrive)."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace") if decode_unicode else None
         while True:
@@ -3069,7 +3070,7 @@ class TutorialResponse:
         self.close()
 
     def iter_lines(self, chunk_size: int = 512, decode_unicode: bool = False,
-                   delimiter: Optional[Union[str, bytes]] = None) -> Iterator[Any]:
+                   delimiter: str | bytes | None = None) -> Iterator[Any]:
         """The body line by line, as lines arrive, without their ends (blank lines included).
 
         Lines end at CR, LF or CRLF only (the SSE rule; never `str.splitlines()`).
@@ -3110,12 +3111,12 @@ class TutorialResponse:
         return json.loads(self.text, **kwargs)
 
 
-def _split_lines(data: bytes) -> Tuple[List[bytes], bytes]:
+def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
     """Complete lines of `data` (ended by CR, LF or CRLF) and the unfinished rest.
 
     A CR at the very end stays in the rest: its LF may come with the next read.
     """
-    lines: List[bytes] = []
+    lines: list[bytes] = []
     start, size = 0, len(data)
     i = 0
     while i < size:
@@ -3131,7 +3132,7 @@ def _split_lines(data: bytes) -> Tuple[List[bytes], bytes]:
     return lines, data[start:]
 
 
-def make_streaming_request(message: Messages, token: Optional[str] = None, **options: Any) -> TutorialResponse:
+def make_streaming_request(message: Messages, token: str | None = None, **options: Any) -> TutorialResponse:
     """Open the streaming POST and return the response once its status is 200 (else raise).
 
     The response works like the tutorial's `requests` one: `status_code`, `iter_lines(decode_unicode=True)`, ...
@@ -3140,7 +3141,7 @@ def make_streaming_request(message: Messages, token: Optional[str] = None, **opt
     return TutorialResponse(client.open(client.build_payload(message, stream=True, **options), token=token))
 
 
-def parse_sse_line(line: Union[str, bytes]) -> Union[None, str, dict]:
+def parse_sse_line(line: str | bytes) -> None | str | dict:
     """One line of the stream: None (not data, or not JSON), "[DONE]", or the chunk dict. Never raises."""
     if isinstance(line, (bytes, bytearray)):
         line = bytes(line).decode("utf-8", "replace")
@@ -3161,7 +3162,7 @@ def parse_sse_line(line: Union[str, bytes]) -> Union[None, str, dict]:
     return chunk if isinstance(chunk, dict) else None
 
 
-def stream_completion(message: Messages, token: Optional[str] = None, **options: Any) -> Dict[str, Any]:
+def stream_completion(message: Messages, token: str | None = None, **options: Any) -> dict[str, Any]:
     """Stream a completion to the end; returns text, token_count, duration_ms, finish_reason, ...
 
     Failures before the stream raise; a mid-stream failure keeps the partial text and sets `error`.
@@ -3170,8 +3171,8 @@ def stream_completion(message: Messages, token: Optional[str] = None, **options:
     return _client().complete(message, token=token, on_delta=on_delta, **options).to_dict()
 
 
-def render_stream_to_terminal(message: Messages, token: Optional[str] = None, *, file: Any = None,
-                              **options: Any) -> Dict[str, Any]:
+def render_stream_to_terminal(message: Messages, token: str | None = None, *, file: Any = None,
+                              **options: Any) -> dict[str, Any]:
     """Print `Prompt: …`, then `Response: ` and each token as it arrives, then `[N tokens, finish_reason=X]`."""
     out = file if file is not None else sys.stdout
     prompt = message if isinstance(message, str) else _last_user_text(message)

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -52,7 +52,7 @@ TOKENS = ["The", " answer", " is", " here", "."]
 # -- the child process: a TLS upstream and latency-injecting forwarders ---------------------------
 
 
-def make_certificate(folder: str) -> Tuple[str, str]:
+def make_certificate(folder: str) -> tuple[str, str]:
     cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
@@ -60,7 +60,7 @@ def make_certificate(folder: str) -> Tuple[str, str]:
     return cert, key
 
 
-def sse_chunk(data: Dict[str, Any]) -> bytes:
+def sse_chunk(data: dict[str, Any]) -> bytes:
     event = b"data: " + json.dumps(data).encode() + b"\n\n"
     return b"%x\r\n%s\r\n" % (len(event), event)
 
@@ -93,7 +93,7 @@ class TLSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     context: ssl.SSLContext
 
-    def get_request(self) -> Tuple[Any, Any]:
+    def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as servers do: no Nagle wait for ACKs
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
@@ -105,7 +105,7 @@ class Forwarder(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, target: Tuple[str, int], rtt: float) -> None:
+    def __init__(self, target: tuple[str, int], rtt: float) -> None:
         self.target, self.rtt, self.delay = target, rtt, rtt / 2
         self.connections = 0
         self.lock = threading.Lock()
@@ -133,7 +133,7 @@ class ForwardHandler(socketserver.BaseRequestHandler):
 
 
 def pump(source: socket.socket, dest: socket.socket, delay: float, not_before: float) -> None:
-    held: "queue.Queue[Tuple[float, bytes]]" = queue.Queue()
+    held: queue.Queue[tuple[float, bytes]] = queue.Queue()
 
     def send() -> None:
         while True:
@@ -165,7 +165,7 @@ def pump(source: socket.socket, dest: socket.socket, delay: float, not_before: f
     sender.join()
 
 
-def serve(rtts: List[float], server_ms: float, folder: str) -> None:
+def serve(rtts: list[float], server_ms: float, folder: str) -> None:
     cert, key = make_certificate(folder)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -187,7 +187,7 @@ def serve(rtts: List[float], server_ms: float, folder: str) -> None:
 
 
 class Child:
-    def __init__(self, rtts: List[float], server_ms: float, folder: str) -> None:
+    def __init__(self, rtts: list[float], server_ms: float, folder: str) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--server-ms", str(server_ms),
                "--folder", folder, "--rtt", *[str(r) for r in rtts]]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -252,7 +252,7 @@ def bare_ttft(conn: http.client.HTTPSConnection) -> float:
     return (first - started) * 1000
 
 
-def summary(ttfts: List[float], connections: int) -> Dict[str, float]:
+def summary(ttfts: list[float], connections: int) -> dict[str, float]:
     warm = sorted(ttfts[1:])
     return {"first": ttfts[0], "p50": statistics.median(warm),
             "p90": warm[min(len(warm) - 1, int(round(0.9 * (len(warm) - 1))))], "connections": connections}
@@ -263,11 +263,11 @@ def client_for(url: str, context: ssl.SSLContext, pool_size: int) -> GlooClient:
                       read_timeout=10.0)
 
 
-def run_latency(child: Child, context: ssl.SSLContext, rtt: float, streams: int) -> Dict[str, Dict[str, float]]:
+def run_latency(child: Child, context: ssl.SSLContext, rtt: float, streams: int) -> dict[str, dict[str, float]]:
     from proxy_server import ProxyConfig, ProxyServer
 
     url = f"https://127.0.0.1:{child.info['forwarders'][str(int(rtt))]}/v1/chat"
-    rows: Dict[str, Dict[str, float]] = {}
+    rows: dict[str, dict[str, float]] = {}
     conn = http.client.HTTPSConnection("127.0.0.1", int(url.split(":")[2].split("/")[0]), context=context, timeout=30)
     before = child.connections(rtt)
     ttfts = [bare_ttft(conn) for _ in range(streams)]
@@ -293,10 +293,10 @@ def run_latency(child: Child, context: ssl.SSLContext, rtt: float, streams: int)
     return rows
 
 
-def run_cpu(child: Child, context: ssl.SSLContext, requests: int) -> Dict[str, float]:
+def run_cpu(child: Child, context: ssl.SSLContext, requests: int) -> dict[str, float]:
     port = child.info["upstream"]
     url = f"https://127.0.0.1:{port}/v1/chat"
-    results: Dict[str, float] = {}
+    results: dict[str, float] = {}
     body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "stream": True,
                        "auto_routing": True}).encode()
     headers = {"Authorization": "Bearer " + KEY, "Content-Type": "application/json",
@@ -330,7 +330,7 @@ def run_cpu(child: Child, context: ssl.SSLContext, requests: int) -> Dict[str, f
     return results
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=12, help="sequential streams per case (default 12)")
     parser.add_argument("--rtt", type=float, nargs="+", default=[20.0, 100.0], help="round trips in ms")

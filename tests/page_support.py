@@ -11,7 +11,8 @@ import contextlib
 import os
 import shutil
 import unittest
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any
+from collections.abc import Iterator
 
 from fake_gloo import FakeGloo
 from proxy_server import ProxyConfig, ProxyServer
@@ -33,7 +34,7 @@ def unavailable(reason: str) -> Exception:
     return unittest.SkipTest(reason)
 
 
-def start_browser() -> Tuple[Any, Any]:
+def start_browser() -> tuple[Any, Any]:
     """(playwright, browser), or raise unavailable(...) when Chromium or Playwright is missing."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
         raise unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set GLOO_TEST_CHROMIUM)")
@@ -53,7 +54,7 @@ def start_browser() -> Tuple[Any, Any]:
 
 def proxy_config(fake: FakeGloo, **overrides: Any) -> ProxyConfig:
     """A loopback proxy on an OS port relaying `fake`; no retries and no rate limit, for speed."""
-    options: Dict[str, Any] = dict(
+    options: dict[str, Any] = dict(
         port=0, client_id=fake.client_id, client_secret=fake.client_secret,
         token_url=fake.token_url, api_url=fake.api_url, web_root=WEB_ROOT,
         upstream_retries=0, rate_limit_per_minute=0, heartbeat_seconds=5.0,
@@ -63,7 +64,7 @@ def proxy_config(fake: FakeGloo, **overrides: Any) -> ProxyConfig:
 
 
 @contextlib.contextmanager
-def serving(api_key: Optional[str] = None, **fake_options: Any) -> Iterator[Tuple[FakeGloo, ProxyServer]]:
+def serving(api_key: str | None = None, **fake_options: Any) -> Iterator[tuple[FakeGloo, ProxyServer]]:
     """A simulator and a proxy that serves the page and relays to it."""
     with FakeGloo(**fake_options) as fake:
         with ProxyServer(proxy_config(fake, api_key=api_key)) as proxy:

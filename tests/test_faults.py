@@ -16,7 +16,7 @@ import threading
 import time
 import tracemalloc
 import unittest
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable
 
 from fake_gloo import FakeGloo
 from gloo_stream import (
@@ -80,7 +80,7 @@ class ClientFaultTests(NothingLeftRunning):
 
     def setUp(self) -> None:
         super().setUp()
-        self.sleeps: List[float] = []
+        self.sleeps: list[float] = []
 
     def client(self, url: str, **options: Any) -> GlooClient:
         settings = dict(api_key="fault-test-key-0001", api_url=url, connect_timeout=1.0, read_timeout=1.0,
@@ -88,7 +88,7 @@ class ClientFaultTests(NothingLeftRunning):
         settings.update(options)
         return GlooClient(**settings)
 
-    def timed(self, call: Callable[[], Any]) -> Tuple[Any, float]:
+    def timed(self, call: Callable[[], Any]) -> tuple[Any, float]:
         started = time.monotonic()
         return call(), time.monotonic() - started
 
@@ -100,7 +100,7 @@ class ClientFaultTests(NothingLeftRunning):
         return result
 
     def test_endless_data_line_is_cut_at_the_default_limit_with_bounded_memory(self):
-        sent: List[int] = []
+        sent: list[int] = []
         server = serve(self, endless_line(sent))
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
@@ -117,7 +117,8 @@ class ClientFaultTests(NothingLeftRunning):
 
     def test_answers_that_are_not_event_streams(self):
         cases = [
-            ("JSON with 200", json_response(200, {"choices": [{"message": {"content": "hi"}}]}), UnexpectedResponseError),
+            ("JSON with 200", json_response(200, {"choices": [{"message": {"content": "hi"}}]}),
+             UnexpectedResponseError),
             ("no Content-Type", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", UnexpectedResponseError),
             ("plain text as an event stream", SSE_HEAD + b"Hello, this is not an event stream.\n", ConnectionLostError),
             ("random bytes as an event stream", SSE_HEAD + RANDOM_BYTES, ConnectionLostError),
@@ -174,7 +175,8 @@ class ClientFaultTests(NothingLeftRunning):
         self.assertTrue(result.text.startswith("Grace"))  # partial text kept
         self.assertTrue(server.wait_gone(1, 5))
 
-    # Regression guard for a fixed bug: gloo_stream.GlooClient.open: `deadline` is only enforced once the body is read. While the
+    # Regression guard for a fixed bug:
+    # gloo_stream.GlooClient.open: `deadline` is only enforced once the body is read. While the
     # response headers arrive one byte at a time (or as an endless run of "100 Continue"), each recv
     # meets the per-read timeout and http.client keeps reading, so the call outlives its deadline by
     # as long as the server cares to trickle. Fix: give _SocketReader a deadline and cap each recv's
@@ -182,7 +184,7 @@ class ClientFaultTests(NothingLeftRunning):
     def test_trickled_headers_are_bounded_by_the_deadline(self):
         server = serve(self, trickle(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 500, 0.05, cap=2))
         client = self.client(server.url(), deadline=0.3, connect_timeout=0.3, max_retries=0)
-        outcome: List[Any] = []
+        outcome: list[Any] = []
         worker = threading.Thread(target=lambda: outcome.append(self._call(client)), daemon=True)
         worker.start()
         worker.join(0.8)
@@ -205,7 +207,8 @@ class ClientFaultTests(NothingLeftRunning):
         self.assertLess(seconds, 3)
         self.assertEqual(len(self.sleeps), 1)  # retried like any connection failure
 
-    # Regression guard for a fixed bug: gloo_stream.ChatStream.chunks catches only ValueError around json.loads; an event
+    # Regression guard for a fixed bug:
+    # gloo_stream.ChatStream.chunks catches only ValueError around json.loads; an event
     # nested 100,000 deep (200 KB, well under the 1 MiB event limit) raises RecursionError, an
     # untyped exception that escapes stream(), complete() and the CLI. Fix: catch RecursionError
     # with ValueError there (and in _print_raw), skipping the event as not JSON.
@@ -231,7 +234,8 @@ class TokenFaultTests(NothingLeftRunning):
             ("HTML", token_reply(200, b"<html>maintenance</html>", "text/html"), "not JSON"),
             ("random bytes", token_reply(200, RANDOM_BYTES[:4096], "application/octet-stream"), "not JSON"),
             ("JSON without access_token", token_reply(200, b'{"token_type": "Bearer"}'), "without an access_token"),
-            ("access_token not a string", token_reply(200, b'{"access_token": 12345678901}'), "without an access_token"),
+            ("access_token not a string", token_reply(200, b'{"access_token": 12345678901}'),
+             "without an access_token"),
             ("a JSON list", token_reply(200, b'["fault-token-abcdef"]'), "without an access_token"),
             ("TLS expected, plain TCP found", not_tls, "unreachable"),
             ("slow: no answer", reply(hold=5), "timed out"),
@@ -260,7 +264,8 @@ class TokenFaultTests(NothingLeftRunning):
         self.assertEqual(client.complete("Hi").finish_reason, "stop")
         self.assertGreater(client.tokens.expires_at - time.monotonic(), 3000)  # the default hour
 
-    # Regression guard for a fixed bug: gloo_stream.TokenCache._fetch catches only UnicodeDecodeError and ValueError around
+    # Regression guard for a fixed bug:
+    # gloo_stream.TokenCache._fetch catches only UnicodeDecodeError and ValueError around
     # json.loads: a token answer nested 50,000 deep raises RecursionError, not TokenError (and the
     # relay turns it into a 500 with a stack trace in its log). Fix: add RecursionError there.
     def test_a_deeply_nested_token_answer_is_a_token_error(self):
@@ -271,7 +276,8 @@ class TokenFaultTests(NothingLeftRunning):
         except RecursionError:
             self.fail("RecursionError escaped TokenCache.get")
 
-    # Regression guard for a fixed bug: gloo_stream.TokenCache._fetch: `if lifetime <= 0` lets NaN and infinity through
+    # Regression guard for a fixed bug:
+    # gloo_stream.TokenCache._fetch: `if lifetime <= 0` lets NaN and infinity through
     # ("expires_in": "NaN", NaN or Infinity), so the refresh time is NaN or inf and the token is
     # never refreshed; only a 401 later forces a new one. Fix: `if not math.isfinite(lifetime)
     # or lifetime <= 0: lifetime = 3600.0`.
@@ -281,13 +287,14 @@ class TokenFaultTests(NothingLeftRunning):
                 body = b'{"access_token": "fault-token-abcdef-0001", "expires_in": ' + value + b"}"
                 server = serve(self, token_reply(200, body))
                 now = [1000.0]
-                cache = self.cache(server.url("/oauth2/token"), clock=lambda: now[0])
+                cache = self.cache(server.url("/oauth2/token"), clock=lambda now=now: now[0])
                 cache.get()
                 now[0] += 10 * 3600
                 cache.get()
                 self.assertEqual(cache.fetch_count, 2)
 
-    # Regression guard for a fixed bug: gloo_stream.TokenCache.get holds its lock for the whole fetch, and every waiter that
+    # Regression guard for a fixed bug:
+    # gloo_stream.TokenCache.get holds its lock for the whole fetch, and every waiter that
     # finds no token fetches again after the holder fails: with the token endpoint stalled, N
     # concurrent callers fail one timeout apart, the last after N x timeout (a relay with 50
     # streams waiting and a 10 s timeout makes the last wait 500 s). Fix: single-flight: waiters
@@ -296,7 +303,7 @@ class TokenFaultTests(NothingLeftRunning):
         server = serve(self, reply(hold=5))
         cache = self.cache(server.url("/oauth2/token"), timeout=0.15)
         started = time.monotonic()
-        finished: List[float] = []
+        finished: list[float] = []
 
         def call() -> None:
             try:
@@ -318,7 +325,7 @@ class RelayFaultTests(ProxyTestCase):
 
     client_options = {"max_retries": 0, "connect_timeout": 0.5}
 
-    def relay(self, handler: Callable[[Peer], None], **overrides: Any) -> Tuple[int, List[Any], Any]:
+    def relay(self, handler: Callable[[Peer], None], **overrides: Any) -> tuple[int, list[Any], Any]:
         server = serve(self, handler)
         proxy = self.start_proxy(api_url=server.url(), **overrides)
         status, _, body = self.request("POST", "/api/stream", {"messages": [{"role": "user", "content": "Hi"}]},
@@ -339,14 +346,14 @@ class RelayFaultTests(ProxyTestCase):
                      b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         return read_until_closed(sock)
 
-    def assert_one_error_event(self, events: List[Any], error_type: str) -> None:
+    def assert_one_error_event(self, events: list[Any], error_type: str) -> None:
         errors = [e for e in events if isinstance(e, dict) and set(e) == {"error"}]
         self.assertEqual(len(errors), 1, events[-3:])
         self.assertIs(events[-1], errors[0])
         self.assertEqual(errors[0]["error"]["type"], error_type)
 
     def test_endless_data_line_is_one_error_event_with_bounded_memory(self):
-        sent: List[int] = []
+        sent: list[int] = []
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
         status, events, server = self.relay(endless_line(sent))
@@ -427,7 +434,8 @@ class RelayFaultTests(ProxyTestCase):
         self.assertTrue(result.text.startswith("Grace"))
         self.assertTrue(server.wait_gone(1, 5))  # the relay closed the upstream when the client left
 
-    # Regression guard for a fixed bug: proxy_server._Handler._relay measures upstream idleness from the last
+    # Regression guard for a fixed bug:
+    # proxy_server._Handler._relay measures upstream idleness from the last
     # byte, not the last complete event, and the relay's GlooClient has no deadline, so an upstream
     # that trickles a byte now and then without ever finishing an event holds the stream (a
     # thread and a stream slot) for as long as it likes. Fix: time out on the last complete event
@@ -451,7 +459,8 @@ class RelayFaultTests(ProxyTestCase):
             pass
         self.assertIn(b"upstream_timeout", received)
 
-    # Regression guard for a fixed bug: proxy_server._Handler._relay catches only ValueError around json.loads: an upstream
+    # Regression guard for a fixed bug:
+    # proxy_server._Handler._relay catches only ValueError around json.loads: an upstream
     # event nested 100,000 deep raises RecursionError, which escapes to handle_one_request's
     # catch-all: the chunked body is cut off with no error event and no terminating chunk, and a
     # stack trace goes to the log. Fix: catch RecursionError with ValueError there.
@@ -460,14 +469,16 @@ class RelayFaultTests(ProxyTestCase):
         self.assertTrue(response.endswith(b"0\r\n\r\n"), response[-200:])
         self.assertFalse(any("unexpected error" in line for line in self.logs.lines))
 
-    # Regression guard for a fixed bug: proxy_server._upstream_detail catches only ValueError around json.loads, so an upstream
+    # Regression guard for a fixed bug:
+    # proxy_server._upstream_detail catches only ValueError around json.loads, so an upstream
     # 400 whose body is nested 30,000 deep (under the 64 KiB the client keeps) raises RecursionError:
     # the relay answers 500 "internal error" with a stack trace in its log instead of a 400/502.
     def test_a_deeply_nested_upstream_error_body_is_not_a_500(self):
         status, events, _ = self.relay(reply(json_response(400, b"[" * 30_000, reason="Bad Request")))
         self.assertIn(status, (400, 502))
 
-    # Regression guard for a fixed bug: as TokenFaultTests.test_a_deeply_nested_token_answer_is_a_token_error, through the relay:
+    # Regression guard for a fixed bug:
+    # as TokenFaultTests.test_a_deeply_nested_token_answer_is_a_token_error, through the relay:
     # the RecursionError is not one of the errors _open_upstream maps, so the answer is a 500.
     def test_a_deeply_nested_token_answer_is_502(self):
         server = serve(self, token_reply(200, b"[" * 50_000))
@@ -477,7 +488,8 @@ class RelayFaultTests(ProxyTestCase):
         self.assertEqual(status, 502)
 
 
-    # Regression guard for a fixed bug: as PropertyTests.test_a_non_finite_ttft_ms_never_raises, through the relay: the
+    # Regression guard for a fixed bug:
+    # as PropertyTests.test_a_non_finite_ttft_ms_never_raises, through the relay: the
     # accumulator's OverflowError escapes _relay, the chunked body is cut off with no error event
     # and no terminating chunk, and a stack trace goes to the log.
     def test_a_non_finite_ttft_ms_is_not_a_crash(self):
@@ -487,7 +499,7 @@ class RelayFaultTests(ProxyTestCase):
         self.assertIn(b'"finish_reason": "stop"', response)
 
 
-def decode(data: bytes, sizes: Any, limit: Optional[int] = None) -> Tuple[list, bool]:
+def decode(data: bytes, sizes: Any, limit: int | None = None) -> tuple[list, bool]:
     """(events, raised EventTooLargeError) for `data` fed in reads of the given sizes (0 allowed)."""
     decoder = SSEDecoder(max_event_bytes=limit)
     events: list = []
@@ -536,7 +548,8 @@ class PropertyTests(unittest.TestCase):
             sizes = [rng.randint(0, 9) for _ in range(len(data) + 1)]
             self.assertEqual(decode(data, sizes, limit=len(data) + 16), expected)
 
-    # Regression guard for a fixed bug: gloo_stream.SSEDecoder enforces max_event_bytes only on bytes held between reads: an
+    # Regression guard for a fixed bug:
+    # gloo_stream.SSEDecoder enforces max_event_bytes only on bytes held between reads: an
     # event that arrives whole within one read (the fast path in feed, or _process_lines when the
     # blank line comes in the same read) is never measured, so the same bytes raise
     # EventTooLargeError or not depending on how the network split them, and a limit below 64 KiB
@@ -573,7 +586,8 @@ class PropertyTests(unittest.TestCase):
                 self.assertIn(type(parse_sse_line(line)), (dict, type(None)))
             json.dumps(accumulator.result().to_dict())
 
-    # Regression guard for a fixed bug: gloo_stream.ChatAccumulator.add runs int(ttft) on any float, so a chunk with
+    # Regression guard for a fixed bug:
+    # gloo_stream.ChatAccumulator.add runs int(ttft) on any float, so a chunk with
     # "ttft_ms": 1e999 (json.loads reads it as inf), Infinity or NaN raises OverflowError or
     # ValueError, though add() "never raises, whatever the chunk holds"; it escapes ChatStream and
     # the relay alike. Fix: accept ttft only when math.isfinite(ttft).
@@ -581,12 +595,13 @@ class PropertyTests(unittest.TestCase):
         for text in ("1e999", "-1e999", "Infinity", "NaN"):
             with self.subTest(ttft_ms=text):
                 accumulator = ChatAccumulator()
-                self.assertEqual(accumulator.add(json.loads('{"ttft_ms": %s, "choices": []}' % text)), "")
+                self.assertEqual(accumulator.add(json.loads(f'{{"ttft_ms": {text}, "choices": []}}')), "")
                 self.assertIsNone(accumulator.server_ttft_ms)  # a non-finite value is ignored
 
 
 class SimulatorFaultTests(IsolatedTestCase):
-    # Regression guard for a fixed bug: fake_gloo._Wire.pause uses select.select, which cannot watch a descriptor numbered
+    # Regression guard for a fixed bug:
+    # fake_gloo._Wire.pause uses select.select, which cannot watch a descriptor numbered
     # 1024 or more (ValueError, taken as "the client went away"): once a process holds about 1,000
     # open files, every stream with a delay is cut after its first chunk. `proxy_server.py
     # --offline` runs the proxy and the simulator in one process, so about 340 concurrent slow

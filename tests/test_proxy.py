@@ -499,7 +499,7 @@ class CORSTests(ProxyTestCase):
         self.assertNotIn("access-control-allow-origin", headers)
 
     def test_dns_rebinding_host_is_not_same_origin(self):
-        host = "attacker.example:%d" % self.proxy.server_address[1]
+        host = f"attacker.example:{self.proxy.server_address[1]}"
         status, _, _ = self.request("POST", "/api/stream", PROMPT,
                                     headers={"Origin": "http://" + host, "Host": host})
         self.assertEqual(status, 403)
@@ -971,9 +971,9 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
         ("content then event: error", sse(content_chunk("Hello")) + sse({"error": {"message": "provider overloaded",
                                                                                  "code": 503}}, event="error"),
          "provider_error", "upstream_error"),
-        ("finish_reason error", sse(content_chunk("Hi"), {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-                                                          "error": {"code": 2001, "name": "PROVIDER_TIMEOUT",
-                                                                    "message": "timed out"}}),
+        ("finish_reason error", sse(content_chunk("Hi"),
+                                    {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                                     "error": {"code": 2001, "name": "PROVIDER_TIMEOUT", "message": "timed out"}}),
          "provider_error", "upstream_error"),
         ("cut short", sse(content_chunk("Hi")), "cut_short", "upstream_disconnected"),
         ("finished", sse(content_chunk("Hi"), content_chunk("", "stop")), "finished", None),
@@ -1092,7 +1092,8 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
     def test_gloo_error_bodies_become_clear_messages(self):
         cases = [
             (422, {"detail": [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2",
-                               "type": "less_than_equal"}]}, 422, "temperature: Input should be less than or equal to 2"),
+                               "type": "less_than_equal"}]},
+             422, "temperature: Input should be less than or equal to 2"),
             (400, {"error": "unknown model gloo-nope", "code": "invalid_model"}, 400, "unknown model gloo-nope"),
             (429, {"error": "weekly spend limit reached", "code": "too_many_requests"}, 429,
              "weekly spend limit reached"),
@@ -1207,7 +1208,8 @@ class ProcessTests(unittest.TestCase):
         import http.client
         host, port = url[len("http://"):].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        conn.request("POST", "/api/stream", body=json.dumps({"messages": [{"role": "user", "content": "Hi [[long:40]]"}]}),
+        conn.request("POST", "/api/stream",
+                     body=json.dumps({"messages": [{"role": "user", "content": "Hi [[long:40]]"}]}),
                      headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         self.assertEqual(response.status, 200)

@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 from unittest import mock
 
 import gloo_stream
@@ -60,7 +60,7 @@ def json_response(status: int, payload: Any, extra_headers: bytes = b"") -> byte
 
 
 class Request:
-    def __init__(self, method: str, path: str, headers: Dict[str, str], body: bytes, connection: int) -> None:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, connection: int) -> None:
         self.method, self.path, self.headers, self.body, self.connection = method, path, headers, body, connection
 
 
@@ -74,7 +74,7 @@ class ScriptServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, script: Script) -> None:
         self.script = script
-        self.requests: List[Request] = []
+        self.requests: list[Request] = []
         self.connections = 0
         self.closed_connections = 0
         self.lock = threading.Condition()
@@ -103,7 +103,7 @@ class _ScriptHandler(socketserver.StreamRequestHandler):
                 if not line:
                     return
                 method, path, _ = line.decode("latin-1").split(" ", 2)
-                headers: Dict[str, str] = {}
+                headers: dict[str, str] = {}
                 while True:
                     header = self.rfile.readline(65537)
                     if header in (b"\r\n", b"\n", b""):
@@ -139,7 +139,7 @@ class TransportTestCase(IsolatedTestCase):
         return server
 
     def client(self, server: ScriptServer, **options: Any) -> GlooClient:
-        settings: Dict[str, Any] = dict(api_key=KEY, api_url=server.url + "/v1/chat", connect_timeout=2.0,
+        settings: dict[str, Any] = dict(api_key=KEY, api_url=server.url + "/v1/chat", connect_timeout=2.0,
                                         read_timeout=2.0, max_retries=1, backoff_base=0.01, sleep=self.sleeps.append)
         settings.update(options)
         client = GlooClient(**settings)
@@ -148,7 +148,7 @@ class TransportTestCase(IsolatedTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.sleeps: List[float] = []
+        self.sleeps: list[float] = []
 
 
 class PoolTests(TransportTestCase):
@@ -209,7 +209,7 @@ class PoolTests(TransportTestCase):
         self.assertTrue(server.wait_closed(3))
 
     def test_a_reused_connection_closed_by_the_server_is_retried_once_on_a_new_one(self):
-        def script(request: Request, index: int) -> Optional[bytes]:
+        def script(request: Request, index: int) -> bytes | None:
             if index == 1:
                 return None  # the server dropped the kept-alive connection as the request arrived
             return sse_response(f"answer {index}")
@@ -245,8 +245,8 @@ class PoolTests(TransportTestCase):
     def test_the_pool_is_shared_by_many_threads(self):
         server = self.serve(lambda request, index: sse_response("t"))
         client = self.client(server, pool_size=8)
-        results: List[str] = []
-        errors: List[BaseException] = []
+        results: list[str] = []
+        errors: list[BaseException] = []
 
         def work() -> None:
             try:
@@ -382,7 +382,7 @@ class InterimAndTimeoutTests(TransportTestCase):
         release = threading.Event()
         self.addCleanup(release.set)
 
-        def script(request: Request, index: int) -> Optional[bytes]:
+        def script(request: Request, index: int) -> bytes | None:
             release.wait(5)
             return None
 
@@ -578,12 +578,12 @@ class TLSTests(TransportTestCase):
         self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_context.load_cert_chain(self.cert, key)
 
-    def serve_tls(self, script: Script) -> Tuple[ScriptServer, str]:
+    def serve_tls(self, script: Script) -> tuple[ScriptServer, str]:
         server = self.serve(script)
         context = self.server_context
         original = server.get_request
 
-        def get_request() -> Tuple[socket.socket, Any]:
+        def get_request() -> tuple[socket.socket, Any]:
             sock, address = original()
             return context.wrap_socket(sock, server_side=True), address
 
@@ -611,7 +611,7 @@ class TLSTests(TransportTestCase):
         server, url = self.serve_tls(lambda request, index: sse_response("tunnelled"))
         tunnel = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(tunnel.close)
-        seen: List[bytes] = []
+        seen: list[bytes] = []
 
         def pipe(source: socket.socket, dest: socket.socket) -> None:
             try:
