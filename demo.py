@@ -26,11 +26,6 @@ SECOND_PROMPT = "Tell me about Christian discipleship."
 GROUNDED_PROMPT = "What does the resurrection mean for Christian hope?"
 
 
-def _has_credentials() -> bool:
-    return bool(os.environ.get("GLOO_API_KEY")
-                or (os.environ.get("GLOO_CLIENT_ID") and os.environ.get("GLOO_CLIENT_SECRET")))
-
-
 def _start_simulator(delay: float):
     from fake_gloo import FakeGloo  # only needed offline
 
@@ -83,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     gloo_stream.load_dotenv()
     fake = None
-    if args.offline or not _has_credentials():
+    if args.offline or not gloo_stream.have_credentials():
         fake = _start_simulator(args.delay)
         reason = "--offline given" if args.offline else "no Gloo credentials found"
         print(f"[{reason}: running on the built-in simulator, not the real API. For real answers put "

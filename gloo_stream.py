@@ -88,6 +88,7 @@ __all__ = [
     "ChatStream",
     "is_grounded",
     "load_dotenv",
+    "have_credentials",
     # the tutorial's functions
     "ensure_valid_token",
     "get_access_token",
@@ -108,6 +109,7 @@ GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
 DEFAULT_PUBLISHER = "GlooGrounded"
 ENDPOINTS = ("completions", "guarded")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+MAX_TOOL_CALLS = 128  # distinct tool-call indexes kept from one answer; more are ignored (and logged once)
 _USER_AGENT = "gloo-stream/" + __version__
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -775,6 +777,8 @@ class ChatAccumulator:
         self.error: dict | None = None
         self.skipped_events = 0  # events whose data was not JSON
         self._tools: dict[int, dict] = {}
+        self._arguments: dict[int, list[str]] = {}  # argument pieces per index, joined when read: linear time
+        self._tools_capped = False
         # The chunks of the batch ChatStream.read_batch() just folded: a caller may still hand them
         # to add() the old way (parse the batch, then add() each chunk); they are not folded twice.
         self._unclaimed: list[dict] = []
@@ -790,6 +794,10 @@ class ChatAccumulator:
     @property
     def tool_calls(self) -> list[dict]:
         """Tool calls merged by index, in index order."""
+        for index, pieces in self._arguments.items():
+            if len(pieces) > 1:
+                pieces[:] = ["".join(pieces)]
+            self._tools[index]["function"]["arguments"] = pieces[0] if pieces else ""
         return [self._tools[index] for index in sorted(self._tools)]
 
     @property
@@ -929,12 +937,18 @@ class ChatAccumulator:
         if not isinstance(call, dict):
             return
         index = call.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool):
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             return
         merged = self._tools.get(index)
         if merged is None:
+            if len(self._tools) >= MAX_TOOL_CALLS:
+                if not self._tools_capped:
+                    self._tools_capped = True
+                    log.warning("ignored tool calls beyond the first %d of one answer", MAX_TOOL_CALLS)
+                return
             merged = self._tools[index] = {"index": index, "id": None, "type": "function",
                                            "function": {"name": None, "arguments": ""}}
+            self._arguments[index] = []
         for key in ("id", "type"):
             value = call.get(key)
             if isinstance(value, str) and value:
@@ -945,8 +959,8 @@ class ChatAccumulator:
             if isinstance(name, str) and name:
                 merged["function"]["name"] = name
             arguments = function.get("arguments")
-            if isinstance(arguments, str):
-                merged["function"]["arguments"] += arguments
+            if isinstance(arguments, str) and arguments:
+                self._arguments[index].append(arguments)
 
     def outcome(self, ended: bool = False, failure: str | None = None, *, error_name: str = "",
                 retryable: bool = True) -> StreamOutcome:
@@ -1174,7 +1188,8 @@ def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> 
     return values
 
 
-def _have_credentials() -> bool:
+def have_credentials() -> bool:
+    """True when GLOO_API_KEY, or GLOO_CLIENT_ID and GLOO_CLIENT_SECRET, are set (placeholders do not count)."""
     return bool(_setting(None, "GLOO_API_KEY")
                 or (_setting(None, "GLOO_CLIENT_ID") and _setting(None, "GLOO_CLIENT_SECRET")))
 
@@ -2671,7 +2686,7 @@ class ChatStream:
                  finish_grace: float | None = None, keep_text: bool = True) -> None:
         self.response = response
         self.status = getattr(response, "status", 200)
-        self.headers = dict(response.headers.items()) if getattr(response, "headers", None) else {}
+        self.headers = _Headers(response.headers.items() if getattr(response, "headers", None) else ())
         self._clock = clock
         self.accumulator = ChatAccumulator(keep_text=keep_text, clock=clock, started=started)
         self.read_timeout = read_timeout
@@ -3625,7 +3640,7 @@ class _Run:
                               token_url=self.fake.token_url, api_url=self.fake.api_url, endpoint=args.endpoint,
                               read_timeout=args.timeout)
         load_dotenv()
-        if not _have_credentials():
+        if not have_credentials():
             raise _HintedError(_credentials_help(), hint='to try it without credentials, add --offline: '
                                      'python gloo_stream.py --offline "Hi"')
         return GlooClient(read_timeout=args.timeout, endpoint=args.endpoint)

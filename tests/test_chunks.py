@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import unittest
 
+import gloo_stream
 from gloo_stream import ChatAccumulator, extract_token_content
 
 
@@ -114,6 +115,25 @@ class AccumulatorTests(unittest.TestCase):
         ])
         self.assertEqual(acc.finish_reason, "tool_calls")
         self.assertEqual(acc.token_count, 0)
+
+    def test_tool_call_arguments_read_mid_stream_then_extended(self):
+        acc = ChatAccumulator()
+        call = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "ab"}}]}}]}
+        acc.add(call)
+        self.assertEqual(acc.tool_calls[0]["function"]["arguments"], "ab")
+        acc.add(call)
+        acc.add(call)
+        self.assertEqual(acc.tool_calls[0]["function"]["arguments"], "ababab")
+        self.assertEqual(acc.result().tool_calls[0]["function"]["arguments"], "ababab")
+
+    def test_tool_call_indexes_are_capped_and_negative_ones_ignored(self):
+        acc = ChatAccumulator()
+        with self.assertLogs("gloo_stream", "WARNING") as logs:
+            for index in [-1, *range(gloo_stream.MAX_TOOL_CALLS + 50)]:
+                acc.add({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": index, "function": {"name": f"f{index}", "arguments": "{}"}}]}}]})
+        self.assertEqual([call["index"] for call in acc.tool_calls], list(range(gloo_stream.MAX_TOOL_CALLS)))
+        self.assertEqual(len(logs.records), 1)  # said once, not once per ignored call
 
     def test_error_object_top_level(self):
         acc = ChatAccumulator()

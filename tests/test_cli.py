@@ -248,7 +248,7 @@ class CLIPipeTests(CLITestCase):
         tee = shutil.which("tee")
         if tee is None:
             self.skipTest("no tee")
-        for attempt in range(6):
+        for attempt in range(3):  # the old double traceback came in about half of all runs
             with self.subTest(attempt=attempt):
                 path = os.path.join(self.cwd, f"answer{attempt}.txt")
                 want = 1 + attempt * 40

@@ -67,6 +67,12 @@ class StreamingTests(SimulatorTestCase):
         self.assertIsNone(result.error)
         self.assertTrue(result.model)
 
+    def test_stream_headers_ignore_case(self):
+        with self.client().stream("[[echo]] hi") as stream:
+            self.assertEqual(stream.headers["content-type"], stream.headers["Content-Type"])
+            self.assertTrue(stream.headers.get("CONTENT-TYPE", "").startswith("text/event-stream"))
+            self.assertEqual("".join(stream), "hi")
+
     def test_request_body(self):
         self.client().complete("Hi", temperature=0.5, max_tokens=50, tradition="catholic")
         body = self.fake.requests[-1]["body"]

@@ -171,7 +171,7 @@ class DotenvFileTests(IsolatedTestCase):
         self.assertNotIn("GLOO_CLIENT_SECRET", os.environ)
         self.assertIn("GLOO_CLIENT_ID, GLOO_CLIENT_SECRET still hold the example values from .env.example; "
                       "treated as unset", logs.output[-1])
-        self.assertFalse(gloo_stream._have_credentials())
+        self.assertFalse(gloo_stream.have_credentials())
         message = gloo_stream._credentials_help()
         self.assertIn(f"{path} still holds the placeholder values from .env.example for "
                       "GLOO_CLIENT_ID, GLOO_CLIENT_SECRET", message)
@@ -181,7 +181,7 @@ class DotenvFileTests(IsolatedTestCase):
     def test_placeholders_in_the_environment_count_as_missing(self):
         os.environ.update(GLOO_CLIENT_ID="your-client-id", GLOO_CLIENT_SECRET="<your secret>")
         self.assertIsNone(gloo_stream._setting(None, "GLOO_CLIENT_ID"))
-        self.assertFalse(gloo_stream._have_credentials())
+        self.assertFalse(gloo_stream.have_credentials())
         self.assertIn("the environment holds placeholder values for GLOO_CLIENT_ID, GLOO_CLIENT_SECRET",
                       gloo_stream._credentials_help())
         self.assertEqual(gloo_stream._setting("your-client-id", "GLOO_CLIENT_ID"), "your-client-id")  # explicit wins

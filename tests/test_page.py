@@ -486,7 +486,15 @@ class FailureTest(PageTestCase):
         self.assertGreater(len(page.text_content("#output")), 0)
 
     def test_still_waiting_note_after_a_few_seconds_of_silence(self):
-        page = self.open_page()
+        context = self.new_context()
+
+        def short_wait(route: Any) -> None:  # the page's own setting, shortened so the test waits 0.6 s, not 4
+            body = route.fetch().text()
+            self.assertIn('name="gloo-wait-note-ms" content="4000"', body)
+            route.fulfill(body=body.replace('content="4000"', 'content="600"'), content_type="text/html")
+
+        context.route(self.proxy.url + "/", short_wait)
+        page = self.open_page(context=context)
         self.ask(page, "[[stall]] Tell me about the resurrection", wait=False)
         page.wait_for_function("() => document.getElementById('output').textContent.trim().length > 0")
         self.assertTrue(page.is_hidden("#turns .turn:last-child .waiting"))

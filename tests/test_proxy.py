@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 import gloo_stream
 
@@ -1018,12 +1019,15 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
         proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
                                  upstream_api_key="studio-key-0123456789", heartbeat_seconds=0.2,
                                  upstream_idle_seconds=30)
+        grace = mock.patch.object(gloo_stream.ChatStream, "finish_grace", 0.3)  # 2 s by default
+        grace.start()
+        self.addCleanup(grace.stop)
         for path in ("/api/stream", "/v1/chat/completions"):
             with self.subTest(path=path):
                 self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=20)
                 started = time.monotonic()
                 status, _, body = self.request("POST", path, dict(PROMPT, stream=True), proxy=proxy)
-                self.assertLess(time.monotonic() - started, 6)  # the finish grace, not the idle timeout
+                self.assertLess(time.monotonic() - started, 5)  # the finish grace, not the 30 s idle timeout
                 events = data_events(body.decode())
                 self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events), events)
                 if path.startswith("/v1"):

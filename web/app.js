@@ -15,7 +15,8 @@ import { ChatStore } from "./store.js";
 const STREAM_URL = "/api/stream";
 const HEALTH_URL = "/health";
 const KEY_STORAGE = "glooStream.apiKey";
-const WAIT_NOTE_MS = 4000;   // silence before the "still waiting" note
+// Silence before the "still waiting" note: index.html's <meta name="gloo-wait-note-ms">, else 4 s.
+const WAIT_NOTE_MS = Number(document.querySelector('meta[name="gloo-wait-note-ms"]')?.content) || 4000;
 const MAX_SOURCES = 12;
 const SOURCES_LIMIT = 5;     // how many sources a grounded answer asks for (Gloo allows 1-10)
 
