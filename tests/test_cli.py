@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -161,8 +162,11 @@ class CLIExitCodeTests(CLITestCase):
 
 class SecretTests(CLITestCase):
     def test_no_secret_or_token_in_any_output(self):
-        runs = [self.run_cli(*args) for args in (("Hi",), ("--json", "Hi"), ("--raw", "Hi"), ("Hi [[status:500]]",),
-                                                   ("Hi [[drop:2]]",), ("Hi [[status:401]]",))]
+        cases = [("Hi",), ("--json", "Hi"), ("--raw", "Hi"), ("Hi [[status:500]]",), ("Hi [[drop:2]]",),
+                 ("Hi [[status:401]]",)]
+        with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:  # independent runs: at once
+            runs = list(pool.map(lambda args: self.run_cli(*args), cases))
+        self.assertEqual([proc.returncode for proc in runs], [0, 0, 0, 1, 1, 1])
         secrets = [self.fake.client_secret] + list(self.fake.issued_tokens)
         for proc in runs:
             for secret in secrets:
@@ -473,7 +477,7 @@ class CLITerminalSafetyTests(CLITestCase):
             with self.subTest(extra=extra):
                 master, slave = _pty_pair()
                 try:
-                    proc = subprocess.Popen(CLI + ["--max-tokens", "2", "Hi [[slow:0.4]]"], stdin=subprocess.DEVNULL,
+                    proc = subprocess.Popen(CLI + ["--max-tokens", "2", "Hi [[slow:0.25]]"], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=slave,
                                             env=clean_environment(dict(self.fake.env, **extra)), cwd=self.cwd)
                     os.close(slave)
