@@ -12,8 +12,10 @@ import sys
 import tempfile
 import time
 import unittest
+from unittest import mock
 
 import gloo_stream
+from gloo_stream import GlooClient
 from fake_gloo import FakeGloo
 from tests.support import clean_environment
 
@@ -712,6 +714,64 @@ class ShippedFileTests(unittest.TestCase):
                                       text=True, timeout=20, stdin=subprocess.DEVNULL)
                 self.assertEqual(proc.returncode, 0, proc.stderr)
                 self.assertEqual(proc.stdout, f"{script} {gloo_stream.__version__}\n")
+
+
+class CLIVerdictTests(unittest.TestCase):
+    """#11: for the same bytes, the CLI (--json and --raw) gives the library's verdict."""
+
+    def setUp(self):
+        from tests.proxy_support import ScriptedUpstream
+
+        self.upstream = ScriptedUpstream().start()
+        self.addCleanup(self.upstream.stop)
+        env = clean_environment({"GLOO_API_KEY": "verdict-test-key", "GLOO_API_URL": self.upstream.url})
+        patcher = mock.patch.dict(os.environ, env, clear=True)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        cwd = tempfile.mkdtemp()  # no .env here
+        self.addCleanup(shutil.rmtree, cwd, ignore_errors=True)
+        here = os.getcwd()
+        os.chdir(cwd)
+        self.addCleanup(os.chdir, here)
+        self.addCleanup(gloo_stream._reset_default_client)
+
+    def run_main(self, *args: str) -> tuple:
+        import contextlib
+        import io
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = gloo_stream.main(list(args))
+        return code, out.getvalue(), err.getvalue()
+
+    def library_outcome(self, body: bytes) -> dict:
+        self.upstream.answer(writes=[body])
+        with GlooClient(api_key="verdict-test-key", api_url=self.upstream.url, max_retries=0) as client:
+            stream = client.stream("Hi")
+            try:
+                for _ in stream:
+                    pass
+            except gloo_stream.StreamError:
+                pass
+            return stream.outcome.to_dict()
+
+    def test_json_and_raw_give_the_librarys_verdict(self):
+        from tests.test_outcome import VECTORS
+
+        for name, body, _, _ in VECTORS:
+            with self.subTest(name):
+                expected = self.library_outcome(body)
+                self.upstream.answer(writes=[body])
+                json_code, out, _ = self.run_main("--json", "--timeout", "5", "Hi")
+                self.assertEqual(json.loads(out)["outcome"], expected)
+                self.upstream.answer(writes=[body])
+                raw_code, _, err = self.run_main("--raw", "--timeout", "5", "Hi")
+                self.assertEqual(raw_code, json_code, err)
+                if expected["kind"] != "finished":
+                    self.assertEqual(json_code, 1)
+                    self.assertIn(expected["message"], err)
+                elif expected["finish_reason"] in ("stop", "length", None):
+                    self.assertEqual(json_code, 0, err)
 
 
 if __name__ == "__main__":
