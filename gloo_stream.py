@@ -3231,6 +3231,9 @@ _OFFLINE_DELAY = 0.02  # seconds between the simulator's tokens: slow enough to 
 _TERMINAL_SAFE = {c: "^" + chr(c + 0x40) for c in range(0x20) if c not in (0x09, 0x0A)}
 _TERMINAL_SAFE[0x7F] = "^?"
 _TERMINAL_SAFE.update({c: "M-^" + chr(c - 0x40) for c in range(0x80, 0xA0)})
+# Bidirectional embeddings, overrides and isolates reorder what the eye sees ("Trojan Source"):
+# shown by name. (The plain marks U+200E/U+200F, which right-to-left text needs, pass.)
+_TERMINAL_SAFE.update({c: f"<U+{c:04X}>" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 # json.dumps leaves DEL and the C1 controls as they are; a \u escape is the same JSON, and inert.
 _JSON_SAFE = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
 

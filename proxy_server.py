@@ -768,10 +768,12 @@ def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionReq
         raise _RelayError(400, "stream_options must be an object such as {\"include_usage\": true}",
                           code="invalid_field")
     include_usage = bool(options and options.get("include_usage") is True)
+    grounded = any(key in payload for key in _GROUNDED_FIELDS)
+    if grounded:
+        payload.setdefault("include_citations", True)  # as the library asks (GlooClient.build_payload)
     payload["stream"] = True
     prompt_chars = sum(len(m["content"]) for m in payload["messages"] if isinstance(m.get("content"), str))
-    return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage,
-                              any(key in payload for key in _GROUNDED_FIELDS), prompt_chars)
+    return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars)
 
 
 def _check_messages(messages: Any) -> None:

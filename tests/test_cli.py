@@ -420,7 +420,7 @@ class CLITerminalSafetyTests(CLITestCase):
     def test_terminal_safe_table(self):
         cases = [("plain", "plain"), ("line\nnext", "line\nnext"), ("crlf\r\nnext", "crlf\nnext"),
                  ("\x00\x7f", "^@^?"), ("\x1b[31mred", "^[[31mred"), ("\u009d8;;http://x\u009c", "M-^]8;;http://xM-^\\"),
-                 ("é 愛 🙏", "é 愛 🙏")]
+                 ("é 愛 🙏", "é 愛 🙏"), ("a\u202eb\u2066c\u200fd", "a<U+202E>b<U+2066>c\u200fd")]
         for text, shown in cases:
             with self.subTest(text=text):
                 self.assertEqual(gloo_stream._terminal_safe(text), shown)

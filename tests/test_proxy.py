@@ -1085,6 +1085,15 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
                                  ("GlooGrounded", 3))
                 self.assertEqual(data_events(body.decode())[0], citations)
 
+    def test_grounded_requests_ask_for_citations_as_the_library_does(self):
+        library = gloo_stream.GlooClient(api_key="k", api_url=self.upstream.url).build_payload("Hi", sources_limit=2)
+        for extra, asked in (({}, True), ({"include_citations": False}, False)):
+            with self.subTest(extra=extra):
+                status, _, _ = self.request("POST", "/api/stream", dict(PROMPT, sources_limit=2, **extra))
+                self.assertEqual(status, 200)
+                self.assertEqual(self.upstream.requests[-1]["body"]["include_citations"], asked)
+        self.assertIs(library["include_citations"], True)
+
     def test_v1_include_usage_ends_with_a_usage_chunk(self):
         status, _, body = self.request("POST", "/v1/chat/completions",
                                        dict(PROMPT, stream=True, stream_options={"include_usage": True}))
