@@ -475,19 +475,25 @@ class CLITerminalSafetyTests(CLITestCase):
 
     def test_colour_only_on_a_terminal_without_no_color_or_term_dumb(self):
         cases = [({"TERM": "xterm"}, True), ({"TERM": "xterm", "NO_COLOR": "1"}, False), ({"TERM": "dumb"}, False)]
-        for extra, coloured in cases:
+
+        def run(extra: dict) -> tuple:
+            master, slave = _pty_pair()
+            try:
+                proc = subprocess.Popen(CLI + ["--max-tokens", "2", "Hi [[slow:0.25]]"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=slave,
+                                        env=clean_environment(dict(self.fake.env, **extra)), cwd=self.cwd)
+                os.close(slave)
+                shown = _read_all(master).decode()
+                proc.communicate(timeout=10)
+            finally:
+                os.close(master)
+            return proc.returncode, shown
+
+        with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:  # independent terminals: at once
+            runs = list(pool.map(run, [extra for extra, _ in cases]))
+        for (extra, coloured), (returncode, shown) in zip(cases, runs):
             with self.subTest(extra=extra):
-                master, slave = _pty_pair()
-                try:
-                    proc = subprocess.Popen(CLI + ["--max-tokens", "2", "Hi [[slow:0.25]]"], stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=slave,
-                                            env=clean_environment(dict(self.fake.env, **extra)), cwd=self.cwd)
-                    os.close(slave)
-                    shown = _read_all(master).decode()
-                    proc.communicate(timeout=10)
-                finally:
-                    os.close(master)
-                self.assertEqual(proc.returncode, 0, shown)
+                self.assertEqual(returncode, 0, shown)
                 self.assertEqual("\x1b" in shown, coloured, repr(shown))
                 self.assertEqual("waiting for the first token" in shown, extra["TERM"] != "dumb", repr(shown))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import threading
@@ -121,7 +122,7 @@ class StreamingTests(SimulatorTestCase):
 
     def test_wire_variants_give_the_same_text(self):
         plain = self.client().complete("[[echo]] Grâce — ἀγάπη 🙏 and more words here").text
-        for marker in ("[[crlf]]", "[[cr]]", "[[heartbeat]]", "[[trickle]]"):
+        for marker in ("[[crlf]]", "[[cr]]", "[[heartbeat]]", "[[trickle:0]]"):
             with self.subTest(marker):
                 result = self.client().complete(f"[[echo]] Grâce — ἀγάπη 🙏 and more words here{marker}")
                 self.assertEqual(result.text, plain)
@@ -230,7 +231,7 @@ class EveryScenarioTests(SimulatorTestCase):
         ("[[crlf]]", "stop", None, None),
         ("[[cr]]", "stop", None, None),
         ("[[split_utf8]]", "stop", None, lambda t: "\ufffd" not in t),
-        ("[[trickle]]", "stop", None, None),
+        ("[[trickle:0]]", "stop", None, None),
         ("[[tools]]", "tool_calls", None, lambda t: t == ""),
         ("[[content_filter]]", "content_filter", None, None),
         ("[[error]] [[echo]] one two three four", "error", "PROVIDER_TIMEOUT", lambda t: t == "one two three"),
@@ -242,9 +243,10 @@ class EveryScenarioTests(SimulatorTestCase):
 
     def test_every_scenario(self):
         client = self.client()
-        for prompt, finish, error, check in self.CASES:
+        with concurrent.futures.ThreadPoolExecutor(len(self.CASES)) as pool:  # one client, many threads
+            results = list(pool.map(lambda case: client.complete(case[0]), self.CASES))
+        for (prompt, finish, error, check), result in zip(self.CASES, results):
             with self.subTest(prompt):
-                result = client.complete(prompt)
                 self.assertEqual(result.finish_reason, finish, result.error)
                 if error is None:
                     self.assertIsNone(result.error)
