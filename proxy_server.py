@@ -768,6 +768,8 @@ def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionReq
         raise _RelayError(400, "stream_options must be an object such as {\"include_usage\": true}",
                           code="invalid_field")
     include_usage = bool(options and options.get("include_usage") is True)
+    if openai and not stream and options is None:
+        payload["stream_options"] = {"include_usage": True}  # an OpenAI answer always reports its usage
     grounded = any(key in payload for key in _GROUNDED_FIELDS)
     if grounded:
         payload.setdefault("include_citations", True)  # as the library asks (GlooClient.build_payload)

@@ -1154,6 +1154,16 @@ class SimulatorFieldTests(ProxyTestCase):
                 self.assertTrue(first.get("citations") or first.get("sources"), first)
                 self.assertNotIn("error", events[-1] if isinstance(events[-1], dict) else {})
 
+    def test_a_non_streaming_v1_answer_reports_its_usage(self):
+        status, _, body = self.request("POST", "/v1/chat/completions", dict(PROMPT, model="auto"))
+        self.assertEqual(status, 200)
+        self.assertEqual(self.fake.requests[-1]["body"]["stream_options"], {"include_usage": True})
+        answer = json.loads(body)
+        self.assertEqual(answer["object"], "chat.completion")
+        usage = answer["usage"]
+        self.assertEqual(usage["total_tokens"], usage["prompt_tokens"] + usage["completion_tokens"])
+        self.assertGreater(usage["completion_tokens"], 0)
+
     def test_a_validation_error_is_a_readable_422(self):
         status, _, body = self.post_stream("Hi", temperature=5)
         self.assertEqual(status, 422)
