@@ -132,6 +132,18 @@ def read_until_closed(sock: socket.socket, limit: int = 10_000_000) -> bytes:
     return b"".join(parts)
 
 
+def exchange(sock: socket.socket, raw: bytes) -> bytes:
+    """Send `raw` (ignoring a reset while sending) and read until the proxy closes."""
+    try:
+        sock.sendall(raw)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return read_until_closed(sock)
+
+
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"  # a second request hidden in a first one's body
+
+
 def split_head(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, rest = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")

@@ -23,7 +23,7 @@ from unittest import mock
 
 import proxy_server
 from tests.abuse_support import Crowd, CrowdUpstream, ProxyProcess, ScriptedServer, free_port, stream_request
-from tests.proxy_support import ProxyTestCase, read_until_closed, split_head
+from tests.proxy_support import SMUGGLED, ProxyTestCase, exchange, read_until_closed, split_head
 
 PROMPT = {"messages": [{"role": "user", "content": "What is grace?"}]}
 FINISHED = re.compile(rb'"finish_reason": ?"stop"')
@@ -184,16 +184,6 @@ class CrowdTests(unittest.TestCase):
 # ---------------------------------------------------------------------------
 
 
-def exchange(sock: socket.socket, raw: bytes) -> bytes:
-    """Send `raw` (ignoring a reset while sending) and read until the proxy closes."""
-    try:
-        sock.sendall(raw)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    return read_until_closed(sock)
-
-
-SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 class FramingTests(ProxyTestCase):

@@ -10,7 +10,6 @@ import unittest
 from unittest import mock
 
 import gloo_stream
-from fake_gloo import FakeGloo
 from gloo_stream import (
     AuthenticationError,
     BadRequestError,
@@ -26,27 +25,16 @@ from gloo_stream import (
     parse_sse_line,
     stream_completion,
 )
-from tests.support import IsolatedTestCase
+from tests.test_client import SimulatorTestCase
 from tests.test_fake_gloo import chat, get_token, request
 
 QUESTION = "What is the significance of the resurrection?"
 
 
-class GlooTestCase(IsolatedTestCase):
+class GlooTestCase(SimulatorTestCase):
+    """A fresh simulator per test that also takes a Studio API key."""
+
     fake_options: dict = {"api_key": "studio-key-0123456789"}
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.fake = FakeGloo(**self.fake_options)
-        self.fake.start()
-        self.addCleanup(self.fake.stop)
-        self.sleeps: list = []
-
-    def client(self, **options) -> GlooClient:
-        settings = dict(client_id=self.fake.client_id, client_secret=self.fake.client_secret,
-                        token_url=self.fake.token_url, api_url=self.fake.api_url, sleep=self.sleeps.append)
-        settings.update(options)
-        return GlooClient(**settings)
 
 
 class GroundedTests(GlooTestCase):

@@ -18,6 +18,7 @@ from unittest import mock
 import gloo_stream
 
 from tests.proxy_support import (
+    SMUGGLED,
     ProxyTestCase,
     ScriptedUpstream,
     content_chunk,
@@ -25,6 +26,7 @@ from tests.proxy_support import (
     chunk_frames,
     content_of,
     data_events,
+    exchange,
     raw_request,
     read_until_closed,
     split_head,
@@ -729,15 +731,6 @@ class ConnectionLifecycleTests(ProxyTestCase):
         self.assertEqual(conn.sock.recv(100), b"")
 
 
-def send_and_read(sock: socket.socket, raw: bytes) -> bytes:
-    try:
-        sock.sendall(raw)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    return read_until_closed(sock)
-
-
-SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 POST_HEAD = b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
@@ -756,7 +749,7 @@ class FramingDefectTests(ProxyTestCase):
         ]
         for name, raw in cases:
             with self.subTest(name):
-                response = send_and_read(self.raw_socket(timeout=5), raw + SMUGGLED)
+                response = exchange(self.raw_socket(timeout=5), raw + SMUGGLED)
                 status, headers, body = split_head(response)
                 self.assertEqual(status, 400)
                 self.assertEqual(headers["connection"], "close")
@@ -768,7 +761,7 @@ class FramingDefectTests(ProxyTestCase):
         for digits in (20, 5000, 50000):
             with self.subTest(digits=digits):
                 raw = POST_HEAD + b"Content-Length: " + b"9" * digits + b"\r\n\r\n"
-                status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                status, headers, body = split_head(exchange(self.raw_socket(timeout=5), raw))
                 self.assertEqual(status, 413)
                 self.assertEqual(headers["connection"], "close")
         self.assertFalse(any("Traceback" in line or "unexpected error" in line for line in self.logs.lines))
@@ -781,13 +774,13 @@ class HTTPNitTests(ProxyTestCase):
         for path in ("/nope", "/api/stream", "/health"):
             with self.subTest(path=path):
                 raw = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-                status, headers, rest = split_head(send_and_read(self.raw_socket(timeout=5), raw))
+                status, headers, rest = split_head(exchange(self.raw_socket(timeout=5), raw))
                 self.assertEqual(status, 405 if path != "/nope" else 404)
                 self.assertGreater(int(headers["content-length"]), 0)  # the length a GET would get
                 self.assertEqual(rest, b"")
 
     def test_http_1_1_without_host_is_400(self):
-        status, headers, body = split_head(send_and_read(self.raw_socket(timeout=5),
+        status, headers, body = split_head(exchange(self.raw_socket(timeout=5),
                                                          b"GET /health HTTP/1.1\r\n\r\n"))
         self.assertEqual(status, 400)
         self.assertIn("Host", json.loads(body)["error"]["message"])
@@ -804,7 +797,7 @@ class HTTPNitTests(ProxyTestCase):
                 content_type = b"text/plain" if name == "wrong type" else b"application/json"
                 raw = (b"POST /api/stream HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: "
                        + content_type + b"\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length)
-                response = send_and_read(self.raw_socket(timeout=5), raw)
+                response = exchange(self.raw_socket(timeout=5), raw)
                 self.assertTrue(response.startswith(b"HTTP/1.1 %d " % expected), response[:100])
                 self.assertNotIn(b"100 Continue", response)
 
@@ -883,7 +876,7 @@ class OriginDefectTests(ProxyTestCase):
     def preflight(self, host: str, origin: str, proxy=None):
         raw = (f"OPTIONS /api/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
                f"Connection: close\r\n\r\n").encode()
-        return split_head(send_and_read(self.raw_socket(proxy, timeout=5), raw))[:2]
+        return split_head(exchange(self.raw_socket(proxy, timeout=5), raw))[:2]
 
     def test_dns_rebinding_guard_holds_when_bound_to_every_interface(self):
         proxy = self.start_proxy(allowed_hosts=("Proxy.Example.",))
