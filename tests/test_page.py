@@ -152,7 +152,9 @@ class PageTestCase(unittest.TestCase):
 
         page.on("dialog", on_dialog)
         self.addCleanup(self._screenshot_on_failure, page)
-        page.goto((proxy or self.proxy).url + "/")
+        # Not the load event: the module script marks the page ready once it has run, and module
+        # scripts run only after the document and its stylesheets are in.
+        page.goto((proxy or self.proxy).url + "/", wait_until="commit")
         page.wait_for_function(READY_JS)
         return page
 
