@@ -80,6 +80,15 @@ class _Body:
         self.closed = True
 
 
+class _BreaksAtEnd(_Body):
+    """A body whose connection is reset once its bytes are read, instead of ending cleanly."""
+
+    def read1(self, n: int) -> bytes:
+        if not self._body:
+            raise ConnectionResetError(104, "reset")
+        return super().read1(n)
+
+
 def _expected(vector) -> tuple:
     return vector[2]
 
@@ -178,25 +187,13 @@ class OneVerdictTests(unittest.TestCase):
         self.assertIsNone(stream.read_batch())  # nothing more came: the stream ends cleanly
 
     def test_a_transport_failure_after_the_finish_is_no_error(self):
-        class Breaks(_Body):
-            def read1(self, n):
-                if not self._body:
-                    raise ConnectionResetError(104, "reset")
-                return super().read1(n)
-
-        stream = ChatStream(Breaks(content("Hi") + finish("stop"), 1 << 20))
+        stream = ChatStream(_BreaksAtEnd(content("Hi") + finish("stop"), 1 << 20))
         self.assertEqual(list(stream), ["Hi"])
         self.assertEqual(stream.outcome.kind, "finished")
         self.assertIsNone(stream.result().error)
 
     def test_a_transport_failure_before_the_finish_is_cut_short(self):
-        class Breaks(_Body):
-            def read1(self, n):
-                if not self._body:
-                    raise ConnectionResetError(104, "reset")
-                return super().read1(n)
-
-        stream = ChatStream(Breaks(content("Hi"), 1 << 20))
+        stream = ChatStream(_BreaksAtEnd(content("Hi"), 1 << 20))
         with self.assertRaises(ConnectionLostError) as caught:
             list(stream)
         outcome = stream.outcome
