@@ -114,6 +114,9 @@ _USER_AGENT = "gloo-stream/" + __version__
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
+# What a read with nothing to give raises on a non-blocking socket (plain, or TLS mid-record).
+_WOULD_BLOCK: tuple[type[BaseException], ...] = (
+    (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl is not None else (BlockingIOError,))
 
 log = logging.getLogger("gloo_stream")
 log.addHandler(logging.NullHandler())  # a library stays quiet unless the application configures logging
@@ -1435,14 +1438,14 @@ _DRAIN_BYTES = 64 * 1024  # at close, read at most this much already-arrived bod
 _DRAIN_WAIT = 0.05  # ...waiting at most this long for the rest of a TLS record that began to arrive
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether a recv would return at once (data, or the end of the connection)."""
+def _readable(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether a recv would return at once (data, or the end of the connection), waiting up to `wait` s."""
     try:
         if hasattr(select, "poll"):
             poller = select.poll()
             poller.register(sock.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])
+            return bool(poller.poll(wait * 1000))
+        return bool(select.select([sock], [], [], wait)[0])
     except (OSError, ValueError):
         return True  # a broken socket: let the caller find out
 
@@ -1464,6 +1467,7 @@ class _StreamingResponse(http.client.HTTPResponse):
         self._pending = b""  # decoded body bytes a sized read has not returned yet
         self.body_eof = False
         self._release: Callable[[bool], None] | None = None  # set by the pool: called once at close
+        self._drain_wait = _DRAIN_WAIT  # how long close() may wait for the body's end in flight
 
     def begin(self) -> None:
         super().begin()
@@ -1564,6 +1568,14 @@ class _StreamingResponse(http.client.HTTPResponse):
             self._pending = self.read1()
         return self._pending
 
+    def setblocking(self, blocking: bool) -> None:
+        """Non-blocking reads for an event loop: a read with nothing to give raises BlockingIOError
+        (or ssl.SSLWantReadError), and closing never waits for the body's end."""
+        self._drain_wait = _DRAIN_WAIT if blocking else 0.0
+        reader = self.fp
+        if isinstance(reader, _SocketReader):
+            reader.sock.settimeout(None if blocking else 0.0)
+
     # -- the end: back to the pool, or closed ------------------------------
 
     def _ended_cleanly(self) -> bool:
@@ -1573,11 +1585,15 @@ class _StreamingResponse(http.client.HTTPResponse):
             return False
         try:
             budget = _DRAIN_BYTES
+            wait = self._drain_wait
+            waited_until = time.monotonic() + wait
             while not self.body_eof and budget > 0:
-                # A stream stopped at its last event usually has its final chunk in flight or here.
-                if not reader.held and not _readable(reader.sock):
+                # A stream stopped at its last event ([DONE]) usually has the body's end in flight:
+                # wait a moment for it rather than pay a new connection (and TLS handshake) later.
+                if not reader.held and not _readable(reader.sock, max(0.0, waited_until - time.monotonic())):
                     return False
-                reader.sock.settimeout(_DRAIN_WAIT)
+                if wait:
+                    reader.sock.settimeout(wait)
                 budget -= len(self.read_some())
             return (self.body_eof and reader.held == 0 and not (self._chunks and self._chunks.extra)
                     and not _readable(reader.sock))
@@ -1720,12 +1736,24 @@ class _StaleConnection(Exception):
     """A reused connection died before answering (the server closed it while idle)."""
 
 
+_SSL_CONTEXTS: dict[tuple[str | None, str | None], Any] = {}
+_SSL_CONTEXTS_LOCK = threading.Lock()
+
+
 def _default_ssl_context() -> Any:
-    """A verifying TLS context, honouring SSL_CERT_FILE and SSL_CERT_DIR."""
+    """The process's verifying TLS context, honouring SSL_CERT_FILE and SSL_CERT_DIR.
+
+    Built once per process (per CA setting): loading the CA store costs tens of milliseconds
+    of CPU, and every client and relay thread can share one context.
+    """
     if ssl is None:
         raise ConfigurationError("this Python has no ssl module: https URLs cannot be used")
-    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None,
-                                      capath=os.environ.get("SSL_CERT_DIR") or None)
+    key = (os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    with _SSL_CONTEXTS_LOCK:
+        context = _SSL_CONTEXTS.get(key)
+        if context is None:
+            context = _SSL_CONTEXTS[key] = ssl.create_default_context(cafile=key[0], capath=key[1])
+        return context
 
 
 class _PooledHandler(urllib.request.AbstractHTTPHandler):
@@ -1789,6 +1817,27 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
             conn = _PooledHTTPConnection(host, timeout=timeout)
         self.pool.note_opened()
         return conn
+
+    def preconnect(self, url: str, timeout: float) -> bool:
+        """Open one connection to `url`'s server and park it in the pool (unless one is idle there).
+
+        True when a connection was opened. A relay does this at startup, so its first user does not
+        pay the TCP and TLS handshakes.
+        """
+        req = urllib.request.Request(url)
+        scheme, host = req.type, req.host
+        proxy, proxy_headers = self._proxy(scheme, host)
+        key: _PoolKey = (scheme, host, proxy)
+        if not self.pool.size or self.pool.idle_count(key):
+            return False
+        conn = self._connect(scheme, host, proxy, proxy_headers, timeout)
+        try:
+            conn.connect()
+        except OSError:
+            conn.close()
+            raise
+        self.pool.put(key, conn)
+        return True
 
     def _open(self, req: urllib.request.Request) -> _StreamingResponse:
         scheme, host = req.type, req.host
@@ -1872,17 +1921,19 @@ def _proxy_auth(parts: urllib.parse.SplitResult) -> dict[str, str]:
     return {"Proxy-Authorization": "Basic " + base64.b64encode(user_pass.encode("utf-8")).decode("ascii")}
 
 
-def _build_opener(*, pool: _ConnectionPool | None = None, ssl_context: Any = None) -> urllib.request.OpenerDirector:
+def _build_opener(*, pool: _ConnectionPool | None = None, ssl_context: Any = None,
+                  handler: _PooledHandler | None = None) -> urllib.request.OpenerDirector:
     """An opener with the pooled handler and no redirect handler: a 3xx is an HTTPError, never followed.
 
     Following a redirect would send the bearer token or the client secret to wherever the
     Location points, over plain http even; callers turn a 3xx into a typed error instead.
     """
     opener = urllib.request.OpenerDirector()
-    for handler in (_PooledHandler(pool if pool is not None else _ConnectionPool(), ssl_context=ssl_context),
-                    urllib.request.UnknownHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
+    if handler is None:
+        handler = _PooledHandler(pool if pool is not None else _ConnectionPool(), ssl_context=ssl_context)
+    for each in (handler, urllib.request.UnknownHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                 urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(each)
     return opener
 
 
@@ -2438,7 +2489,8 @@ class GlooClient:
         self._clock = clock
         # One pool and one TLS context for every stream and token request of this client.
         self.pool = _ConnectionPool(pool_size, pool_idle_timeout, clock=clock)
-        self._opener = _build_opener(pool=self.pool, ssl_context=ssl_context)
+        self._handler = _PooledHandler(self.pool, ssl_context=ssl_context)
+        self._opener = _build_opener(handler=self._handler)
         # Explicit OAuth credentials win over a GLOO_API_KEY left in the environment.
         explicit_oauth = client_id is not None and client_secret is not None
         self._api_key = _credential(api_key, "api_key") if api_key is not None else (
@@ -2475,6 +2527,21 @@ class GlooClient:
 
     def __repr__(self) -> str:
         return f"GlooClient(api_url={self.api_url!r}, auth={'api_key' if self.tokens is None else 'oauth'})"
+
+    def warm_up(self) -> None:
+        """Get ready for a first request: the TLS context, an OAuth token, one open connection to the API.
+
+        Raises what a request would (TokenError, APIConnectionError, ConfigurationError).
+        """
+        try:
+            if self.api_url.startswith("https:"):
+                self._handler.ssl_context  # noqa: B018 - built now, not on the first request
+            if self.tokens is not None:
+                self.tokens.get()
+            self._handler.preconnect(self.api_url, self.connect_timeout)
+        except OSError as exc:
+            cls = APITimeoutError if _is_timeout(exc) else APIConnectionError
+            raise cls(f"cannot reach {_redact_url(self.api_url)}: {_describe_os_error(exc)}") from None
 
     # -- requests ---------------------------------------------------------
 
@@ -2703,6 +2770,8 @@ class ChatStream:
         self._finished_at: float | None = None  # when the accumulator first said finished
         self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
+        self._blocking = True
+        self.settling = False  # non-blocking only: the answer is over, the body's end has not come yet
         self.error: StreamError | None = None
         self.bytes_read = 0
 
@@ -2766,14 +2835,44 @@ class ChatStream:
 
     # -- reading ----------------------------------------------------------
 
+    def setblocking(self, blocking: bool) -> None:
+        """`False` readies the stream for an event loop: reads never wait.
+
+        `read_batch()` then gives `[]` when nothing has arrived, and the caller keeps the clocks:
+        it calls `read_batch()` again when the socket is readable, when the finish grace is over
+        and at the deadline. After `[DONE]`, `settling` may be set: the body's end is still on
+        its way, so call `settle()` when the socket is readable (or `close()`), and the connection
+        goes back to its pool.
+        """
+        setter = getattr(self.response, "setblocking", None)
+        if setter is None:
+            raise GlooError("this stream's response cannot be read without blocking")
+        setter(blocking)
+        self._blocking = blocking
+
+    def settle(self) -> bool:
+        """Non-blocking, after the answer: read what has come of the body's end; True once closed."""
+        if self._closed or self._body is None:
+            return True
+        budget = _DRAIN_BYTES
+        try:
+            while not self._body.eof and budget > 0:
+                budget -= len(self._body.read())
+        except _WOULD_BLOCK:
+            if budget > 0:
+                return False
+        except (OSError, http.client.HTTPException, ValueError):
+            pass  # close() finds the connection unusable and drops it
+        self.close()
+        return True
+
     def _read(self, grace: float | None = None) -> bytes:
-        if self._sock is not None and (self.deadline is not None or grace is not None):
+        if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
+            raise socket.timeout("deadline")
+        if self._blocking and self._sock is not None and (self.deadline is not None or grace is not None):
             limits = [t for t in (self.read_timeout, grace) if t is not None]
             if self.deadline is not None:
-                remaining = self.deadline - (self._clock() - self.accumulator.started)
-                if remaining <= 0:
-                    raise socket.timeout("deadline")
-                limits.append(remaining)
+                limits.append(self.deadline - (self._clock() - self.accumulator.started))
             self._sock.settimeout(max(0.001, min(limits)))
         if self._body is not None:
             return self._body.read()
@@ -2826,6 +2925,8 @@ class ChatStream:
                     raise self._fail(StreamTimeoutError,
                                      f"the stream passed its {self.deadline:g}s deadline") from None
                 raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
+            except _WOULD_BLOCK:
+                return [], []  # non-blocking, and nothing more has arrived
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 if self._closed or self._finished_at is not None:
                     self.close()
@@ -2875,13 +2976,17 @@ class ChatStream:
     def _end_of_body(self) -> None:
         self._body_ended = True
         try:
-            if not self._closed:
+            if not self._closed and not self.settling:
                 self._decoder.close()
         except EventTooLargeError as exc:
             if self._finished_at is None:
                 raise self._fail(EventTooLargeError, str(exc)) from None
         finally:
-            self.close()
+            if (not self._blocking and self.accumulator.done and not self._eof and not self._closed
+                    and self._body is not None):
+                self.settling = True  # [DONE] came first: settle() reads the body's end as it arrives
+            else:
+                self.close()
 
     def _claim(self) -> None:
         if self._consumed:

@@ -17,17 +17,20 @@ Standard library only, plus gloo_stream.py beside this file.
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
+import heapq
 import hmac
 import html
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
 import os
 import re
-import select
+import selectors
 import signal
 import socket
 import socketserver
@@ -36,11 +39,10 @@ import threading
 import time
 import urllib.parse
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 try:
     import gloo_stream
@@ -81,9 +83,6 @@ _SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
     ("X-Frame-Options", "DENY"),
 )
-_POLL_IN = select.POLLIN | select.POLLPRI if hasattr(select, "poll") else 0
-_POLL_GONE = (select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
-              if hasattr(select, "poll") else 0)
 _HEARTBEAT_FRAME = b": keep-alive\n\n"
 _AUTH_FAILURES_FOR_DEGRADED = 3  # upstream credential failures in a row before /health says "degraded"
 
@@ -896,7 +895,7 @@ class _StreamSink:
     def heartbeat(self) -> None:
         self.writer.heartbeat()
 
-    def finish(self, error: _RelayError | None, loop: _RelayLoop) -> None:
+    def finish(self, error: _RelayError | None, loop: _Relay) -> None:
         """The error event, or on /v1 the OpenAI ending: usage in a chunk of its own when asked, [DONE]."""
         tail = b""
         if error is not None:
@@ -950,86 +949,98 @@ class _ClientGone(Exception):
         self.outcome = outcome
 
 
-class _RelayLoop:
-    """Moves one upstream stream to one client: waits on both sockets at once, hands whole events
-    to the sink, heartbeats while the upstream is silent, and ends with the stream's one verdict.
+class _Relay:
+    """One stream between its upstream and its client, driven by the relay loop.
 
-    `run()` returns None for a finished answer or the error to tell the client; it raises
-    _ClientGone when the client left, so the upstream is closed at once. What each event means
-    is decided by the library (`ChatStream.read_batch()` folds them; `ChatStream.outcome`).
+    Whole events go to the sink as they arrive; the client's bytes wait in `out` while its socket
+    is full (reading upstream pauses past a high-water mark); heartbeats, the upstream's idle
+    time, the finish grace, the stream's deadline and a stuck client are timers on the loop's
+    clock. The stream ends with the library's one verdict (`ChatStream.outcome`); what each
+    event means is decided by the library (`ChatStream.read_batch()` folds them).
     """
 
-    def __init__(self, handler: _Handler, stream: ChatStream, sink: Any) -> None:
+    def __init__(self, handler: _Handler, stream: ChatStream, *, keep_alive: bool = False) -> None:
+        self.handler = handler
         self.server = handler.server
         self.config = handler.server.config
-        self.client_left = handler.client_left
+        self.exchange = handler.exchange
+        self.client = handler.connection
+        self.client_address = handler.client_address
         self.stream = stream
-        self.sink = sink
-        self.poller = select.poll()
-        self.upstream_fd = stream.fileno()
-        self.poller.register(self.upstream_fd, _POLL_IN)
-        self.poller.register(handler.connection.fileno(), _POLL_IN | _POLL_GONE)
-        self.last_upstream = time.monotonic()
+        self.sink: Any = None
+        self.keep_alive = keep_alive  # the client's connection may serve another request after this one
+        self.out = bytearray()  # written to the client as its socket takes it
+        self.out_since = 0.0  # when `out` last made progress (or began to wait)
+        self.last_upstream = time.monotonic()  # the last whole event (idleness counts from it)
+        self.bytes_at_last_event = 0
         self.first_content: float | None = None
+        self.paused = False  # upstream reads stopped: the client is not keeping up
+        self.ending = False  # the last bytes are queued; the client side ends once they are written
+        self.client_done = False
+        self.upstream_done = False
+        self.settle_until = 0.0
+        self.error: _RelayError | None = None
+        self.gone: str | None = None  # why the client went ("client_gone", "slow_client")
+        self.finished = threading.Event()  # set when the loop is done with both sockets (collect)
+        self.collect = False  # the handler thread waits for the end and answers itself
+        self.scheduled: float | None = None  # the time of this relay's entry in the loop's timer heap
+        self.upstream_fd = -1  # both set when the loop adopts the relay (a closed socket forgets its fd)
+        self.client_fd = -1
+        self.upstream_registered = False
+        self.client_events = selectors.EVENT_READ
 
-    def run(self) -> _RelayError | None:
-        """Relay until the answer ends (see the class docstring)."""
-        try:
-            return self._pump()
-        except StreamError:
-            return self._verdict()
-        except _RelayError as error:
-            return error
-        except socket.timeout:
-            raise _ClientGone("slow_client") from None
-        except OSError:
-            raise _ClientGone("client_gone") from None
+    # -- writing to the client ----------------------------------------------
 
-    def _pump(self) -> _RelayError | None:
+    def queue(self, data: bytes) -> None:
+        """What the sink writes: queued, then sent as far as the client's socket takes it."""
+        if not self.out:
+            self.out_since = time.monotonic()
+        self.out += data
+
+    def flush(self) -> None:
+        """Send what is queued; raises _ClientGone when the client's side is closed."""
+        out = self.out
+        while out:
+            try:
+                sent = self.client.send(out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                raise _ClientGone("client_gone") from None
+            del out[:sent]
+            self.out_since = time.monotonic()
+
+    # -- the upstream ---------------------------------------------------------
+
+    def pump(self, loop: _StreamLoop) -> None:
+        """Read what the upstream has sent, relay whole events, end the stream when it ends."""
         stream = self.stream
-        idle = self.config.upstream_idle_seconds
-        while True:
-            if not stream.buffered and not self._wait() and not stream.finished:
-                return _RelayError.mid_stream("upstream_timeout", f"the upstream sent nothing for {idle:g}s",
-                                              status=504, code=504)
-            batch = stream.read_batch()  # after a finish and its grace: None, a clean end
+        for _ in range(_READS_PER_TURN):
+            try:
+                batch = stream.read_batch()  # after a finish and its grace: None, a clean end
+            except StreamError:
+                return self.end(self.verdict())
             if batch is None:
-                return self._verdict()
-            if not batch:
-                # Bytes but no whole event: idleness counts from the last whole event, so an
-                # upstream that trickles without ever finishing one still times out.
-                if time.monotonic() - self.last_upstream >= idle and not stream.finished:
-                    return _RelayError.mid_stream("upstream_timeout", f"the upstream sent no complete event "
-                                                  f"for {idle:g}s", status=504, code=504)
-                continue
-            self.last_upstream = time.monotonic()
-            if self.first_content is None and stream.accumulator.first_token_at is not None:
-                self.first_content = self.last_upstream
-            self.sink.add(batch)
+                return self.end(self.verdict())
+            if batch:
+                self.last_upstream = time.monotonic()
+                self.bytes_at_last_event = stream.bytes_read
+                if self.first_content is None and stream.accumulator.first_token_at is not None:
+                    self.first_content = self.last_upstream
+                try:
+                    self.sink.add(batch)
+                except _RelayError as error:
+                    return self.end(error)
+                if len(self.out) > _OUT_HIGH_WATER:
+                    self.paused = True
+                    break
+            elif not stream.buffered:
+                break  # everything that has arrived is read: wait for the socket
+        else:
+            loop.ready.add(self)  # more is buffered: carry on in the next turn, after the others
+        self.flush()
 
-    def _wait(self) -> bool:
-        """Wait for upstream bytes; False once the upstream has been silent too long. Raises _ClientGone."""
-        heartbeat = self.config.heartbeat_seconds
-        while True:
-            grace = self.stream.grace_remaining()  # after a finish, only a short wait for usage or [DONE]
-            now = time.monotonic()
-            idle_at = now + grace if grace is not None else self.last_upstream + self.config.upstream_idle_seconds
-            wake = min(idle_at, self.sink.last_write + heartbeat) if self.sink.heartbeats else idle_at
-            upstream_ready = False
-            for fd, flags in self.poller.poll(max(0.0, wake - now) * 1000):
-                if fd == self.upstream_fd:
-                    upstream_ready = True
-                elif self.client_left(flags):
-                    raise _ClientGone("client_gone")
-            if upstream_ready:
-                return True
-            now = time.monotonic()
-            if now >= idle_at:
-                return False
-            if self.sink.heartbeats and now - self.sink.last_write >= heartbeat:
-                self.sink.heartbeat()
-
-    def _verdict(self) -> _RelayError | None:
+    def verdict(self) -> _RelayError | None:
         """None for a finished answer; else the one error that ends the stream, from `stream.outcome`."""
         outcome = self.stream.outcome
         if outcome.kind == "finished":
@@ -1042,6 +1053,369 @@ class _RelayLoop:
                                           "send the request again", status=503)
         kind, status = _CUT_SHORT.get(outcome.error_name, ("upstream_disconnected", 502))
         return _RelayError.mid_stream(kind, outcome.message or "the upstream failed", status=status, code=502)
+
+    def idle_error(self) -> _RelayError:
+        idle = self.config.upstream_idle_seconds
+        if self.stream.bytes_read > self.bytes_at_last_event:
+            # Bytes but no whole event: idleness counts from the last whole event, so an
+            # upstream that trickles without ever finishing one still times out.
+            return _RelayError.mid_stream("upstream_timeout", f"the upstream sent no complete event for {idle:g}s",
+                                          status=504, code=504)
+        return _RelayError.mid_stream("upstream_timeout", f"the upstream sent nothing for {idle:g}s",
+                                      status=504, code=504)
+
+    # -- the clock ------------------------------------------------------------
+
+    def next_wake(self, now: float) -> float:
+        """When this relay next needs the loop's attention, whatever its sockets do."""
+        wakes = []
+        stream = self.stream
+        if not self.upstream_done:
+            if stream.settling:
+                wakes.append(self.settle_until)
+            elif not self.ending:
+                grace = stream.grace_remaining()
+                if grace is not None:
+                    wakes.append(now + grace)
+                elif not self.paused:
+                    wakes.append(self.last_upstream + self.config.upstream_idle_seconds)
+                if stream.deadline is not None:
+                    wakes.append(stream.accumulator.started + stream.deadline)
+        if not self.client_done:
+            if self.out:
+                wakes.append(self.out_since + self.config.write_timeout_seconds)
+            elif self.sink.heartbeats and not self.ending:
+                wakes.append(self.sink.last_write + self.config.heartbeat_seconds)
+        return min(wakes) if wakes else now + 3600.0
+
+    def on_timer(self, loop: _StreamLoop, now: float) -> None:
+        stream = self.stream
+        if not self.client_done and self.out and now - self.out_since >= self.config.write_timeout_seconds:
+            raise _ClientGone("slow_client")
+        if not self.upstream_done:
+            if stream.settling:
+                if now >= self.settle_until:
+                    stream.close()  # the body's end never came: the connection is not kept
+                    loop.upstream_finished(self)
+            elif not self.ending:
+                grace = stream.grace_remaining()
+                deadline_passed = stream.deadline is not None and now >= stream.accumulator.started + stream.deadline
+                if (grace is not None and grace <= 0) or deadline_passed:
+                    self.pump(loop)  # the library ends the stream: cleanly after a grace, or on its deadline
+                elif (grace is None and not self.paused
+                      and now - self.last_upstream >= self.config.upstream_idle_seconds):
+                    self.end(self.idle_error())
+        if (not self.client_done and not self.ending and not self.out and self.sink.heartbeats
+                and now - self.sink.last_write >= self.config.heartbeat_seconds):
+            self.sink.heartbeat()
+            self.flush()
+
+    # -- the end --------------------------------------------------------------
+
+    def end(self, error: _RelayError | None) -> None:
+        """The stream's verdict is in: record it, queue the ending; the loop finishes the rest."""
+        if self.ending:
+            return
+        self.ending = True
+        self.error = error
+        self.exchange.outcome = error.outcome if error is not None else "complete"
+        if not self.collect:
+            self.sink.finish(error, self)
+        self.flush()
+
+    def client_gone(self, outcome: str) -> None:
+        """The client left (or stopped reading): the upstream is closed at once."""
+        self.gone = outcome
+        self.ending = True
+        self.out.clear()
+        self.exchange.outcome = outcome
+        self.keep_alive = False
+        log.info("client went away mid-stream (%s); closing the upstream connection", outcome)
+
+    def record(self) -> None:
+        """Metrics and the log line's fields, once, when the client side is over."""
+        exchange = self.exchange
+        if not exchange.status:
+            exchange.status = 499
+        writer = getattr(self.sink, "writer", None)
+        self.server.stream_done(exchange, self, None if self.gone else self.error, writer)
+
+
+_READS_PER_TURN = 16  # reads of one upstream before the loop turns to the others
+_OUT_HIGH_WATER = 64 * 1024  # bytes queued for a client before its upstream is no longer read
+_SETTLE_SECONDS = 1.0  # after [DONE], how long the body's end may take before its connection is dropped
+_LAG_WARNING_SECONDS = 1.0  # the loop logs (at most once a minute) when its timers fall this far behind
+
+
+class _StreamLoop:
+    """The streaming phase: one thread relays every stream once its response headers are sent.
+
+    Handler threads read and check requests and open the upstream (with the library's
+    transport and retries), then hand both sockets over and are free. The loop sleeps in the
+    selector until a socket or the earliest timer wakes it; nothing polls.
+    """
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._incoming: collections.deque[_Relay] = collections.deque()
+        self._timers: list[tuple[float, int, _Relay]] = []
+        self._order = itertools.count()
+        self.ready: set[_Relay] = set()
+        self.relays: set[_Relay] = set()
+        self._stopping = False
+        self._lag_logged = 0.0
+        self.max_lag = 0.0  # the worst lag behind a timer seen, in seconds (for benchmarks)
+        self._thread = threading.Thread(target=self._run, name="gloo-proxy-relay", daemon=True)
+        self._thread.start()
+
+    # -- from other threads ---------------------------------------------------
+
+    def hand_over(self, relay: _Relay) -> None:
+        """Give the loop a stream whose response has begun; from here the loop owns both sockets."""
+        self._incoming.append(relay)
+        self._wake()
+
+    def collect(self, relay: _Relay) -> None:
+        """Run a stream to its end in the loop and wait; the calling thread then answers itself."""
+        relay.collect = True
+        self.hand_over(relay)
+        relay.finished.wait()
+
+    def stop(self) -> None:
+        """End the loop; any stream still in it is cut."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending already) or closed (the loop has ended)
+
+    # -- the loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._turn()
+        finally:
+            for relay in list(self.relays):
+                self._abandon(relay)
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _turn(self) -> None:
+        timeout: float | None = None
+        if self.ready or self._incoming:
+            timeout = 0.0
+        elif self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        for key, mask in self.selector.select(timeout):
+            if key.data is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except OSError:
+                    pass
+                continue
+            relay, upstream = key.data
+            self._guard(relay, self._on_upstream if upstream else self._on_client, mask)
+        while self._incoming:
+            self._guard(self._incoming.popleft(), self._adopt, 0)
+        if self.ready:
+            ready, self.ready = self.ready, set()
+            for relay in ready:
+                if relay in self.relays and not relay.paused:
+                    self._guard(relay, self._on_upstream, 0)
+        self._fire_timers()
+
+    def _guard(self, relay: _Relay, step: Callable[[_Relay, int], None], mask: int) -> None:
+        """Run one step of one relay; whatever goes wrong ends that relay alone."""
+        try:
+            step(relay, mask)
+        except _ClientGone as gone:
+            relay.client_gone(gone.outcome)
+            if relay.collect:
+                self._drop_upstream(relay)  # the handler thread closes the stream
+            else:
+                self._close_stream(relay)
+            self._client_finished(relay)
+        except Exception:  # a process boundary: one broken stream never stops the others
+            log.exception("unexpected error relaying a stream")
+            self._abandon(relay)
+            return
+        if relay in self.relays:
+            self._after(relay)
+
+    def _adopt(self, relay: _Relay, mask: int) -> None:
+        relay.stream.setblocking(False)
+        relay.client.setblocking(False)
+        relay.upstream_fd = relay.stream.fileno()
+        relay.client_fd = relay.client.fileno()
+        self.relays.add(relay)
+        self.selector.register(relay.upstream_fd, selectors.EVENT_READ, (relay, True))
+        relay.upstream_registered = True
+        self.selector.register(relay.client_fd, selectors.EVENT_READ, (relay, False))
+        if relay.stream.buffered:
+            self.ready.add(relay)  # bytes read with the headers: no socket will say so
+
+    def _on_upstream(self, relay: _Relay, mask: int) -> None:
+        if relay.upstream_done or relay.paused:
+            return
+        if relay.stream.settling:
+            if relay.stream.settle():
+                self.upstream_finished(relay)
+            return
+        if not relay.ending:
+            relay.pump(self)
+
+    def _on_client(self, relay: _Relay, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self._client_readable(relay)
+        if relay.out:
+            relay.flush()
+
+    def _client_readable(self, relay: _Relay) -> None:
+        """The client sent bytes or went away; bytes after the request are dropped (and end keep-alive)."""
+        try:
+            data = relay.client.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            raise _ClientGone("client_gone") from None
+        if not data:
+            raise _ClientGone("client_gone")
+        relay.keep_alive = False  # bytes after the request (pipelined or not) are never read as a request
+        relay.exchange.extra_bytes += len(data)
+        if relay.exchange.extra_bytes > self.server.config.max_body_bytes:
+            raise _ClientGone("client_gone")
+
+    def _after(self, relay: _Relay) -> None:
+        """After any step: finish what is over, set the sockets' interest, schedule the next timer."""
+        if relay.ending and not relay.upstream_done and not relay.collect:
+            if not relay.stream.settling:
+                self._close_stream(relay)  # ended (its connection is in the pool already), failed or cut
+            elif not relay.settle_until:
+                relay.settle_until = time.monotonic() + _SETTLE_SECONDS
+        if relay.ending and not relay.out and not relay.client_done:
+            if relay.collect and not relay.upstream_done:
+                self._drop_upstream(relay)  # the handler thread takes the stream back and closes it
+            self._client_finished(relay)
+        if relay.client_done and relay.upstream_done:
+            self.relays.discard(relay)
+            return
+        if not relay.client_done:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if relay.out else 0)
+            if want != relay.client_events:
+                relay.client_events = want
+                self.selector.modify(relay.client_fd, want, (relay, False))
+        if relay.paused and len(relay.out) <= _OUT_HIGH_WATER // 2:
+            relay.paused = False  # the client caught up: read the upstream again
+            if relay.stream.buffered:
+                self.ready.add(relay)
+        if not relay.upstream_done:
+            if relay.paused and relay.upstream_registered:
+                self._drop_upstream(relay, done=False)
+            elif not relay.paused and not relay.upstream_registered:
+                self.selector.register(relay.upstream_fd, selectors.EVENT_READ, (relay, True))
+                relay.upstream_registered = True
+        self._schedule(relay)
+
+    def _drop_upstream(self, relay: _Relay, *, done: bool = True) -> None:
+        if relay.upstream_registered:
+            relay.upstream_registered = False
+            self._unregister(relay.upstream_fd)
+        if done:
+            relay.upstream_done = True
+
+    def _close_stream(self, relay: _Relay) -> None:
+        if not relay.upstream_done:
+            self._drop_upstream(relay, done=False)
+            relay.stream.close()
+            self.upstream_finished(relay)
+
+    def upstream_finished(self, relay: _Relay) -> None:
+        """The upstream side is over (closed, or its connection back in the pool): the slot is free."""
+        if relay.upstream_done:
+            return
+        self._drop_upstream(relay)
+        if not relay.collect:
+            self.server.end_stream(relay.stream)
+
+    def _client_finished(self, relay: _Relay) -> None:
+        """The client side is over: log the request, then keep the connection for another or close it."""
+        relay.client_done = True
+        self._unregister(relay.client_fd)
+        relay.record()
+        if relay.collect:
+            relay.finished.set()  # the handler thread answers (or closes) and logs
+            return
+        relay.handler.log_request_done()
+        keep = relay.keep_alive and not relay.gone and not self.server.draining
+        self.server.release_connection(relay.handler, keep_alive=keep)
+
+    def _unregister(self, fd: int) -> None:
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _abandon(self, relay: _Relay) -> None:
+        """Cut a relay whatever state it is in (a bug, or the loop stopping)."""
+        self.relays.discard(relay)
+        if not relay.upstream_done:
+            self._drop_upstream(relay)
+            relay.stream.close()
+            if not relay.collect:
+                self.server.end_stream(relay.stream)
+        if not relay.client_done:
+            relay.client_done = True
+            relay.gone = relay.gone or "client_gone"
+            relay.exchange.outcome = relay.exchange.outcome or "proxy_error"
+            if relay.client_fd >= 0:
+                self._unregister(relay.client_fd)
+            if relay.collect:
+                relay.finished.set()
+            else:
+                relay.record()
+                relay.handler.log_request_done()
+                self.server.release_connection(relay.handler, keep_alive=False)
+
+    # -- timers ---------------------------------------------------------------
+
+    def _schedule(self, relay: _Relay) -> None:
+        wake = relay.next_wake(time.monotonic())
+        if relay.scheduled is None or wake < relay.scheduled:
+            relay.scheduled = wake
+            heapq.heappush(self._timers, (wake, next(self._order), relay))
+
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            when, _, relay = heapq.heappop(timers)
+            if relay.scheduled != when or relay not in self.relays:
+                continue  # superseded by an earlier entry, or the relay is over
+            relay.scheduled = None
+            lag = now - when
+            if lag > self.max_lag:
+                self.max_lag = lag
+            if lag > _LAG_WARNING_SECONDS and now - self._lag_logged > 60:
+                self._lag_logged = now
+                log.warning("the relay loop is %.1fs behind its timers with %d streams: the machine is "
+                            "overloaded (see PROXY_MAX_STREAMS)", lag, len(self.relays))
+            if relay.next_wake(now) > now:
+                self._schedule(relay)  # its deadlines moved on since this entry was made
+                continue
+            self._guard(relay, lambda r, mask: r.on_timer(self, now), 0)
 
 
 # How a stream cut short is told to the client, by the library's failure (StreamOutcome.error_name).
@@ -1134,14 +1508,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- connection and request lifecycle ---------------------------------
 
+    relay: _Relay | None = None  # set when a stream was handed to the relay loop: it owns the connection now
+
     def setup(self) -> None:
         super().setup()
-        self._reader = _DeadlineReader(self.connection)
         self.rfile.close()
-        self.rfile = io.BufferedReader(self._reader, 64 * 1024)
+        resumed = self.server.take_resumed(self.connection)
+        if resumed is not None:  # a kept-alive connection back from the relay loop, with its buffered bytes
+            self._reader, self.rfile = resumed
+        else:
+            self._reader = _DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self._reader, 64 * 1024)
         self.server.connection_opened(self.connection)
 
     def finish(self) -> None:
+        if self.relay is not None:
+            return  # the relay loop writes the rest and then closes or keeps the connection
         self.server.connection_closed(self.connection)
         try:
             super().finish()
@@ -1176,7 +1558,7 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
             self.close_connection = True
         finally:
-            if self.exchange.status:
+            if self.exchange.status and self.relay is None:
                 self._log_request()
 
     def _read_request_line(self) -> bool:
@@ -1328,23 +1710,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def client_left(self, flags: int) -> bool:
-        """Whether the client has gone, given poll flags on its socket; bytes it sent are dropped."""
-        if flags & _POLL_GONE:
-            return True
-        try:
-            data = self.connection.recv(65536, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        if not data:
-            return True
-        # Bytes after the request (pipelined or not): never read as a request, so close after this one.
-        self.close_connection = True
-        self.exchange.extra_bytes += len(data)
-        return self.exchange.extra_bytes > self.server.config.max_body_bytes
-
     # -- checks -------------------------------------------------------------
 
     def _cors_headers(self) -> list[tuple[str, str]]:
@@ -1415,55 +1780,48 @@ class _Handler(BaseHTTPRequestHandler):
     def _completion(self, *, openai: bool) -> None:
         request = _completion_request(_parse_json_body(self._read_body()), openai=openai)
         self.exchange.extra["prompt_chars"] = request.prompt_chars
-        with self.server.upstream_stream(request) as stream:
+        stream = self.server.open_stream(request)
+        relay = None
+        try:
             if request.stream:
-                self._relay(stream, request)
+                relay = self._relay(stream, request)
             else:
                 self._collect(stream)
+        finally:
+            if relay is None:
+                self.server.end_stream(stream)
+        self.relay = relay  # this thread's part is over: the loop takes both sockets when it returns
 
-    def _relay(self, stream: ChatStream, request: _CompletionRequest) -> None:
-        """Relay whole upstream events as they arrive, one write per upstream read."""
+    def _relay(self, stream: ChatStream, request: _CompletionRequest) -> _Relay:
+        """Send the stream's headers; the relay loop then relays whole events as they arrive."""
         chunked = self.request_version != "HTTP/1.0"
         self.close_connection = self.close_connection or not chunked
         self.connection.settimeout(self.server.config.write_timeout_seconds)
         self._start(200, [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
                           ("X-Accel-Buffering", "no")] + ([("Transfer-Encoding", "chunked")] if chunked else []))
-        sink = _StreamSink(_EventWriter(self.wfile.write, chunked=chunked), request)
-        loop, error = self._run(stream, sink)
-        if loop is not None:
-            sink.finish(error, loop)
-        if self.server.draining:
-            self.close_connection = True
+        relay = _Relay(self, stream, keep_alive=not self.close_connection)
+        relay.sink = _StreamSink(_EventWriter(relay.queue, chunked=chunked), request)
+        self.close_connection = True  # for this thread: the loop decides whether the connection is kept
+        return relay
 
     def _collect(self, stream: ChatStream) -> None:
         """The OpenAI non-streaming answer: the stream read whole (bounded), answered as one chat.completion."""
-        loop, error = self._run(stream, _AnswerSink(self.server.config.max_answer_bytes))
-        if loop is None:
+        relay = _Relay(self, stream)
+        relay.sink = _AnswerSink(self.server.config.max_answer_bytes)
+        self.server.relays.collect(relay)
+        if relay.gone is not None:
+            self.close_connection = True
             return  # the client left: the upstream is closed, there is no one to answer
+        stream.setblocking(True)  # closing it may wait a moment for the body's end: the connection is kept
+        error = relay.error
         if error is not None:
             raise _RelayError(504 if error.status == 504 else 502, f"the upstream failed mid-answer: {error.message}",
                               error_type="upstream_error", code=error.code, outcome=error.outcome)
         self._send_json(200, _chat_completion(stream.result()))
 
-    def _run(self, stream: ChatStream, sink: Any) -> tuple[_RelayLoop | None, _RelayError | None]:
-        """Run the relay loop, then record how it went; (None, None) when the client left."""
-        loop = _RelayLoop(self, stream, sink)
-        error = None
-        try:
-            error = loop.run()
-            self.exchange.outcome = error.outcome if error is not None else "complete"
-            return loop, error
-        except _ClientGone as gone:
-            self.exchange.outcome = gone.outcome
-            self.close_connection = True
-            stream.close()
-            log.info("client went away mid-stream (%s); closing the upstream connection", gone.outcome)
-            return None, None
-        finally:
-            if not self.exchange.status:
-                self.exchange.status = 499
-            writer = getattr(sink, "writer", None)
-            self.server.stream_done(self.exchange, loop, error, writer)
+    def log_request_done(self) -> None:
+        """The request's one log line (the relay loop calls it when a handed-over stream ends)."""
+        self._log_request()
 
     def _log_request(self) -> None:
         client = self.client_ip if self.headers is not None else self.client_address[0]
@@ -1558,9 +1916,11 @@ class ProxyServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
+        self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
         super().__init__((self.config.host, int(self.config.port)), _Handler)
         self.loopback_only = self._is_loopback(self.host)
         self.origins = _Origins(self)
+        self.relays = _StreamLoop(self)  # the streaming phase of every stream
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the host's full name: slow or hanging on closed networks.
@@ -1706,9 +2066,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- upstream -----------------------------------------------------------
 
-    @contextmanager
-    def upstream_stream(self, request: _CompletionRequest) -> Iterator[ChatStream]:
-        """A stream slot and the open upstream stream, tracked so close() can cut it; closed after."""
+    def open_stream(self, request: _CompletionRequest) -> ChatStream:
+        """A stream slot and the open upstream stream, tracked so close() can cut it; end it with end_stream()."""
         if not self.acquire_stream():
             raise _RelayError(503, "too many streams in flight; try again shortly", error_type="server_error",
                               code="overloaded", headers={"Retry-After": "1"})
@@ -1716,16 +2075,21 @@ class ProxyServer(ThreadingHTTPServer):
             if self.offline:
                 _cap_markers(request.payload["messages"], max_event_bytes=self.config.max_event_bytes)
             stream = self._open(request)
-            with self._streams_lock:
-                self._tracked.add(stream)
-            try:
-                yield stream
-            finally:
-                with self._streams_lock:
-                    self._tracked.discard(stream)
-                stream.close()
-        finally:
+        except BaseException:
             self.release_stream()
+            raise
+        with self._streams_lock:
+            self._tracked.add(stream)
+        return stream
+
+    def end_stream(self, stream: ChatStream) -> None:
+        """Close a stream from open_stream() (idempotent close) and free its slot."""
+        with self._streams_lock:
+            if stream not in self._tracked:
+                return
+            self._tracked.discard(stream)
+        stream.close()
+        self.release_stream()
 
     def _open(self, request: _CompletionRequest) -> ChatStream:
         client = self.client
@@ -1768,7 +2132,7 @@ class ProxyServer(ThreadingHTTPServer):
                                  "times in a row: check GLOO_CLIENT_ID / GLOO_CLIENT_SECRET or GLOO_API_KEY")
         return answer
 
-    def stream_done(self, exchange: _Exchange, loop: _RelayLoop | None, error: _RelayError | None,
+    def stream_done(self, exchange: _Exchange, loop: _Relay | None, error: _RelayError | None,
                     writer: _EventWriter | None) -> None:
         """Metrics and the log line's fields for one relayed (or collected) stream."""
         first = loop.first_content if loop is not None else None
@@ -1875,6 +2239,41 @@ class ProxyServer(ThreadingHTTPServer):
             pass
         self.shutdown_request(request, admitted=False)
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """A connection's thread: its requests, until one hands its stream to the relay loop or it closes."""
+        relay = None
+        try:
+            relay = self.RequestHandlerClass(request, client_address, self).relay  # type: ignore[attr-defined]
+        except Exception:  # a process boundary, as socketserver's own
+            self.handle_error(request, client_address)
+        finally:
+            if relay is not None:
+                self.relays.hand_over(relay)  # this thread is done with the connection: the loop takes it
+            else:
+                self.shutdown_request(request)
+
+    def take_resumed(self, sock: socket.socket) -> tuple[_DeadlineReader, Any] | None:
+        """The reader of a kept-alive connection back from the relay loop (None for a new connection)."""
+        with self._streams_lock:
+            return self._resumed.pop(sock, None)
+
+    def release_connection(self, handler: _Handler, *, keep_alive: bool) -> None:
+        """After a relayed stream: a thread reads the connection's next request, or the connection is closed."""
+        sock = handler.connection
+        if keep_alive:
+            try:
+                sock.settimeout(self.config.write_timeout_seconds)
+                with self._streams_lock:
+                    self._resumed[sock] = (handler._reader, handler.rfile)
+                threading.Thread(target=self.process_request_thread, args=(sock, handler.client_address),
+                                 name="gloo-proxy-connection", daemon=True).start()
+                return
+            except (OSError, RuntimeError):  # no thread to be had: the client opens a new connection
+                with self._streams_lock:
+                    self._resumed.pop(sock, None)
+        self.connection_closed(sock)
+        self.shutdown_request(sock)
+
     def shutdown_request(self, request: Any, admitted: bool = True) -> None:
         if admitted:
             with self._streams_lock:
@@ -1940,6 +2339,12 @@ class ProxyServer(ThreadingHTTPServer):
         self.cut_streams()
         self._shutdown_connections(idle_only=False)
         self.server_close()
+
+    def server_close(self) -> None:
+        super().server_close()
+        relays = getattr(self, "relays", None)
+        if relays is not None:
+            relays.stop()
 
     def __enter__(self) -> ProxyServer:
         return self.start()

@@ -157,7 +157,6 @@ class CrowdTests(unittest.TestCase):
                        if m.received.startswith(b"HTTP/1.1 200 ") and FINISHED.search(m.received)
                        and m.received.endswith(b"0\r\n\r\n"))
         self.assertEqual(finished, 1000)
-        self.assertGreaterEqual(self.peak_threads, 1000)
 
         # Now one client stops reading: its receive window fills, the proxy's write blocks and
         # the write timeout (0.5 s) cuts it off and closes the upstream.
