@@ -1450,6 +1450,38 @@ def _readable(sock: socket.socket, wait: float = 0.0) -> bool:
         return True  # a broken socket: let the caller find out
 
 
+def _quiet(sock: socket.socket) -> bool:
+    """Whether an idle connection is still usable: nothing to read, or only TLS records that carry no data.
+
+    A TLS 1.3 server sends its session tickets after the handshake, and they can arrive after the
+    answer did: they make the socket readable, yet the connection is fine. Reading them (without
+    blocking) tells them apart from a close or stray bytes.
+    """
+    if not _readable(sock):
+        return True
+    if ssl is None or not isinstance(sock, ssl.SSLSocket):
+        return False  # readable while idle: closed by the server, or bytes no request asked for
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        for _ in range(4):
+            try:
+                sock.recv(1)
+            except ssl.SSLWantReadError:
+                if not _readable(sock):
+                    return True  # only TLS housekeeping was waiting
+                continue
+            return False  # data, or the end of the connection
+        return False
+    except (OSError, ValueError):
+        return False
+    finally:
+        try:
+            sock.settimeout(timeout)
+        except OSError:
+            pass
+
+
 class _StreamingResponse(http.client.HTTPResponse):
     """An http.client response read through a _SocketReader, which frames its own body.
 
@@ -1596,9 +1628,14 @@ class _StreamingResponse(http.client.HTTPResponse):
                     reader.sock.settimeout(wait)
                 budget -= len(self.read_some())
             return (self.body_eof and reader.held == 0 and not (self._chunks and self._chunks.extra)
-                    and not _readable(reader.sock))
+                    and _quiet(reader.sock))
         except (OSError, ValueError, http.client.HTTPException):
             return False
+
+    def abandon(self) -> None:
+        """Close without waiting for the body's end: the reader stopped before the answer did."""
+        self._drain_wait = 0.0
+        self.close()
 
     def close(self) -> None:
         release, self._release = self._release, None
@@ -1668,7 +1705,7 @@ class _ConnectionPool:
             if found is None:
                 return None
             sock = found.sock
-            if sock is not None and not _readable(sock):  # readable while idle: closed by the server
+            if sock is not None and _quiet(sock):  # readable while idle: closed by the server
                 with self._lock:
                     self.reused += 1
                 return found
@@ -2297,6 +2334,11 @@ class TokenCache:
                 self._token = None
 
     @property
+    def refresh_at(self) -> float:
+        """When (on this cache's clock) the next `get()` fetches a new token; 0 when none is cached."""
+        return self._refresh_at if self._token else 0.0
+
+    @property
     def expires_at(self) -> float:
         """When the cached token expires, on the cache's clock (0 when none is cached)."""
         return self._expires_at if self._token else 0.0
@@ -2790,8 +2832,10 @@ class ChatStream:
         self._closed = True
         if self.accumulator.finished_at is None:
             self.accumulator.finished_at = self._clock()
+        # A finished answer's body is about to end: close() may wait a moment to keep the connection.
+        abandon = None if self.accumulator.finished else getattr(self.response, "abandon", None)
         try:
-            self.response.close()
+            (abandon or self.response.close)()
         except (OSError, http.client.HTTPException):
             pass
 

@@ -177,7 +177,7 @@ SETTINGS: tuple[Setting, ...] = (
             "largest answer buffered for a non-streaming /v1 request", 1),
     Setting("max_streams", "PROXY_MAX_STREAMS", "int", 256, "streams relayed at once", 1),
     Setting("max_connections", "PROXY_MAX_CONNECTIONS", "int", 4096,
-            "client connections open at once, each a thread", 1),
+            "client connections open at once (past it, a 503 at once)", 1),
     Setting("rate_limit_per_minute", "PROXY_RATE_LIMIT_PER_MINUTE", "int", 120,
             "requests per client address per minute, 0 for none", 0),
     Setting("auth_failures_per_minute", "PROXY_AUTH_FAILURES_PER_MINUTE", "int", 10,
@@ -1908,6 +1908,9 @@ class ProxyServer(ThreadingHTTPServer):
         self.draining = False
         self.cutting = False  # streams in flight are being cut: their clients are told so
         self.upstream_auth_failures = 0  # in a row; /health is "degraded" past a few
+        self.warming = False  # warm_start() is preparing the upstream: /health says "warming"
+        self.warm_problem: str | None = None  # why it is not ready yet
+        self._closing = threading.Event()
         self._streams_lock = threading.Condition()
         self._active = 0
         self._tracked: set[ChatStream] = set()
@@ -2112,11 +2115,40 @@ class ProxyServer(ThreadingHTTPServer):
         return ChatStream(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
                           max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
 
+    def warm_start(self) -> None:
+        """Get the upstream ready in the background (TLS context, token, one connection), then keep
+        the token fresh ahead of its expiry; /health says "warming" until the first is done."""
+        self.warming = True
+        threading.Thread(target=self._keep_warm, name="gloo-proxy-warm", daemon=True).start()
+
+    def _keep_warm(self) -> None:
+        delay = 1.0
+        while not self._closing.is_set():
+            try:
+                self.client.warm_up()
+            except gloo_stream.GlooError as exc:
+                problem = _redact(str(exc))
+                if problem != self.warm_problem:
+                    log.warning("warm start: %s; trying again in %gs", problem, delay)
+                self.warm_problem = problem
+                if self._closing.wait(delay):
+                    return
+                delay = min(60.0, delay * 2)
+                continue
+            if self.warming:
+                log.info("warm: the upstream's TLS context, token and one connection are ready")
+            self.warming, self.warm_problem, delay = False, None, 1.0
+            tokens = self.client.tokens
+            if tokens is None:
+                return  # an API key: nothing expires
+            if self._closing.wait(max(1.0, tokens.refresh_at - time.monotonic())):
+                return
+
     def health(self) -> dict[str, Any]:
-        """The /health answer; "degraded" after repeated upstream credential failures."""
+        """The /health answer; "warming" during a warm start, "degraded" after repeated upstream credential failures."""
         degraded = self.upstream_auth_failures >= _AUTH_FAILURES_FOR_DEGRADED
         answer = {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if degraded else "warming" if self.warming else "ok",
             "service": SERVICE_NAME,
             "version": gloo_stream.__version__,
             "active_streams": self.active_streams,
@@ -2127,6 +2159,8 @@ class ProxyServer(ThreadingHTTPServer):
             "simulator": self.offline,
             **self.metrics.snapshot(),
         }
+        if self.warming and self.warm_problem and not degraded:
+            answer["problem"] = self.warm_problem
         if degraded:
             answer["problem"] = (f"the upstream refused the proxy's credentials {self.upstream_auth_failures} "
                                  "times in a row: check GLOO_CLIENT_ID / GLOO_CLIENT_SECRET or GLOO_API_KEY")
@@ -2229,7 +2263,7 @@ class ProxyServer(ThreadingHTTPServer):
             if admitted:
                 self._open_connections += 1
         if admitted:
-            super().process_request(request, client_address)
+            self._start_connection_thread(request, client_address)
             return
         self.metrics.connection_refused()
         try:
@@ -2243,7 +2277,7 @@ class ProxyServer(ThreadingHTTPServer):
         """A connection's thread: its requests, until one hands its stream to the relay loop or it closes."""
         relay = None
         try:
-            relay = self.RequestHandlerClass(request, client_address, self).relay  # type: ignore[attr-defined]
+            relay = self.RequestHandlerClass(request, client_address, self).relay  # type: ignore[arg-type, attr-defined]
         except Exception:  # a process boundary, as socketserver's own
             self.handle_error(request, client_address)
         finally:
@@ -2251,6 +2285,14 @@ class ProxyServer(ThreadingHTTPServer):
                 self.relays.hand_over(relay)  # this thread is done with the connection: the loop takes it
             else:
                 self.shutdown_request(request)
+
+    def _start_connection_thread(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  name="gloo-proxy-connection", daemon=True)
+        threads = getattr(socketserver, "_Threads", None)  # as ThreadingMixIn does: server_close() joins them
+        if self.block_on_close and threads is not None:
+            vars(self).setdefault("_threads", threads()).append(thread)
+        thread.start()
 
     def take_resumed(self, sock: socket.socket) -> tuple[_DeadlineReader, Any] | None:
         """The reader of a kept-alive connection back from the relay loop (None for a new connection)."""
@@ -2265,8 +2307,7 @@ class ProxyServer(ThreadingHTTPServer):
                 sock.settimeout(self.config.write_timeout_seconds)
                 with self._streams_lock:
                     self._resumed[sock] = (handler._reader, handler.rfile)
-                threading.Thread(target=self.process_request_thread, args=(sock, handler.client_address),
-                                 name="gloo-proxy-connection", daemon=True).start()
+                self._start_connection_thread(sock, handler.client_address)
                 return
             except (OSError, RuntimeError):  # no thread to be had: the client opens a new connection
                 with self._streams_lock:
@@ -2341,6 +2382,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.server_close()
 
     def server_close(self) -> None:
+        self._closing.set()
         super().server_close()
         relays = getattr(self, "relays", None)
         if relays is not None:
@@ -2491,6 +2533,7 @@ def _serve(server: ProxyServer, config: Any) -> bool:
              "required" if config.api_key else "not required")
     for warning in server.startup_warnings():
         log.warning(warning)
+    server.warm_start()  # the first user need not pay for the token, the CA store and the handshakes
     try:
         server.serve_forever(poll_interval=0.05)  # a stop request is noticed within 50 ms
     finally:

@@ -1182,6 +1182,82 @@ class HealthTests(ScriptedUpstreamTestCase):
         self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
 
 
+class WarmStartTests(ProxyTestCase):
+    def test_warming_until_the_upstream_is_ready(self):
+        proxy = self.proxy
+        proxy.warm_start()  # (what /health says until it is done: the next test)
+        deadline = time.monotonic() + 10
+        while json.loads(self.request("GET", "/health")[2])["status"] != "ok":
+            self.assertLess(time.monotonic(), deadline, "still warming")
+            time.sleep(0.02)
+        self.assertEqual((self.fake.token_requests, proxy.client.pool.idle_count()), (1, 1))
+        self.assertEqual(self.post_stream("Hi")[0], 200)
+        # The first user paid for no token and no connection: both were ready.
+        self.assertEqual((self.fake.token_requests, proxy.client.pool.opened), (1, 1))
+
+    def test_warming_says_why_it_is_not_ready(self):
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/v1/chat/completions"
+        proxy = self.start_proxy(api_url=nowhere, client_id=None, client_secret=None,
+                                 upstream_api_key="studio-key-0123456789")
+        proxy.warm_start()
+        deadline = time.monotonic() + 10
+        while True:
+            health = json.loads(self.request("GET", "/health", proxy=proxy)[2])
+            if "problem" in health or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertEqual(health["status"], "warming")
+        self.assertIn("cannot reach http://127.0.0.1:", health["problem"])
+        self.assertNotIn("studio-key", json.dumps(health))
+
+
+class StreamingPhaseTests(ProxyTestCase):
+    """Streams in flight belong to the relay loop: no thread is held per stream."""
+
+    def connection_threads(self) -> int:
+        return sum(1 for thread in threading.enumerate() if thread.name == "gloo-proxy-connection")
+
+    def test_streams_in_flight_hold_no_thread_and_end_when_their_clients_go(self):
+        proxy = self.start_proxy(rate_limit_per_minute=0)
+        body = json.dumps({"messages": [{"role": "user", "content": "Hold on [[stall]]"}]}).encode()
+        threads_before = threading.active_count()
+        clients = []
+        for _ in range(20):
+            sock = self.raw_socket(proxy)
+            sock.sendall(raw_request("/api/stream", body))
+            received = b""
+            while b'"content"' not in received:  # the first content event: the stream is relaying
+                received += sock.recv(65536)
+            clients.append(sock)
+        deadline = time.monotonic() + 10
+        while self.connection_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.connection_threads(), 0)
+        # The simulator in this process holds a thread per stream; the relay holds none.
+        self.assertLessEqual(threading.active_count() - threads_before, 20)
+        self.assertEqual(proxy.active_streams, 20)
+        for sock in clients:
+            sock.close()
+        while proxy.active_streams and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(proxy.active_streams, 0)  # each upstream closed when its client went
+        self.assertTrue(self.logs.wait_for("client_gone"))
+
+    def test_a_kept_alive_connection_serves_its_next_request_after_a_stream(self):
+        conn = self.connection()
+        for prompt in ("First", "Second [[slow:0.01]]", "Third"):
+            conn.request("POST", "/api/stream", json.dumps({"messages": [{"role": "user", "content": prompt}]}),
+                         {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            events = data_events(response.read().decode())
+            self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
+        conn.request("GET", "/health")
+        self.assertEqual(json.loads(conn.getresponse().read())["streams"].get("complete"), 3)
+
+
 class ProcessTests(unittest.TestCase):
     """proxy_server.py as a process: configuration errors, --offline, SIGTERM."""
 

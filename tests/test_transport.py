@@ -19,7 +19,8 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from typing import Any, Callable, Optional
+import time
+from typing import Any, Callable, Union
 from unittest import mock
 
 import gloo_stream
@@ -31,6 +32,7 @@ from gloo_stream import (
     RedirectError,
     TokenCache,
     TokenError,
+    extract_token_content,
 )
 from tests.support import IsolatedTestCase
 
@@ -64,8 +66,10 @@ class Request:
         self.method, self.path, self.headers, self.body, self.connection = method, path, headers, body, connection
 
 
-# A script answers each request: bytes to send, or None to close the connection without answering.
-Script = Callable[[Request, int], Optional[bytes]]
+# A script answers each request: bytes to send, a list of pieces to send a moment apart (an Event
+# among them: wait until the test sets it), or None to close the connection without answering.
+Script = Callable[[Request, int], Union[bytes, list, None]]
+PIECE_PAUSE = 0.02  # between the pieces of a listed answer
 
 
 class ScriptServer(socketserver.ThreadingTCPServer):
@@ -97,6 +101,7 @@ class _ScriptHandler(socketserver.StreamRequestHandler):
         with server.lock:
             server.connections += 1
             number = server.connections
+            server.lock.notify_all()
         try:
             while True:
                 line = self.rfile.readline(65537)
@@ -118,8 +123,14 @@ class _ScriptHandler(socketserver.StreamRequestHandler):
                 answer = server.script(request, index)
                 if answer is None:
                     return
-                self.wfile.write(answer)
-                self.wfile.flush()
+                for position, piece in enumerate(answer if isinstance(answer, list) else [answer]):
+                    if isinstance(piece, threading.Event):  # the test says when to go on
+                        piece.wait(5)
+                        continue
+                    if position:
+                        time.sleep(PIECE_PAUSE)
+                    self.wfile.write(piece)
+                    self.wfile.flush()
         except (OSError, ValueError):
             return
         finally:
@@ -160,6 +171,53 @@ class PoolTests(TransportTestCase):
         self.assertEqual(server.connections, 1)
         self.assertEqual([r.connection for r in server.requests], [1, 1, 1, 1])
         self.assertEqual((client.pool.opened, client.pool.reused), (1, 3))
+
+    def test_a_body_whose_end_follows_done_keeps_its_connection(self):
+        # OpenAI's ending: [DONE], then the chunked terminator a moment later (its own TCP segment).
+        done = sse_body("Hello") + b"data: [DONE]\n\n"
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        server = self.serve(lambda request, index: [head + b"%x\r\n%s\r\n" % (len(done), done), b"0\r\n\r\n"])
+        client = self.client(server)
+        texts = [client.complete("Hi").text for _ in range(20)]
+        self.assertEqual(texts, ["Hello"] * 20)
+        self.assertEqual((server.connections, client.pool.opened, client.pool.reused), (1, 1, 19))
+
+    def test_warm_up_opens_one_connection_that_the_first_stream_uses(self):
+        server = self.serve(lambda request, index: sse_response("warm"))
+        client = self.client(server)
+        client.warm_up()
+        with server.lock:
+            server.lock.wait_for(lambda: server.connections, 5)
+        self.assertEqual((server.connections, client.pool.idle_count()), (1, 1))
+        self.assertEqual(server.requests, [])  # connected, nothing sent
+        client.warm_up()  # a connection is waiting already: no second one
+        self.assertEqual(client.complete("Hi").text, "warm")
+        self.assertEqual((server.connections, client.pool.opened, client.pool.reused), (1, 1, 1))
+
+    def test_warm_up_fetches_the_token_over_the_connection_it_keeps(self):
+        def script(request: Request, index: int) -> bytes:
+            if request.path == "/token":
+                return json_response(200, {"access_token": "warm-token-0001", "expires_in": 3600})
+            return sse_response("authorised" if request.headers["authorization"] == "Bearer warm-token-0001" else "?")
+
+        server = self.serve(script)
+        client = self.client(server, api_key=None, client_id="id", client_secret="secret-0001",
+                             token_url=server.url + "/token")
+        client.warm_up()
+        self.assertEqual([request.path for request in server.requests], ["/token"])
+        self.assertEqual(client.complete("Hi").text, "authorised")
+        self.assertEqual([request.path for request in server.requests], ["/token", "/v1/chat"])
+        self.assertEqual(server.connections, 1)
+
+    def test_warm_up_says_when_the_server_cannot_be_reached(self):
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1/chat"
+        client = GlooClient(api_key=KEY, api_url=url, connect_timeout=2.0)
+        self.addCleanup(client.close)
+        with self.assertRaises(gloo_stream.APIConnectionError) as caught:
+            client.warm_up()
+        self.assertIn("cannot reach http://127.0.0.1:", str(caught.exception))
 
     def test_a_stream_closed_early_closes_its_connection(self):
         def script(request: Request, index: int) -> bytes:
@@ -301,6 +359,43 @@ class RelayOverPoolTests(TransportTestCase):
                 break
             batches.append(batch)
         self.assertEqual(sum(len(batch) for batch in batches), 2)
+
+    def test_a_non_blocking_stream_never_waits_and_settles_into_the_pool(self):
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = sse_body("one", "two") + b"data: [DONE]\n\n"
+        first = body[: body.index(b"\n\n") + 2]  # the first content event alone
+        rest = body[len(first):]
+        more, end = threading.Event(), threading.Event()
+        server = self.serve(lambda request, index: [
+            head + b"%x\r\n%s\r\n" % (len(first), first), more,
+            b"%x\r\n%s\r\n" % (len(rest), rest), end, b"0\r\n\r\n"])
+        client = self.client(server)
+        stream = client.stream("Hi")
+        self.addCleanup(stream.close)
+        stream.setblocking(False)
+        texts, empty = [], 0
+        while True:
+            batch = stream.read_batch()  # never waits: [] when nothing has come yet
+            if batch is None:
+                break
+            if not batch:
+                empty += 1
+                more.set()  # only now does the rest come
+                self.assertTrue(select.select([stream.fileno()], [], [], 5)[0], "nothing came")
+            texts += [extract_token_content(event.json()) for event in batch if event.data != "[DONE]"]
+        self.assertEqual("".join(texts), "onetwo")
+        self.assertGreater(empty, 0)
+        self.assertEqual(stream.outcome.kind, "finished")
+        self.assertTrue(stream.settling)  # [DONE] came; the body's end is still on its way
+        self.assertFalse(stream.settle())
+        end.set()
+        self.assertTrue(select.select([stream.fileno()], [], [], 5)[0])
+        self.assertTrue(stream.settle())
+        self.assertEqual(client.pool.idle_count(), 1)
+        more.set()
+        end.set()
+        self.assertEqual(client.complete("Again").text, "onetwo")  # the next stream reuses the connection
+        self.assertEqual(server.connections, 1)
 
     def test_the_relay_streams_over_one_upstream_connection(self):
         from proxy_server import ProxyConfig, ProxyServer
