@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -981,7 +982,7 @@ class _Relay:
         self.settle_until = 0.0
         self.error: _RelayError | None = None
         self.gone: str | None = None  # why the client went ("client_gone", "slow_client")
-        self.finished = threading.Event()  # set when the loop is done with both sockets (collect)
+        self.finished: threading.Event | None = None  # collect(): set when the loop is done with both sockets
         self.collect = False  # the handler thread waits for the end and answers itself
         self.scheduled: float | None = None  # the time of this relay's entry in the loop's timer heap
         self.upstream_fd = -1  # both set when the loop adopts the relay (a closed socket forgets its fd)
@@ -1183,8 +1184,9 @@ class _StreamLoop:
     def collect(self, relay: _Relay) -> None:
         """Run a stream to its end in the loop and wait; the calling thread then answers itself."""
         relay.collect = True
+        relay.finished = finished = threading.Event()
         self.hand_over(relay)
-        relay.finished.wait()
+        finished.wait()
 
     def stop(self) -> None:
         """End the loop; any stream still in it is cut."""
@@ -1310,7 +1312,7 @@ class _StreamLoop:
                 self._drop_upstream(relay)  # the handler thread takes the stream back and closes it
             self._client_finished(relay)
         if relay.client_done and relay.upstream_done:
-            self.relays.discard(relay)
+            self._forget(relay)
             return
         if not relay.client_done:
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if relay.out else 0)
@@ -1355,7 +1357,7 @@ class _StreamLoop:
         relay.client_done = True
         self._unregister(relay.client_fd)
         relay.record()
-        if relay.collect:
+        if relay.finished is not None:
             relay.finished.set()  # the handler thread answers (or closes) and logs
             return
         relay.handler.log_request_done()
@@ -1367,6 +1369,11 @@ class _StreamLoop:
             self.selector.unregister(fd)
         except (KeyError, ValueError):
             pass
+
+    def _forget(self, relay: _Relay) -> None:
+        """Both sides are over: let the relay go (its references cut, so no garbage cycle waits for the GC)."""
+        self.relays.discard(relay)
+        relay.sink = None  # (its writer writes through relay.queue: a cycle)
 
     def _abandon(self, relay: _Relay) -> None:
         """Cut a relay whatever state it is in (a bug, or the loop stopping)."""
@@ -1382,12 +1389,13 @@ class _StreamLoop:
             relay.exchange.outcome = relay.exchange.outcome or "proxy_error"
             if relay.client_fd >= 0:
                 self._unregister(relay.client_fd)
-            if relay.collect:
+            if relay.finished is not None:
                 relay.finished.set()
             else:
                 relay.record()
                 relay.handler.log_request_done()
                 self.server.release_connection(relay.handler, keep_alive=False)
+        relay.sink = None
 
     # -- timers ---------------------------------------------------------------
 
@@ -1857,6 +1865,22 @@ def _chat_completion(result: Any) -> dict[str, Any]:
     return answer
 
 
+def _accept_queue(sock: socket.socket) -> tuple[int, int]:
+    """(connections waiting to be accepted, the queue's size) of a listening socket; (0, 0) where unknown.
+
+    Linux reports both in TCP_INFO (tcpi_unacked and tcpi_sacked, for a listening socket).
+    """
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return 0, 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+        fields = struct.unpack_from("8B6I", info)
+    except (OSError, struct.error):
+        return 0, 0
+    return fields[12], fields[13]
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -1920,6 +1944,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
         self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
+        self._queue_checked = self._queue_warned = -math.inf
         super().__init__((self.config.host, int(self.config.port)), _Handler)
         self.loopback_only = self._is_loopback(self.host)
         self.origins = _Origins(self)
@@ -2273,11 +2298,24 @@ class ProxyServer(ThreadingHTTPServer):
             pass
         self.shutdown_request(request, admitted=False)
 
+    def get_request(self) -> tuple[Any, Any]:
+        request, address = super().get_request()
+        now = time.monotonic()
+        if now - self._queue_checked >= 1.0:  # at most once a second: one getsockopt
+            self._queue_checked = now
+            waiting, room = _accept_queue(self.socket)
+            if room and waiting >= room and now - self._queue_warned >= 60.0:
+                self._queue_warned = now
+                log.warning("the listen queue is full (%d connections waiting to be accepted): new connections "
+                            "are delayed or dropped; the machine is overloaded", waiting)
+        return request, address
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """A connection's thread: its requests, until one hands its stream to the relay loop or it closes."""
         relay = None
         try:
-            relay = self.RequestHandlerClass(request, client_address, self).relay  # type: ignore[arg-type, attr-defined]
+            handler = self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
+            relay, handler.relay = handler.relay, None  # type: ignore[attr-defined]  # (no cycle between the two)
         except Exception:  # a process boundary, as socketserver's own
             self.handle_error(request, client_address)
         finally:

@@ -9,11 +9,12 @@ client's (and the relay's) alone. Figures, at each RTT:
 - N sequential streams from one GlooClient: time to first token of the first stream and the
   warm p50/p90 (streams 2..N), and how many upstream connections they opened;
 - the same through the relay (proxy_server.ProxyServer on loopback, its upstream through the
-  forwarder), TTFT as its client sees it;
+  forwarder), TTFT as its client sees it, cold and warm-started (`ProxyServer.warm_start()`, as
+  `python proxy_server.py` does: its first answer should cost about what a later one does);
 - both with pooling (the default) and without (`pool_size=0`, one connection per request);
 - client CPU per request (thread time, no forwarder) against a bare keep-alive http.client loop.
 
-    python bench/network.py [--streams 12] [--rtt 20 100] [--server-ms 5]
+    python bench/network.py [--streams 20] [--rtt 20 100] [--server-ms 5]
 """
 
 from __future__ import annotations
@@ -280,16 +281,23 @@ def run_latency(child: Child, context: ssl.SSLContext, rtt: float, streams: int)
         rows[f"GlooClient, {label}"] = summary(ttfts, child.connections(rtt) - before)
         client.close()
 
-        relay_client = client_for(url, context, pool_size)
-        config = ProxyConfig(port=0, rate_limit_per_minute=1_000_000, cors_origins=("http://localhost",))
-        with ProxyServer(config, client=relay_client) as proxy:
-            host, port = proxy.server_address[:2]
-            conn = http.client.HTTPConnection(host, port, timeout=30)
-            before = child.connections(rtt)
-            ttfts = [relay_ttft(conn) for _ in range(streams)]
-            rows[f"relay, {label}"] = summary(ttfts, child.connections(rtt) - before)
-            conn.close()
-        relay_client.close()
+        for warm in (False, True) if pool_size else (False,):
+            relay_client = client_for(url, context, pool_size)
+            config = ProxyConfig(port=0, rate_limit_per_minute=1_000_000, cors_origins=("http://localhost",))
+            with ProxyServer(config, client=relay_client) as proxy:
+                before = child.connections(rtt)
+                if warm:  # as `python proxy_server.py` starts: TLS context, token, one connection ready
+                    proxy.warm_start()
+                    deadline = time.monotonic() + 30
+                    while proxy.warming and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                host, port = proxy.server_address[:2]
+                conn = http.client.HTTPConnection(host, port, timeout=30)
+                ttfts = [relay_ttft(conn) for _ in range(streams)]
+                rows[f"relay, {label}" + (", warm-started" if warm else "")] = summary(
+                    ttfts, child.connections(rtt) - before)
+                conn.close()
+            relay_client.close()
     return rows
 
 
@@ -332,7 +340,7 @@ def run_cpu(child: Child, context: ssl.SSLContext, requests: int) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=12, help="sequential streams per case (default 12)")
+    parser.add_argument("--streams", type=int, default=20, help="sequential streams per case (default 20)")
     parser.add_argument("--rtt", type=float, nargs="+", default=[20.0, 100.0], help="round trips in ms")
     parser.add_argument("--server-ms", type=float, default=5.0, help="the upstream's time to its first token")
     parser.add_argument("--cpu-requests", type=int, default=200)
@@ -369,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             gap = rows["relay, pooled"]["p50"] - rows["GlooClient, pooled"]["p50"]
             ratio = rows["GlooClient, pooled"]["p50"] / target
             floor = rows["GlooClient, pooled"]["p50"] - rows["bare http.client, keep-alive (floor)"]["p50"]
+            started = rows["relay, pooled, warm-started"]
             print(f"\nGlooClient warm p50 / (RTT + server time): {ratio:.3f}x; above the floor: {floor:+.1f} ms; "
-                  f"relay warm p50 - direct warm p50: {gap:+.1f} ms")
+                  f"relay warm p50 - direct warm p50: {gap:+.1f} ms; warm-started relay's first answer / "
+                  f"its warm p50: {started['first'] / started['p50']:.2f}x")
         cpu = run_cpu(child, context, args.cpu_requests)
         print(f"\n## client CPU per request (thread time, {args.cpu_requests} streams, no forwarder)\n")
         print("| client | CPU ms/request | vs bare http.client |")

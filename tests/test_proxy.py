@@ -16,6 +16,7 @@ import unittest
 from unittest import mock
 
 import gloo_stream
+from proxy_server import ProxyConfig, ProxyServer
 
 from tests.proxy_support import (
     SMUGGLED,
@@ -1256,6 +1257,22 @@ class StreamingPhaseTests(ProxyTestCase):
             self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
         conn.request("GET", "/health")
         self.assertEqual(json.loads(conn.getresponse().read())["streams"].get("complete"), 3)
+
+
+class ListenQueueTests(ProxyTestCase):
+    def test_a_full_listen_queue_is_logged(self):
+        class SmallQueue(ProxyServer):
+            request_queue_size = 4
+
+        config = ProxyConfig(port=0, client_id=self.fake.client_id, client_secret=self.fake.client_secret,
+                             token_url=self.fake.token_url, api_url=self.fake.api_url)
+        proxy = SmallQueue(config, log_handler=self.logs)  # not serving: nothing is accepted
+        self.addCleanup(proxy.close)
+        waiting = [socket.create_connection(proxy.server_address[:2], timeout=5) for _ in range(5)]  # backlog + 1
+        for sock in waiting:
+            self.addCleanup(sock.close)
+        proxy._handle_request_noblock()  # one accept, as the accept loop does; the queue stays full behind it
+        self.assertTrue(self.logs.wait_for("the listen queue is full"))
 
 
 class ProcessTests(unittest.TestCase):
