@@ -1217,13 +1217,9 @@ class WarmStartTests(ProxyTestCase):
 class StreamingPhaseTests(ProxyTestCase):
     """Streams in flight belong to the relay loop: no thread is held per stream."""
 
-    def connection_threads(self) -> int:
-        return sum(1 for thread in threading.enumerate() if thread.name == "gloo-proxy-connection")
-
     def test_streams_in_flight_hold_no_thread_and_end_when_their_clients_go(self):
         proxy = self.start_proxy(rate_limit_per_minute=0)
         body = json.dumps({"messages": [{"role": "user", "content": "Hold on [[stall]]"}]}).encode()
-        threads_before = threading.active_count()
         clients = []
         for _ in range(20):
             sock = self.raw_socket(proxy)
@@ -1233,11 +1229,9 @@ class StreamingPhaseTests(ProxyTestCase):
                 received += sock.recv(65536)
             clients.append(sock)
         deadline = time.monotonic() + 10
-        while self.connection_threads() and time.monotonic() < deadline:
+        while proxy.workers.busy and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.assertEqual(self.connection_threads(), 0)
-        # The simulator in this process holds a thread per stream; the relay holds none.
-        self.assertLessEqual(threading.active_count() - threads_before, 20)
+        self.assertEqual(proxy.workers.busy, 0)  # every connection's thread is free again
         self.assertEqual(proxy.active_streams, 20)
         for sock in clients:
             sock.close()
@@ -1245,6 +1239,17 @@ class StreamingPhaseTests(ProxyTestCase):
             time.sleep(0.01)
         self.assertEqual(proxy.active_streams, 0)  # each upstream closed when its client went
         self.assertTrue(self.logs.wait_for("client_gone"))
+
+    def test_connection_threads_are_reused(self):
+        before = {thread.ident for thread in threading.enumerate()}
+        for _ in range(5):  # one connection after another
+            status = self.request("GET", "/health", headers={"Connection": "close"})[0]
+            self.assertEqual(status, 200)
+            deadline = time.monotonic() + 10
+            while self.proxy.workers.busy and time.monotonic() < deadline:
+                time.sleep(0.01)
+        new = [t for t in threading.enumerate() if t.ident not in before and t.name == "gloo-proxy-connection"]
+        self.assertEqual(len(new), 1)
 
     def test_a_kept_alive_connection_serves_its_next_request_after_a_stream(self):
         conn = self.connection()
