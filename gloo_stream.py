@@ -41,7 +41,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, TypeVar, Union
 from collections.abc import Iterator, Mapping, Sequence
 
 try:
@@ -2776,18 +2776,16 @@ class GlooClient:
             return stream.result()
 
 
-class ChatStream:
-    """An open completion stream.
+class _EventStream:
+    """What every open stream shares: reading the body (blocking or not), decoding its events,
+    folding them into an accumulator once, the finish grace, closing and aborting, the verdict.
 
-    Iterate it for text deltas, or use `chunks()` for the chunk dicts, `events()` for the raw
-    events, `event_batches()` / `read_batch()` for the events of each network read. Every way of
-    reading folds the events into `accumulator` once, so `outcome` is the one verdict on the
-    stream and `result()` the ChatResult so far. Mid-stream failures raise a StreamError carrying
-    the partial text; a finished answer never becomes an error. Stopping early (break, close, an
-    exception, Ctrl-C) closes the connection at once.
+    ChatStream folds chat chunks (ChatAccumulator); ResponseStream folds the Responses API's
+    typed events (ResponseAccumulator). The accumulator decides what each event means.
     """
 
     finish_grace = 2.0  # seconds to wait after a finish for a usage chunk or [DONE]
+    _kind = "stream"
 
     def __init__(self, response: Any, *, clock: Callable[[], float] = time.monotonic,
                  started: float | None = None, read_timeout: float | None = 60.0,
@@ -2797,7 +2795,7 @@ class ChatStream:
         self.status = getattr(response, "status", 200)
         self.headers = _Headers(response.headers.items() if getattr(response, "headers", None) else ())
         self._clock = clock
-        self.accumulator = ChatAccumulator(keep_text=keep_text, clock=clock, started=started)
+        self.accumulator = self._accumulator(keep_text=keep_text, clock=clock, started=started)
         self.read_timeout = read_timeout
         self.deadline = deadline
         if finish_grace is not None:
@@ -2817,9 +2815,12 @@ class ChatStream:
         self.error: StreamError | None = None
         self.bytes_read = 0
 
+    def _accumulator(self, **options: Any) -> Any:
+        raise NotImplementedError
+
     # -- lifecycle --------------------------------------------------------
 
-    def __enter__(self) -> ChatStream:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -3004,12 +3005,15 @@ class ChatStream:
             if chunk is not None:
                 chunks.append(chunk)
             if accumulator.done:
-                del events[position + 1:]  # nothing after [DONE] belongs to the answer
+                del events[position + 1:]  # nothing after [DONE] (or a final event) belongs to the answer
                 break
         if self._finished_at is None and accumulator.finished:
             self._finished_at = self._clock()
-        accumulator._unclaimed, accumulator._claimed = chunks[:], 0  # only this batch's: memory stays flat
+        self._folded(chunks)
         return events, chunks
+
+    def _folded(self, chunks: list[dict]) -> None:
+        """What a batch's JSON objects mean beyond the accumulator (nothing, but for chat)."""
 
     def _feed(self, data: bytes) -> list[ServerSentEvent]:
         try:
@@ -3034,7 +3038,7 @@ class ChatStream:
 
     def _claim(self) -> None:
         if self._consumed:
-            raise GlooError("a ChatStream can be read only once")
+            raise GlooError(f"a {type(self).__name__} can be read only once")
         self._consumed = True
 
     def event_batches(self) -> Iterator[list[ServerSentEvent]]:
@@ -3050,17 +3054,8 @@ class ChatStream:
         finally:
             self.close()
 
-    def events(self) -> Iterator[ServerSentEvent]:
-        """Every event, one at a time."""
-        for batch in self.event_batches():
-            yield from batch
-
-    def chunks(self) -> Iterator[dict]:
-        """The chunk dicts, read to `data: [DONE]`, the end of the body, or the end of the finish grace.
-
-        At the end, raises ProviderError for a structured error, ConnectionLostError when the
-        body ended before any finish_reason.
-        """
+    def _objects(self) -> Iterator[dict]:
+        """The events' JSON objects to the end; then raises what the verdict says (see chunks())."""
         self._claim()
         try:
             while True:
@@ -3079,13 +3074,6 @@ class ChatStream:
         if outcome.kind == "cut_short" and self.error is None:
             raise self._fail(ConnectionLostError, outcome.message)
 
-    def __iter__(self) -> Iterator[str]:
-        """Text deltas as they arrive."""
-        for chunk in self.chunks():
-            content = extract_token_content(chunk)
-            if content:
-                yield content
-
     def _fail(self, cls: type, message: str, **fields: Any) -> StreamError:
         self.close()
         error = cls(message, **fields)
@@ -3094,7 +3082,7 @@ class ChatStream:
         error.text, error.result = result.text, result
         return error
 
-    def result(self) -> ChatResult:
+    def result(self) -> Any:
         """What has been received so far (the whole answer once reading ends), with the verdict."""
         outcome = self.outcome
         error = outcome.message if outcome.kind in ("provider_error", "cut_short") else None
@@ -3103,6 +3091,54 @@ class ChatStream:
     @property
     def text(self) -> str:
         return self.accumulator.text
+
+
+_S = TypeVar("_S", bound=_EventStream)
+
+
+class ChatStream(_EventStream):
+    """An open completion stream.
+
+    Iterate it for text deltas, or use `chunks()` for the chunk dicts, `events()` for the raw
+    events, `event_batches()` / `read_batch()` for the events of each network read. Every way of
+    reading folds the events into `accumulator` once, so `outcome` is the one verdict on the
+    stream and `result()` the ChatResult so far. Mid-stream failures raise a StreamError carrying
+    the partial text; a finished answer never becomes an error. Stopping early (break, close, an
+    exception, Ctrl-C) closes the connection at once.
+    """
+
+    accumulator: ChatAccumulator
+
+    def _accumulator(self, **options: Any) -> ChatAccumulator:
+        return ChatAccumulator(**options)
+
+    def _folded(self, chunks: list[dict]) -> None:
+        accumulator = self.accumulator
+        accumulator._unclaimed, accumulator._claimed = chunks[:], 0  # only this batch's: memory stays flat
+
+    def events(self) -> Iterator[ServerSentEvent]:
+        """Every event, one at a time."""
+        for batch in self.event_batches():
+            yield from batch
+
+    def chunks(self) -> Iterator[dict]:
+        """The chunk dicts, read to `data: [DONE]`, the end of the body, or the end of the finish grace.
+
+        At the end, raises ProviderError for a structured error, ConnectionLostError when the
+        body ended before any finish_reason.
+        """
+        return self._objects()
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas as they arrive."""
+        for chunk in self.chunks():
+            content = extract_token_content(chunk)
+            if content:
+                yield content
+
+    def result(self) -> ChatResult:
+        """What has been received so far (the whole answer once reading ends), with the verdict."""
+        return super().result()  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------
