@@ -3138,7 +3138,7 @@ class ChatStream(_EventStream):
 
     def result(self) -> ChatResult:
         """What has been received so far (the whole answer once reading ends), with the verdict."""
-        return super().result()  # type: ignore[no-any-return]
+        return super().result()
 
 
 # ---------------------------------------------------------------------------
