@@ -758,6 +758,44 @@ class TLSTests(TransportTestCase):
             default.complete("Hi")
 
 
+    def test_one_tls_context_per_process_and_ca_setting(self):
+        with mock.patch.dict(os.environ, {"SSL_CERT_FILE": self.cert}):
+            first = gloo_stream._default_ssl_context()
+            self.assertIs(gloo_stream._default_ssl_context(), first)
+        with mock.patch.dict(os.environ, {"SSL_CERT_FILE": ""}):
+            self.assertIsNot(gloo_stream._default_ssl_context(), first)  # the system store: another context
+
+    def test_the_relay_loop_reads_a_tls_upstream_without_blocking(self):
+        from proxy_server import ProxyConfig, ProxyServer
+
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = sse_body("over", " TLS") + b"data: [DONE]\n\n"
+        events = [body[i:j] for i, j in ((0, body.index(b"\n\n") + 2), (body.index(b"\n\n") + 2, len(body)))]
+        server, url = self.serve_tls(lambda request, index: [
+            head + b"%x\r\n%s\r\n" % (len(events[0]), events[0]),  # then a pause: the loop waits on TLS
+            b"%x\r\n%s\r\n" % (len(events[1]), events[1]), b"0\r\n\r\n"])
+        context = ssl.create_default_context(cafile=self.cert)
+        client = self.client(server, api_url=url, ssl_context=context, retry_rate_limited=False)
+        proxy = ProxyServer(ProxyConfig(port=0, rate_limit_per_minute=0), client=client).start()
+        self.addCleanup(proxy.close)
+        conn = http.client.HTTPConnection(*proxy.server_address[:2], timeout=10)
+        self.addCleanup(conn.close)
+        for _ in range(2):
+            body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read().decode()
+            self.assertEqual(response.status, 200)
+            texts = [json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                     for line in raw.split("\n") if line.startswith("data: {")]
+            self.assertEqual("".join(texts), "over TLS")
+            self.assertTrue(raw.endswith("data: [DONE]\n\n"))
+        deadline = time.monotonic() + 5
+        while client.pool.reused < 1 and time.monotonic() < deadline:  # the second stream took the first's connection
+            time.sleep(0.01)
+        self.assertEqual((server.connections, client.pool.reused), (1, 1))
+
+
 if __name__ == "__main__":
     import unittest
 
