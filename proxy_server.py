@@ -2221,7 +2221,7 @@ class ProxyServer(ThreadingHTTPServer):
                 delay = min(60.0, delay * 2)
                 continue
             if self.warming:
-                log.info("warm: the upstream's TLS context, token and one connection are ready")
+                log.info("warm: ready for the first request (token, TLS context, one upstream connection)")
             self.warming, self.warm_problem, delay = False, None, 1.0
             tokens = self.client.tokens
             if tokens is None:
