@@ -82,6 +82,7 @@ import select
 import shlex
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -101,6 +102,7 @@ _GROUNDED_PATH = "/ai/v2/chat/completions/grounded"
 _GUARDED_PATH = "/ai/v2/guarded/chat/completions"
 _GUARDED_GROUNDED_PATH = _GUARDED_PATH + "/grounded"
 _COMPLETION_PATHS = (_COMPLETIONS_PATH, _GROUNDED_PATH, _GUARDED_PATH, _GUARDED_GROUNDED_PATH)
+_RESPONSES_PATH = "/ai/v1/responses"
 _DEFAULT_PUBLISHER = "GlooGrounded"
 _MAX_BODY_BYTES = 8 * 1024 * 1024
 _POLL_SECONDS = 0.1          # how often a pause looks for a client that went away
@@ -116,7 +118,7 @@ _log = logging.getLogger("fake_gloo")
 
 _MARKER = re.compile(r"[ \t]*\[\[([a-z][a-z0-9_]*)(?::([^\[\]]*))?\]\]")
 _FLAGS = ("error", "content_filter", "split_utf8", "heartbeat", "tools", "markdown", "hostile", "echo",
-          "stamp", "html", "garbage", "reset", "spend_limit", "no_sources")
+          "stamp", "html", "garbage", "reset", "spend_limit", "no_sources", "error_event")
 _KNOWN = set(_FLAGS) | {"slow", "status", "fail", "drop", "crlf", "cr", "stall", "openai", "usage", "long",
                         "huge_event", "trickle"}
 
@@ -156,6 +158,7 @@ class _Scenario:
     usage: bool = False
     spend_limit: bool = False
     no_sources: bool = False
+    error_event: bool = False
 
 
 def _parse_scenario(text: str) -> _Scenario:
@@ -596,6 +599,235 @@ def _split_mid_character(data: bytes) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------
+# The Responses API (POST /ai/v1/responses): typed events, as Gloo says they mirror OpenAI's
+# ---------------------------------------------------------------------------
+
+_REASONING_MODELS = frozenset({"gloo-openai-gpt-5", "gloo-openai-gpt-5-pro", "gloo-deepseek-r1",
+                               "gloo-anthropic-claude-opus-4.1"})
+_RESPONSE_FIELDS = frozenset({"input", "model", "instructions", "max_output_tokens", "temperature", "top_p",
+                              "tools", "tool_choice", "parallel_tool_calls", "previous_response_id",
+                              "reasoning", "text", "metadata", "stream", "store", "include", "truncation",
+                              "user", "background", "service_tier", "stream_options", "prompt_cache_key",
+                              "safety_identifier", "max_tool_calls", "top_logprobs", "conversation"})
+
+
+def _response_problem(body: Any) -> tuple[int, dict[str, Any]] | None:
+    """Why a Responses request is refused, as (status, error body), or None."""
+    if not isinstance(body, dict):
+        return 400, _gloo_error("the request body must be a JSON object", "bad_request")
+    detail: list[dict[str, Any] | None] = []
+    if "input" not in body:
+        detail.append(_invalid(["input"], "Field required", "missing"))
+    elif not isinstance(body["input"], (str, list)):
+        detail.append(_invalid(["input"], "Input should be a valid string or list", "union_type", body["input"]))
+    model = body.get("model")
+    if model is None:
+        detail.append(_invalid(["model"], "Field required", "missing"))
+    elif not (isinstance(model, str) and model.strip()):
+        detail.append(_invalid(["model"], "Input should be a valid string", "string_type", model))
+    for name in sorted(set(body) - _RESPONSE_FIELDS):
+        detail.append(_invalid([name], "Extra inputs are not permitted", "extra_forbidden", body[name]))
+    detail.append(_check_bool(body, "stream"))
+    detail.append(_check_number(body, "temperature", integer=False, low=0, high=2))
+    detail.append(_check_number(body, "max_output_tokens", integer=True, low=1))
+    choice = body.get("tool_choice")
+    if choice is not None and not (choice in _TOOL_CHOICES or (isinstance(choice, dict) and isinstance(
+            choice.get("type"), str))):
+        detail.append(_invalid(["tool_choice"], f"Input should be {_choices(_TOOL_CHOICES)} or a tool object",
+                               "union_type", choice))
+    if body.get("tools") is not None and not (isinstance(body["tools"], list) and all(
+            isinstance(tool, dict) and isinstance(tool.get("type"), str) for tool in body["tools"])):
+        detail.append(_invalid(["tools"], "Input should be a list of tools with a type", "list_type", body["tools"]))
+    found = [item for item in detail if item is not None]
+    if found:
+        return 422, {"detail": found}
+    if model not in _MODEL_FAMILY:
+        return 400, _gloo_error(f"unknown model '{model}': use a Gloo model id such as "
+                                f"{_FAMILY_MODELS['anthropic']}", "model_not_found")
+    return None
+
+
+def _input_items(body: dict) -> list[dict]:
+    value = body.get("input")
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _input_parts(item: dict) -> list[dict]:
+    content = item.get("content")
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    return [part for part in content if isinstance(part, dict)] if isinstance(content, list) else []
+
+
+def _response_prompt(items: list[dict]) -> str:
+    """The last user message's text (markers included)."""
+    for item in reversed(items):
+        if item.get("role") == "user":
+            return "".join(str(part.get("text", "")) for part in _input_parts(item)
+                           if part.get("type") in ("input_text", "text"))
+    return ""
+
+
+def _image_sizes(items: list[dict]) -> list[tuple[str, int]]:
+    """(media type, bytes) of each `input_image` given as a data URL in the last user message."""
+    for item in reversed(items):
+        if item.get("role") == "user":
+            found = []
+            for part in _input_parts(item):
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if part.get("type") == "input_image" and isinstance(url, str):
+                    match = re.match(r"data:([\w/+.-]+);base64,(.*)$", url, re.S)
+                    try:
+                        size = len(base64.b64decode(match.group(2), validate=True)) if match else 0
+                    except (binascii.Error, ValueError):
+                        size = 0
+                    found.append((match.group(1) if match else "a linked image", size))
+            return found
+    return []
+
+
+def _example_value(schema: Any, depth: int = 0) -> Any:
+    """A plausible value for a JSON schema: its default, enum, or something of its type."""
+    if not isinstance(schema, dict) or depth > 6:
+        return None
+    if "default" in schema:
+        return schema["default"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "object" or "properties" in schema:
+        found = schema.get("properties")
+        properties: dict[str, Any] = found if isinstance(found, dict) else {}
+        listed = schema.get("required")
+        required: list[Any] = listed if isinstance(listed, list) else list(properties)
+        return {name: _example_value(properties.get(name), depth + 1) for name in required if name in properties}
+    if kind == "array":
+        return [_example_value(schema.get("items"), depth + 1)]
+    return {"string": "John 11:25", "integer": 3, "number": 1.5, "boolean": True}.get(str(kind), "John 11:25")
+
+
+def _tiny_png(size: int = 64) -> bytes:
+    """A small real PNG (a cross on a warm ground), built with zlib."""
+    rows = []
+    for y in range(size):
+        row = bytearray(b"\x00")  # filter: none
+        for x in range(size):
+            on_cross = abs(x - size // 2) < size // 10 or abs(y - size // 3) < size // 10
+            row += bytes((250, 245, 235)) if on_cross else bytes((190, 120, 60))
+        rows.append(bytes(row))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
+
+
+class _ResponsePlan:
+    """One Responses answer: its output items, the deltas that build them, and how it ends."""
+
+    def __init__(self, body: dict, scenario: _Scenario, started: float) -> None:
+        items = _input_items(body)
+        prompt = _response_prompt(items)
+        self.model = str(body["model"])
+        self.started = started
+        self.id = "resp_" + secrets.token_hex(12)
+        self.created = int(time.time())
+        parts = self.model.split("-")
+        self.provider = parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
+        self.routing = {"provider": self.provider,
+                        "model_family": _FAMILY_NAMES[_MODEL_FAMILY.get(self.model, "open source")]}
+        self.request = {key: body[key] for key in ("instructions", "max_output_tokens", "temperature", "tools",
+                                                   "tool_choice", "previous_response_id", "metadata") if key in body}
+        self.input_tokens = sum(len(_tokenize(str(part.get("text", ""))))
+                                for item in items for part in _input_parts(item)) + 1
+        self.reasoning = ""
+        if self.model in _REASONING_MODELS or isinstance(body.get("reasoning"), dict):
+            self.reasoning = ("The question asks for a clear answer. I should look at what Scripture says, "
+                              "then at how the traditions read it, and keep it short.")
+        tools = [tool for tool in body.get("tools") or () if isinstance(tool, dict)]
+        functions = [tool for tool in tools if tool.get("type") == "function" and isinstance(tool.get("name"), str)]
+        choice = body.get("tool_choice", "auto")
+        answered = any(item.get("type") == "function_call_output" for item in items)
+        self.call: dict[str, Any] | None = None
+        self.image = False
+        self.text_tokens: list[str] = []
+        self.incomplete: str | None = None
+        wants_image = any(tool.get("type") == "image_generation" for tool in tools) and (
+            re.search(r"\b(draw|image|picture|paint|generate)\b", prompt, re.I) is not None
+            or (isinstance(choice, dict) and choice.get("type") == "image_generation"))
+        if functions and choice != "none" and not answered and not wants_image:
+            named = choice.get("name") if isinstance(choice, dict) else None
+            if named is None and isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+                named = choice["function"].get("name")
+            tool = next((t for t in functions if t["name"] == named), functions[0])
+            arguments = _example_value(tool.get("parameters") or {"type": "object", "properties": {}})
+            self.call = {"name": tool["name"], "call_id": "call_" + secrets.token_hex(12),
+                         "arguments": json.dumps(arguments if isinstance(arguments, dict) else {})}
+        if self.call is None:
+            self.image = wants_image
+            if answered:
+                outputs = [str(item.get("output", "")) for item in items if item.get("type") == "function_call_output"]
+                shown = " ".join(" ".join(outputs).split())
+                shown = shown[:157].rstrip() + "..." if len(shown) > 160 else shown
+                text = f"Thank you: the tool answered \u201c{shown}\u201d. Based on that, here is the answer."
+            elif self.image:
+                text = "Here is the image you asked for."
+            else:
+                text = "".join(_answer_tokens(_strip_markers(prompt), scenario))
+                images = _image_sizes(items)
+                if images:
+                    text = " ".join(f"I see an image ({kind}, {size} bytes)." for kind, size in images) + " " + text
+            self.text_tokens = _tokenize(text)
+            limit = body.get("max_output_tokens")
+            if isinstance(limit, int) and len(self.text_tokens) > limit:
+                self.text_tokens, self.incomplete = self.text_tokens[:limit], "max_output_tokens"
+            if scenario.content_filter:
+                self.text_tokens, self.incomplete = self.text_tokens[:_FEW], "content_filter"
+            if scenario.error or scenario.error_event:
+                self.text_tokens = self.text_tokens[:_FEW]
+
+    def response(self, status: str, output: list[dict], *, usage: bool = False,
+                 error: dict | None = None) -> dict[str, Any]:
+        response: dict[str, Any] = {
+            "id": self.id, "object": "response", "created_at": self.created, "status": status,
+            "model": self.model, "output": output, "error": error,
+            "incomplete_details": {"reason": self.incomplete} if status == "incomplete" else None,
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        }
+        response.update(self.request)
+        response.update(self.routing)
+        if usage:
+            output_tokens = len(self.text_tokens) + (len(_tokenize(self.call["arguments"])) if self.call else 0)
+            response["usage"] = {"input_tokens": self.input_tokens, "output_tokens": output_tokens,
+                                 "total_tokens": self.input_tokens + output_tokens,
+                                 "output_tokens_details": {"reasoning_tokens": len(_tokenize(self.reasoning))}}
+        return response
+
+    def items(self) -> list[dict]:
+        """The finished output items."""
+        items: list[dict] = []
+        if self.reasoning:
+            items.append({"id": "rs_" + self.id[5:], "type": "reasoning",
+                          "summary": [{"type": "summary_text", "text": self.reasoning}]})
+        if self.call is not None:
+            items.append({"id": "fc_" + self.id[5:], "type": "function_call", "status": "completed", **self.call})
+        elif self.image:
+            items.append({"id": "ig_" + self.id[5:], "type": "image_generation_call", "status": "completed",
+                          "output_format": "png", "result": base64.b64encode(_tiny_png()).decode("ascii")})
+        if self.call is None:
+            items.append({"id": "msg_" + self.id[5:], "type": "message", "status": "completed", "role": "assistant",
+                          "content": [{"type": "output_text", "text": "".join(self.text_tokens), "annotations": []}]})
+        return items
+
+
+# ---------------------------------------------------------------------------
 # The wire: writes, pauses, and noticing a client that went away
 # ---------------------------------------------------------------------------
 
@@ -738,6 +970,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._token()
             elif path in _COMPLETION_PATHS:
                 self._completions(path)
+            elif path == _RESPONSES_PATH:
+                self._responses()
             else:
                 self._send_error(404, f"no such endpoint: POST {path}", close=True)
         except Exception:  # the request boundary: log it, end the connection, never crash the server
@@ -746,7 +980,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         path = urlsplit(self.path).path
-        if path == _TOKEN_PATH or path in _COMPLETION_PATHS:
+        if path == _TOKEN_PATH or path in _COMPLETION_PATHS or path == _RESPONSES_PATH:
             self._send_error(405, f"{self.command} is not allowed here; use POST", {"Allow": "POST"}, close=True)
         else:
             self._send_error(404, f"no such endpoint: {self.command} {path}", close=True)
@@ -850,13 +1084,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- completions endpoint -----------------------------------------------
 
-    def _completions(self, path: str) -> None:
+    def _accept(self) -> Any:
+        """The request's JSON body once it is read, recorded and authorised; _INVALID after answering."""
         fake = self.server.fake
-        grounded = path.endswith("/grounded")
-        started = time.monotonic()
         raw = self._read_body()
         if raw is None:
-            return
+            return _INVALID
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -866,30 +1099,23 @@ class _Handler(BaseHTTPRequestHandler):
         scripted = fake._next_scripted()
         if scripted is not None:
             self._play(scripted)
-            return
+            return _INVALID
         if body is _INVALID:
             self._send_error(400, "the request body is not valid JSON")
-            return
+            return _INVALID
         authorization = self.headers.get("Authorization", "")
         if not authorization.strip():
             self._send_error(401, "Authorization header is missing", {"WWW-Authenticate": "Bearer"},
                              code="unauthorized_missing_authorization")
-            return
+            return _INVALID
         if not fake._authorized(authorization):
             self._send_error(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-            return
-        problem = _problem(body, grounded=grounded)
-        if problem is not None:
-            self._send_json(*problem)
-            return
-        if grounded and body.get("messages") is None:
-            body = dict(body, messages=[{"role": "user", "content": "Hello world!"}])  # Gloo's documented default
-        prompt = _last_user_text(body["messages"])
-        try:
-            scenario = _parse_scenario(fake.scenario + " " + prompt)
-        except _BadMarker as exc:
-            self._send_error(400, str(exc))
-            return
+            return _INVALID
+        return body
+
+    def _refused(self, scenario: _Scenario, prompt: str, *, stream: bool) -> bool:
+        """Answer a scenario's failure before the stream (status, spend limit, HTML, reset); True if one was."""
+        fake = self.server.fake
         if scenario.fail is not None and fake._should_fail(prompt, scenario.fail[1]):
             self._send_error(scenario.fail[0], headers=_retry_headers(scenario.fail[0], 0, always=True))
         elif scenario.spend_limit:
@@ -905,8 +1131,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(_HTML_PAGE)
         elif scenario.reset:
-            self._start_body("text/event-stream" if body.get("stream") else "application/json")
+            self._start_body("text/event-stream" if stream else "application/json")
         else:
+            return False
+        return True
+
+    def _completions(self, path: str) -> None:
+        fake = self.server.fake
+        grounded = path.endswith("/grounded")
+        started = time.monotonic()
+        body = self._accept()
+        if body is _INVALID:
+            return
+        problem = _problem(body, grounded=grounded)
+        if problem is not None:
+            self._send_json(*problem)
+            return
+        if grounded and body.get("messages") is None:
+            body = dict(body, messages=[{"role": "user", "content": "Hello world!"}])  # Gloo's documented default
+        prompt = _last_user_text(body["messages"])
+        try:
+            scenario = _parse_scenario(fake.scenario + " " + prompt)
+        except _BadMarker as exc:
+            self._send_error(400, str(exc))
+            return
+        if not self._refused(scenario, prompt, stream=bool(body.get("stream"))):
             reply = _build_reply(body, prompt, scenario, started, grounded=grounded)
             if body.get("stream"):
                 self._stream(reply, scenario)
@@ -990,6 +1239,121 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.citations is not None and reply.include_citations:
                 answer["citations"] = reply.citations
             self._send_json(200, answer)
+
+    def _responses(self) -> None:
+        started = time.monotonic()
+        body = self._accept()
+        if body is _INVALID:
+            return
+        problem = _response_problem(body)
+        if problem is not None:
+            self._send_json(*problem)
+            return
+        prompt = _response_prompt(_input_items(body))
+        try:
+            scenario = _parse_scenario(self.server.fake.scenario + " " + prompt)
+        except _BadMarker as exc:
+            self._send_error(400, str(exc))
+            return
+        if self._refused(scenario, prompt, stream=bool(body.get("stream"))):
+            return
+        plan = _ResponsePlan(body, scenario, started)
+        if body.get("stream"):
+            self._stream_response(plan, scenario)
+        else:
+            self._answer_response(plan, scenario)
+
+    def _stream_response(self, plan: _ResponsePlan, scenario: _Scenario) -> None:
+        fake = self.server.fake
+        self._start_body()
+        wire = _Wire(self, scenario)
+        delay = scenario.slow if scenario.slow is not None else fake.delay
+        numbers = itertools.count()
+        eol = scenario.eol
+
+        def send(kind: str, **fields: Any) -> None:
+            event = {"type": kind, "sequence_number": next(numbers), **fields}
+            wire.write(b"event: " + kind.encode() + eol + b"data: " + _dumps(event) + eol + eol)
+
+        with fake._responding(stream=True):
+            send("response.created", response=plan.response("in_progress", []))
+            send("response.in_progress", response=plan.response("in_progress", []))
+            done: list[dict] = []
+            for index, item in enumerate(plan.items()):
+                where = {"item_id": item["id"], "output_index": index}
+                kind = item["type"]
+                if kind == "reasoning":
+                    send("response.output_item.added", output_index=index, item=dict(item, summary=[]))
+                    part = {"type": "summary_text", "text": ""}
+                    send("response.reasoning_summary_part.added", **where, summary_index=0, part=part)
+                    for piece in _tokenize(plan.reasoning):
+                        wire.pause(delay)
+                        send("response.reasoning_summary_text.delta", **where, summary_index=0, delta=piece)
+                    send("response.reasoning_summary_text.done", **where, summary_index=0, text=plan.reasoning)
+                    send("response.reasoning_summary_part.done", **where, summary_index=0,
+                         part=dict(part, text=plan.reasoning))
+                elif kind == "function_call":
+                    send("response.output_item.added", output_index=index,
+                         item=dict(item, arguments="", status="in_progress"))
+                    arguments = item["arguments"]
+                    for start in range(0, len(arguments), 7):
+                        wire.pause(delay)
+                        send("response.function_call_arguments.delta", **where, delta=arguments[start:start + 7])
+                    send("response.function_call_arguments.done", **where, arguments=arguments)
+                elif kind == "image_generation_call":
+                    send("response.output_item.added", output_index=index,
+                         item={"id": item["id"], "type": kind, "status": "in_progress"})
+                    send("response.image_generation_call.in_progress", **where)
+                    send("response.image_generation_call.generating", **where)
+                    wire.pause(delay * 10)
+                    send("response.image_generation_call.completed", **where)
+                else:
+                    send("response.output_item.added", output_index=index,
+                         item=dict(item, status="in_progress", content=[]))
+                    text_part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
+                    send("response.content_part.added", **where, content_index=0, part=text_part)
+                    for position, token in enumerate(plan.text_tokens):
+                        if position == scenario.drop:
+                            return
+                        if scenario.heartbeat:
+                            wire.comment()
+                        wire.pause(delay)
+                        send("response.output_text.delta", **where, content_index=0, delta=token, logprobs=[])
+                        if position == 0 and scenario.stall is not None:
+                            wire.pause(scenario.stall)
+                    if scenario.drop is not None:
+                        return  # fewer tokens than the drop point: drop before the end
+                    if scenario.error:
+                        error = {"code": "server_error", "message": str(_PROVIDER_TIMEOUT["message"])}
+                        send("response.failed", response=plan.response("failed", done, error=error))
+                        return
+                    if scenario.error_event:
+                        send("error", code="server_error", message=str(_PROVIDER_TIMEOUT["message"]), param=None)
+                        return
+                    text = "".join(plan.text_tokens)
+                    send("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
+                    send("response.content_part.done", **where, content_index=0, part=dict(text_part, text=text))
+                send("response.output_item.done", output_index=index, item=item)
+                done.append(item)
+            status = "incomplete" if plan.incomplete else "completed"
+            send("response." + status, response=plan.response(status, done, usage=True))
+
+    def _answer_response(self, plan: _ResponsePlan, scenario: _Scenario) -> None:
+        """The whole response object, after the time streaming it would take."""
+        fake = self.server.fake
+        delay = scenario.slow if scenario.slow is not None else fake.delay
+        wire = _Wire(self, scenario)
+        self.close_connection = True  # unless the answer below is sent whole
+        with fake._responding(stream=False):
+            wire.pause(delay * len(plan.text_tokens) + (scenario.stall or 0.0))
+            if scenario.drop is not None:
+                return
+            self.close_connection = False
+            if scenario.error or scenario.error_event:
+                self._send_error(500, str(_PROVIDER_TIMEOUT["message"]), code="server_error")
+                return
+            status = "incomplete" if plan.incomplete else "completed"
+            self._send_json(200, plan.response(status, plan.items(), usage=True))
 
     def _play(self, scripted: _Scripted) -> None:
         self.send_response(scripted.status)
@@ -1200,6 +1564,11 @@ class FakeGloo:
     def api_url(self) -> str:
         """The chat completions endpoint."""
         return self.base_url + _COMPLETIONS_PATH
+
+    @property
+    def responses_url(self) -> str:
+        """The Responses API endpoint."""
+        return self.base_url + _RESPONSES_PATH
 
     @property
     def env(self) -> dict[str, str]:

@@ -23,6 +23,8 @@ if __name__ == "__main__":  # the command line: Ctrl-C while the modules load ex
 import argparse
 import base64
 import codecs
+import copy
+import dataclasses
 import email.utils
 import http.client
 import json
@@ -42,7 +44,7 @@ import urllib.request
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, TypeVar, Union
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 try:
     import ssl
@@ -60,6 +62,9 @@ __all__ = [
     "extract_token_content",
     "describe_provider_error",
     "redact",
+    # Responses API events
+    "ResponseAccumulator",
+    "ResponseResult",
     # errors
     "GlooError",
     "ConfigurationError",
@@ -86,6 +91,7 @@ __all__ = [
     "TokenCache",
     "GlooClient",
     "ChatStream",
+    "ResponseStream",
     "is_grounded",
     "load_dotenv",
     "have_credentials",
@@ -1068,13 +1074,345 @@ def describe_provider_error(error: Mapping[str, Any]) -> str:
     elif set(error) - {"code", "name", "message", "retryable"}:
         error = _error_fields(dict(error))
     label = error.get("name") or "error"
-    if error.get("code") is not None:
+    if error.get("code") is not None and str(error["code"]) != label:
         label = f"{label} ({error['code']})"
     message = error.get("message")
     return redact(f"{label}: {message}" if message else str(label))
 
 
 _describe_provider_error = describe_provider_error  # the name other modules used before it was public
+
+
+# ---------------------------------------------------------------------------
+# Responses API events and their accumulation
+# ---------------------------------------------------------------------------
+#
+# The Responses API streams typed events (`event:` names equal to the data's `type`, each with a
+# `sequence_number`): `response.created`, output items added and done, text and function-call
+# argument deltas, reasoning summary deltas, then one of `response.completed`, `response.incomplete`,
+# `response.failed`, or an `error` event. Gloo says its shapes mirror OpenAI's; where its pages are
+# silent, OpenAI's Responses API is followed.
+
+_RESPONSE_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+_RESPONSE_ROUTING = ("provider", "model_family", "routing_mechanism", "routing_tier", "tradition")
+
+
+@dataclass
+class ResponseResult:
+    """A finished (or failed) Responses API answer: its text, typed output items and how it went."""
+
+    id: str | None = None
+    status: str | None = None  # "completed", "incomplete", "failed", or the last seen ("in_progress")
+    text: str = ""
+    output: list[dict] = field(default_factory=list)  # the typed output items, in output order
+    function_calls: list[dict] = field(default_factory=list)  # {id, call_id, name, arguments}
+    reasoning: str = ""  # the reasoning summary's text
+    images: list[dict] = field(default_factory=list)  # image_generation_call items that carry a result
+    usage: dict | None = None  # input_tokens, output_tokens, total_tokens
+    token_count: int = 0  # text deltas received
+    ttft_ms: int | None = None
+    duration_ms: int = 0
+    model: str | None = None
+    incomplete_reason: str | None = None
+    error: str | None = None
+    provider: str | None = None
+    model_family: str | None = None
+    routing_mechanism: str | None = None
+    routing_tier: str | None = None
+    tradition: str | None = None
+    sequence_gaps: int = 0  # sequence numbers that did not follow the one before
+    outcome: StreamOutcome | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the fields (JSON-ready)."""
+        data: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            data[item.name] = value.to_dict() if isinstance(value, StreamOutcome) else copy.deepcopy(value)
+        return data
+
+
+class ResponseAccumulator:
+    """Folds a Responses API event stream into one answer: text, output items, function calls with
+    their arguments (joined in linear time), the reasoning summary, usage, the verdict.
+
+    `add_event()` interprets one event (once) and never raises, whatever the data holds; events of
+    a type it does not know are counted and kept by the stream, never an error.
+    """
+
+    def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
+                 started: float | None = None) -> None:
+        self._clock = clock
+        self.started = clock() if started is None else started
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self.keep_text = keep_text
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self.token_count = 0
+        self.id: str | None = None
+        self.model: str | None = None
+        self.status: str | None = None
+        self.usage: dict | None = None
+        self.routing: dict[str, str] = {}
+        self.incomplete_reason: str | None = None
+        self.error: dict | None = None
+        self.done = False  # a final event came: nothing after it belongs to the answer
+        self.sequence: int | None = None
+        self.sequence_gaps = 0
+        self.unknown_events = 0
+        self.skipped_events = 0
+        self._items: dict[int, dict] = {}  # output_index -> item
+        self._arguments: dict[int, list[str]] = {}  # output_index -> argument pieces, joined when read
+
+    # -- what has been folded -------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        if len(self._text) > 1:
+            self._text = ["".join(self._text)]
+        return self._text[0] if self._text else ""
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    @property
+    def output(self) -> list[dict]:
+        """The output items so far, in output order, function-call arguments joined."""
+        items = []
+        for index in sorted(self._items):
+            item = self._items[index]
+            pieces = self._arguments.get(index)
+            if pieces is not None:
+                if len(pieces) > 1:
+                    pieces[:] = ["".join(pieces)]
+                item["arguments"] = pieces[0] if pieces else ""
+            items.append(item)
+        return items
+
+    @property
+    def function_calls(self) -> list[dict]:
+        return [{"id": item.get("id"), "call_id": item.get("call_id"), "name": item.get("name"),
+                 "arguments": item.get("arguments", "")}
+                for item in self.output if item.get("type") == "function_call"]
+
+    @property
+    def ttft_ms(self) -> int | None:
+        if self.first_token_at is None:
+            return None
+        return int(round((self.first_token_at - self.started) * 1000))
+
+    @property
+    def finished(self) -> bool:
+        """True once the answer can grow no more: a final event, or an error, came."""
+        return self.done or self.error is not None
+
+    # -- folding --------------------------------------------------------------
+
+    def add_event(self, event: ServerSentEvent) -> dict | None:
+        """Interpret one event; returns its JSON object (None for data that is not a JSON object)."""
+        data = event.data
+        if data == "[DONE]":  # not in the Responses API, but some gateways add it
+            self.done = True
+            return None
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            obj = None
+        if not isinstance(obj, dict):
+            if event.event == "error":
+                self._set_error({"message": data})
+            else:
+                self.skipped_events += 1
+                if self.skipped_events == 1:
+                    log.warning("skipped an event whose data is not a JSON object (%d bytes)", len(data))
+            return None
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            kind = obj["type"] = event.event  # the SSE event name says what the data does not
+        self._note_sequence(obj.get("sequence_number"))
+        fold = _RESPONSE_FOLDS.get(kind)
+        if fold is None:
+            self.unknown_events += 1
+        else:
+            fold(self, obj)
+        if kind in _RESPONSE_FINAL:
+            self.done = True
+        return obj
+
+    def _note_sequence(self, number: Any) -> None:
+        if not isinstance(number, int) or isinstance(number, bool):
+            return
+        if self.sequence is not None and number != self.sequence + 1:
+            self.sequence_gaps += 1
+            if self.sequence_gaps == 1:
+                log.warning("the event stream skipped from sequence number %d to %d", self.sequence, number)
+        self.sequence = number
+
+    def _take_response(self, obj: dict) -> dict | None:
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            return None
+        for key in ("id", "model", "status"):
+            value = response.get(key)
+            if isinstance(value, str) and value:
+                setattr(self, key, value)
+        for key in _RESPONSE_ROUTING:
+            value = response.get(key)
+            if isinstance(value, str) and value:
+                self.routing[key] = value
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        return response
+
+    def _on_response(self, obj: dict) -> None:
+        self._take_response(obj)
+
+    def _on_final(self, obj: dict) -> None:
+        response = self._take_response(obj)
+        if response is None:
+            return
+        output = response.get("output")
+        if isinstance(output, list) and output:  # the final word on every item
+            self._items = {index: dict(item) for index, item in enumerate(output) if isinstance(item, dict)}
+            self._arguments = {index: [item["arguments"]] for index, item in self._items.items()
+                               if item.get("type") == "function_call" and isinstance(item.get("arguments"), str)}
+            if not self._text:  # a server that sent no deltas: the text from the items
+                self._text = [_output_text(self._items.values())]
+        details = response.get("incomplete_details")
+        if isinstance(details, dict) and isinstance(details.get("reason"), str):
+            self.incomplete_reason = details["reason"]
+        if obj.get("type") == "response.incomplete" and self.incomplete_reason is None:
+            self.incomplete_reason = "unknown"
+        if obj.get("type") == "response.failed":
+            error = response.get("error")
+            self._set_error(error if isinstance(error, dict) else {"message": "the response failed"})
+
+    def _on_error(self, obj: dict) -> None:
+        inner = obj.get("error")  # {"type": "error", "code", "message", "param"}, or an error object inside
+        self._set_error(inner if isinstance(inner, dict) else {k: v for k, v in obj.items() if k != "type"})
+
+    def _set_error(self, error: dict) -> None:
+        if self.error is None:
+            self.error = _error_fields(error)
+            if isinstance(error.get("code"), str) and error["code"]:
+                self.error["name"] = self.error["name"] or error["code"]  # OpenAI's codes are names
+        self.status = "failed"
+
+    def _index(self, obj: dict) -> int | None:
+        index = obj.get("output_index")
+        return index if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < 10_000 else None
+
+    def _on_item(self, obj: dict) -> None:
+        index, item = self._index(obj), obj.get("item")
+        if index is None or not isinstance(item, dict):
+            return
+        self._items[index] = dict(item)
+        if item.get("type") == "function_call":
+            arguments = item.get("arguments")
+            if isinstance(arguments, str) and (arguments or index not in self._arguments):
+                self._arguments[index] = [arguments]
+
+    def _on_text_delta(self, obj: dict) -> None:
+        delta = obj.get("delta")
+        if isinstance(delta, str) and delta:
+            if self.keep_text:
+                self._text.append(delta)
+            self.token_count += 1
+            if self.first_token_at is None:
+                self.first_token_at = self._clock()
+
+    def _on_arguments_delta(self, obj: dict) -> None:
+        index, delta = self._index(obj), obj.get("delta")
+        if index is not None and isinstance(delta, str):
+            self._arguments.setdefault(index, []).append(delta)
+
+    def _on_arguments_done(self, obj: dict) -> None:
+        index, arguments = self._index(obj), obj.get("arguments")
+        if index is not None and isinstance(arguments, str):
+            self._arguments[index] = [arguments]
+
+    def _on_reasoning_delta(self, obj: dict) -> None:
+        delta = obj.get("delta")
+        if isinstance(delta, str):
+            self._reasoning.append(delta)
+
+    # -- the verdict ----------------------------------------------------------
+
+    def outcome(self, ended: bool = False, failure: str | None = None, *, error_name: str = "",
+                retryable: bool = True) -> StreamOutcome:
+        """The verdict so far, in the chat streams' vocabulary: an incomplete answer is "finished" with
+        its reason as the finish reason (as a chat answer cut at `max_tokens` is, with "length")."""
+        if self.error is not None:
+            error = self.error
+            return StreamOutcome("provider_error", "error", str(error.get("name") or ""), error.get("code"),
+                                 describe_provider_error(error), error.get("retryable", True))
+        if self.status == "completed" or (self.done and self.incomplete_reason is None):
+            return StreamOutcome("finished", "completed")
+        if self.incomplete_reason is not None:
+            return StreamOutcome("finished", self.incomplete_reason)
+        if failure is not None:
+            return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
+        if ended:
+            return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None,
+                                 "the stream ended before the response completed", retryable)
+        return StreamOutcome("streaming")
+
+    def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ResponseResult:
+        end = self.finished_at if self.finished_at is not None else self._clock()
+        if outcome is None:
+            outcome = self.outcome()
+        if error is None and self.error is not None:
+            error = describe_provider_error(self.error)
+        output = self.output
+        return ResponseResult(
+            id=self.id, status=self.status, text=self.text, output=copy.deepcopy(output),
+            function_calls=self.function_calls, reasoning=self.reasoning,
+            images=[dict(item) for item in output
+                    if item.get("type") == "image_generation_call" and item.get("result")],
+            usage=self.usage, token_count=self.token_count, ttft_ms=self.ttft_ms,
+            duration_ms=int(round((end - self.started) * 1000)), model=self.model,
+            incomplete_reason=self.incomplete_reason, error=error, sequence_gaps=self.sequence_gaps,
+            outcome=outcome, **{key: self.routing.get(key) for key in _RESPONSE_ROUTING},
+        )
+
+
+def _output_text(items: Iterable[dict]) -> str:
+    """The text of a response's message items (`output_text` parts)."""
+    parts: list[str] = []
+    for item in items:
+        if item.get("type") == "message" and isinstance(item.get("content"), list):
+            parts.extend(part["text"] for part in item["content"]
+                         if isinstance(part, dict) and part.get("type") == "output_text"
+                         and isinstance(part.get("text"), str))
+    return "".join(parts)
+
+
+_RESPONSE_FOLDS: dict[str, Callable[[ResponseAccumulator, dict], None]] = {
+    "response.created": ResponseAccumulator._on_response,
+    "response.queued": ResponseAccumulator._on_response,
+    "response.in_progress": ResponseAccumulator._on_response,
+    "response.output_item.added": ResponseAccumulator._on_item,
+    "response.output_item.done": ResponseAccumulator._on_item,
+    "response.output_text.delta": ResponseAccumulator._on_text_delta,
+    "response.function_call_arguments.delta": ResponseAccumulator._on_arguments_delta,
+    "response.function_call_arguments.done": ResponseAccumulator._on_arguments_done,
+    "response.reasoning_summary_text.delta": ResponseAccumulator._on_reasoning_delta,
+    "response.completed": ResponseAccumulator._on_final,
+    "response.incomplete": ResponseAccumulator._on_final,
+    "response.failed": ResponseAccumulator._on_final,
+    "error": ResponseAccumulator._on_error,
+}
+# Known and nothing to fold: the parts, and the `.done` events whose content the deltas carried.
+for _kind in ("response.content_part.added", "response.content_part.done", "response.output_text.done",
+              "response.reasoning_summary_part.added", "response.reasoning_summary_part.done",
+              "response.reasoning_summary_text.done", "response.output_text.annotation.added",
+              "response.image_generation_call.in_progress", "response.image_generation_call.generating",
+              "response.image_generation_call.partial_image", "response.image_generation_call.completed"):
+    _RESPONSE_FOLDS[_kind] = lambda accumulator, obj: None
+del _kind
 
 
 # ---------------------------------------------------------------------------
@@ -2425,6 +2763,7 @@ def _encode_payload(payload: Mapping[str, Any]) -> bytes:
 
 
 Messages = Union[str, Sequence[Mapping[str, Any]]]
+ResponseInput = Union[str, Sequence[Mapping[str, Any]]]
 
 _GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
 
@@ -2453,6 +2792,19 @@ def _endpoint_url(url: str, endpoint: str) -> str:
         path = path[: -len("/ai/v2/chat/completions")] + "/ai/v2/guarded/chat/completions"
         return urllib.parse.urlunsplit(parts._replace(path=path))
     return url
+
+
+def _responses_url(api_url: str) -> str:
+    """Where the Responses API is, beside a completions URL: Gloo's `/ai/v1/responses`, or
+    `<base>/responses` beside an OpenAI-style `<base>/chat/completions`."""
+    parts = urllib.parse.urlsplit(api_url)
+    path = parts.path.rstrip("/")
+    for gloo in ("/ai/v2/guarded/chat/completions", "/ai/v2/chat/completions"):
+        if path.endswith(gloo):
+            return urllib.parse.urlunsplit(parts._replace(path=path[: -len(gloo)] + "/ai/v1/responses"))
+    if path.endswith("/chat/completions"):
+        return urllib.parse.urlunsplit(parts._replace(path=path[: -len("/chat/completions")] + "/responses"))
+    return urllib.parse.urlunsplit(parts._replace(path="/ai/v1/responses", query="", fragment=""))
 
 
 def _grounded_url(url: str) -> str:
@@ -2494,6 +2846,7 @@ class GlooClient:
         token_url: str | None = None,
         api_url: str | None = None,
         endpoint: str | None = None,
+        responses_url: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         deadline: float | None = None,
@@ -2517,6 +2870,8 @@ class GlooClient:
             "GLOO_API_URL")
         self.token_url = _check_url(_setting(token_url, "GLOO_TOKEN_URL", DEFAULT_TOKEN_URL) or DEFAULT_TOKEN_URL,
                                     "GLOO_TOKEN_URL")
+        self.responses_url = _check_url(_setting(responses_url, "GLOO_RESPONSES_URL")
+                                        or _responses_url(self.api_url), "GLOO_RESPONSES_URL")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
@@ -2758,6 +3113,53 @@ class GlooClient:
         response = self.open(payload, token=token)
         return ChatStream(response, clock=self._clock, started=started, read_timeout=self.read_timeout,
                           deadline=self.deadline, max_event_bytes=self.max_event_bytes)
+
+    def build_response_payload(self, input: ResponseInput, *, instructions: str | None = None,
+                               stream: bool = True, **fields: Any) -> dict:
+        """The JSON body of a Responses API request: `input` (a string, or a list of input items:
+        messages with `input_text` / `input_image` parts, `function_call_output` items) and the
+        request's fields (`model`, `max_output_tokens`, `tools`, `tool_choice`, `reasoning`, `text`,
+        `previous_response_id`, `metadata`, ...); fields whose value is None are left out."""
+        if not isinstance(input, (str, list, tuple)):
+            raise ConfigurationError("input must be a string or a list of input items")
+        payload: dict = {"input": input if isinstance(input, str) else list(input)}
+        if instructions is not None:
+            payload["instructions"] = instructions
+        payload.update({key: value for key, value in fields.items() if value is not None})
+        if not isinstance(payload.get("model"), str) or not payload["model"]:
+            raise ConfigurationError(
+                "the Responses API needs a model (Gloo routes automatically only in Completions V2): pass "
+                "model=, e.g. gloo-openai-gpt-5-mini; Gloo's model catalog lists the ids")
+        payload["stream"] = stream
+        return payload
+
+    def stream_response(self, input: ResponseInput, *, instructions: str | None = None, token: str | None = None,
+                        **fields: Any) -> ResponseStream:
+        """Start a streamed Responses API answer; iterate the returned ResponseStream for text deltas."""
+        payload = self.build_response_payload(input, instructions=instructions, stream=True, **fields)
+        return self.stream_response_payload(payload, token=token)
+
+    def stream_response_payload(self, payload: Mapping[str, Any], *, token: str | None = None) -> ResponseStream:
+        """Start a streamed Responses API answer from a ready JSON body (`stream` is forced on)."""
+        payload = dict(payload)
+        payload["stream"] = True
+        started = self._clock()
+        response = self.open(payload, token=token, url=self.responses_url)
+        return ResponseStream(response, clock=self._clock, started=started, read_timeout=self.read_timeout,
+                              deadline=self.deadline, max_event_bytes=self.max_event_bytes)
+
+    def respond(self, input: ResponseInput, *, on_delta: Callable[[str], None] | None = None,
+                instructions: str | None = None, token: str | None = None, **fields: Any) -> ResponseResult:
+        """Stream a Responses API answer to the end and return its ResponseResult (failures during
+        the stream are in `result.error`, the partial output kept; failures before it raise)."""
+        with self.stream_response(input, instructions=instructions, token=token, **fields) as stream:
+            try:
+                for delta in stream:
+                    if on_delta is not None:
+                        on_delta(delta)
+            except StreamError as exc:
+                return exc.result or stream.result()  # type: ignore[return-value]
+            return stream.result()
 
     def complete(self, message: Messages, *, on_delta: Callable[[str], None] | None = None,
                  system: str | None = None, token: str | None = None, **options: Any) -> ChatResult:
@@ -3138,6 +3540,38 @@ class ChatStream(_EventStream):
 
     def result(self) -> ChatResult:
         """What has been received so far (the whole answer once reading ends), with the verdict."""
+        return super().result()
+
+
+class ResponseStream(_EventStream):
+    """An open Responses API stream (`GlooClient.stream_response()`).
+
+    Iterate it for text deltas; `events()` yields every typed event as a dict (`type`,
+    `sequence_number`, ...), those of unknown types too; `result()` is the ResponseResult so far,
+    with the same `outcome` vocabulary as a ChatStream's. Reading, closing, `read_batch()` and
+    non-blocking use are a ChatStream's. Mid-stream failures (`response.failed`, an `error`
+    event, a dropped connection) raise a StreamError carrying the partial text.
+    """
+
+    accumulator: ResponseAccumulator
+
+    def _accumulator(self, **options: Any) -> ResponseAccumulator:
+        return ResponseAccumulator(**options)
+
+    def events(self) -> Iterator[dict]:
+        """Every typed event, as it arrives; at the end raises as iterating does."""
+        return self._objects()
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas (`response.output_text.delta`) as they arrive."""
+        for event in self.events():
+            if event.get("type") == "response.output_text.delta":
+                delta = event.get("delta")
+                if isinstance(delta, str) and delta:
+                    yield delta
+
+    def result(self) -> ResponseResult:
+        """What has been received so far (the whole response once reading ends), with the verdict."""
         return super().result()
 
 
