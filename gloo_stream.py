@@ -1162,6 +1162,7 @@ class ResponseAccumulator:
         self.sequence_gaps = 0
         self.unknown_events = 0
         self.skipped_events = 0
+        self.response: dict | None = None  # the final response object (response.completed and the like)
         self._items: dict[int, dict] = {}  # output_index -> item
         self._arguments: dict[int, list[str]] = {}  # output_index -> argument pieces, joined when read
 
@@ -1274,6 +1275,7 @@ class ResponseAccumulator:
         response = self._take_response(obj)
         if response is None:
             return
+        self.response = response
         output = response.get("output")
         if isinstance(output, list) and output:  # the final word on every item
             self._items = {index: dict(item) for index, item in enumerate(output) if isinstance(item, dict)}

@@ -42,7 +42,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field, make_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from collections.abc import Iterable, Mapping, Sequence
 
 try:
@@ -57,6 +57,7 @@ from gloo_stream import (
     ChatStream,
     ConfigurationError,
     GlooClient,
+    ResponseStream,
     ServerSentEvent,
     StreamError,
     TokenError,
@@ -64,6 +65,8 @@ from gloo_stream import (
 )
 
 __all__ = ["SETTINGS", "ProxyConfig", "ProxyServer", "Setting", "main"]
+
+_Stream = Union[ChatStream, ResponseStream]  # what the relay moves: a chat or a Responses API stream
 
 SERVICE_NAME = "completions-streaming-proxy"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -565,6 +568,12 @@ class _RelayError(Exception):
         """The error as one event of the stream."""
         return ("data: " + json.dumps(self.body()) + "\n\n").encode()
 
+    def typed_event(self, last_sequence: int | None) -> bytes:
+        """The error as the Responses API's `error` event, numbered after the last event relayed."""
+        data = {"type": "error", "code": self.error_type, "message": _redact(self.message), "param": None,
+                "sequence_number": 0 if last_sequence is None else last_sequence + 1}
+        return ("event: error\ndata: " + json.dumps(data) + "\n\n").encode()
+
     @classmethod
     def mid_stream(cls, kind: str, message: str, *, status: int = 502, code: Any = None) -> _RelayError:
         """A failure after the 200: `kind` is both the event's type and the outcome."""
@@ -722,6 +731,15 @@ _RENAMED_FIELDS = {"max_completion_tokens": "max_tokens"}  # OpenAI's name -> Gl
 _HARMLESS_DEFAULTS = {"n": 1}  # OpenAI fields accepted when they ask for what Gloo does anyway
 
 
+# The Responses API's request fields (OpenAI's, which Gloo says its Responses API mirrors), forwarded as they are.
+_RESPONSES_FIELDS = frozenset({
+    "input", "model", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
+    "parallel_tool_calls", "previous_response_id", "reasoning", "text", "metadata", "store", "include",
+    "truncation", "user", "background", "service_tier", "max_tool_calls", "top_logprobs", "prompt",
+    "prompt_cache_key", "safety_identifier", "conversation", "stream_options",
+})
+
+
 @dataclass(frozen=True)
 class _CompletionRequest:
     """What a client asked for, checked: the upstream payload and how to answer."""
@@ -732,6 +750,11 @@ class _CompletionRequest:
     include_usage: bool
     grounded: bool
     prompt_chars: int
+    api: str = "chat"  # or "responses": Gloo's Responses API
+
+    @property
+    def responses(self) -> bool:
+        return self.api == "responses"
 
 
 def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequest:
@@ -778,6 +801,47 @@ def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionReq
     return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars)
 
 
+def _responses_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequest:
+    """The field policy for the Responses API: its fields forwarded, anything else a 400."""
+    payload: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in ("stream", "api") or value is None:
+            continue
+        if key == "messages" and not openai:  # the page's conversation, as the Responses API's input items
+            key = "input"
+        if key not in _RESPONSES_FIELDS:
+            raise _RelayError(400, f"{key} is not a field of the Responses API; remove it "
+                                   f"(accepted: {', '.join(sorted(_RESPONSES_FIELDS))})", code="unsupported_field")
+        payload[key] = value
+    items = payload.get("input")
+    if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
+        raise _RelayError(400, "input must be a string or a non-empty list of input items", code="invalid_input")
+    if not isinstance(payload.get("model"), str) or not payload["model"] or payload["model"] == "auto":
+        raise _RelayError(400, "the Responses API needs a model (Gloo routes automatically only in Completions "
+                               "V2): send a Gloo model id such as gloo-openai-gpt-5-mini (GET /v1/models)",
+                          code="model_required")
+    stream = body.get("stream", None if openai else True)
+    if stream is not None and not isinstance(stream, bool):
+        raise _RelayError(400, "stream must be true or false (a JSON boolean)", code="invalid_field")
+    payload["stream"] = True  # the relay always streams from upstream; a non-streaming answer is assembled
+    return _CompletionRequest(payload, bool(stream) or not openai, openai, False, False, _input_chars(items),
+                              api="responses")
+
+
+def _input_chars(items: Any) -> int:
+    if isinstance(items, str):
+        return len(items)
+    total = 0
+    for item in items if isinstance(items, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(part["text"]) for part in content
+                         if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return total
+
+
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise _RelayError(400, "messages must be a non-empty list of {role, content} objects", code="invalid_messages")
@@ -790,8 +854,9 @@ def _check_messages(messages: Any) -> None:
 _MARKER = re.compile(r"\[\[(long|huge_event|slow|trickle):([0-9.]+)((?::[a-z]+)?)\]\]")
 
 
-def _cap_markers(messages: list[dict[str, Any]], *, max_event_bytes: int) -> None:
-    """Clamp the simulator's size and pace markers in place: [[long:2000000]] becomes [[long:5000]]."""
+def _cap_markers(payload: dict[str, Any], *, max_event_bytes: int) -> None:
+    """Clamp the simulator's size and pace markers in place: [[long:2000000]] becomes [[long:5000]]
+    (in chat messages, and in the Responses API's input, its text parts too)."""
     caps = {"long": 5000, "huge_event": max_event_bytes + 64 * 1024, "slow": 2.0, "trickle": 0.05}
 
     def cap(match: re.Match[str]) -> str:
@@ -806,10 +871,16 @@ def _cap_markers(messages: list[dict[str, Any]], *, max_event_bytes: int) -> Non
         shown = str(int(limit)) if name in ("long", "huge_event") else f"{limit:g}"
         return f"[[{name}:{shown}{rest}]]"
 
-    for message in messages:
-        content = message.get("content")
+    if isinstance(payload.get("input"), str):
+        payload["input"] = _MARKER.sub(cap, payload["input"])
+    items = payload.get("messages") if "messages" in payload else payload.get("input")
+    for message in items if isinstance(items, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str) and "[[" in content:
             message["content"] = _MARKER.sub(cap, content)
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"] = _MARKER.sub(cap, part["text"])
 
 
 # ---------------------------------------------------------------------------
@@ -899,9 +970,13 @@ class _StreamSink:
     def finish(self, error: _RelayError | None, loop: _Relay) -> None:
         """The error event, or on /v1 the OpenAI ending: usage in a chunk of its own when asked, [DONE]."""
         tail = b""
-        if error is not None:
+        if error is not None and self.request.responses:
+            accumulator = loop.stream.accumulator
+            if not accumulator.done:  # (a response.failed or error event from upstream already said so)
+                tail = error.typed_event(getattr(accumulator, "sequence", None))
+        elif error is not None:
             tail = error.event()
-        elif self.request.openai:
+        elif self.request.openai and not self.request.responses:
             accumulator = loop.stream.accumulator
             if self.request.include_usage and not self.usage_sent and accumulator.usage:
                 usage_chunk = {"id": accumulator.id or "chatcmpl-" + uuid.uuid4().hex,
@@ -960,7 +1035,7 @@ class _Relay:
     event means is decided by the library (`ChatStream.read_batch()` folds them).
     """
 
-    def __init__(self, handler: _Handler, stream: ChatStream, *, keep_alive: bool = False) -> None:
+    def __init__(self, handler: _Handler, stream: _Stream, *, keep_alive: bool = False) -> None:
         self.handler = handler
         self.server = handler.server
         self.config = handler.server.config
@@ -1785,8 +1860,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RelayError(400, "the body is shorter than its Content-Length", close=True)
         return raw
 
-    def _completion(self, *, openai: bool) -> None:
-        request = _completion_request(_parse_json_body(self._read_body()), openai=openai)
+    def _completion(self, *, openai: bool, responses: bool = False) -> None:
+        body = _parse_json_body(self._read_body())
+        if not openai and body.get("api") not in (None, "chat", "responses"):
+            raise _RelayError(400, 'api must be "chat" (Completions V2) or "responses" (the Responses API)',
+                              code="invalid_field")
+        if responses or body.get("api") == "responses":
+            request = _responses_request(body, openai=openai)
+        else:
+            body.pop("api", None)
+            request = _completion_request(body, openai=openai)
         self.exchange.extra["prompt_chars"] = request.prompt_chars
         stream = self.server.open_stream(request)
         relay = None
@@ -1800,7 +1883,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.end_stream(stream)
         self.relay = relay  # this thread's part is over: the loop takes both sockets when it returns
 
-    def _relay(self, stream: ChatStream, request: _CompletionRequest) -> _Relay:
+    def _relay(self, stream: _Stream, request: _CompletionRequest) -> _Relay:
         """Send the stream's headers; the relay loop then relays whole events as they arrive."""
         chunked = self.request_version != "HTTP/1.0"
         self.close_connection = self.close_connection or not chunked
@@ -1812,8 +1895,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # for this thread: the loop decides whether the connection is kept
         return relay
 
-    def _collect(self, stream: ChatStream) -> None:
-        """The OpenAI non-streaming answer: the stream read whole (bounded), answered as one chat.completion."""
+    def _collect(self, stream: Any) -> None:
+        """The OpenAI non-streaming answer: the stream read whole (bounded), answered as one chat.completion
+        (or, for the Responses API, as the final response object)."""
         relay = _Relay(self, stream)
         relay.sink = _AnswerSink(self.server.config.max_answer_bytes)
         self.server.relays.collect(relay)
@@ -1825,7 +1909,10 @@ class _Handler(BaseHTTPRequestHandler):
         if error is not None:
             raise _RelayError(504 if error.status == 504 else 502, f"the upstream failed mid-answer: {error.message}",
                               error_type="upstream_error", code=error.code, outcome=error.outcome)
-        self._send_json(200, _chat_completion(stream.result()))
+        if isinstance(stream, ResponseStream):
+            self._send_json(200, _response_object(stream))
+        else:
+            self._send_json(200, _chat_completion(stream.result()))
 
     def log_request_done(self) -> None:
         """The request's one log line (the relay loop calls it when a handed-over stream ends)."""
@@ -1842,8 +1929,21 @@ _Handler.routes = {
     "/metrics": _Route(("GET",), _Handler._metrics, key=True),
     "/api/stream": _Route(("POST", "OPTIONS"), lambda handler: handler._completion(openai=False), api=True),
     "/v1/chat/completions": _Route(("POST", "OPTIONS"), lambda handler: handler._completion(openai=True), api=True),
+    "/v1/responses": _Route(("POST", "OPTIONS"), lambda handler: handler._completion(openai=True, responses=True),
+                            api=True),
     "/v1/models": _Route(("GET", "OPTIONS"), _Handler._models, api=True),
 }
+
+
+def _response_object(stream: ResponseStream) -> dict[str, Any]:
+    """A Responses API answer whole: the final response object as the upstream sent it (else one built)."""
+    final = stream.accumulator.response
+    if final is not None:
+        return final
+    result = stream.result()
+    return {"id": result.id, "object": "response", "created_at": int(time.time()), "status": result.status,
+            "model": result.model, "output": result.output, "usage": result.usage,
+            "incomplete_details": {"reason": result.incomplete_reason} if result.incomplete_reason else None}
 
 
 def _chat_completion(result: Any) -> dict[str, Any]:
@@ -1996,7 +2096,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._closing = threading.Event()
         self._streams_lock = threading.Condition()
         self._active = 0
-        self._tracked: set[ChatStream] = set()
+        self._tracked: set[_Stream] = set()
         self._connections: dict[socket.socket, bool] = {}  # open client connections: idle between requests?
         self._open_connections = 0  # admitted by process_request, released by shutdown_request
         self._thread: threading.Thread | None = None
@@ -2154,14 +2254,14 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- upstream -----------------------------------------------------------
 
-    def open_stream(self, request: _CompletionRequest) -> ChatStream:
+    def open_stream(self, request: _CompletionRequest) -> _Stream:
         """A stream slot and the open upstream stream, tracked so close() can cut it; end it with end_stream()."""
         if not self.acquire_stream():
             raise _RelayError(503, "too many streams in flight; try again shortly", error_type="server_error",
                               code="overloaded", headers={"Retry-After": "1"})
         try:
             if self.offline:
-                _cap_markers(request.payload["messages"], max_event_bytes=self.config.max_event_bytes)
+                _cap_markers(request.payload, max_event_bytes=self.config.max_event_bytes)
             stream = self._open(request)
         except BaseException:
             self.release_stream()
@@ -2170,7 +2270,7 @@ class ProxyServer(ThreadingHTTPServer):
             self._tracked.add(stream)
         return stream
 
-    def end_stream(self, stream: ChatStream) -> None:
+    def end_stream(self, stream: _Stream) -> None:
         """Close a stream from open_stream() (idempotent close) and free its slot."""
         with self._streams_lock:
             if stream not in self._tracked:
@@ -2179,12 +2279,12 @@ class ProxyServer(ThreadingHTTPServer):
         stream.close()
         self.release_stream()
 
-    def _open(self, request: _CompletionRequest) -> ChatStream:
+    def _open(self, request: _CompletionRequest) -> _Stream:
         client = self.client
         started = time.monotonic()
         try:
             # open() picks the grounded endpoint itself when the payload names a publisher or sources.
-            response = client.open(request.payload)
+            response = client.open(request.payload, url=client.responses_url if request.responses else None)
         except (APIStatusError, TokenError, APIConnectionError, UnexpectedResponseError, StreamError,
                 ConfigurationError) as exc:
             kind, error = _from_upstream(exc)
@@ -2197,8 +2297,9 @@ class ProxyServer(ThreadingHTTPServer):
             raise error from None
         self.upstream_auth_failures = 0
         # A relayed answer goes to the client, not to memory: only the non-streaming one keeps its text.
-        return ChatStream(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
-                          max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
+        stream_class: type[ChatStream] | type[ResponseStream] = ResponseStream if request.responses else ChatStream
+        return stream_class(response, started=started, read_timeout=client.read_timeout, deadline=client.deadline,
+                            max_event_bytes=client.max_event_bytes, keep_text=not request.stream)
 
     def warm_start(self) -> None:
         """Get the upstream ready in the background (TLS context, token, one connection), then keep

@@ -1183,6 +1183,96 @@ class HealthTests(ScriptedUpstreamTestCase):
         self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
 
 
+class ResponsesRouteTests(ProxyTestCase):
+    """POST /v1/responses: the Responses API relayed, typed events as they came."""
+
+    MODEL = "gloo-openai-gpt-5-mini"
+
+    def post(self, body: dict, path: str = "/v1/responses") -> tuple[int, dict[str, str], bytes]:
+        return self.request("POST", path, body)
+
+    def typed(self, raw: bytes) -> list[tuple[str, dict]]:
+        events = []
+        for block in raw.decode().split("\n\n"):
+            lines = block.split("\n")
+            name = next((line[7:] for line in lines if line.startswith("event: ")), "message")
+            data = [line[6:] for line in lines if line.startswith("data: ")]
+            if data:
+                events.append((name, json.loads("\n".join(data))))
+        return events
+
+    def test_a_stream_is_relayed_as_typed_numbered_events(self):
+        status, headers, raw = self.post({"model": self.MODEL, "input": "What is grace?", "stream": True})
+        self.assertEqual((status, headers["content-type"]), (200, "text/event-stream; charset=utf-8"))
+        events = self.typed(raw)
+        self.assertEqual([name for name, _ in events], [data["type"] for _, data in events])
+        self.assertEqual([data["sequence_number"] for _, data in events], list(range(len(events))))
+        self.assertEqual((events[0][0], events[-1][0]), ("response.created", "response.completed"))
+        text = "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
+        self.assertEqual(events[-1][1]["response"]["output"][0]["content"][0]["text"], text)
+        self.assertNotIn(b"[DONE]", raw)
+        self.assertEqual(self.fake.requests[-1]["path"], "/ai/v1/responses")
+        self.assertTrue(self.fake.requests[-1]["body"]["stream"])
+
+    def test_without_stream_the_answer_is_the_response_object(self):
+        status, _, raw = self.post({"model": self.MODEL, "input": "Hi", "instructions": "Be brief"})
+        self.assertEqual(status, 200)
+        answer = json.loads(raw)
+        self.assertEqual((answer["object"], answer["status"], answer["model"]), ("response", "completed", self.MODEL))
+        self.assertEqual(answer["usage"]["total_tokens"],
+                         answer["usage"]["input_tokens"] + answer["usage"]["output_tokens"])
+        self.assertEqual(self.fake.requests[-1]["body"]["instructions"], "Be brief")
+
+    def test_bad_requests_are_refused_before_the_upstream(self):
+        cases = [({"input": "Hi"}, "model_required"), ({"model": "auto", "input": "Hi"}, "model_required"),
+                 ({"model": self.MODEL}, "invalid_input"), ({"model": self.MODEL, "input": []}, "invalid_input"),
+                 ({"model": self.MODEL, "input": "Hi", "messages": []}, "unsupported_field"),
+                 ({"model": self.MODEL, "input": "Hi", "stream": "yes"}, "invalid_field")]
+        for body, code in cases:
+            with self.subTest(body=body):
+                status, _, raw = self.post(body)
+                self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, code))
+        self.assertEqual(self.fake.requests, [])
+
+    def test_a_stream_cut_short_ends_with_a_typed_error_event(self):
+        status, _, raw = self.post({"model": self.MODEL, "input": "Hi [[drop]]", "stream": True})
+        events = self.typed(raw)
+        name, last = events[-1]
+        self.assertEqual((status, name, last["type"], last["code"]), (200, "error", "error", "upstream_disconnected"))
+        self.assertEqual(last["sequence_number"], events[-2][1]["sequence_number"] + 1)
+
+    def test_an_upstream_failure_is_relayed_once(self):
+        _, _, raw = self.post({"model": self.MODEL, "input": "Hi [[error]]", "stream": True})
+        events = self.typed(raw)
+        self.assertEqual(events[-1][0], "response.failed")  # and no second error event of the relay's
+        self.assertEqual([name for name, _ in events].count("error"), 0)
+        self.assertTrue(self.logs.wait_for("upstream_error"))
+
+    def test_the_page_route_can_ask_for_the_responses_api(self):
+        status, _, raw = self.post({"api": "responses", "model": self.MODEL,
+                                    "messages": [{"role": "user", "content": "What is grace?"}]}, "/api/stream")
+        self.assertEqual(status, 200)
+        self.assertEqual(self.typed(raw)[-1][0], "response.completed")
+        self.assertEqual(self.fake.requests[-1]["body"]["input"], [{"role": "user", "content": "What is grace?"}])
+        status, _, raw = self.post({"api": "other", "messages": [{"role": "user", "content": "Hi"}]}, "/api/stream")
+        self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, "invalid_field"))
+
+
+class ResponsesBytesTests(ScriptedUpstreamTestCase):
+    def test_events_are_relayed_byte_for_byte(self):
+        writes = [b'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+                  b'"response":{"id":"resp_1","status":"in_progress"}}\n\n',
+                  b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                  b'"sequence_number":1,"output_index":0,"delta":"Hi \\u2014 there"}\n\n',
+                  b'event: response.future_thing\ndata: {"type":"response.future_thing","sequence_number":2}\n\n',
+                  b'event: response.completed\ndata: {"type":"response.completed","sequence_number":3,'
+                  b'"response":{"id":"resp_1","status":"completed"}}\n\n']
+        self.upstream.answer(writes=writes)
+        status, _, raw = self.request("POST", "/v1/responses", {"model": "m", "input": "Hi", "stream": True})
+        self.assertEqual((status, raw), (200, b"".join(writes)))
+        self.assertTrue(self.upstream.requests[-1]["path"].endswith("/ai/v1/responses"))
+
+
 class WarmStartTests(ProxyTestCase):
     def test_warming_until_the_upstream_is_ready(self):
         proxy = self.proxy
