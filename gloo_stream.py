@@ -22,6 +22,7 @@ if __name__ == "__main__":  # the command line: Ctrl-C while the modules load ex
 
 import argparse
 import base64
+import binascii
 import codecs
 import copy
 import dataclasses
@@ -1122,6 +1123,11 @@ class ResponseResult:
     tradition: str | None = None
     sequence_gaps: int = 0  # sequence numbers that did not follow the one before
     outcome: StreamOutcome | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """How the answer ended, in a chat answer's words: "completed", an incomplete reason, "error"."""
+        return (self.outcome.finish_reason if self.outcome is not None else None) or "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields (JSON-ready)."""
@@ -4042,7 +4048,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--offline", action="store_true",
                         help="answer from the built-in simulator (fake_gloo.py beside this file): no credentials, "
                              "no network")
-    parser.add_argument("--system", metavar="TEXT", help="a system message sent before the question")
+    parser.add_argument("--api", choices=["chat", "responses"], default=None,
+                        help="Gloo's Completions V2 (chat, the default, or GLOO_API) or its Responses API "
+                             "(responses: needs --model)")
+    parser.add_argument("--system", metavar="TEXT",
+                        help="a system message sent before the question (the Responses API's instructions)")
     routing = parser.add_mutually_exclusive_group()
     routing.add_argument("--model", type=_name, metavar="ID",
                          help="a specific model, e.g. gloo-anthropic-claude-sonnet-4.5 (default: auto routing)")
@@ -4055,6 +4065,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         help=f"the most tokens to generate, 1 to {_MAX_TOKENS}")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS),
                         help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
+    responses = parser.add_argument_group("the Responses API (--api responses)")
+    responses.add_argument("--image", metavar="PATH", action="append",
+                           help="attach an image (PNG, JPEG, WebP or GIF) for the model to see; may repeat")
+    responses.add_argument("--no-reasoning", action="store_true",
+                           help="do not show the model's reasoning summary (shown dimmed on stderr by default)")
+    responses.add_argument("--image-generation", action="store_true",
+                           help="offer the image_generation tool: the answer may be an image, written to a file")
+    responses.add_argument("--image-dir", metavar="DIR", default=".",
+                           help="where generated images are written (default: the current folder)")
     grounded = parser.add_argument_group("grounded answers (with sources)")
     grounded.add_argument("--publisher", type=_name, metavar="NAME",
                           help="answer from this publisher's content (Gloo's rag_publisher, e.g. GlooGrounded)")
@@ -4142,7 +4161,7 @@ class _Run:
         self.json = _wants_json(self.argv)
         self.args: Any = None
         self.spinner: _Spinner | None = None
-        self.stream: ChatStream | None = None
+        self.stream: _EventStream | None = None
         self.fake: Any = None
         self.safe = _SafeText()
         self.open_line = False  # answer text written without a final newline
@@ -4188,7 +4207,8 @@ class _Run:
         if message or error is not None:
             data["error"] = _redact(message or str(error))
         data["error_type"] = _error_type(error)
-        data["status"] = getattr(error, "status", None)
+        # The HTTP status of an error; a Responses API result's own status ("completed", ...) stays.
+        data["status"] = data.get("status") or getattr(error, "status", None)
         data["error_code"] = getattr(error, "code", None)
         data["exit_code"] = exit_code
         return data
@@ -4210,6 +4230,7 @@ class _Run:
             return exc.code if isinstance(exc.code, int) else _EXIT_OK
         self.configure_logging()
         try:
+            self.check_responses()
             client = self.client(args)
             if args.chat:
                 return self.chat(client, question)
@@ -4278,10 +4299,56 @@ class _Run:
             options["sources_limit"] = args.sources
         return options
 
-    def open_stream(self, client: GlooClient, message: Messages) -> ChatStream:
+    @property
+    def responses(self) -> bool:
+        """Whether this run speaks the Responses API (--api responses, or GLOO_API=responses)."""
+        api = self.args.api or (os.environ.get("GLOO_API") or "chat").strip().lower()
+        if api not in ("chat", "responses"):
+            raise ConfigurationError(f"GLOO_API must be chat or responses, not {api!r}")
+        return api == "responses"
+
+    def check_responses(self) -> None:
+        """The Responses API's own rules, before any request is made."""
+        args = self.args
+        if not self.responses:
+            if args.image or args.image_generation:
+                raise _HintedError(f"{'--image' if args.image else '--image-generation'} needs the Responses API",
+                                   hint="add --api responses --model ID")
+            return
+        if not args.model:
+            raise _HintedError(
+                "the Responses API needs --model (Gloo routes automatically only in Completions V2)",
+                hint="e.g. --api responses --model gloo-openai-gpt-5-mini; Gloo's model catalog (its docs, or "
+                     "GET https://platform.ai.gloo.com/platform/v2/models) lists the ids")
+        chat_only = [flag for flag, value in (("--model-family", args.model_family), ("--tradition", args.tradition),
+                                              ("--publisher", args.publisher), ("--sources", args.sources),
+                                              ("--endpoint", args.endpoint)) if value is not None]
+        if chat_only:
+            raise _HintedError(f"{', '.join(chat_only)} belong to Completions V2, not the Responses API",
+                               hint="drop them, or leave out --api responses")
+
+    def response_input(self, question: str) -> ResponseInput:
+        """The question, with any --image attached as a data URL."""
+        if not self.args.image:
+            return question
+        parts: list[dict] = [{"type": "input_text", "text": question}]
+        for path in self.args.image:
+            parts.append({"type": "input_image", "image_url": _image_data_url(path)})
+        return [{"role": "user", "content": parts}]
+
+    def open_stream(self, client: GlooClient, message: Messages) -> Any:
         if self.animate and not self.args.json and not self.args.raw:
             self.spinner = _Spinner(self.err, color=self.color).start()
-        self.stream = client.stream(message, system=self.args.system, **self.options())
+        if self.responses:
+            args = self.args
+            text = message if isinstance(message, str) else _last_user_text(message)
+            self.stream = client.stream_response(
+                self.response_input(text) if isinstance(message, str) else list(message),
+                instructions=args.system, model=args.model, temperature=args.temperature,
+                max_output_tokens=args.max_tokens,
+                tools=[{"type": "image_generation"}] if args.image_generation else None)
+        else:
+            self.stream = client.stream(message, system=self.args.system, **self.options())
         return self.stream
 
     def ask(self, client: GlooClient, question: str) -> int:
@@ -4307,11 +4374,76 @@ class _Run:
             self.note(f"error: {message}")
         return code
 
-    def print_answer(self, stream: ChatStream) -> None:
+    def print_answer(self, stream: Any) -> None:
+        if isinstance(stream, ResponseStream):
+            self.print_response(stream)
+            return
         for delta in stream:
             self.stop_spinner()
             if not self.args.json:
                 self.write(self.safe.feed(delta))
+
+    def print_response(self, stream: ResponseStream) -> None:
+        """Text deltas to stdout; the reasoning summary dimmed on stderr; generated images to files."""
+        show_reasoning = not self.args.no_reasoning and not self.args.json
+        reasoning = False
+        for event in stream.events():
+            kind = event.get("type")
+            if kind == "response.reasoning_summary_text.delta" and show_reasoning:
+                self.stop_spinner()
+                delta = event.get("delta")
+                if isinstance(delta, str):
+                    if not reasoning:
+                        self.note("[reasoning]", dim=True)
+                        reasoning = True
+                    self.reason(delta)
+            elif kind == "response.output_text.delta":
+                self.stop_spinner()
+                if reasoning:
+                    self.reason("\n")
+                    reasoning = False
+                delta = event.get("delta")
+                if isinstance(delta, str) and not self.args.json:
+                    self.write(self.safe.feed(delta))
+            elif kind == "response.output_item.done":
+                item = event.get("item")
+                if isinstance(item, dict) and item.get("type") == "image_generation_call" and item.get("result"):
+                    self.stop_spinner()
+                    self.save_image(item)
+
+    def reason(self, text: str) -> None:
+        text = _terminal_safe(_redact(text))
+        if self.color:
+            text = f"\033[2m{text}\033[0m"
+        try:
+            self.err.write(text)
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
+
+    def save_image(self, item: dict) -> None:
+        """A generated image to a file (never base64 on a terminal); its path on stderr."""
+        try:
+            data = base64.b64decode(str(item["result"]), validate=True)
+        except (binascii.Error, ValueError):
+            self.note("note: the generated image could not be decoded; it is in --json")
+            return
+        kind = _image_kind(data)
+        if kind is None:
+            self.note("note: the generated image is not a PNG, JPEG, WebP or GIF; it was not written")
+            return
+        name = re.sub(r"[^A-Za-z0-9_-]", "", str(item.get("id") or "")) or f"{random.getrandbits(64):016x}"
+        path = os.path.join(self.args.image_dir, f"gloo-image-{name}.{kind}")
+        try:
+            with open(path, "xb") as handle:
+                handle.write(data)
+        except FileExistsError:
+            self.note(f"note: {path} exists already; the generated image was not written")
+            return
+        except OSError as exc:
+            self.note(f"note: cannot write the generated image to {path}: {exc.strerror}")
+            return
+        self.note(f"[image written to {path} ({len(data)} bytes)]")
 
     def print_raw(self, stream: ChatStream) -> None:
         """The body's bytes as received: verbatim to a pipe or file, made safe on a terminal."""
@@ -4571,15 +4703,48 @@ def _print_raw(stream: ChatStream, show: Callable[[bytes], None]) -> None:
         stream.close()
 
 
-def _print_stats(result: ChatResult, run: Any, *, color: bool) -> None:
-    parts = [f"{result.token_count} tokens"]
+_IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def _image_kind(data: bytes) -> str | None:
+    """png, jpeg, webp or gif, from the file's first bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return None
+
+
+def _image_data_url(path: str) -> str:
+    """An image file as a data URL for `input_image`; a clear error for a missing, huge or non-image file."""
+    try:
+        size = os.path.getsize(path)
+        if size > _MAX_IMAGE_BYTES:
+            raise ConfigurationError(f"--image {path}: {size} bytes is more than {_MAX_IMAGE_BYTES} (20 MiB)")
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"--image {path}: {exc.strerror or exc}") from None
+    kind = _image_kind(data)
+    if kind is None:
+        raise ConfigurationError(f"--image {path}: not a PNG, JPEG, WebP or GIF image")
+    return f"data:{_IMAGE_TYPES[kind]};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _print_stats(result: Any, run: Any, *, color: bool) -> None:
+    parts = [f"{result.token_count} token" + ("" if result.token_count == 1 else "s")]
     if result.ttft_ms is not None:
         parts.append(f"first token {result.ttft_ms} ms")
     parts.append(f"{result.duration_ms} ms")
     parts.append(f"finish_reason={result.finish_reason}")
     separator = " \u00b7 " if _can_encode(run.err, "\u00b7") else " | "
     run.note("[" + separator.join(parts) + "]", dim=color)
-    if result.finish_reason == "length":
+    if result.finish_reason in ("length", "max_output_tokens"):
         run.note("note: the answer stopped at the token limit; --max-tokens allows more", dim=color)
 
 
