@@ -12,7 +12,13 @@ and by the benchmarks. Standard library only; imports nothing of the project.
 
 Endpoints: POST /oauth2/token (form or HTTP Basic credentials), POST /ai/v2/chat/completions,
 POST /ai/v2/chat/completions/grounded (`rag_publisher`, `sources_limit`; citations as the first
-event) and POST /ai/v2/guarded/chat/completions (a Studio API key or a token), streaming or not.
+event) and POST /ai/v2/guarded/chat/completions (a Studio API key or a token), streaming or not; and
+POST /ai/v1/responses, the Responses API: typed events numbered by `sequence_number`, function calls
+of the request's own tools (honouring `tool_choice`, arguments built from each tool's JSON schema)
+and a text answer that uses a `function_call_output`, reasoning summaries for reasoning models,
+`input_image` data URLs seen (their size in the answer), an `image_generation` tool that returns a
+small real PNG, `max_output_tokens` giving `response.incomplete`; [[error]] is `response.failed`,
+[[error_event]] an `error` event, [[drop]] a drop, [[content_filter]] an incomplete answer.
 
 As strict as Gloo: FastAPI-style 422 `{"detail": [{"type", "loc", "msg", "input"}]}` for bad enums,
 ranges and types; exactly one of auto_routing / model / model_family; unknown model ids 400;
