@@ -6,6 +6,7 @@ Skipped when Chromium or Playwright is missing, unless CI=true (then it fails): 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -757,6 +758,67 @@ class ConversationTest(PageTestCase):
                 body = self.last_request()
                 self.assertEqual(body.get("model_family"), family)
                 self.assertEqual(body.get("tradition"), tradition or None)
+        self.assertNoErrors()
+
+
+class ResponsesPageTest(PageTestCase):
+    """The page on the Responses API: a model picker, reasoning, images in and out."""
+
+    def test_the_responses_api_with_reasoning_and_a_generated_image(self):
+        page = self.open_page()
+        self.assertFalse(page.is_visible("#responseModel"))  # Completions first: routing and tradition
+        page.select_option("#api", "responses")
+        self.assertTrue(page.is_visible("#responseModel"))
+        self.assertFalse(page.is_visible("#tradition"))
+        page.select_option("#responseModel", "gloo-openai-gpt-5")
+        page.check("#drawing")
+        self.assertEqual(self.ask(page, "Draw a cross"), "Done")
+        body = self.last_request()
+        self.assertEqual((body["model"], body["tools"], body["input"][-1]["content"]),
+                         ("gloo-openai-gpt-5", [{"type": "image_generation"}], "Draw a cross"))
+        self.assertEqual(self.fake.requests[-1]["path"], "/ai/v1/responses")
+        shape = page.evaluate("""() => {
+          const turn = [...document.querySelectorAll('#turns .turn')].pop();
+          const reasoning = turn.querySelector('.reasoning');
+          const img = turn.querySelector('.answer-image');
+          return {answer: turn.querySelector('.answer').textContent, reasoningShown: !reasoning.hidden,
+                  open: reasoning.open, reasoning: reasoning.querySelector('.reasoning-text').textContent,
+                  src: img && img.getAttribute('src').slice(0, 30), width: img && img.naturalWidth,
+                  meta: turn.querySelector('.turn-meta').textContent};
+        }""")
+        self.assertEqual(shape["answer"], "Here is the image you asked for.")
+        self.assertTrue(shape["reasoningShown"])
+        self.assertFalse(shape["open"])  # collapsed once the answer came
+        self.assertTrue(shape["reasoning"].startswith("The question asks"))
+        self.assertEqual((shape["src"], shape["width"]), ("data:image/png;base64,iVBORw0K", 64))  # it decoded
+        self.assertTrue(shape["meta"].startswith("answered by gloo-openai-gpt-5 \u2022 "), shape["meta"])
+        page.reload()
+        page.wait_for_function(READY_JS)
+        self.assertEqual((page.input_value("#api"), page.input_value("#responseModel")),
+                         ("responses", "gloo-openai-gpt-5"))  # remembered
+        self.assertTrue(page.is_checked("#drawing"))
+        self.assertNoErrors()
+
+    def test_an_attached_image_goes_with_the_question(self):
+        page = self.open_page()
+        page.select_option("#api", "responses")
+        page.uncheck("#drawing")
+        png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD/wH+n3uH"
+                               "mQAAAABJRU5ErkJggg==")  # one pixel
+        page.set_input_files("#imageInput", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": png}])
+        page.wait_for_function("() => !document.getElementById('attached').hidden")
+        self.assertEqual(self.ask(page, "What is this?"), "Done")
+        parts = self.last_request()["input"][-1]["content"]
+        self.assertEqual(parts[0], {"type": "input_text", "text": "What is this?"})
+        self.assertEqual(parts[1]["type"], "input_image")
+        self.assertTrue(parts[1]["image_url"].startswith("data:image/png;base64,iVBORw0KGgo"))
+        answer = self.turns(page)[-1][1]
+        self.assertIn(f"I see an image (image/png, {len(png)} bytes).", answer)
+        self.assertTrue(page.evaluate("() => !!document.querySelector('#turns .turn .question-image')"))
+        self.assertTrue(page.evaluate("() => document.getElementById('attached').hidden"))  # used once
+        page.set_input_files("#imageInput", files=[{"name": "fake.png", "mimeType": "image/png",
+                                                    "buffer": b"not a png at all"}])
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('not the image')")
         self.assertNoErrors()
 
 

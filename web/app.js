@@ -19,6 +19,11 @@ const KEY_STORAGE = "glooStream.apiKey";
 const WAIT_NOTE_MS = Number(document.querySelector('meta[name="gloo-wait-note-ms"]')?.content) || 4000;
 const MAX_SOURCES = 12;
 const SOURCES_LIMIT = 5;     // how many sources a grounded answer asks for (Gloo allows 1-10)
+const MAX_IMAGE_BYTES = 4 * 1024 * 1024;   // an attached image, before base64
+const MAX_IMAGES = 4;                       // generated images shown per answer
+// The only images the page shows: PNG, JPEG or WebP data URLs that come from the answer itself.
+const IMAGE_DATA = /^data:image\/(png|jpeg|webp);base64,([A-Za-z0-9+/]+={0,2})$/;
+const IMAGE_MAGIC = { png: "iVBORw0KGgo", jpeg: "/9j/", webp: "UklGR" };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,7 +31,8 @@ const ui = {
   chatsBtn: $("chatsBtn"), chatPanel: $("chatPanel"), chatList: $("chatList"), chatEmpty: $("chatEmpty"),
   status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
   modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
-  simBadge: $("simBadge"), hint: $("promptHint"),
+  simBadge: $("simBadge"), hint: $("promptHint"), api: $("api"), responseModel: $("responseModel"),
+  drawing: $("drawing"), imageInput: $("imageInput"), attached: $("attached"),
 };
 
 function localStore() {
@@ -48,6 +54,7 @@ const state = {
   controller: null,
   editing: null,           // the index of the question being edited
   follow: true,            // keep the latest text in view (false once the reader scrolls up)
+  attachment: null,        // {name, url}: an image for the next question (the Responses API)
 };
 
 // ---------------------------------------------------------------------------
@@ -237,6 +244,13 @@ function buildTurn(turn, index) {
   const qHead = el("div", "question-head");
   qHead.append(el("p", "speaker", "You"), button("edit-btn button-link", "Edit", "Edit this question and send it again"));
   question.append(qHead, el("p", "question-text", turn.q));
+  const attached = safeImage(turn.image);
+  if (attached) {
+    const img = el("img", "question-image");
+    img.setAttribute("src", attached);
+    img.setAttribute("alt", "The image sent with this question");
+    question.appendChild(img);
+  }
 
   const error = el("div", "turn-error");
   error.setAttribute("role", "alert");
@@ -256,7 +270,12 @@ function buildTurn(turn, index) {
   actions.append(button("copy-answer button-link", "Copy", "Copy the answer"),
                  button("regen-btn button-link", "Regenerate", "Write this answer again"));
   foot.append(el("p", "turn-meta"), actions);
-  answerBlock.append(el("p", "speaker", "Answer"), answer, waiting, sources, foot);
+  const reasoning = el("details", "reasoning");
+  reasoning.append(el("summary", "", "Reasoning"), el("p", "reasoning-text"));
+  reasoning.hidden = true;
+  const images = el("div", "answer-images");
+  images.hidden = true;
+  answerBlock.append(el("p", "speaker", "Answer"), reasoning, answer, images, waiting, sources, foot);
 
   article.append(question, error, answerBlock);
   fillTurn(article, turn, index);
@@ -276,6 +295,10 @@ function fillTurn(article, turn, index, rendered = false) {
   article.querySelector(".answer-block").hidden = !turn.a;
   article.querySelector(".answer-block").classList.toggle("is-empty", !turn.a);
   fillSources(article.querySelector(".sources"), turn.sources);
+  fillReasoning(article, turn.reasoning || "", null);
+  fillImages(article.querySelector(".answer-images"), turn.images || []);
+  const hasImages = Boolean(turn.images && turn.images.length);
+  if (hasImages) article.querySelector(".answer-block").hidden = false;
   const meta = [];
   if (turn.model) meta.push("answered by " + turn.model);
   if (turn.outcome && turn.outcome !== "Done") meta.push(turn.outcome);
@@ -284,6 +307,27 @@ function fillTurn(article, turn, index, rendered = false) {
   article.querySelector(".regen-btn").hidden = !last || !turn.a;
   article.querySelector(".answer-foot").hidden = !turn.a && !meta.length;
   article.querySelector(".waiting").hidden = true;
+}
+
+/** The reasoning summary; `open` true or false opens or closes it, null leaves it as the reader left it. */
+function fillReasoning(article, text, open) {
+  const box = article.querySelector(".reasoning");
+  box.hidden = !text;
+  box.querySelector(".reasoning-text").textContent = text;
+  if (text && open !== null) box.open = open;
+}
+
+function fillImages(box, images) {
+  box.replaceChildren();
+  for (const url of images) {
+    const safe = safeImage(url);
+    if (!safe) continue;
+    const img = el("img", "answer-image");
+    img.setAttribute("src", safe);
+    img.setAttribute("alt", "An image the model made");
+    box.appendChild(img);
+  }
+  box.hidden = !box.children.length;
 }
 
 function fillSources(box, sources) {
@@ -423,8 +467,17 @@ function setStreaming(streaming) {
   if (out) out.setAttribute("aria-busy", streaming ? "true" : "false");
 }
 
+const responsesApi = () => ui.api.value === "responses";
+
 function requestBody(messages) {
   const body = { messages };
+  if (responsesApi()) {
+    // The relay turns `messages` into the Responses API's input items.
+    body.api = "responses";
+    body.model = ui.responseModel.value;
+    if (ui.drawing.checked) body.tools = [{ type: "image_generation" }];
+    return JSON.stringify(body);
+  }
   if (ui.modelFamily.value) body.model_family = ui.modelFamily.value;
   if (ui.tradition.value) body.tradition = ui.tradition.value;
   // The relay sends a request naming sources to Gloo's grounded endpoint, whose first event cites them.
@@ -432,7 +485,8 @@ function requestBody(messages) {
   return JSON.stringify(body);
 }
 
-/** The context sent with turn `index`: every earlier exchange that has an answer, then its question. */
+/** The context sent with turn `index`: every earlier exchange that has an answer, then its question
+ * (with its image, for the Responses API: the question's text and the image as input parts). */
 function messagesFor(index) {
   const messages = [];
   for (let i = 0; i < index; i++) {
@@ -440,8 +494,21 @@ function messagesFor(index) {
     messages.push({ role: "user", content: t.q });
     if (t.a) messages.push({ role: "assistant", content: t.a });
   }
-  messages.push({ role: "user", content: state.chat.turns[index].q });
+  const turn = state.chat.turns[index];
+  if (turn.image && responsesApi()) {
+    messages.push({ role: "user", content: [{ type: "input_text", text: turn.q },
+                                            { type: "input_image", image_url: turn.image }] });
+  } else {
+    messages.push({ role: "user", content: turn.q });
+  }
   return messages;
+}
+
+/** An image the page may show: a PNG, JPEG or WebP data URL whose bytes start as that type's do. */
+function safeImage(url) {
+  if (typeof url !== "string" || url.length > 16 * 1024 * 1024) return null;
+  const match = IMAGE_DATA.exec(url);
+  return match && match[2].startsWith(IMAGE_MAGIC[match[1]]) ? url : null;
 }
 
 /** Ask a new question at the end of the conversation. */
@@ -454,7 +521,10 @@ function send() {
   }
   cancelEdit();
   if (!state.chat.title) state.chat.title = question.trim().replace(/\s+/g, " ").slice(0, 80);
-  state.chat.turns.push({ q: question, a: "" });
+  const turn = { q: question, a: "" };
+  if (state.attachment && responsesApi()) turn.image = state.attachment.url;
+  state.chat.turns.push(turn);
+  setAttachment(null);
   ui.prompt.value = "";
   fitPrompt();
   startRun(state.chat.turns.length - 1);
@@ -464,7 +534,7 @@ function send() {
 function startRun(index) {
   const turn = state.chat.turns[index];
   state.chat.turns.length = index + 1;   // anything after it belongs to the old answer
-  Object.assign(turn, { a: "", model: "", sources: [], error: "", outcome: "", stats: [] });
+  Object.assign(turn, { a: "", model: "", sources: [], error: "", outcome: "", stats: [], reasoning: "", images: [] });
   saveChat();
 
   for (const old of ui.turns.querySelectorAll(".turn")) {
@@ -487,7 +557,7 @@ function startRun(index) {
   const run = {
     index, turn, article, text: "", tokens: 0, started: now(), firstToken: null, finished: null,
     finishReason: null, sawDone: false, error: null, stopped: false, gotResponse: false, model: "",
-    sources: null, lastProgress: now(), frame: 0,
+    sources: null, lastProgress: now(), frame: 0, reasoning: "", images: [], collapsed: false,
     view: new AnswerView(article.querySelector(".answer")),
   };
   state.run = run;
@@ -539,6 +609,11 @@ function scheduleRender(run) {
     run.frame = 0;
     if (state.run !== run) return;
     run.view.update(run.text, true);
+    if (run.reasoning) {
+      // Open while the reasoning is all there is; closed once, when the answer begins.
+      fillReasoning(run.article, run.reasoning, !run.text ? true : run.collapsed ? null : false);
+      run.collapsed = Boolean(run.text);
+    }
     fillMeta(ui.meta, runStats(run));
     if (state.follow) scrollToEnd();
   });
@@ -558,6 +633,11 @@ function handleEvent(run, event) {
     return;  // not JSON: nothing a person should see
   }
   if (!chunk || typeof chunk !== "object") return;
+  const type = typeof chunk.type === "string" ? chunk.type : event.event;
+  if (type.startsWith("response.") || (type === "error" && !chunk.error)) {
+    handleResponseEvent(run, type, chunk);
+    return;
+  }
   if ((chunk.error || event.event === "error") && run.error === null) run.error = describeStreamError(chunk.error || chunk);
   if (typeof chunk.model === "string" && chunk.model) run.model = chunk.model.slice(0, 100);
   const sources = readSources(chunk);
@@ -577,6 +657,39 @@ function handleEvent(run, event) {
     if (choice.finish_reason === "error" && run.error === null && chunk.error === undefined && choice.error) {
       run.error = describeStreamError(choice.error);
     }
+  }
+}
+
+/** One typed event of the Responses API: text, the reasoning summary, generated images, the ending. */
+function handleResponseEvent(run, type, data) {
+  if (type === "response.output_text.delta" && typeof data.delta === "string" && data.delta) {
+    if (run.firstToken === null) run.firstToken = now();
+    run.text += data.delta;
+    run.tokens += 1;
+    run.lastProgress = now();
+  } else if (type === "response.reasoning_summary_text.delta" && typeof data.delta === "string") {
+    run.reasoning += data.delta;
+    run.lastProgress = now();
+  } else if (type === "response.output_item.done" && data.item && data.item.type === "image_generation_call") {
+    const format = ["png", "jpeg", "webp"].includes(data.item.output_format) ? data.item.output_format : "png";
+    const url = safeImage("data:image/" + format + ";base64," + data.item.result);
+    if (url && run.images.length < MAX_IMAGES) run.images.push(url);
+    run.lastProgress = now();
+  } else if (type === "response.created" || type === "response.in_progress" || type === "response.completed" ||
+             type === "response.incomplete" || type === "response.failed") {
+    const response = data.response && typeof data.response === "object" ? data.response : {};
+    if (typeof response.model === "string" && response.model) run.model = response.model.slice(0, 100);
+    if (type === "response.completed") run.finishReason = "stop";
+    if (type === "response.incomplete") {
+      const reason = response.incomplete_details && response.incomplete_details.reason;
+      run.finishReason = reason === "content_filter" ? "content_filter" : "length";
+    }
+    if (type === "response.failed") {
+      run.finishReason = "error";
+      if (run.error === null && response.error) run.error = describeStreamError(response.error);
+    }
+  } else if (type === "error" && run.error === null) {
+    run.error = describeStreamError(data);
   }
 }
 
@@ -649,13 +762,14 @@ function finish(run) {
   }
   const turn = run.turn;
   Object.assign(turn, {
-    a: run.text, model: run.model, sources: run.sources || [], error,
+    a: run.text, model: run.model, sources: run.sources || [], error, reasoning: run.reasoning, images: run.images,
     outcome: kind === "error" ? "" : outcome,
     stats: run.gotResponse && (run.text || !error) ? runStats(run) : [],
   });
   saveChat();
   run.view.finish(run.text);
   fillTurn(run.article, turn, run.index, true);  // the view already shows the answer
+  if (run.reasoning && run.text && !run.collapsed) fillReasoning(run.article, run.reasoning, false);
   setStreaming(false);
   setStatus(outcome, kind);
   fillMeta(ui.meta, turn.stats);
@@ -798,10 +912,54 @@ document.addEventListener("keydown", (event) => {
     ui.chatsBtn.focus();
   }
 });
-for (const control of [ui.modelFamily, ui.tradition, ui.grounded]) {
-  control.addEventListener("change", () => store.saveOptions({
-    model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked }));
+function saveOptions() {
+  store.saveOptions({ model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked,
+                      api: ui.api.value, model: ui.responseModel.value, drawing: ui.drawing.checked });
 }
+
+/** Show the options of the API chosen: routing, tradition and sources, or a model, images and drawing. */
+function showApiOptions() {
+  for (const field of ui.form.querySelectorAll("[data-api]")) field.hidden = field.dataset.api !== ui.api.value;
+  if (!responsesApi()) setAttachment(null);
+}
+
+function setAttachment(attachment) {
+  state.attachment = attachment;
+  ui.attached.hidden = !attachment;
+  ui.attached.textContent = attachment ? attachment.name : "";
+  if (!attachment) ui.imageInput.value = "";
+}
+
+for (const control of [ui.modelFamily, ui.tradition, ui.grounded, ui.api, ui.responseModel, ui.drawing]) {
+  control.addEventListener("change", saveOptions);
+}
+ui.api.addEventListener("change", showApiOptions);
+ui.imageInput.addEventListener("change", () => {
+  const file = ui.imageInput.files && ui.imageInput.files[0];
+  if (!file) return;
+  if (!["image/png", "image/jpeg", "image/webp"].includes(file.type)) {
+    setStatus("Attach a PNG, JPEG or WebP image.", "error");
+    setAttachment(null);
+    return;
+  }
+  if (file.size > MAX_IMAGE_BYTES) {
+    setStatus("That image is larger than " + MAX_IMAGE_BYTES / 1024 / 1024 + " MB: attach a smaller one.", "error");
+    setAttachment(null);
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    const url = safeImage(String(reader.result));
+    if (!url) {
+      setStatus("That file is not the image it says it is.", "error");
+      setAttachment(null);
+      return;
+    }
+    setAttachment({ name: file.name.slice(0, 80), url });
+    setStatus("Image attached: it goes with your next question.", "");
+  };
+  reader.readAsDataURL(file);
+});
 
 function updateJump() {
   // Growing text fires no scroll event, so this only changes when the reader (or scrollToEnd) scrolls.
@@ -844,6 +1002,11 @@ for (const [select, value] of [[ui.modelFamily, options.model_family], [ui.tradi
   if (typeof value === "string" && [...select.options].some((o) => o.value === value)) select.value = value;
 }
 ui.grounded.checked = options.grounded === true;
+for (const [select, value] of [[ui.api, options.api], [ui.responseModel, options.model]]) {
+  if (typeof value === "string" && [...select.options].some((o) => o.value === value)) select.value = value;
+}
+ui.drawing.checked = options.drawing === true;
+showApiOptions();
 if (touch) {
   ui.prompt.setAttribute("enterkeyhint", "enter");
   ui.hint.textContent = "Send button sends \u00b7 Enter adds a line";

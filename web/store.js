@@ -14,6 +14,10 @@
 
 export const CHATS_KEY = "glooStream.chats.v1";
 export const OPTIONS_KEY = "glooStream.options";
+
+// Images (an attached one, generated ones) are megabytes of base64: they stay on the page while it
+// is open and are not saved, so they never push earlier conversations out of the browser's quota.
+const withoutImages = (key, value) => (key === "image" || key === "images" ? undefined : value);
 export const MAX_CHATS = 40;
 export const MAX_CHARS = 1500000;
 
@@ -105,7 +109,7 @@ export class ChatStore {
     if (!this.storage) return;
     for (;;) {
       try {
-        this.storage.setItem(CHATS_KEY, JSON.stringify(this.data));
+        this.storage.setItem(CHATS_KEY, JSON.stringify(this.data, withoutImages));
         return;
       } catch (e) {
         if (!e || (e.name !== "QuotaExceededError" && e.code !== 22)) return;  // storage off: memory only
