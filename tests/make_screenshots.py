@@ -6,8 +6,9 @@
 Starts the simulator and the proxy on loopback, scripts two answers (a grounded markdown answer
 with a table, a quote and sources; a follow-up with a code block and a task list), asks both in
 Chromium, and saves docs/screenshot-desktop.png (1280x800, the finished conversation),
-docs/screenshot-dark.png (the same in the dark scheme) and docs/screenshot-phone.png (390x844,
-the follow-up while it is still streaming).
+docs/screenshot-dark.png (the same in the dark scheme), docs/screenshot-phone.png (390x844,
+the follow-up while it is still streaming) and docs/screenshot-responses.png (the Responses API:
+a reasoning summary and a generated image).
 """
 
 from __future__ import annotations
@@ -155,6 +156,20 @@ def main(argv: list[str]) -> int:
             page.screenshot(path=path)
             written.append(path)
             page.click("#sendBtn")  # Stop
+            context.close()
+
+            # The Responses API: a reasoning model's collapsible summary and an image it made.
+            context, page = _open(browser, proxy, viewport={"width": 1280, "height": 800}, color_scheme="light")
+            page.select_option("#api", "responses")
+            page.select_option("#responseModel", "gloo-openai-gpt-5")
+            page.check("#drawing")
+            _ask(page, "Draw a simple cross for a children's Sunday school sheet")
+            _wait_done(page)
+            page.click(".reasoning summary")  # opened, to show what it holds
+            _settle(page)
+            path = os.path.join(args.out, "screenshot-responses.png")
+            page.screenshot(path=path)
+            written.append(path)
             context.close()
     finally:
         browser.close()
