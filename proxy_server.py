@@ -2339,6 +2339,7 @@ class ProxyServer(ThreadingHTTPServer):
             "version": gloo_stream.__version__,
             "active_streams": self.active_streams,
             "max_streams": self.config.max_streams,
+            "max_body_bytes": self.config.max_body_bytes,  # (the page sizes its image attachments by it)
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "auth_required": bool(self.config.api_key),
             "upstream": self.upstream_label,

@@ -819,6 +819,11 @@ class ResponsesPageTest(PageTestCase):
         page.set_input_files("#imageInput", files=[{"name": "fake.png", "mimeType": "image/png",
                                                     "buffer": b"not a png at all"}])
         page.wait_for_function("() => document.getElementById('status').textContent.includes('not the image')")
+        # More than fits, in base64, in the relay's 1 MiB body limit (its /health says so): refused at once.
+        page.set_input_files("#imageInput", files=[{"name": "big.png", "mimeType": "image/png",
+                                                    "buffer": png + b"\0" * (800 * 1024)}])
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('larger than 720 KB')")
+        self.assertTrue(page.evaluate("() => document.getElementById('attached').hidden"))
         self.assertNoErrors()
 
 

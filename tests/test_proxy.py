@@ -1273,6 +1273,26 @@ class ResponsesBytesTests(ScriptedUpstreamTestCase):
         self.assertTrue(self.upstream.requests[-1]["path"].endswith("/ai/v1/responses"))
 
 
+class ResponsesVerdictTests(ScriptedUpstreamTestCase):
+    """The relay on the library's Responses vectors: it ends each stream as the library judges it."""
+
+    def test_the_relay_ends_every_vector_with_the_librarys_verdict(self):
+        from tests.test_responses import VECTORS
+
+        for name, body, expected, _text, _extra in VECTORS:
+            with self.subTest(name):
+                self.upstream.answer(writes=[body])
+                status, _, raw = self.request("POST", "/v1/responses", {"model": "m", "input": "Hi", "stream": True})
+                self.assertEqual(status, 200)
+                tail = raw.rsplit(b"\n\n", 2)[-2] + b"\n\n"  # the last event
+                if expected[0] == "cut_short":
+                    self.assertTrue(tail.startswith(b"event: error\ndata: "), tail)
+                    self.assertEqual(json.loads(tail.split(b"data: ", 1)[1])["code"], "upstream_disconnected")
+                else:  # finished or failed: the upstream's own last word, nothing added after it
+                    self.assertTrue(body.endswith(tail) or name.startswith("events after"), (name, tail))
+                    self.assertNotIn(b"upstream_disconnected", raw)
+
+
 class WarmStartTests(ProxyTestCase):
     def test_warming_until_the_upstream_is_ready(self):
         proxy = self.proxy

@@ -55,6 +55,8 @@ const state = {
   editing: null,           // the index of the question being edited
   follow: true,            // keep the latest text in view (false once the reader scrolls up)
   attachment: null,        // {name, url}: an image for the next question (the Responses API)
+  // The largest image to attach: what fits, in base64, in the relay's request body (/health says).
+  maxImageBytes: 700 * 1024,
 };
 
 // ---------------------------------------------------------------------------
@@ -942,8 +944,10 @@ ui.imageInput.addEventListener("change", () => {
     setAttachment(null);
     return;
   }
-  if (file.size > MAX_IMAGE_BYTES) {
-    setStatus("That image is larger than " + MAX_IMAGE_BYTES / 1024 / 1024 + " MB: attach a smaller one.", "error");
+  if (file.size > state.maxImageBytes) {
+    const limit = state.maxImageBytes >= 1024 * 1024 ? (state.maxImageBytes / 1024 / 1024).toFixed(1) + " MB"
+      : Math.floor(state.maxImageBytes / 1024) + " KB";
+    setStatus("That image is larger than " + limit + ", the most this server takes: attach a smaller one.", "error");
     setAttachment(null);
     return;
   }
@@ -1017,6 +1021,9 @@ fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
   .then((health) => {
     if (health && health.auth_required === true) showKeyField(false);
     if (health && health.simulator === true) ui.simBadge.hidden = false;
+    if (health && Number.isFinite(health.max_body_bytes)) {
+      state.maxImageBytes = Math.max(0, Math.min(MAX_IMAGE_BYTES, Math.floor((health.max_body_bytes - 65536) * 3 / 4)));
+    }
     document.documentElement.setAttribute("data-health", health ? "ok" : "unavailable");
   })
   .catch(() => {
