@@ -749,6 +749,7 @@ class _ResponsePlan:
         self.provider = parts[1] if len(parts) > 2 and parts[0] == "gloo" else "gloo"
         self.routing = {"provider": self.provider,
                         "model_family": _FAMILY_NAMES[_MODEL_FAMILY.get(self.model, "open source")]}
+        self.store = body.get("store") is not False  # kept for GET /ai/v1/responses/{id} unless store: false
         self.request = {key: body[key] for key in ("instructions", "max_output_tokens", "temperature", "tools",
                                                    "tool_choice", "previous_response_id", "metadata") if key in body}
         self.input_tokens = sum(len(_tokenize(str(part.get("text", ""))))
@@ -991,7 +992,23 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_error(404, f"no such endpoint: {self.command} {path}", close=True)
 
-    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if not path.startswith(_RESPONSES_PATH + "/"):
+            self._not_allowed()
+            return
+        fake = self.server.fake
+        authorization = self.headers.get("Authorization", "")
+        if not authorization.strip() or not fake._authorized(authorization):
+            self._send_error(401, headers={"WWW-Authenticate": "Bearer"})
+            return
+        stored = fake._stored_response(path[len(_RESPONSES_PATH) + 1:])
+        if stored is None:
+            self._send_error(404, "no stored response with that id", code="not_found")
+        else:
+            self._send_json(200, stored)
+
+    do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's errors (bad request line, unknown method, ...) as JSON, like ours."""
@@ -1342,7 +1359,10 @@ class _Handler(BaseHTTPRequestHandler):
                 send("response.output_item.done", output_index=index, item=item)
                 done.append(item)
             status = "incomplete" if plan.incomplete else "completed"
-            send("response." + status, response=plan.response(status, done, usage=True))
+            final = plan.response(status, done, usage=True)
+            send("response." + status, response=final)
+            if plan.store:
+                fake._store_response(final)
 
     def _answer_response(self, plan: _ResponsePlan, scenario: _Scenario) -> None:
         """The whole response object, after the time streaming it would take."""
@@ -1359,7 +1379,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_error(500, str(_PROVIDER_TIMEOUT["message"]), code="server_error")
                 return
             status = "incomplete" if plan.incomplete else "completed"
-            self._send_json(200, plan.response(status, plan.items(), usage=True))
+            final = plan.response(status, plan.items(), usage=True)
+            if plan.store:
+                fake._store_response(final)
+            self._send_json(200, final)
 
     def _play(self, scripted: _Scripted) -> None:
         self.send_response(scripted.status)
@@ -1516,6 +1539,7 @@ class FakeGloo:
         self._token_expiry: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._script: collections.deque[_Scripted] = collections.deque()
+        self._responses: dict[str, dict[str, Any]] = {}  # completed Responses API answers, by id
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1643,6 +1667,16 @@ class FakeGloo:
         with self._lock:
             expiry = self._token_expiry.get(token)
         return expiry is not None and self.clock() < expiry
+
+    def _store_response(self, response: dict[str, Any]) -> None:
+        with self._lock:
+            self._responses[response["id"]] = response
+            while len(self._responses) > 256:  # the oldest go
+                self._responses.pop(next(iter(self._responses)))
+
+    def _stored_response(self, response_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._responses.get(response_id)
 
     def _record(self, request: dict[str, Any]) -> None:
         with self._lock:

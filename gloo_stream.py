@@ -24,6 +24,7 @@ import argparse
 import base64
 import binascii
 import codecs
+import contextlib
 import copy
 import dataclasses
 import email.utils
@@ -3155,6 +3156,40 @@ class GlooClient:
         response = self.open(payload, token=token, url=self.responses_url)
         return ResponseStream(response, clock=self._clock, started=started, read_timeout=self.read_timeout,
                               deadline=self.deadline, max_event_bytes=self.max_event_bytes)
+
+    def retrieve_response(self, response_id: str, *, token: str | None = None,
+                          max_bytes: int = 8 * 1024 * 1024) -> dict:
+        """GET a stored response by its id (`resp_...`), where the server keeps them.
+
+        Raises NotFoundError when it keeps no such response, the other status errors as `open()`
+        does, APIConnectionError when it cannot be reached; nothing is retried.
+        """
+        if not isinstance(response_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", response_id):
+            raise ConfigurationError("a response id is letters, digits, '_' and '-' (such as resp_123)")
+        url = self.responses_url.rstrip("/") + "/" + response_id
+        bearer = (_credential(token, "token") if token is not None else None) or self.token()
+        request = _Request(url, method="GET", headers={"Authorization": "Bearer " + bearer,
+                                                       "Accept": "application/json", "User-Agent": _USER_AGENT},
+                           read_timeout=self.read_timeout)
+        try:
+            response = self._opener.open(request, timeout=self.connect_timeout)
+        except urllib.error.HTTPError as exc:
+            headers = _Headers(exc.headers.items() if exc.headers else ())
+            raise _status_error(exc.code, _read_error_body(exc), headers) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            cls = APITimeoutError if _is_timeout(exc) else APIConnectionError
+            raise cls(f"cannot reach {_redact_url(url)}: {_describe_os_error(exc)}") from None
+        with contextlib.closing(response):
+            data = response.read(max_bytes + 1)
+        try:
+            answer = json.loads(data) if len(data) <= max_bytes else None
+        except (ValueError, RecursionError):
+            answer = None
+        if not isinstance(answer, dict):
+            raise UnexpectedResponseError(f"GET {_redact_url(url)} did not answer with a JSON object",
+                                          status=getattr(response, "status", 200),
+                                          body=data[:200].decode("utf-8", "replace"))
+        return answer
 
     def respond(self, input: ResponseInput, *, on_delta: Callable[[str], None] | None = None,
                 instructions: str | None = None, token: str | None = None, **fields: Any) -> ResponseResult:

@@ -1710,12 +1710,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise _RelayError(503, "the proxy is shutting down", error_type="server_error",
                               headers={"Retry-After": "1"}, close=True)
         route = self.routes.get(path)
+        if route is None and path.startswith("/v1/responses/"):
+            route = _RETRIEVE_ROUTE
         if route is None:
             static = self.server.static_file(path)
             if static is not None:
                 self.exchange.static_file = static
                 route = _STATIC_ROUTE
-        self.exchange.route = "static" if route is _STATIC_ROUTE else (path if route is not None else "other")
+        self.exchange.route = ("static" if route is _STATIC_ROUTE else "/v1/responses/{id}" if route is _RETRIEVE_ROUTE
+                               else path if route is not None else "other")
         if route is None:
             raise _RelayError(404, f"no route for {self.command} {path}", code="not_found")
         if self.command not in route.methods:
@@ -1914,6 +1917,25 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, _chat_completion(stream.result()))
 
+    def _retrieve_response(self) -> None:
+        """GET /v1/responses/{id}: passed to the upstream, which may or may not keep responses."""
+        response_id = self.exchange.path[len("/v1/responses/"):]
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", response_id):
+            raise _RelayError(400, "a response id is letters, digits, '_' and '-' (such as resp_123)",
+                              code="invalid_id")
+        try:
+            answer = self.server.client.retrieve_response(response_id)
+        except gloo_stream.NotFoundError:
+            raise _RelayError(404, f"the upstream keeps no response {response_id}: it may not store responses "
+                                   "(send the conversation as input instead of previous_response_id)",
+                              code="not_found") from None
+        except (APIStatusError, TokenError, APIConnectionError, UnexpectedResponseError, ConfigurationError) as exc:
+            kind, error = _from_upstream(exc)
+            self.server.metrics.upstream_error(kind)
+            raise error from None
+        self.exchange.outcome = "retrieved"
+        self._send_json(200, answer)
+
     def log_request_done(self) -> None:
         """The request's one log line (the relay loop calls it when a handed-over stream ends)."""
         self._log_request()
@@ -1924,6 +1946,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _STATIC_ROUTE = _Route(("GET", "HEAD"), _Handler._static)
+_RETRIEVE_ROUTE = _Route(("GET", "OPTIONS"), _Handler._retrieve_response, api=True)
 _Handler.routes = {
     "/health": _Route(("GET",), _Handler._health),
     "/metrics": _Route(("GET",), _Handler._metrics, key=True),

@@ -1248,6 +1248,18 @@ class ResponsesRouteTests(ProxyTestCase):
         self.assertEqual([name for name, _ in events].count("error"), 0)
         self.assertTrue(self.logs.wait_for("upstream_error"))
 
+    def test_a_response_is_retrieved_through_the_relay_when_the_upstream_keeps_it(self):
+        answer = json.loads(self.post({"model": self.MODEL, "input": "Hi"})[2])
+        status, _, raw = self.request("GET", "/v1/responses/" + answer["id"])
+        self.assertEqual((status, json.loads(raw)["id"]), (200, answer["id"]))
+        status, _, raw = self.request("GET", "/v1/responses/resp_nothing")
+        error = json.loads(raw)["error"]
+        self.assertEqual((status, error["code"]), (404, "not_found"))
+        self.assertIn("the upstream keeps no response resp_nothing", error["message"])
+        status, _, raw = self.request("GET", "/v1/responses/bad%20id")
+        self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, "invalid_id"))
+        self.assertEqual(self.request("POST", "/v1/responses/" + answer["id"], {})[0], 405)
+
     def test_the_page_route_can_ask_for_the_responses_api(self):
         status, _, raw = self.post({"api": "responses", "model": self.MODEL,
                                     "messages": [{"role": "user", "content": "What is grace?"}]}, "/api/stream")

@@ -308,6 +308,17 @@ class SimulatorResponsesTests(IsolatedTestCase):
         self.assertEqual((result.outcome.finish_reason, result.status, result.token_count),
                          ("max_output_tokens", "incomplete", 2))
 
+    def test_a_stored_response_can_be_retrieved_by_its_id(self):
+        result = self.client.respond("Hi", model=self.MODEL)
+        stored = self.client.retrieve_response(result.id)
+        self.assertEqual((stored["id"], stored["status"]), (result.id, "completed"))
+        self.assertEqual(stored["output"][-1]["content"][0]["text"], result.text)
+        unkept = self.client.respond("Hi", model=self.MODEL, store=False)
+        with self.assertRaises(gloo_stream.NotFoundError):
+            self.client.retrieve_response(unkept.id)
+        with self.assertRaises(ConfigurationError):
+            self.client.retrieve_response("../token")
+
     def test_errors_before_the_stream_are_typed(self):
         with self.assertRaises(gloo_stream.BadRequestError) as caught:
             self.client.respond("Hi", model="no-such-model")
