@@ -101,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`python demo.py | head`): stop quietly, as the CLI does.
+        gloo_stream._silence(sys.stdout)
+        return 0
     finally:
         if fake is not None:
             fake.stop()

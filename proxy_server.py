@@ -2127,6 +2127,8 @@ class ProxyServer(ThreadingHTTPServer):
         self._static = self._scan_static(self.config.web_root)
         self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
         self._queue_checked = self._queue_warned = -math.inf
+        if ":" in str(self.config.host):
+            self.address_family = socket.AF_INET6  # `::` or `::1`: an IPv6 listener
         super().__init__((self.config.host, int(self.config.port)), _Handler)
         self.loopback_only = self._is_loopback(self.host)
         self.origins = _Origins(self)

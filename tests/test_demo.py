@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
+import tempfile
 import unittest
 
 import demo
-from tests.support import IsolatedTestCase
+from tests.support import IsolatedTestCase, clean_environment
 
 
 class DemoTests(IsolatedTestCase):
@@ -25,6 +29,19 @@ class DemoTests(IsolatedTestCase):
         self.assertNotIn("  [3] ", grounded)
         self.assertIn("https://", grounded)
         self.assertRegex(grounded, r"\[\d+ tokens, finish_reason=stop, answered by gloo-")
+
+    def test_a_reader_that_stops_early_ends_the_demo_quietly(self):
+        # `python demo.py | head -2`: the pipe closes while the demo still writes.
+        demo_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo.py")
+        proc = subprocess.Popen([sys.executable, demo_py, "--offline", "--delay", "0"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=clean_environment(), cwd=tempfile.gettempdir())
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away
+        err = proc.stderr.read().decode()
+        self.assertEqual(proc.wait(30), 0, err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("BrokenPipeError", err)
 
 
 if __name__ == "__main__":

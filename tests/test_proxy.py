@@ -1386,6 +1386,20 @@ class StreamingPhaseTests(ProxyTestCase):
         self.assertEqual(json.loads(conn.getresponse().read())["streams"].get("complete"), 3)
 
 
+class IPv6Tests(ProxyTestCase):
+    def test_the_relay_listens_on_ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            self.skipTest("this machine has no IPv6 loopback")
+        proxy = self.start_proxy(host="::1")
+        self.assertEqual((proxy.host, proxy.url.startswith("http://[::1]:")), ("::1", True))
+        with socket.create_connection(("::1", proxy.port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")
+            self.assertTrue(read_until_closed(sock).startswith(b"HTTP/1.1 200 "))
+
+
 class ListenQueueTests(ProxyTestCase):
     def test_a_full_listen_queue_is_logged(self):
         class SmallQueue(ProxyServer):
