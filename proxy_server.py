@@ -595,8 +595,12 @@ def _upstream_message(body: str) -> tuple[str, Any]:
         return detail[:300], parsed.get("code") if isinstance(parsed.get("code"), str) else None
     error = parsed.get("error")
     code = parsed.get("code")
-    if isinstance(error, dict):
+    if isinstance(error, dict):  # OpenAI's and Gloo's nested envelope: {"error": {message, type, code, ...}}
         message, code = error.get("message") or error.get("detail"), error.get("code", code)
+        if not isinstance(message, str) and isinstance(error.get("type"), str):
+            message = error["type"].replace("_", " ")
+        if code is None and isinstance(error.get("type"), str):
+            code = error["type"]
     else:
         message = error
     if not isinstance(message, str):
@@ -633,9 +637,13 @@ def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
         if status in (400, 422):
             return "bad_request", _RelayError(status, message or "the upstream rejected the request",
                                               code=code if code is not None else status)
-        if status in (401, 403):
+        if status == 401:  # the proxy's own token or key: the instance's problem, not the caller's
             return "credentials", _RelayError(502, "the proxy's upstream credentials were rejected",
                                               error_type="upstream_error", code="upstream_auth")
+        if status == 403:  # Gloo: no permission for this resource or publisher: the caller's request
+            return "forbidden", _RelayError(403, message or "the upstream refused this request (403): no permission "
+                                                 "for the resource or publisher asked for",
+                                            error_type="permission_error", code=code or "forbidden")
         if status == 429:
             headers = {"Retry-After": _retry_after(exc)}
             reset = {name.lower(): value for name, value in (exc.headers or {}).items()}.get("x-ratelimit-reset")
@@ -645,7 +653,9 @@ def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
                                                error_type="rate_limit_error",
                                                code=code or "upstream_rate_limited", headers=headers)
         text = f"the upstream answered {status}" + (f": {message}" if message else "")
-        return f"status_{status}", _RelayError(502, text, error_type="upstream_error", code=status)
+        headers = {"Retry-After": _retry_after(exc)} if status == 503 else {}  # how long it asked clients to wait
+        return f"status_{status}", _RelayError(502 if status != 503 else 503, text, error_type="upstream_error",
+                                               code=code if isinstance(code, str) else status, headers=headers)
     if isinstance(exc, TokenError):
         return "credentials", _RelayError(502, "the proxy could not get an upstream token",
                                           error_type="upstream_error", code="upstream_auth")
@@ -960,9 +970,24 @@ class _StreamSink:
         return self.writer.last_write
 
     def add(self, batch: list[ServerSentEvent]) -> None:
+        if self.request.include_usage and self.request.openai and not self.request.responses:
+            batch = [self._usage_once(event) if '"usage"' in event.data else event for event in batch]
         self.writer.relay(batch)
-        if self.request.include_usage and not self.usage_sent:
-            self.usage_sent = any(_is_usage_chunk(event.data) for event in batch if '"usage"' in event.data)
+
+    def _usage_once(self, event: ServerSentEvent) -> ServerSentEvent:
+        """OpenAI reports usage once, in a last chunk of its own (`choices: []`): Gloo's usage on its
+        finish chunk is taken off there and sent that way at the end (see finish())."""
+        if _is_usage_chunk(event.data):
+            self.usage_sent = True
+            return event
+        try:
+            chunk = json.loads(event.data)
+        except (ValueError, RecursionError):
+            return event
+        if not isinstance(chunk, dict) or "usage" not in chunk or not chunk.get("choices"):
+            return event
+        del chunk["usage"]
+        return event._replace(data=json.dumps(chunk))
 
     def heartbeat(self) -> None:
         self.writer.heartbeat()
@@ -1969,11 +1994,17 @@ def _response_object(stream: ResponseStream) -> dict[str, Any]:
             "incomplete_details": {"reason": result.incomplete_reason} if result.incomplete_reason else None}
 
 
+_ROUTING_METADATA = ("provider", "model_family", "routing_mechanism", "routing_tier", "routing_confidence",
+                     "tradition", "sources_returned")
+
+
 def _chat_completion(result: Any) -> dict[str, Any]:
-    """A ChatResult as OpenAI's chat.completion object."""
+    """A ChatResult as OpenAI's chat.completion object, with Gloo's routing metadata as its chunks carry it."""
     message: dict[str, Any] = {"role": "assistant", "content": result.text}
     if result.tool_calls:
         message["tool_calls"] = [{key: call[key] for key in ("id", "type", "function")} for call in result.tool_calls]
+        if not result.text:
+            message["content"] = None  # as OpenAI answers a tool call
     answer = {
         "id": result.id or "chatcmpl-" + uuid.uuid4().hex,
         "object": "chat.completion",
@@ -1982,6 +2013,7 @@ def _chat_completion(result: Any) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
         "usage": result.usage,
     }
+    answer.update({key: getattr(result, key) for key in _ROUTING_METADATA if getattr(result, key, None) is not None})
     sources = getattr(result, "sources", None)
     if sources:
         answer["citations"] = sources
@@ -2083,6 +2115,7 @@ def _client_options(config: Any) -> dict[str, Any]:
         read_timeout=config.upstream_idle_seconds,
         max_retries=config.upstream_retries, max_event_bytes=config.max_event_bytes,
         retry_rate_limited=False,  # a 429 goes straight back to the client with its Retry-After
+        max_retry_wait=2.0,  # a 503 asking for longer goes back too, with its Retry-After: the client decides
     )
     return options
 

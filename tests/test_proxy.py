@@ -232,7 +232,32 @@ class OpenAIRouteTests(ProxyTestCase):
                                        {"messages": [{"role": "user", "content": "[[tools]]"}]})
         message = json.loads(body)["choices"][0]["message"]
         self.assertEqual(len(message["tool_calls"]), 2)
+        self.assertIsNone(message["content"])  # as OpenAI answers a tool call
         json.loads(message["tool_calls"][0]["function"]["arguments"])
+
+    def test_not_streaming_keeps_glooss_routing_metadata(self):
+        answer = json.loads(self.request("POST", "/v1/chat/completions", dict(PROMPT, model="auto"))[2])
+        chunk = next(c for c in data_events(self.post_stream("What is the resurrection?")[2].decode())
+                     if isinstance(c, dict))
+        for key in ("provider", "model_family", "routing_mechanism", "routing_tier", "routing_confidence"):
+            self.assertIn(key, answer)
+            self.assertEqual(type(answer[key]), type(chunk[key]), key)
+        self.assertEqual(answer["routing_mechanism"], "auto_routing")
+        grounded = json.loads(self.request("POST", "/v1/chat/completions", dict(PROMPT, sources_limit=2))[2])
+        self.assertIs(grounded["sources_returned"], True)
+
+    def test_usage_comes_once_in_a_chunk_of_its_own(self):
+        for prompt in ("Hi", "Hi [[openai]]"):  # Gloo's usage on its finish chunk, and OpenAI's own ending
+            with self.subTest(prompt):
+                _, _, body = self.request("POST", "/v1/chat/completions", {
+                    "messages": [{"role": "user", "content": prompt}], "stream": True,
+                    "stream_options": {"include_usage": True}})
+                events = data_events(body.decode())
+                with_usage = [e for e in events if isinstance(e, dict) and "usage" in e]
+                self.assertEqual(len(with_usage), 1, with_usage)
+                self.assertEqual(with_usage[0]["choices"], [])
+                self.assertIs(events[-2], with_usage[0])
+                self.assertEqual(events[-1], "[DONE]")
 
 
 class BadRequestTests(ProxyTestCase):
@@ -521,20 +546,29 @@ class UpstreamFailureTests(ProxyTestCase):
     client_options = {"max_retries": 1, "backoff_base": 0.01, "connect_timeout": 0.5}
 
     def test_status_mapping(self):
-        cases = [(400, 400), (422, 422), (401, 502), (403, 502), (404, 502), (408, 502), (429, 429),
-                 (500, 502), (502, 502), (503, 502)]
+        cases = [(400, 400), (422, 422), (401, 502), (403, 403), (404, 502), (408, 502), (429, 429),
+                 (500, 502), (502, 502), (503, 503)]
         for upstream, expected in cases:
             with self.subTest(upstream=upstream):
                 status, headers, body = self.post_stream(f"Hi {upstream} [[status:{upstream}:retry=0]]")
                 self.assertEqual(status, expected)
                 error = json.loads(body)["error"]
                 self.assertEqual(sorted(error), ["code", "message", "type"])
-                if expected == 429:
-                    self.assertEqual(headers["retry-after"], "1")
+                if expected in (429, 503):
+                    self.assertEqual(headers["retry-after"], "1")  # the upstream's own wait, passed on
 
     def test_credentials_rejected_is_logged(self):
-        self.post_stream("Hi [[status:403]]")
+        self.post_stream("Hi [[status:401]]")
         self.assertTrue(self.logs.wait_for("credentials"))
+
+    def test_a_403_is_the_callers_with_glooss_words_and_leaves_health_alone(self):
+        for _ in range(4):
+            status, _, body = self.post_stream("Hi [[status:403]]")
+            error = json.loads(body)["error"]
+            self.assertEqual((status, error["type"], error["code"]), (403, "permission_error", "forbidden"))
+            self.assertEqual(error["message"], "Insufficient permissions")  # the simulator's (Gloo's) text
+        self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
+        self.assertFalse(self.logs.wait_for("credentials", timeout=0.2))
 
     def test_token_endpoint_refuses(self):
         proxy = self.start_proxy(client_secret="wrong-secret-abcdef")
@@ -1268,6 +1302,26 @@ class ResponsesRouteTests(ProxyTestCase):
         self.assertEqual(self.fake.requests[-1]["body"]["input"], [{"role": "user", "content": "What is grace?"}])
         status, _, raw = self.post({"api": "other", "messages": [{"role": "user", "content": "Hi"}]}, "/api/stream")
         self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, "invalid_field"))
+
+
+class UpstreamEnvelopeTests(ScriptedUpstreamTestCase):
+    def test_glooss_nested_error_envelope_is_put_into_words_with_its_code(self):
+        self.upstream.answer(400, [json.dumps({"error": {"type": "invalid_request_error", "code": "model_not_found",
+                                                          "fault": "client", "retryable": False,
+                                                          "message": "unknown model 'x'"}}).encode()])
+        status, _, body = self.post_stream("Hi")
+        error = json.loads(body)["error"]
+        self.assertEqual((status, error["message"], error["code"]), (400, "unknown model 'x'", "model_not_found"))
+        self.upstream.answer(400, [b'{"error": {"type": "invalid_request_error", "fault": "client"}}'])
+        error = json.loads(self.post_stream("Hi")[2])["error"]
+        self.assertEqual((error["message"], error["code"]), ("invalid request error", "invalid_request_error"))
+
+    def test_an_upstream_503_keeps_its_retry_after(self):
+        self.upstream.answer(503, [b'{"error": "maintenance", "code": "service_unavailable"}'],
+                             headers={"Retry-After": "7"})
+        status, headers, body = self.post_stream("Hi")
+        self.assertEqual((status, headers["retry-after"], json.loads(body)["error"]["code"]),
+                         (503, "7", "service_unavailable"))
 
 
 class ResponsesBytesTests(ScriptedUpstreamTestCase):
