@@ -201,6 +201,9 @@ SETTINGS: tuple[Setting, ...] = (
             "on SIGTERM/SIGINT, let streams finish for this long", 0),
     Setting("log_format", "PROXY_LOG_FORMAT", "choice", "text", "request log format", choices=("text", "json")),
     Setting("web_root", "PROXY_WEB_ROOT", "str", os.path.join(_HERE, "web"), "folder of the page's files"),
+    Setting("unknown_fields", "PROXY_UNKNOWN_FIELDS", "choice", "drop",
+            "a request field Gloo does not document: drop it (named in X-Gloo-Dropped-Fields and the log), "
+            "refuse it (400) or forward it", choices=("drop", "refuse", "forward")),
     Setting("upstream_retries", "PROXY_UPSTREAM_RETRIES", "int", 1,
             "retries of a failed upstream request before its first byte (never a 429)", 0, 5),
     Setting("endpoint", "GLOO_ENDPOINT", "choice", None,
@@ -761,25 +764,39 @@ class _CompletionRequest:
     grounded: bool
     prompt_chars: int
     api: str = "chat"  # or "responses": Gloo's Responses API
+    dropped: tuple[str, ...] = ()  # undocumented fields left out (PROXY_UNKNOWN_FIELDS=drop)
 
     @property
     def responses(self) -> bool:
         return self.api == "responses"
 
 
-def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequest:
-    """Apply the field policy: documented Gloo fields forwarded, OpenAI names mapped, the rest a 400."""
+def _unknown_field(key: str, policy: str, dropped: list[str], accepted: str) -> bool:
+    """Whether an undocumented field is forwarded; records it as dropped, or refuses it, as the policy says."""
+    if policy == "forward":
+        return True
+    if policy == "drop":
+        dropped.append(key)
+        return False
+    raise _RelayError(400, f"{key} is not a field {accepted}; remove it, or set PROXY_UNKNOWN_FIELDS=drop",
+                      code="unsupported_field")
+
+
+def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "refuse") -> _CompletionRequest:
+    """Apply the field policy: documented Gloo fields forwarded, OpenAI names mapped, the rest as `policy`
+    says (PROXY_UNKNOWN_FIELDS: drop, refuse with a 400, or forward)."""
     payload: dict[str, Any] = {}
+    dropped: list[str] = []
     for key, value in body.items():
         if key == "stream" or value is None:
             continue
         target = _RENAMED_FIELDS.get(key, key)
         if key in _HARMLESS_DEFAULTS and value == _HARMLESS_DEFAULTS[key]:
             continue
-        if target not in _GLOO_FIELDS:
-            raise _RelayError(400, f"{key} is not a field Gloo's completions API accepts; remove it "
-                                   f"(accepted: {', '.join(sorted(_GLOO_FIELDS))}, max_completion_tokens)",
-                              code="unsupported_field")
+        if target not in _GLOO_FIELDS and not _unknown_field(
+                key, policy, dropped, f"Gloo's completions API accepts (accepted: {', '.join(sorted(_GLOO_FIELDS))}, "
+                                      "max_completion_tokens)"):
+            continue
         if target in payload and payload[target] != value:
             raise _RelayError(400, f"max_tokens and {key} disagree; send one of them", code="invalid_field")
         payload[target] = value
@@ -808,20 +825,25 @@ def _completion_request(body: dict[str, Any], *, openai: bool) -> _CompletionReq
         payload.setdefault("include_citations", True)  # as the library asks (GlooClient.build_payload)
     payload["stream"] = True
     prompt_chars = sum(len(m["content"]) for m in payload["messages"] if isinstance(m.get("content"), str))
-    return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars)
+    return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars,
+                              dropped=tuple(dropped))
 
 
-def _responses_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequest:
-    """The field policy for the Responses API: its fields forwarded, anything else a 400."""
+def _responses_request(body: dict[str, Any], *, openai: bool, policy: str = "refuse") -> _CompletionRequest:
+    """The field policy for the Responses API: its fields forwarded, anything else as `policy` says."""
     payload: dict[str, Any] = {}
+    dropped: list[str] = []
     for key, value in body.items():
         if key in ("stream", "api") or value is None:
             continue
         if key == "messages" and not openai:  # the page's conversation, as the Responses API's input items
             key = "input"
-        if key not in _RESPONSES_FIELDS:
-            raise _RelayError(400, f"{key} is not a field of the Responses API; remove it "
-                                   f"(accepted: {', '.join(sorted(_RESPONSES_FIELDS))})", code="unsupported_field")
+        if key == "messages" and openai:  # a chat body sent to the wrong route: never silently dropped
+            raise _RelayError(400, "messages is a field of chat completions; the Responses API takes input",
+                              code="unsupported_field")
+        if key not in _RESPONSES_FIELDS and not _unknown_field(
+                key, policy, dropped, f"of the Responses API (accepted: {', '.join(sorted(_RESPONSES_FIELDS))})"):
+            continue
         payload[key] = value
     items = payload.get("input")
     if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
@@ -835,7 +857,7 @@ def _responses_request(body: dict[str, Any], *, openai: bool) -> _CompletionRequ
         raise _RelayError(400, "stream must be true or false (a JSON boolean)", code="invalid_field")
     payload["stream"] = True  # the relay always streams from upstream; a non-streaming answer is assembled
     return _CompletionRequest(payload, bool(stream) or not openai, openai, False, False, _input_chars(items),
-                              api="responses")
+                              api="responses", dropped=tuple(dropped))
 
 
 def _input_chars(items: Any) -> int:
@@ -1534,6 +1556,9 @@ _CUT_SHORT = {
 }
 
 
+_EXPOSED_HEADERS = "Retry-After, X-Request-Id, X-Gloo-Dropped-Fields"  # what a page's script may read
+
+
 class _Origins:
     """Which pages may call the API: PROXY_CORS_ORIGIN, `*`, and the proxy's own page (same origin)."""
 
@@ -1549,9 +1574,9 @@ class _Origins:
         """The CORS answer headers for a request with this Origin."""
         if origin in self.listed:  # (the proxy's own page is same-origin: it needs no CORS header)
             return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                    ("Access-Control-Expose-Headers", "Retry-After")]
+                    ("Access-Control-Expose-Headers", _EXPOSED_HEADERS)]
         if self.any:  # any page, and never with credentials (no Access-Control-Allow-Credentials)
-            return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+            return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", _EXPOSED_HEADERS)]
         return [("Vary", "Origin")]
 
     def same_origin(self, origin: str, host: str, peer: str) -> bool:
@@ -1592,6 +1617,8 @@ class _Exchange:
     static_file: str = ""
     extra_bytes: int = 0  # bytes the client sent after its request, read and dropped
     extra: dict[str, Any] = field(default_factory=dict)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # X-Request-Id, and in the log line
+    headers: list[tuple[str, str]] = field(default_factory=list)  # more response headers (the field policy's)
 
 
 @dataclass(frozen=True)
@@ -1778,7 +1805,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response_only(status)
         self.send_header("Date", self.date_time_string())
         self.send_header("Server", self.server_version)
-        for name, value in list(headers) + self._cors_headers():
+        self.send_header("X-Request-Id", self.exchange.request_id)
+        for name, value in list(headers) + self.exchange.headers + self._cors_headers():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -1893,11 +1921,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not openai and body.get("api") not in (None, "chat", "responses"):
             raise _RelayError(400, 'api must be "chat" (Completions V2) or "responses" (the Responses API)',
                               code="invalid_field")
+        policy = self.server.config.unknown_fields
         if responses or body.get("api") == "responses":
-            request = _responses_request(body, openai=openai)
+            request = _responses_request(body, openai=openai, policy=policy)
         else:
             body.pop("api", None)
-            request = _completion_request(body, openai=openai)
+            request = _completion_request(body, openai=openai, policy=policy)
+        if request.dropped:
+            names = ", ".join(request.dropped)
+            self.exchange.headers.append(("X-Gloo-Dropped-Fields", names))
+            self.exchange.extra["dropped"] = names
         self.exchange.extra["prompt_chars"] = request.prompt_chars
         stream = self.server.open_stream(request)
         relay = None
@@ -2478,6 +2511,7 @@ class ProxyServer(ThreadingHTTPServer):
             "status": exchange.status,
             "duration_ms": int((time.monotonic() - exchange.started) * 1000),
             "outcome": exchange.outcome or "ok",
+            "request_id": exchange.request_id,
         }
         record.update({key: value for key, value in exchange.extra.items() if value is not None})
         self.log_line(record)

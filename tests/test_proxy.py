@@ -106,13 +106,31 @@ class RelayTests(ProxyTestCase):
         self.assertEqual((body["stream"], body["auto_routing"], body["temperature"], body["tradition"]),
                          (True, True, 0.2, "catholic"))
 
-    def test_an_unknown_field_is_a_400_that_names_it(self):
-        status, _, body = self.post_stream("Hi", unknown_field="dropped")
-        self.assertEqual(status, 400)
+    def test_an_unknown_field_is_dropped_and_named(self):
+        status, headers, _ = self.post_stream("Hi", unknown_field="dropped", top_p=0.9)
+        self.assertEqual((status, headers["x-gloo-dropped-fields"]), (200, "unknown_field, top_p"))
+        self.assertNotIn("unknown_field", self.fake.requests[-1]["body"])
+        self.assertNotIn("top_p", self.fake.requests[-1]["body"])
+        self.assertTrue(self.logs.wait_for("dropped=unknown_field, top_p"))
+
+    def test_an_unknown_field_can_be_refused_or_forwarded(self):
+        refusing = self.start_proxy(unknown_fields="refuse")
+        status, headers, body = self.request("POST", "/api/stream", dict(PROMPT, unknown_field=1), proxy=refusing)
         error = json.loads(body)["error"]
-        self.assertEqual(error["code"], "unsupported_field")
+        self.assertEqual((status, error["code"]), (400, "unsupported_field"))
         self.assertTrue(error["message"].startswith("unknown_field "), error["message"])
+        self.assertIn("PROXY_UNKNOWN_FIELDS=drop", error["message"])
         self.assertEqual(self.fake.requests, [])
+        forwarding = self.start_proxy(unknown_fields="forward")
+        self.request("POST", "/api/stream", dict(PROMPT, top_p=0.5), proxy=forwarding)
+        self.assertEqual(self.fake.requests[-1]["body"]["top_p"], 0.5)
+
+    def test_every_response_has_a_request_id_that_is_in_its_log_line(self):
+        _, headers, _ = self.post_stream("Hi")
+        _, other, _ = self.request("GET", "/health")
+        self.assertRegex(headers["x-request-id"], r"^[0-9a-f]{32}$")
+        self.assertNotEqual(headers["x-request-id"], other["x-request-id"])
+        self.assertTrue(self.logs.wait_for("request_id=" + headers["x-request-id"]))
 
     def test_model_family_passes_through(self):
         self.request("POST", "/api/stream", dict(PROMPT, model_family="anthropic"))
@@ -1090,7 +1108,9 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
         self.assertEqual(sent["max_tokens"], 77)
         self.assertNotIn("max_completion_tokens", sent)
 
-    def test_fields_gloo_does_not_accept_are_400_naming_them(self):
+    def test_fields_gloo_does_not_accept_are_400_naming_them_when_refused(self):
+        self.proxy = self.start_proxy(api_url=self.upstream.url, client_id=None, client_secret=None,
+                                      upstream_api_key="studio-key-0123456789", unknown_fields="refuse")
         for name, value in (("top_p", 0.9), ("presence_penalty", 1), ("n", 2), ("logit_bias", {"1": 2})):
             with self.subTest(name=name):
                 status, _, body = self.request("POST", "/v1/chat/completions", dict(PROMPT, **{name: value}))
