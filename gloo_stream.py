@@ -4098,6 +4098,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=_float_in(0, 2), metavar="T", help="sampling temperature, 0 to 2")
     parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), metavar="N",
                         help=f"the most tokens to generate, 1 to {_MAX_TOKENS}")
+    parser.add_argument("--usage", action="store_true",
+                        help="ask the stream for its token usage (shown in the stats line and in --json)")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS),
                         help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
     responses = parser.add_argument_group("the Responses API (--api responses)")
@@ -4328,7 +4330,8 @@ class _Run:
     def options(self) -> dict[str, Any]:
         args = self.args
         options = {"model": args.model, "model_family": args.model_family, "tradition": args.tradition,
-                   "temperature": args.temperature, "max_tokens": args.max_tokens}
+                   "temperature": args.temperature, "max_tokens": args.max_tokens,
+                   "include_usage": True if args.usage else None}
         if args.publisher is not None or args.sources is not None:
             options["publisher"] = args.publisher
             options["sources_limit"] = args.sources
@@ -4776,6 +4779,13 @@ def _print_stats(result: Any, run: Any, *, color: bool) -> None:
     if result.ttft_ms is not None:
         parts.append(f"first token {result.ttft_ms} ms")
     parts.append(f"{result.duration_ms} ms")
+    usage = result.usage if isinstance(result.usage, dict) else {}
+    used = [(usage.get(a), usage.get(b)) for a, b in (("prompt_tokens", "completion_tokens"),
+                                                      ("input_tokens", "output_tokens"))]
+    for into, out in used:
+        if isinstance(into, int) and isinstance(out, int):
+            parts.append(f"usage {into} in / {out} out")
+            break
     parts.append(f"finish_reason={result.finish_reason}")
     separator = " \u00b7 " if _can_encode(run.err, "\u00b7") else " | "
     run.note("[" + separator.join(parts) + "]", dim=color)

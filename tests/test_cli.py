@@ -53,6 +53,15 @@ class CLIOutputTests(CLITestCase):
         self.assertRegex(proc.stderr, r"\[\d+ tokens · first token \d+ ms · \d+ ms · finish_reason=stop\]")
         self.assertNotIn("tokens", proc.stdout.splitlines()[-1][-20:])
 
+    def test_usage_is_asked_for_and_shown(self):
+        plain = self.run_cli("--json", "Hi")
+        asked = self.run_cli("--json", "--usage", "Hi")
+        self.assertIsNone(json.loads(plain.stdout)["usage"])  # Gloo sends usage only when asked
+        usage = json.loads(asked.stdout)["usage"]
+        self.assertEqual(usage["total_tokens"], usage["prompt_tokens"] + usage["completion_tokens"])
+        shown = self.run_cli("--usage", "Hi")
+        self.assertRegex(shown.stderr, r"· usage \d+ in / \d+ out · finish_reason=stop\]")
+
     def test_question_from_stdin(self):
         for args in ((), ("-",)):
             with self.subTest(args=args):
