@@ -717,6 +717,17 @@ def _example_value(schema: Any, depth: int = 0) -> Any:
     return {"string": "John 11:25", "integer": 3, "number": 1.5, "boolean": True}.get(str(kind), "John 11:25")
 
 
+def _text_format(body: dict) -> Any:
+    """The JSON schema a Responses request asks its answer to fit (`text.format`), or None."""
+    text = body.get("text")
+    spec = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("type") == "json_schema" and isinstance(spec.get("schema"), dict):
+        return spec["schema"]
+    return {"type": "object"} if spec.get("type") == "json_object" else None
+
+
 def _tiny_png(size: int = 64) -> bytes:
     """A small real PNG (a cross on a warm ground), built with zlib."""
     rows = []
@@ -786,6 +797,8 @@ class _ResponsePlan:
                 text = f"Thank you: the tool answered \u201c{shown}\u201d. Based on that, here is the answer."
             elif self.image:
                 text = "Here is the image you asked for."
+            elif _text_format(body) is not None:  # structured output: JSON that fits the schema
+                text = json.dumps(_example_value(_text_format(body)))
             else:
                 text = "".join(_answer_tokens(_strip_markers(prompt), scenario))
                 images = _image_sizes(items)
@@ -1429,11 +1442,31 @@ def _build_reply(body: dict, prompt: str, scenario: _Scenario, started: float, *
     model, provider, routing = _route(body, prompt)
     prompt_tokens = sum(len(_tokenize(_content_text(m.get("content")))) for m in body["messages"])
     calls = None
-    if scenario.tools:
+    functions = [tool["function"] for tool in body.get("tools") or ()
+                 if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict)
+                 and isinstance(tool["function"].get("name"), str)]
+    last = body["messages"][-1]
+    choice = body.get("tool_choice", "auto")
+    answered = last.get("role") == "tool" and choice != "required"  # a forced model calls a tool every time
+    if functions and choice != "none" and not answered:
+        # Like a model: it calls the request's own (first) tool, with arguments that fit its schema.
+        arguments = _example_value(functions[0].get("parameters") or {"type": "object", "properties": {}})
+        calls = [{"index": 0, "id": "call_" + secrets.token_hex(12), "type": "function",
+                  "function": {"name": functions[0]["name"],
+                               "arguments": json.dumps(arguments if isinstance(arguments, dict) else {})}}]
+        deltas, finish = _tool_deltas(calls), "tool_calls"
+    elif scenario.tools and not answered:
         calls = _tool_calls()
         deltas, finish = _tool_deltas(calls), "tool_calls"
     else:
-        tokens, finish = _answer_tokens(_strip_markers(prompt), scenario), "stop"
+        question = _strip_markers(prompt)
+        if answered:  # a tool's result came back: the answer uses it, so an agent loop ends
+            shown = " ".join(_content_text(last.get("content")).split())
+            shown = shown[:157].rstrip() + "..." if len(shown) > 160 else shown
+            tokens = _tokenize(f"Thank you: the tool answered \u201c{shown}\u201d. Based on that, here is the answer.")
+        else:
+            tokens = _answer_tokens(question, scenario)
+        finish = "stop"
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and len(tokens) > max_tokens:
             tokens, finish = tokens[:max_tokens], "length"

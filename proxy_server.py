@@ -765,6 +765,9 @@ class _CompletionRequest:
     prompt_chars: int
     api: str = "chat"  # or "responses": Gloo's Responses API
     dropped: tuple[str, ...] = ()  # undocumented fields left out (PROXY_UNKNOWN_FIELDS=drop)
+    translated: tuple[str, ...] = ()  # fields put into the words Gloo documents (X-Gloo-Translated)
+    structured: bool = False  # a response_format answer: the forced tool call's arguments are the content
+    schema: Any = None  # its schema, for the cheap check at the end
 
     @property
     def responses(self) -> bool:
@@ -782,13 +785,60 @@ def _unknown_field(key: str, policy: str, dropped: list[str], accepted: str) -> 
                       code="unsupported_field")
 
 
+_STRUCTURED_TOOL = "structured_answer"  # the forced tool that carries a response_format answer
+
+
+def _structured_output(body: dict[str, Any], payload: dict[str, Any]) -> str | None:
+    """OpenAI's `response_format` carried out the way Gloo can: a forced call of one tool whose parameters
+    are the schema (`json_object`: any object); the relay answers with the call's arguments as content.
+    Returns the tool's name, or None when no structured answer is asked for."""
+    spec = body.get("response_format")
+    if spec is None or (isinstance(spec, dict) and spec.get("type") == "text"):
+        return None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema" and isinstance(spec.get("json_schema"), dict) \
+            and isinstance(spec["json_schema"].get("schema"), dict):
+        schema = spec["json_schema"]["schema"]
+    else:
+        raise _RelayError(400, 'response_format must be {"type": "text"}, {"type": "json_object"} or '
+                               '{"type": "json_schema", "json_schema": {"name", "schema"}}', code="invalid_field")
+    if payload.get("tools") or payload.get("tool_choice"):
+        raise _RelayError(400, "response_format together with tools cannot be carried out through Gloo "
+                               "(it becomes a forced tool call): send one or the other", code="invalid_field")
+    payload["tools"] = [{"type": "function", "function": {
+        "name": _STRUCTURED_TOOL, "description": "Give the answer in exactly this JSON shape.", "parameters": schema}}]
+    payload["tool_choice"] = "required"
+    return _STRUCTURED_TOOL
+
+
+def _check_structured(text: str, schema: Any) -> str | None:
+    """Why a structured answer does not fit (not JSON, or missing required keys, or a wrong top-level
+    type), or None. A cheap check, not a full JSON Schema validator."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return "the model's structured answer is not valid JSON"
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "object":
+        if not isinstance(value, dict):
+            return "the model's structured answer is not a JSON object"
+        required = schema.get("required")
+        missing = [key for key in required if key not in value] if isinstance(required, list) else []
+        if missing:
+            return f"the model's structured answer lacks {', '.join(map(str, missing))}"
+    return None
+
+
 def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "refuse") -> _CompletionRequest:
     """Apply the field policy: documented Gloo fields forwarded, OpenAI names mapped, the rest as `policy`
     says (PROXY_UNKNOWN_FIELDS: drop, refuse with a 400, or forward)."""
     payload: dict[str, Any] = {}
     dropped: list[str] = []
     for key, value in body.items():
-        if key == "stream" or value is None:
+        if key in ("stream", "response_format") or value is None:
             continue
         target = _RENAMED_FIELDS.get(key, key)
         if key in _HARMLESS_DEFAULTS and value == _HARMLESS_DEFAULTS[key]:
@@ -801,6 +851,12 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
             raise _RelayError(400, f"max_tokens and {key} disagree; send one of them", code="invalid_field")
         payload[target] = value
     _check_messages(payload.get("messages"))
+    translated = _force_named_tool(payload)
+    structured = _structured_output(body, payload) if openai else None
+    if structured is not None:
+        translated += ("response_format",)
+    elif not openai and body.get("response_format") is not None:
+        _unknown_field("response_format", policy, dropped, "of /api/stream (use /v1/chat/completions)")
     stream = body.get("stream", None if openai else True)
     if stream is not None and not isinstance(stream, bool):
         raise _RelayError(400, "stream must be true or false (a JSON boolean)", code="invalid_field")
@@ -826,7 +882,30 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
     payload["stream"] = True
     prompt_chars = sum(len(m["content"]) for m in payload["messages"] if isinstance(m.get("content"), str))
     return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars,
-                              dropped=tuple(dropped))
+                              dropped=tuple(dropped), translated=translated,
+                              schema=payload["tools"][0]["function"]["parameters"] if structured else None,
+                              structured=structured is not None)
+
+
+def _force_named_tool(payload: dict[str, Any]) -> tuple[str, ...]:
+    """OpenAI's `tool_choice: {"type": "function", "function": {"name": X}}` in the words Gloo documents
+    (`none`, `auto`, `required`): `required`, with `tools` narrowed to X. Returns what was translated."""
+    choice = payload.get("tool_choice")
+    if not isinstance(choice, dict):
+        return ()
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    if choice.get("type") not in ("function", "tool") or not isinstance(name, str) or not name:
+        raise _RelayError(400, 'tool_choice must be "none", "auto", "required" or {"type": "function", '
+                               '"function": {"name": ...}}', code="invalid_field")
+    tools = payload.get("tools")
+    chosen = [tool for tool in tools if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+              and tool["function"].get("name") == name] if isinstance(tools, list) else []
+    if not chosen:
+        raise _RelayError(400, f"tool_choice names {name!r}, which is not among the request's tools",
+                          code="invalid_field")
+    payload["tools"], payload["tool_choice"] = chosen[:1], "required"
+    return ("tool_choice",)
 
 
 def _responses_request(body: dict[str, Any], *, openai: bool, policy: str = "refuse") -> _CompletionRequest:
@@ -994,6 +1073,8 @@ class _StreamSink:
     def add(self, batch: list[ServerSentEvent]) -> None:
         if self.request.include_usage and self.request.openai and not self.request.responses:
             batch = [self._usage_once(event) if '"usage"' in event.data else event for event in batch]
+        if self.request.structured:
+            batch = [_as_content(event) for event in batch]
         self.writer.relay(batch)
 
     def _usage_once(self, event: ServerSentEvent) -> ServerSentEvent:
@@ -1023,6 +1104,8 @@ class _StreamSink:
                 tail = error.typed_event(getattr(accumulator, "sequence", None))
         elif error is not None:
             tail = error.event()
+        elif self.request.structured and (problem := _structured_problem(loop.stream, self.request)):
+            tail = _RelayError.mid_stream("invalid_structured_output", problem).event()
         elif self.request.openai and not self.request.responses:
             accumulator = loop.stream.accumulator
             if self.request.include_usage and not self.usage_sent and accumulator.usage:
@@ -1053,6 +1136,41 @@ class _AnswerSink:
 
     def heartbeat(self) -> None:  # pragma: no cover - heartbeats are off
         pass
+
+
+def _as_content(event: ServerSentEvent) -> ServerSentEvent:
+    """A chunk of the forced structured-answer call, as OpenAI streams a response_format answer:
+    the arguments' pieces as content deltas, finish_reason "stop" for "tool_calls"."""
+    if '"tool_calls"' not in event.data:
+        return event
+    try:
+        chunk = json.loads(event.data)
+    except (ValueError, RecursionError):
+        return event
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return event
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and isinstance(delta.get("tool_calls"), list):
+            pieces = [call.get("function", {}).get("arguments") for call in delta.pop("tool_calls")
+                      if isinstance(call, dict) and isinstance(call.get("function"), dict)]
+            delta["content"] = "".join(piece for piece in pieces if isinstance(piece, str))
+        if isinstance(choice, dict) and choice.get("finish_reason") == "tool_calls":
+            choice["finish_reason"] = "stop"
+    return event._replace(data=json.dumps(chunk))
+
+
+def _structured_text(stream: Any) -> str:
+    calls = stream.accumulator.tool_calls
+    return calls[0]["function"]["arguments"] if calls else stream.accumulator.text
+
+
+def _structured_problem(stream: Any, request: _CompletionRequest) -> str | None:
+    """Why a finished structured answer does not fit its schema (None when it does)."""
+    if stream.outcome.kind != "finished":
+        return None
+    return _check_structured(_structured_text(stream), request.schema)
 
 
 def _is_usage_chunk(data: str) -> bool:
@@ -1556,7 +1674,8 @@ _CUT_SHORT = {
 }
 
 
-_EXPOSED_HEADERS = "Retry-After, X-Request-Id, X-Gloo-Dropped-Fields"  # what a page's script may read
+# What a page's script may read of an answer's headers.
+_EXPOSED_HEADERS = "Retry-After, X-Request-Id, X-Gloo-Dropped-Fields, X-Gloo-Translated"
 
 
 class _Origins:
@@ -1931,6 +2050,8 @@ class _Handler(BaseHTTPRequestHandler):
             names = ", ".join(request.dropped)
             self.exchange.headers.append(("X-Gloo-Dropped-Fields", names))
             self.exchange.extra["dropped"] = names
+        if request.translated:
+            self.exchange.headers.append(("X-Gloo-Translated", ", ".join(request.translated)))
         self.exchange.extra["prompt_chars"] = request.prompt_chars
         stream = self.server.open_stream(request)
         relay = None
@@ -1938,7 +2059,7 @@ class _Handler(BaseHTTPRequestHandler):
             if request.stream:
                 relay = self._relay(stream, request)
             else:
-                self._collect(stream)
+                self._collect(stream, request)
         finally:
             if relay is None:
                 self.server.end_stream(stream)
@@ -1956,7 +2077,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # for this thread: the loop decides whether the connection is kept
         return relay
 
-    def _collect(self, stream: Any) -> None:
+    def _collect(self, stream: Any, request: _CompletionRequest) -> None:
         """The OpenAI non-streaming answer: the stream read whole (bounded), answered as one chat.completion
         (or, for the Responses API, as the final response object)."""
         relay = _Relay(self, stream)
@@ -1972,6 +2093,16 @@ class _Handler(BaseHTTPRequestHandler):
                               error_type="upstream_error", code=error.code, outcome=error.outcome)
         if isinstance(stream, ResponseStream):
             self._send_json(200, _response_object(stream))
+        elif request.structured:
+            problem = _structured_problem(stream, request)
+            if problem is not None:
+                raise _RelayError(502, problem + "; ask again", error_type="upstream_error",
+                                  code="invalid_structured_output", outcome="invalid_structured_output")
+            result = stream.result()
+            result.text, result.tool_calls = _structured_text(stream), []
+            if result.finish_reason == "tool_calls":
+                result.finish_reason = "stop"
+            self._send_json(200, _chat_completion(result))
         else:
             self._send_json(200, _chat_completion(stream.result()))
 

@@ -49,7 +49,8 @@ class CLIResponsesTests(CLITestCase):
         text = runs["text"]
         self.assertEqual(text.returncode, 0, text.stderr)
         self.assertIn("disciple", text.stdout.lower())
-        self.assertRegex(text.stderr, r"\[\d+ tokens · first token \d+ ms · \d+ ms · usage \d+ in / \d+ out · finish_reason=completed\]")
+        self.assertRegex(text.stderr, r"\[\d+ tokens · first token \d+ ms · \d+ ms · usage \d+ in / \d+ out · "
+                                      r"finish_reason=completed\]")
 
         result = json.loads(runs["json"].stdout)
         self.assertEqual((result["status"], result["outcome"]["kind"], result["exit_code"]),

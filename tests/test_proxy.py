@@ -16,7 +16,7 @@ import unittest
 from unittest import mock
 
 import gloo_stream
-from proxy_server import ProxyConfig, ProxyServer
+from proxy_server import ProxyConfig, ProxyServer, _check_structured
 
 from tests.proxy_support import (
     SMUGGLED,
@@ -1659,3 +1659,86 @@ class StartupUnitTests(ProxyTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ToolLoopTests(ProxyTestCase):
+    """#18: forced tools in the words Gloo documents, and a chat agent loop that finishes offline."""
+
+    TOOLS = [{"type": "function", "function": {"name": "lookup_verse", "parameters": {
+        "type": "object", "properties": {"reference": {"type": "string"}, "translation": {"enum": ["ESV", "NIV"]}},
+        "required": ["reference", "translation"]}}},
+             {"type": "function", "function": {"name": "search", "parameters": {
+                 "type": "object", "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}}}}}]
+
+    def completion(self, messages: list, **extra: object) -> tuple[dict[str, str], dict]:
+        status, headers, body = self.request("POST", "/v1/chat/completions",
+                                             dict({"messages": messages, "tools": self.TOOLS}, **extra))
+        self.assertEqual(status, 200, body)
+        return headers, json.loads(body)["choices"][0]
+
+    def test_a_named_tool_choice_becomes_required_with_that_tool_alone(self):
+        headers, choice = self.completion([{"role": "user", "content": "Look it up"}],
+                                          tool_choice={"type": "function", "function": {"name": "search"}})
+        sent = self.fake.requests[-1]["body"]
+        names = [tool["function"]["name"] for tool in sent["tools"]]
+        self.assertEqual((sent["tool_choice"], names), ("required", ["search"]))
+        self.assertEqual(headers["x-gloo-translated"], "tool_choice")
+        call = choice["message"]["tool_calls"][0]["function"]
+        self.assertEqual((call["name"], json.loads(call["arguments"])), ("search", {"query": "John 11:25", "limit": 3}))
+        status, _, body = self.request("POST", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "tools": self.TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "missing"}}})
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (400, "invalid_field"))
+
+    def test_an_agent_loop_finishes_offline(self):
+        messages: list[dict] = [{"role": "user", "content": "What does John 3:16 say?"}]
+        for _ in range(3):
+            _, choice = self.completion(messages)
+            message = choice["message"]
+            messages.append(message)
+            if choice["finish_reason"] != "tool_calls":
+                break
+            for call in message["tool_calls"]:
+                arguments = json.loads(call["function"]["arguments"])
+                self.assertEqual(arguments, {"reference": "John 11:25", "translation": "ESV"})  # fits the schema
+                messages.append({"role": "tool", "tool_call_id": call["id"],
+                                 "content": "For God so loved the world"})
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertIn("For God so loved the world", message["content"])
+        self.assertEqual(len(messages), 4)  # question, tool call, tool result, answer
+        _, choice = self.completion([{"role": "user", "content": "Hi"}], tool_choice="none")
+        self.assertEqual(choice["finish_reason"], "stop")
+
+    def test_a_response_format_answer_is_the_forced_calls_arguments_as_content(self):
+        schema = {"type": "object", "properties": {"reference": {"type": "string"}, "count": {"type": "integer"}},
+                  "required": ["reference", "count"]}
+        body = {"messages": [{"role": "user", "content": "John 3:16"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "verse", "schema": schema}}}
+        status, headers, raw = self.request("POST", "/v1/chat/completions", body)
+        choice = json.loads(raw)["choices"][0]
+        self.assertEqual((status, headers["x-gloo-translated"]), (200, "response_format"))
+        self.assertEqual(json.loads(choice["message"]["content"]), {"reference": "John 11:25", "count": 3})
+        self.assertEqual((choice["finish_reason"], "tool_calls" in choice["message"]), ("stop", False))
+        sent = self.fake.requests[-1]["body"]
+        self.assertEqual((sent["tool_choice"], sent["tools"][0]["function"]["parameters"]), ("required", schema))
+        self.assertNotIn("response_format", sent)
+        status, _, raw = self.request("POST", "/v1/chat/completions", dict(body, stream=True))
+        events = data_events(raw.decode())
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if isinstance(e, dict))
+        self.assertEqual(json.loads(text), {"reference": "John 11:25", "count": 3})
+        self.assertFalse(any("tool_calls" in e["choices"][0]["delta"] for e in events if isinstance(e, dict)))
+        self.assertEqual([e["choices"][0]["finish_reason"] for e in events if isinstance(e, dict)][-1], "stop")
+        self.assertEqual(events[-1], "[DONE]")
+
+    def test_a_structured_answer_that_does_not_fit_is_an_error(self):
+        self.assertEqual(_check_structured('{"a": 1}', {"type": "object", "required": ["a", "b"]}),
+                         "the model's structured answer lacks b")
+        self.assertEqual(_check_structured("not json", {"type": "object"}),
+                         "the model's structured answer is not valid JSON")
+        self.assertEqual(_check_structured("[1]", {"type": "object"}),
+                         "the model's structured answer is not a JSON object")
+        self.assertIsNone(_check_structured('{"a": 1, "b": 2}', {"type": "object", "required": ["a", "b"]}))
+        status, _, raw = self.request("POST", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "tools": self.TOOLS,
+            "response_format": {"type": "json_object"}})
+        self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, "invalid_field"))

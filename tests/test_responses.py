@@ -281,6 +281,13 @@ class SimulatorResponsesTests(IsolatedTestCase):
         self.assertEqual(second.function_calls, [])
         self.assertIn("For God so loved the world", second.text)
 
+    def test_structured_output_fits_the_schema(self):
+        schema = {"type": "object", "properties": {"reference": {"type": "string"}, "verses": {"type": "integer"}},
+                  "required": ["reference", "verses"]}
+        result = self.client.respond("John 3:16", model=self.MODEL, text={"format": {
+            "type": "json_schema", "name": "verse", "schema": schema}})
+        self.assertEqual(json.loads(result.text), {"reference": "John 11:25", "verses": 3})
+
     def test_an_image_tool_returns_a_real_png(self):
         result = self.client.respond("Draw a cross", model=self.MODEL, tools=[{"type": "image_generation"}])
         png = base64.b64decode(result.images[0]["result"])
