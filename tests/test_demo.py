@@ -39,6 +39,7 @@ class DemoTests(IsolatedTestCase):
         proc.stdout.readline()
         proc.stdout.close()  # the reader goes away
         err = proc.stderr.read().decode()
+        proc.stderr.close()
         self.assertEqual(proc.wait(30), 0, err)
         self.assertNotIn("Traceback", err)
         self.assertNotIn("BrokenPipeError", err)
