@@ -3253,6 +3253,7 @@ class _EventStream:
         self._eof = False
         self._closed = False
         self._finished_at: float | None = None  # when the accumulator first said finished
+        self._progress_at = clock()  # the last whole event, or the last read that left nothing half-done
         self._body_ended = False  # the body ended (or the grace after a finish did), not a close() from outside
         self._consumed = False
         self._blocking = True
@@ -3359,8 +3360,11 @@ class _EventStream:
     def _read(self, grace: float | None = None) -> bytes:
         if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
             raise socket.timeout("deadline")
-        if self._blocking and self._sock is not None and (self.deadline is not None or grace is not None):
+        if self._blocking and self._sock is not None and (
+                self.deadline is not None or grace is not None or self._decoder.has_partial_event):
             limits = [t for t in (self.read_timeout, grace) if t is not None]
+            if self.read_timeout is not None and self._decoder.has_partial_event:
+                limits.append(self.read_timeout - (self._clock() - self._progress_at))
             if self.deadline is not None:
                 limits.append(self.deadline - (self._clock() - self.accumulator.started))
             self._sock.settimeout(max(0.001, min(limits)))
@@ -3414,6 +3418,9 @@ class _EventStream:
                 if self.deadline is not None and self._clock() - accumulator.started >= self.deadline:
                     raise self._fail(StreamTimeoutError,
                                      f"the stream passed its {self.deadline:g}s deadline") from None
+                if self._decoder.has_partial_event:
+                    raise self._fail(StreamTimeoutError, f"no complete event from the server for "
+                                                         f"{self.read_timeout:g}s") from None
                 raise self._fail(StreamTimeoutError, f"no data from the server for {self.read_timeout:g}s") from None
             except _WOULD_BLOCK:
                 return [], []  # non-blocking, and nothing more has arrived
@@ -3434,6 +3441,7 @@ class _EventStream:
             if self.tap is not None:
                 self.tap(data)
             events = self._feed(data)
+            self._note_progress(bool(events))
         except EventTooLargeError:
             if self._finished_at is None:
                 raise
@@ -3441,6 +3449,17 @@ class _EventStream:
             self.close()
             return None
         return self._fold(events)
+
+    def _note_progress(self, events: bool) -> None:
+        """Idle means no progress towards an event for `read_timeout` seconds, on the clock: a body
+        that trickles bytes without ever completing one times out too (blocking reads; an event
+        loop keeps this clock itself)."""
+        now = self._clock()
+        if events or not self._decoder.has_partial_event:
+            self._progress_at = now
+        elif (self._blocking and self.read_timeout is not None and self._finished_at is None
+              and now - self._progress_at >= self.read_timeout):
+            raise self._fail(StreamTimeoutError, f"no complete event from the server for {self.read_timeout:g}s")
 
     def _fold(self, events: list[ServerSentEvent]) -> tuple[list[ServerSentEvent], list[dict]]:
         accumulator = self.accumulator

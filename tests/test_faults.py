@@ -11,6 +11,7 @@ tests/test_proxy.py are not repeated; RELIABILITY.md maps every case to its test
 from __future__ import annotations
 
 import json
+import socket
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ import tracemalloc
 import unittest
 from typing import Any, Callable
 
+import gloo_stream
 from fake_gloo import FakeGloo
 from gloo_stream import (
     APIConnectionError,
@@ -631,3 +633,37 @@ class SimulatorFaultTests(IsolatedTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TrickleTimeoutTests(unittest.TestCase):
+    """#19.5: a body that trickles bytes without completing an event still times out on the clock."""
+
+    def test_a_trickling_body_times_out_on_the_clock(self):
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        server = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(server.close)
+        stop = threading.Event()
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(head + b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n')
+                ends = time.monotonic() + 5  # bounded: a regression fails, never hangs
+                while not stop.wait(0.05) and time.monotonic() < ends:  # one byte of a never-ending event
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+
+        threading.Thread(target=serve, daemon=True).start()
+        self.addCleanup(stop.set)
+        client = GlooClient(api_key="trickle-key-0001", api_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1",
+                            read_timeout=0.5, max_retries=0)
+        self.addCleanup(client.close)
+        stream = client.stream("Hi")
+        with self.assertRaises(gloo_stream.StreamTimeoutError) as caught:
+            for _ in stream:
+                pass
+        self.assertIn("no complete event from the server for 0.5s", str(caught.exception))
+        self.assertEqual(caught.exception.text, "Hi")  # the partial answer is kept
