@@ -1888,7 +1888,13 @@ class _StreamingResponse(http.client.HTTPResponse):
             return data
         if self._left is not None:
             if len(raw) > self._left:
-                raise http.client.HTTPException("the server sent more than its Content-Length")
+                # Bytes after the body (even a stray CRLF): the body inside its framing is whole and kept;
+                # the connection cannot be trusted for another request, so it is not reused.
+                log.info("the server sent %d bytes after its Content-Length; the connection is not reused",
+                         len(raw) - self._left)
+                raw, self._left, self.will_close = raw[: self._left], 0, True
+                self.body_eof = True
+                return raw
             self._left -= len(raw)
             self.body_eof = self._left == 0
         return raw

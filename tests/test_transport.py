@@ -182,6 +182,16 @@ class PoolTests(TransportTestCase):
         self.assertEqual(texts, ["Hello"] * 20)
         self.assertEqual((server.connections, client.pool.opened, client.pool.reused), (1, 1, 19))
 
+    def test_a_body_followed_by_stray_bytes_is_kept_and_its_connection_dropped(self):
+        body = sse_body("Whole", " answer")
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body))
+        server = self.serve(lambda request, index: head + body + b"\r\n")  # one stray CRLF in the same write
+        client = self.client(server)
+        for _ in range(2):
+            result = client.complete("Hi")
+            self.assertEqual((result.text, result.error, result.outcome.kind), ("Whole answer", None, "finished"))
+        self.assertEqual((client.pool.opened, client.pool.reused), (2, 0))  # never reused after the stray bytes
+
     def test_warm_up_opens_one_connection_that_the_first_stream_uses(self):
         server = self.serve(lambda request, index: sse_response("warm"))
         client = self.client(server)
