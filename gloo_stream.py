@@ -2366,6 +2366,9 @@ def _credential(value: str | None, name: str, error: type = ConfigurationError) 
         raise error(
             f"{name} contains a control character (a CR, LF, tab or similar): set it again without one"
         )
+    if not value.isascii():  # it goes into an HTTP header, which carries only such characters
+        raise error(f"{name} contains a character that is not ASCII (a curly quote or a stray character "
+                    "copied with it?): set it again as issued")
     return value
 
 

@@ -590,6 +590,23 @@ class CredentialTests(TransportTestCase):
         self.assertIn("GLOO_API_KEY", str(caught.exception))
         self.assertNotIn("def-0001", str(caught.exception))
 
+    def test_a_non_ascii_key_or_token_is_a_configuration_error_naming_it(self):
+        with mock.patch.dict(os.environ, {"GLOO_API_KEY": "key-\u201cquoted\u201d-0001"}):
+            with self.assertRaises(ConfigurationError) as caught:
+                GlooClient(api_url="http://127.0.0.1:9/v1/chat")
+        self.assertIn("GLOO_API_KEY contains a character that is not ASCII", str(caught.exception))
+        self.assertNotIn("quoted", str(caught.exception))
+
+        def script(request: Request, index: int) -> bytes:
+            return json_response(200, {"access_token": "tok\u00e9n-0001", "expires_in": 3600})
+
+        server = self.serve(script)
+        client = self.client(server, api_key=None, client_id="id", client_secret="secret-0001",
+                             token_url=server.url + "/token")
+        with self.assertRaises(TokenError) as caught:
+            client.complete("Hi")
+        self.assertNotIn("tok", str(caught.exception).replace("token", ""))
+
     def test_an_issued_token_with_cr_lf_is_a_token_error(self):
         server = self.serve(lambda request, index: json_response(200, {"access_token": "tok-0001\r\nX-Evil: 1"}))
         cache = TokenCache(client_id="id-0001", client_secret="secret-0001", token_url=server.url + "/t",
