@@ -117,6 +117,7 @@ GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
 DEFAULT_PUBLISHER = "GlooGrounded"
 ENDPOINTS = ("completions", "guarded")
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+MAX_SOURCES = 50  # a grounded answer's sources kept (ChatAccumulator(max_sources=...)); more are counted
 MAX_TOOL_CALLS = 128  # distinct tool-call indexes kept from one answer; more are ignored (and logged once)
 _USER_AGENT = "gloo-stream/" + __version__
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -718,6 +719,7 @@ class ChatResult:
     provider: str | None = None
     sources: list[dict] = field(default_factory=list)
     sources_returned: bool | None = None
+    sources_dropped: int = 0  # sources past the cap (MAX_SOURCES), counted, not kept
     model_family: str | None = None
     routing_mechanism: str | None = None
     routing_tier: str | None = None
@@ -741,6 +743,7 @@ class ChatResult:
             "provider": self.provider,
             "sources": [dict(source) for source in self.sources],
             "sources_returned": self.sources_returned,
+            "sources_dropped": self.sources_dropped,
             "model_family": self.model_family,
             "routing_mechanism": self.routing_mechanism,
             "routing_tier": self.routing_tier,
@@ -763,7 +766,7 @@ class ChatAccumulator:
     """
 
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
-                 started: float | None = None) -> None:
+                 started: float | None = None, max_sources: int = MAX_SOURCES) -> None:
         self._clock = clock
         self.started = clock() if started is None else started
         self.first_token_at: float | None = None
@@ -783,6 +786,8 @@ class ChatAccumulator:
         self.tradition: str | None = None
         self.usage: dict | None = None
         self.sources: list[dict] = []
+        self.max_sources = max_sources  # sources kept; more are counted in sources_dropped
+        self.sources_dropped = 0
         self.sources_returned: bool | None = None
         self.server_ttft_ms: int | None = None
         self.error: dict | None = None
@@ -939,8 +944,14 @@ class ChatAccumulator:
     def _add_sources(self, items: list[Any]) -> None:
         for item in items:
             source = _source_fields(item)
-            if source is not None:
+            if source is None:
+                continue
+            if len(self.sources) < self.max_sources:
                 self.sources.append(source)
+            else:  # a stream of endless citation lists costs nothing beyond the cap
+                self.sources_dropped += 1
+                if self.sources_dropped == 1:
+                    log.warning("kept the first %d sources of one answer; more are counted, not kept", self.max_sources)
         if self.sources and self.sources_returned is None:
             self.sources_returned = True
 
@@ -1012,6 +1023,7 @@ class ChatAccumulator:
             provider=self.provider,
             sources=[dict(source) for source in self.sources],
             sources_returned=self.sources_returned,
+            sources_dropped=self.sources_dropped,
             model_family=self.model_family,
             routing_mechanism=self.routing_mechanism,
             routing_tier=self.routing_tier,
@@ -2163,7 +2175,14 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
         for scheme, proxy in (urllib.request.getproxies() if proxies is None else proxies).items():
             if scheme in ("http", "https") and proxy:
                 proxy = proxy if "://" in proxy else "http://" + proxy
-                self._proxies[scheme] = (proxy, _proxy_auth(urllib.parse.urlsplit(proxy)))
+                parts = urllib.parse.urlsplit(proxy)
+                if parts.scheme == "https" and parts.username is not None:
+                    # The proxy is reached over plain TCP (its CONNECT included): its password would go in clear.
+                    raise ConfigurationError(
+                        f"{scheme.upper()}_PROXY is an https:// proxy with a user and password, and this client "
+                        "speaks to proxies in plain TCP, which would send the password in clear: use the proxy's "
+                        "http:// address on a network you trust, or a proxy that needs no password")
+                self._proxies[scheme] = (proxy, _proxy_auth(parts))
 
     http_request = urllib.request.AbstractHTTPHandler.do_request_
     https_request = urllib.request.AbstractHTTPHandler.do_request_

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import json
 import unittest
 
 import gloo_stream
@@ -156,7 +157,7 @@ class AccumulatorTests(unittest.TestCase):
                          ("", 0, "unknown", None, None))
         self.assertEqual(sorted(result.to_dict()), sorted([
             "text", "token_count", "duration_ms", "finish_reason", "ttft_ms", "model", "usage", "tool_calls",
-            "error", "id", "provider", "sources", "sources_returned", "model_family", "routing_mechanism",
+            "error", "id", "provider", "sources", "sources_returned", "sources_dropped", "model_family", "routing_mechanism",
             "routing_tier", "routing_confidence", "tradition", "outcome"]))
 
     def test_random_chunks_never_raise(self):
@@ -185,3 +186,22 @@ class AccumulatorTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SourceCapTests(unittest.TestCase):
+    """#19.8: endless citation lists cost nothing beyond the cap; what was dropped is counted."""
+
+    def test_sources_are_capped_and_counted(self):
+        from gloo_stream import MAX_SOURCES, ChatAccumulator, ServerSentEvent
+
+        accumulator = ChatAccumulator(keep_text=False)
+        batch = json.dumps({"choices": [], "citations": [{"title": f"S{i}", "url": f"https://s.example/{i}"}
+                                                         for i in range(40)]})
+        for _ in range(100):
+            accumulator.add_event(ServerSentEvent("message", batch, "", None))
+        result = accumulator.result()
+        self.assertEqual((len(result.sources), result.sources_dropped), (MAX_SOURCES, 4000 - MAX_SOURCES))
+        self.assertEqual(result.to_dict()["sources_dropped"], 4000 - MAX_SOURCES)
+        small = ChatAccumulator(max_sources=2)
+        small.add_event(ServerSentEvent("message", batch, "", None))
+        self.assertEqual([s["title"] for s in small.sources], ["S0", "S1"])

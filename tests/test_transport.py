@@ -348,6 +348,14 @@ class ProxyTests(TransportTestCase):
         self.assertEqual(proxy.requests[0].headers["proxy-authorization"], "Basic cHh1c2VyOnB4LXNlY3JldC0wMDAx")
         self.assertEqual(proxy.connections, 1)
 
+    def test_an_https_proxy_with_a_password_is_refused_never_sent_in_clear(self):
+        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "https://user:pass-0001@127.0.0.1:9", "NO_PROXY": ""}):
+            with self.assertRaises(ConfigurationError) as caught:
+                GlooClient(api_key=KEY, api_url="https://127.0.0.1:8/v1/chat")
+        message = str(caught.exception)
+        self.assertIn("HTTPS_PROXY is an https:// proxy with a user and password", message)
+        self.assertNotIn("pass-0001", message)
+
     def test_no_proxy_is_honoured(self):
         server = self.serve(lambda request, index: sse_response("direct"))
         env = {"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
