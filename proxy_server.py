@@ -2184,6 +2184,25 @@ def _chat_completion(result: Any) -> dict[str, Any]:
     return answer
 
 
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_PAUSE = 0.25  # seconds without accepting after running out of file descriptors
+
+
+def _raise_open_files_limit() -> None:
+    """The soft open-files limit up to the hard one: each stream is two sockets, and 1,024 is common."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = min(hard if hard != resource.RLIM_INFINITY else 65536, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        pass  # keep what the system gave
+
+
 def _accept_queue(sock: socket.socket) -> tuple[int, int]:
     """(connections waiting to be accepted, the queue's size) of a listening socket; (0, 0) where unknown.
 
@@ -2323,7 +2342,8 @@ class ProxyServer(ThreadingHTTPServer):
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
         self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
-        self._queue_checked = self._queue_warned = -math.inf
+        self._queue_checked = self._queue_warned = self._descriptors_warned = -math.inf
+        self.accept_pauses = 0  # times accepting stopped for want of file descriptors
         if ":" in str(self.config.host):
             self.address_family = socket.AF_INET6  # `::` or `::1`: an IPv6 listener
         super().__init__((self.config.host, int(self.config.port)), _Handler)
@@ -2685,7 +2705,12 @@ class ProxyServer(ThreadingHTTPServer):
         self.shutdown_request(request, admitted=False)
 
     def get_request(self) -> tuple[Any, Any]:
-        request, address = super().get_request()
+        try:
+            request, address = super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._pause_accepting(exc)
+            raise  # socketserver drops this accept and goes on
         now = time.monotonic()
         if now - self._queue_checked >= 1.0:  # at most once a second: one getsockopt
             self._queue_checked = now
@@ -2695,6 +2720,18 @@ class ProxyServer(ThreadingHTTPServer):
                 log.warning("the listen queue is full (%d connections waiting to be accepted): new connections "
                             "are delayed or dropped; the machine is overloaded", waiting)
         return request, address
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of file descriptors: accepting again at once would spin a core until sockets close, so
+        stop accepting briefly (the connections wait in the listen queue), and say so once a minute."""
+        self.accept_pauses += 1
+        now = time.monotonic()
+        if now - self._descriptors_warned >= 60.0:
+            self._descriptors_warned = now
+            log.warning("cannot accept connections: %s; pausing accepts for %gs at a time until sockets close "
+                        "(raise the open-files limit, LimitNOFILE in the unit, or lower PROXY_MAX_CONNECTIONS)",
+                        exc.strerror or exc, _ACCEPT_PAUSE)
+        self._closing.wait(_ACCEPT_PAUSE)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """A connection's thread: its requests, until one hands its stream to the relay loop or it closes."""
@@ -2907,6 +2944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT (a second one stops at once); returns the exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _raise_open_files_limit()
     fake = config = None
     try:
         config, fake = _configure(args)

@@ -1474,6 +1474,25 @@ class IPv6Tests(ProxyTestCase):
             self.assertTrue(read_until_closed(sock).startswith(b"HTTP/1.1 200 "))
 
 
+class OutOfDescriptorsTests(ProxyTestCase):
+    def test_running_out_of_descriptors_pauses_accepting_and_says_so_once(self):
+        import errno
+        import socketserver
+
+        proxy = ProxyServer(ProxyConfig(port=0, client_id="c", client_secret="s", token_url=self.fake.token_url,
+                                        api_url=self.fake.api_url), log_handler=self.logs)  # not serving
+        self.addCleanup(proxy.close)
+        failure = OSError(errno.EMFILE, "Too many open files")
+        with mock.patch.object(socketserver.TCPServer, "get_request", side_effect=failure), \
+                mock.patch("proxy_server._ACCEPT_PAUSE", 0.01):
+            for _ in range(3):
+                proxy._handle_request_noblock()  # as the accept loop does: the failed accept is dropped
+        self.assertEqual(proxy.accept_pauses, 3)
+        self.assertEqual(sum("cannot accept connections: Too many open files" in line for line in self.logs.lines), 1)
+        status, _, _ = self.request("GET", "/health")  # and serving goes on (the module's proxy)
+        self.assertEqual(status, 200)
+
+
 class ListenQueueTests(ProxyTestCase):
     def test_a_full_listen_queue_is_logged(self):
         class SmallQueue(ProxyServer):
