@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_streams", "PROXY_MAX_STREAMS", "int", 256, "streams relayed at once", 1),
     Setting("max_connections", "PROXY_MAX_CONNECTIONS", "int", 4096,
             "client connections open at once (past it, a 503 at once)", 1),
+    Setting("max_connections_per_client", "PROXY_MAX_CONNECTIONS_PER_CLIENT", "int", 256,
+            "client connections open at once from one address (PROXY_TRUSTED_PROXIES not counted; past it, a 429)",
+            1),
     Setting("rate_limit_per_minute", "PROXY_RATE_LIMIT_PER_MINUTE", "int", 120,
             "requests per client address per minute, 0 for none", 0),
     Setting("auth_failures_per_minute", "PROXY_AUTH_FAILURES_PER_MINUTE", "int", 10,
@@ -442,11 +445,17 @@ class _Metrics:
             }
 
 
-_OVERLOADED_BODY = json.dumps({"error": {"message": "too many open connections; try again shortly",
-                                         "type": "server_error", "code": "overloaded"}}).encode()
-_OVERLOADED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                        % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
+def _refusal(status: str, message: str, error_type: str, code: str) -> bytes:
+    """A whole answer written at accept time, with no thread: the connection is closed after it."""
+    body = json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
+    return (b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body))
+
+
+_OVERLOADED_RESPONSE = _refusal("503 Service Unavailable", "too many open connections; try again shortly",
+                                "server_error", "overloaded")
+_TOO_MANY_FROM_YOU = _refusal("429 Too Many Requests", "too many connections open from your address; close some "
+                              "(PROXY_MAX_CONNECTIONS_PER_CLIENT)", "rate_limit_error", "too_many_connections")
 
 _FALLBACK_PAGE_MARKER = "\0builtin-page"
 _FALLBACK_PAGE = """<!doctype html>
@@ -2338,6 +2347,8 @@ class ProxyServer(ThreadingHTTPServer):
         self._tracked: set[_Stream] = set()
         self._connections: dict[socket.socket, bool] = {}  # open client connections: idle between requests?
         self._open_connections = 0  # admitted by process_request, released by shutdown_request
+        self._per_client: dict[str, int] = {}  # open connections by client address (trusted proxies not counted)
+        self._peer_of: dict[Any, str] = {}
         self._thread: threading.Thread | None = None
         self._log_handler = log_handler
         self._static = self._scan_static(self.config.web_root)
@@ -2689,17 +2700,26 @@ class ProxyServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         # A connection has a thread until its stream goes to the relay loop: past the cap, answer 503 on
         # the spot (no thread) and close.
+        # One address holds at most PROXY_MAX_CONNECTIONS_PER_CLIENT of them (front proxies are not counted),
+        # so no one client can hold every slot.
+        peer = str(client_address[0]) if client_address else ""
+        counted = not self.is_trusted(peer)
         with self._streams_lock:
+            mine = self._per_client.get(peer, 0) if counted else 0
             admitted = self._open_connections < self.config.max_connections
-            if admitted:
+            yours = mine < self.config.max_connections_per_client
+            if admitted and yours:
                 self._open_connections += 1
-        if admitted:
+                if counted:
+                    self._per_client[peer] = mine + 1
+                    self._peer_of[request] = peer
+        if admitted and yours:
             self._start_connection_thread(request, client_address)
             return
         self.metrics.connection_refused()
         try:
             request.setblocking(False)
-            request.send(_OVERLOADED_RESPONSE)
+            request.send(_OVERLOADED_RESPONSE if not admitted else _TOO_MANY_FROM_YOU)
         except OSError:
             pass
         self.shutdown_request(request, admitted=False)
@@ -2775,6 +2795,13 @@ class ProxyServer(ThreadingHTTPServer):
         if admitted:
             with self._streams_lock:
                 self._open_connections -= 1
+                peer = self._peer_of.pop(request, None)
+                if peer is not None:
+                    left = self._per_client.get(peer, 1) - 1
+                    if left > 0:
+                        self._per_client[peer] = left
+                    else:
+                        self._per_client.pop(peer, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

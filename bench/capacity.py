@@ -143,7 +143,8 @@ def start_proxy(upstream_port: int) -> tuple[subprocess.Popen, int]:
         port = probe.getsockname()[1]
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GLOO_", "PROXY_"))}
     env.update(GLOO_API_KEY=KEY, GLOO_API_URL=f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
-               PROXY_MAX_STREAMS="20000", PROXY_MAX_CONNECTIONS="20000", PROXY_RATE_LIMIT_PER_MINUTE="0",
+               PROXY_MAX_STREAMS="20000", PROXY_MAX_CONNECTIONS="20000", PROXY_MAX_CONNECTIONS_PER_CLIENT="20000",
+               PROXY_RATE_LIMIT_PER_MINUTE="0",
                PROXY_LOG_FORMAT="text", NO_PROXY="*")
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "proxy_server.py"), "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())

@@ -184,7 +184,8 @@ def main() -> int:
         proxy_env = dict(env, GLOO_CLIENT_ID="fake-client-id", GLOO_CLIENT_SECRET="fake-client-secret",
                          GLOO_TOKEN_URL=sim_url + "/oauth2/token", GLOO_API_URL=sim_url + "/ai/v2/chat/completions")
         proxy, proxy_url = start([sys.executable, "proxy_server.py", "--port", "0", "--rate-limit-per-minute", "0",
-                                  "--max-streams", str(args.streams + 100), "--log-format", "json"],
+                                  "--max-streams", str(args.streams + 100), "--log-format", "json",
+                                  "--max-connections-per-client", str(args.streams + 100)],
                                  r"listening on (http://127\.0\.0\.1:\d+)", proxy_env, "stderr")
         # The proxy logs a line per request; drain its stderr so it never blocks on a full pipe.
         import threading

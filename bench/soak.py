@@ -78,7 +78,7 @@ class Sampler:
 def proxy_env(upstream: ScriptedServer, **settings: str) -> dict[str, str]:
     env = {"GLOO_API_KEY": "soak-upstream-key-0001", "GLOO_API_URL": upstream.url(),
            "PROXY_RATE_LIMIT_PER_MINUTE": "0", "PROXY_MAX_STREAMS": "5000", "PROXY_DRAIN_SECONDS": "1",
-           "PROXY_LOG_FORMAT": "json"}
+           "PROXY_LOG_FORMAT": "json", "PROXY_MAX_CONNECTIONS_PER_CLIENT": "20000"}
     env.update(settings)
     return env
 

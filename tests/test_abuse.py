@@ -48,6 +48,7 @@ class CrowdTests(unittest.TestCase):
                "PROXY_REQUEST_TIMEOUT_SECONDS": str(cls.REQUEST_TIMEOUT),
                "PROXY_WRITE_TIMEOUT_SECONDS": str(cls.WRITE_TIMEOUT),
                "PROXY_RATE_LIMIT_PER_MINUTE": "0", "PROXY_MAX_STREAMS": "2000", "PROXY_DRAIN_SECONDS": "1",
+               "PROXY_MAX_CONNECTIONS_PER_CLIENT": "4096",  # the crowds all come from 127.0.0.1
                "PROXY_LOG_FORMAT": "json", "PROXY_UPSTREAM_IDLE_SECONDS": "20"}
         try:
             cls.proxy = ProxyProcess(env)

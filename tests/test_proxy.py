@@ -431,6 +431,24 @@ class LimitTests(ProxyTestCase):
                 time.sleep(0.05)  # slots are freed as the closed connections' threads finish
         self.assertRegex(metrics.decode(), r"gloo_proxy_refused_connections_total [1-9]")
 
+    def test_one_address_cannot_hold_every_connection(self):
+        proxy = self.start_proxy(max_connections_per_client=3, max_connections=100)
+        held = [self.raw_socket(proxy) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while proxy._per_client.get("127.0.0.1", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fourth = self.raw_socket(proxy)
+        status, _, body = split_head(read_until_closed(fourth))
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (429, "too_many_connections"))
+        held.pop().close()  # one goes: there is room again
+        while proxy._per_client.get("127.0.0.1", 0) > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.request("GET", "/health", proxy=proxy)[0], 200)
+        trusting = self.start_proxy(max_connections_per_client=1, trusted_proxies=("127.0.0.1",))
+        others = [self.raw_socket(trusting) for _ in range(3)]  # a front proxy's connections are not counted
+        self.assertEqual(self.request("GET", "/health", proxy=trusting)[0], 200)
+        self.assertEqual(len(others), 3)
+
     def test_slowloris_headers_cut_off(self):
         proxy = self.start_proxy(request_timeout_seconds=0.5)
         sock = self.raw_socket(proxy, timeout=5)
