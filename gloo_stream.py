@@ -275,7 +275,14 @@ class ServerError(APIStatusError):
 
 
 class APIConnectionError(GlooError):
-    """The server could not be reached (refused, DNS, TLS, reset before any answer)."""
+    """The server could not be reached (refused, DNS, TLS, reset before any answer).
+
+    `may_have_been_processed` is True when the request had been sent whole before the connection
+    was lost: the server may have read it and be generating (and billing) the answer, so it is
+    never sent again on its own.
+    """
+
+    may_have_been_processed = False
 
 
 class APITimeoutError(APIConnectionError):
@@ -2135,7 +2142,11 @@ class _ResponseTimeout(socket.timeout):
 
 
 class _StaleConnection(Exception):
-    """A reused connection died before answering (the server closed it while idle)."""
+    """A reused connection was found closed while the request was being written: it never arrived whole."""
+
+
+class _SentThenLost(ConnectionError):
+    """The request was sent whole, then the connection was lost before an answer: it may have been read."""
 
 
 _SSL_CONTEXTS: dict[tuple[str | None, str | None], Any] = {}
@@ -2296,12 +2307,12 @@ class _PooledHandler(urllib.request.AbstractHTTPHandler):
         except socket.timeout:
             conn.close()
             raise _ResponseTimeout("timed out waiting for the response") from None
-        except (ConnectionError, http.client.BadStatusLine):
-            received = conn.reader.received if conn.reader is not None else 0
+        except (ConnectionError, http.client.BadStatusLine) as exc:
+            # Sent whole, then closed or reset: the server may have read it (and be generating it), so it
+            # is never sent again, on this connection or another (a stale idle connection is found before
+            # writing, by the pool).
             conn.close()
-            if reused and not received:
-                raise _StaleConnection() from None
-            raise
+            raise _SentThenLost(_describe_os_error(exc) or "the connection closed before an answer") from None
         except BaseException:
             conn.close()
             raise
@@ -3074,6 +3085,12 @@ class GlooClient:
                         attempt += 1
                         continue
                 raise error from None
+            except _SentThenLost as exc:
+                lost = APIConnectionError(
+                    f"the connection to {_redact_url(target)} was lost after the request was sent ({exc}): the "
+                    "server may have read it and be generating the answer, so it was not sent again")
+                lost.may_have_been_processed = True
+                raise lost from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 # Sent whole, then no answer in time: the server may be generating it already.
                 resend = self.retry_timeouts or not isinstance(exc, _ResponseTimeout)

@@ -674,6 +674,11 @@ def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
     if isinstance(exc, APITimeoutError):
         return "timeout", _RelayError(504, "the upstream did not answer in time", error_type="upstream_error",
                                       code="upstream_timeout")
+    if isinstance(exc, APIConnectionError) and exc.may_have_been_processed:
+        return "connection", _RelayError(502, "the upstream failed after the request was sent (a closed or reset "
+                                              "connection, or an answer that is not HTTP): it may have been "
+                                              "processed, so it was not sent again",
+                                         error_type="upstream_error", code="upstream_disconnected")
     if isinstance(exc, APIConnectionError):
         return "connection", _RelayError(502, "the upstream could not be reached", error_type="upstream_error",
                                          code="upstream_unreachable")

@@ -375,7 +375,8 @@ class RelayFaultTests(ProxyTestCase):
             ("random bytes as an event stream", SSE_HEAD + RANDOM_BYTES, 200, "upstream_disconnected"),
             ("reset after the headers", None, 200, "upstream_disconnected"),
             ("reset mid-event", None, 200, "upstream_disconnected"),
-            ("a status line that is not HTTP", b"SSH-2.0-OpenSSH_9.6\r\n\r\n", 502, "upstream_unreachable"),
+            # Sent whole, then an answer that is not HTTP: it may have been read, so it is not sent again.
+            ("a status line that is not HTTP", b"SSH-2.0-OpenSSH_9.6\r\n\r\n", 502, "upstream_disconnected"),
         ]
         for name, raw, expected, error in cases:
             with self.subTest(name):
@@ -392,6 +393,18 @@ class RelayFaultTests(ProxyTestCase):
                     self.assertTrue(all(isinstance(e, dict) for e in events))  # nothing but JSON relayed
                 else:
                     self.assertEqual(events[0]["error"]["code"], error)
+
+    def test_a_request_the_upstream_read_is_not_sent_again_by_the_relay(self):
+        # #19.1: the upstream reads the whole POST and resets: generating it may have begun (and cost).
+        for handler in (reply(rst=True), reply()):
+            server = serve(self, handler)
+            proxy = self.start_proxy(api_url=server.url(), upstream_retries=3)
+            status, _, body = self.request("POST", "/api/stream", {"messages": [{"role": "user", "content": "Hi"}]},
+                                           proxy=proxy)
+            error = json.loads(body)["error"]
+            self.assertEqual((status, error["code"]), (502, "upstream_disconnected"))
+            self.assertIn("may have been processed", error["message"])
+            self.assertEqual(server.connections, 1)  # sent once: not twice, not four times
 
     def test_tls_failure_is_502(self):
         server = serve(self, not_tls)

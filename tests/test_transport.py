@@ -276,18 +276,25 @@ class PoolTests(TransportTestCase):
         self.assertEqual(server.connections, 3)
         self.assertTrue(server.wait_closed(3))
 
-    def test_a_reused_connection_closed_by_the_server_is_retried_once_on_a_new_one(self):
+    def test_a_request_the_server_read_is_never_sent_again(self):
+        # #19.1: the server read the whole POST, then closed: it may be generating (and billing) it.
         def script(request: Request, index: int) -> bytes | None:
             if index == 1:
-                return None  # the server dropped the kept-alive connection as the request arrived
+                return None  # read, then the connection closed without an answer
             return sse_response(f"answer {index}")
 
-        server = self.serve(script)
-        client = self.client(server, max_retries=0)
-        self.assertEqual(client.complete("Hi").text, "answer 0")
-        self.assertEqual(client.complete("Hi").text, "answer 2")
-        self.assertEqual([r.connection for r in server.requests], [1, 1, 2])
-        self.assertEqual(self.sleeps, [])  # not a backoff retry: the request never reached an answer
+        for pooled, retries in ((16, 3), (0, 3)):
+            with self.subTest(pool_size=pooled):
+                server = self.serve(script)
+                client = self.client(server, max_retries=retries, pool_size=pooled)
+                self.assertEqual(client.complete("Hi").text, "answer 0")
+                with self.assertRaises(gloo_stream.APIConnectionError) as caught:
+                    client.complete("Hi")
+                self.assertTrue(caught.exception.may_have_been_processed)
+                self.assertIn("it was not sent again", str(caught.exception))
+                self.assertEqual(len(server.requests), 2)  # once, not 3, 4 or 6 times
+                self.assertEqual(client.complete("Hi").text, "answer 2")  # the next request is fine
+                self.assertEqual(self.sleeps, [])
 
     def test_a_new_connection_closed_before_answering_is_not_sent_again_by_the_pool(self):
         server = self.serve(lambda request, index: None)
