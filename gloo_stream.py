@@ -1517,12 +1517,20 @@ def _line_of(data: bytes, offset: int) -> int:
     return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
 
 
+# A .env may not choose where a credential taken from the environment goes (issue #19.11).
+_CREDENTIAL_SETTINGS = ("GLOO_CLIENT_SECRET", "GLOO_API_KEY")
+_ENDPOINT_SETTINGS = ("GLOO_TOKEN_URL", "GLOO_API_URL", "GLOO_RESPONSES_URL", "HTTPS_PROXY", "https_proxy",
+                      "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> dict[str, str]:
     """Read KEY=VALUE lines from `path` into os.environ; existing variables win unless `override`.
 
     Handles a UTF-8 BOM, CRLF, comments, `export ` prefixes and quotes; warns (logging) about lines
     that are not assignments and about placeholder values copied from .env.example, which are
-    left unset. Returns the values applied or available (empty when there is no file).
+    left unset. Returns the values applied or available (empty when there is no file). Refuses
+    (ConfigurationError, nothing applied) a file that would set an endpoint or proxy for a
+    credential exported in the environment: a .env in the working folder must not redirect it.
     """
     global _last_dotenv
     where = os.path.abspath(os.fspath(path))
@@ -1551,6 +1559,15 @@ def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> 
                     "" if len(placeholders) == 1 else "s")
     values = {key: value for key, value in values.items() if key not in placeholders}
     _last_dotenv = _DotenvReport(where, found=True, keys=tuple(values), placeholders=placeholders)
+    applied = {key for key in values if override or key not in os.environ}
+    exported = [key for key in _CREDENTIAL_SETTINGS if os.environ.get(key) and key not in applied]
+    redirecting = [key for key in _ENDPOINT_SETTINGS if key in applied]
+    if exported and redirecting:
+        # A .env in whatever folder a command runs from must not send exported secrets to its own server.
+        raise ConfigurationError(
+            f"{where} sets {', '.join(redirecting)}, and {', '.join(exported)} come{'s' if len(exported) == 1 else ''} "
+            "from the environment: that .env would send them to the address it names, so nothing was used. "
+            f"Set {', '.join(redirecting)} in the environment as well, or put the credentials in that .env too")
     for key, value in values.items():
         if override or key not in os.environ:
             os.environ[key] = value

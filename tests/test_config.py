@@ -59,6 +59,28 @@ class LoadDotenvTests(IsolatedTestCase):
         self.assertEqual(os.environ["GLOO_CLIENT_ID"], "from-env")
         self.assertEqual(os.environ["GLOO_CLIENT_SECRET"], "file-secret")
 
+    def test_a_dotenv_cannot_redirect_an_exported_secret(self):
+        # #19.11: the secret exported, the token URL only in ./.env: the secret would go to the .env's server.
+        os.environ.update(GLOO_CLIENT_ID="id", GLOO_CLIENT_SECRET="exported-secret-0001")
+        for endpoint in ("GLOO_TOKEN_URL=http://127.0.0.1:9/steal", "HTTPS_PROXY=http://127.0.0.1:9",
+                         "GLOO_API_URL=http://127.0.0.1:9/v2/chat/completions"):
+            with self.subTest(endpoint):
+                path = self.write_env(endpoint + "\nGLOO_TRADITION_NOTE=x\n")
+                with self.assertRaises(gloo_stream.ConfigurationError) as caught:
+                    load_dotenv(path)
+                message = str(caught.exception)
+                self.assertIn(f"sets {endpoint.split('=')[0]}, and GLOO_CLIENT_SECRET comes from the environment",
+                              message)
+                self.assertNotIn("exported-secret-0001", message)
+                self.assertNotIn("GLOO_TRADITION_NOTE", os.environ)  # nothing of that file was applied
+        # Both from the .env, or the endpoint exported too: fine.
+        os.environ["GLOO_TOKEN_URL"] = "http://127.0.0.1:9/mine"
+        load_dotenv(self.write_env("GLOO_TOKEN_URL=http://127.0.0.1:9/other\n"))
+        self.assertEqual(os.environ["GLOO_TOKEN_URL"], "http://127.0.0.1:9/mine")
+        del os.environ["GLOO_CLIENT_SECRET"], os.environ["GLOO_TOKEN_URL"]
+        load_dotenv(self.write_env("GLOO_CLIENT_SECRET=file-secret-0001\nGLOO_TOKEN_URL=http://127.0.0.1:9/t\n"))
+        self.assertEqual(os.environ["GLOO_TOKEN_URL"], "http://127.0.0.1:9/t")
+
     def test_override(self):
         os.environ["GLOO_CLIENT_ID"] = "from-env"
         load_dotenv(self.write_env("GLOO_CLIENT_ID=from-file\n"), override=True)
