@@ -761,6 +761,24 @@ class ConversationTest(PageTestCase):
         self.assertNoErrors()
 
 
+class StoredRecordTest(PageTestCase):
+    """#19.4: a stored record can never stop the page from starting."""
+
+    def test_bad_records_are_skipped_and_a_constructor_code_block_renders(self):
+        answer = "```constructor\nx = 1\n```\n\n```__proto__\ny\n```"
+        stored = {"current": "good", "chats": [None, {"id": "good", "title": "Kept", "created": 1, "updated": 2,
+                                                      "turns": [None, {"q": "Show code", "a": answer}]}]}
+        context = self.new_context()
+        context.add_init_script(f"localStorage.setItem('glooStream.chats.v1', {json.dumps(json.dumps(stored))})")
+        page = self.open_page(context=context)
+        self.assertIn("2 saved items could not be read and were skipped", page.text_content("#status"))
+        codes = page.evaluate("() => [...document.querySelectorAll('#turns pre code')].map(c => c.textContent)")
+        self.assertEqual(codes, ["x = 1", "y"])
+        self.script("```constructor\nz = 2\n```")  # and streaming one works, not "Streaming..." forever
+        self.assertEqual(self.ask(page, "More"), "Done")
+        self.assertNoErrors()
+
+
 class ResponsesPageTest(PageTestCase):
     """The page on the Responses API: a model picker, reasoning, images in and out."""
 

@@ -1037,6 +1037,10 @@ const lastTurn = state.chat.turns[state.chat.turns.length - 1];
 if (lastTurn && !lastTurn.a && !lastTurn.error) lastTurn.error = "This answer was interrupted before it began. Try again.";
 renderChat();
 setStreaming(false);
+if (store.skipped) {
+  setStatus(plural(store.skipped, "saved item") + " could not be read and " + (store.skipped === 1 ? "was" : "were") +
+            " skipped; the rest of your conversations are here.", "error");
+}
 fitPrompt();
 if (state.chat.turns.length) scrollToEnd();
 ui.prompt.focus();

@@ -62,9 +62,14 @@ const ALIASES = {
   postgres: "sql", postgresql: "sql", mysql: "sql", sqlite: "sql", jsonc: "json",
 };
 
+// Look-ups keyed by model text never touch the prototype chain: ```constructor or ```__proto__
+// is an unknown language, not Object's own members.
+const own = (table, key) => (Object.prototype.hasOwnProperty.call(table, key) ? table[key] : undefined);
+
 function spec(lang) {
   const key = String(lang || "").toLowerCase();
-  return LANGS[key] || LANGS[ALIASES[key]] || null;
+  const alias = own(ALIASES, key);
+  return own(LANGS, key) || (alias ? own(LANGS, alias) : undefined) || null;
 }
 
 /** A human name for the language label of a code block ("" when the block names none we know). */

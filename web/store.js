@@ -30,15 +30,49 @@ function validChat(chat) {
   return chat && typeof chat === "object" && typeof chat.id === "string" && Array.isArray(chat.turns);
 }
 
+const text = (value) => (typeof value === "string" ? value : "");
+
+/** A stored turn as the page can show it (fields of the wrong type left out), or null when it is not
+ * one at all (a null, a turn without a question). */
+function cleanTurn(turn) {
+  if (!turn || typeof turn !== "object" || typeof turn.q !== "string") return null;
+  const clean = { ...turn };
+  for (const key of ["a", "model", "error", "outcome", "reasoning"]) {
+    if (key in clean && typeof clean[key] !== "string") delete clean[key];
+  }
+  if ("stats" in clean) {
+    if (Array.isArray(clean.stats)) clean.stats = clean.stats.filter((v) => typeof v === "string");
+    else delete clean.stats;
+  }
+  if ("sources" in clean) {
+    if (Array.isArray(clean.sources)) {
+      clean.sources = clean.sources.filter((v) => v && typeof v === "object" && typeof v.href === "string");
+    } else {
+      delete clean.sources;
+    }
+  }
+  return clean;
+}
+
 export class ChatStore {
   constructor(storage) {
     this.storage = storage || null;
     this.data = { current: "", chats: [] };
     this.draft = null;  // the chat on screen before its first question
+    this.skipped = 0;   // stored conversations or turns that could not be read
     try {
       const parsed = JSON.parse(this.storage.getItem(CHATS_KEY) || "null");
       if (parsed && Array.isArray(parsed.chats)) {
-        this.data.chats = parsed.chats.filter(validChat);
+        // Start-up survives any stored record: what cannot be read is skipped (and counted), the rest kept.
+        for (const chat of parsed.chats) {
+          if (!validChat(chat)) {
+            this.skipped += 1;
+            continue;
+          }
+          const turns = chat.turns.map(cleanTurn);
+          this.skipped += turns.filter((t) => t === null).length;
+          this.data.chats.push({ ...chat, title: text(chat.title), turns: turns.filter((t) => t !== null) });
+        }
         this.data.current = typeof parsed.current === "string" ? parsed.current : "";
       }
     } catch (e) {

@@ -54,3 +54,10 @@ test("linear time on unclosed strings, comments and markup", async (t) => {
     });
   }
 });
+
+test("a language named like Object's own members is just unknown (#19.4)", () => {
+  for (const lang of ["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf"]) {
+    assert.equal(languageName(lang), "");
+    assert.deepEqual(highlight("x = 1", lang), [{ kind: "", text: "x = 1" }]);
+  }
+});

@@ -105,3 +105,21 @@ test("options are remembered", () => {
   assert.deepEqual(new ChatStore(storage).options(), { model_family: "anthropic", tradition: "catholic" });
   assert.ok(storage.items.has(OPTIONS_KEY));
 });
+
+test("start-up survives any stored record: what cannot be read is skipped and counted (#19.4)", () => {
+  const storage = memoryStorage();
+  storage.setItem(CHATS_KEY, JSON.stringify({ current: "good", chats: [
+    null, 7, { id: 3, turns: [] }, { id: "noturns" },
+    { id: "good", title: "Kept", created: 1, updated: 2, turns: [null, { q: "Hi", a: "Hello", stats: ["1 token", 5] },
+                                                               { a: "no question" }, { q: "Why?", sources: [null, { href: "https://x.example/" }] }] },
+  ] }));
+  const store = new ChatStore(storage);
+  assert.equal(store.skipped, 6);  // four chats and two turns
+  assert.equal(store.list().length, 1);
+  const chat = store.current();
+  assert.equal(chat.id, "good");
+  assert.deepEqual(chat.turns.map((t) => t.q), ["Hi", "Why?"]);
+  assert.deepEqual(chat.turns[0].stats, ["1 token"]);
+  assert.deepEqual(chat.turns[1].sources, [{ href: "https://x.example/" }]);
+  assert.equal(chat.turns[1].a, undefined);
+});
