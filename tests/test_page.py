@@ -37,7 +37,7 @@ FORBIDDEN_JS = """([root, allowed]) => {
     if (name === 'href') return tag === 'A' && /^https?:\\/\\//.test(value);
     if (name === 'rel') return tag === 'A' && value === 'noopener noreferrer';
     if (name === 'target') return tag === 'A' && value === '_blank';
-    if (name === 'title') return tag === 'A';
+    if (name === 'title') return tag === 'A' || (tag === 'SPAN' && el.classList.contains('bidi-mark'));
     if (name === 'class') return /^[a-z0-9 _.+#-]+$/i.test(value);
     if (name === 'start') return tag === 'OL' && /^[0-9]+$/.test(value);
     if (name === 'type') return (tag === 'BUTTON' && value === 'button') || (tag === 'INPUT' && value === 'checkbox');
@@ -776,6 +776,28 @@ class StoredRecordTest(PageTestCase):
         self.assertEqual(codes, ["x = 1", "y"])
         self.script("```constructor\nz = 2\n```")  # and streaming one works, not "Streaming..." forever
         self.assertEqual(self.ask(page, "More"), "Done")
+        self.assertNoErrors()
+
+
+class BidiTest(PageTestCase):
+    """#19.12: direction controls in code ("Trojan Source") are shown, and Copy warns."""
+
+    def test_direction_controls_in_code_are_marked_and_copied_with_a_warning(self):
+        code = "access = 'user\u202e \u2066// admin?\u2069 \u2066'"
+        self.script("```python\n" + code + "\n```")
+        context = self.new_context()
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page = self.open_page(context=context)
+        self.assertEqual(self.ask(page, "Code please"), "Done")
+        marks = page.evaluate("() => [...document.querySelectorAll('#turns pre code .bidi-mark')]"
+                              ".map(m => m.textContent)")
+        self.assertEqual(marks, ["<U+202E>", "<U+2066>", "<U+2069>", "<U+2066>"])
+        shown = page.text_content("#turns pre code")
+        self.assertNotRegex(shown, "[\u202a-\u202e\u2066-\u2069]")  # nothing hidden is left on screen
+        page.click("#turns .copy-code")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('hidden direction')")
+        self.assertIn("4 hidden direction controls", page.text_content("#status"))
+        self.assertEqual(page.evaluate("() => navigator.clipboard.readText()"), code)  # copied as it came
         self.assertNoErrors()
 
 

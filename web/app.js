@@ -8,7 +8,7 @@
  * through render.js (createElement/textContent); this file never assigns HTML either.
  */
 import { createParser } from "./sse.js";
-import { AnswerView, renderMarkdown } from "./render.js";
+import { AnswerView, BIDI_CONTROLS, renderMarkdown } from "./render.js";
 import { safeHref } from "./markdown.js";
 import { ChatStore } from "./store.js";
 
@@ -839,7 +839,13 @@ ui.turns.addEventListener("click", (event) => {
   const index = article ? parseInt(article.dataset.index, 10) : -1;
   if (target.classList.contains("copy-code")) {
     const code = target.closest(".code-block").querySelector("pre code");
-    copyText(code.textContent, target);
+    const raw = typeof code.rawText === "string" ? code.rawText : code.textContent;
+    copyText(raw, target);
+    const hidden = (raw.match(BIDI_CONTROLS) || []).length;
+    if (hidden) {
+      setStatus("Copied, with " + plural(hidden, "hidden direction control") + " (shown as <U+\u2026> marks): " +
+                "the code may run differently from how it reads.", "error");
+    }
   } else if (target.classList.contains("copy-answer")) {
     copyText(state.chat.turns[index].a, target);
   } else if (target.classList.contains("regen-btn") || target.classList.contains("retry-btn")) {

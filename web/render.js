@@ -94,6 +94,23 @@ function appendInline(tokens, parent, inLink = false) {
   }
 }
 
+// Direction controls reorder what the eye sees ("Trojan Source"): in code they are shown as marks.
+export const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function appendShowingBidi(target, text) {
+  let at = 0;
+  for (const match of text.matchAll(BIDI_CONTROLS)) {
+    if (match.index > at) target.appendChild(document.createTextNode(text.slice(at, match.index)));
+    const hex = match[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    const mark = el("span", "bidi-mark");
+    mark.textContent = "<U+" + hex + ">";
+    mark.title = "A hidden direction control (U+" + hex + "): it can make code read differently from what runs";
+    target.appendChild(mark);
+    at = match.index + match[0].length;
+  }
+  if (at < text.length) target.appendChild(document.createTextNode(text.slice(at)));
+}
+
 function codeBlock(block) {
   const box = el("div", "code-block");
   const head = el("div", "code-head");
@@ -108,14 +125,10 @@ function codeBlock(block) {
   const code = el("code");
   if (block.lang) code.className = "language-" + block.lang;
   for (const token of highlight(block.text, block.lang)) {
-    if (token.kind) {
-      const span = el("span", "tok-" + token.kind);
-      span.textContent = token.text;
-      code.appendChild(span);
-    } else {
-      code.appendChild(document.createTextNode(token.text));
-    }
+    const target = token.kind ? code.appendChild(el("span", "tok-" + token.kind)) : code;
+    appendShowingBidi(target, token.text);
   }
+  code.rawText = block.text;  // what Copy copies: the code as it came (the marks are only shown)
   pre.appendChild(code);
   box.append(head, pre);
   return box;
