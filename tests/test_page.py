@@ -761,6 +761,23 @@ class ConversationTest(PageTestCase):
         self.assertNoErrors()
 
 
+class TwoTabsTest(PageTestCase):
+    """#19.3: two tabs never lose each other's conversations."""
+
+    def test_two_tabs_keep_both_conversations(self):
+        context = self.new_context()
+        first = self.open_page(context=context)
+        second = self.open_page(context=context)  # the same browser profile: one localStorage
+        self.assertEqual(self.ask(first, "[[echo]] from the first tab"), "Done")
+        self.assertEqual(self.ask(second, "[[echo]] from the second tab"), "Done")
+        first.wait_for_function("() => document.querySelectorAll('#chatList li').length === 2")  # a storage event
+        fresh = self.open_page(context=context)
+        titles = fresh.evaluate("() => [...document.querySelectorAll('#chatList .chat-open')].map(b => b.textContent)")
+        self.assertEqual(len(titles), 2, titles)
+        self.assertTrue(any("first tab" in t for t in titles) and any("second tab" in t for t in titles), titles)
+        self.assertNoErrors()
+
+
 class StoredRecordTest(PageTestCase):
     """#19.4: a stored record can never stop the page from starting."""
 

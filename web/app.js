@@ -10,7 +10,7 @@
 import { createParser } from "./sse.js";
 import { AnswerView, BIDI_CONTROLS, renderMarkdown } from "./render.js";
 import { safeHref } from "./markdown.js";
-import { ChatStore } from "./store.js";
+import { CHATS_KEY, ChatStore } from "./store.js";
 
 const STREAM_URL = "/api/stream";
 const HEALTH_URL = "/health";
@@ -452,7 +452,21 @@ function newChat() {
 function saveChat() {
   store.save(state.chat);
   renderChatList();
+  showSaveFailure();
 }
+
+function showSaveFailure() {
+  if (!store.saveFailed) return;
+  // Nothing stored was removed to make room: the reader decides what to delete.
+  setStatus("Could not save this conversation: the browser's storage is full. Nothing was removed; delete " +
+            "old conversations under Chats to make room.", "error");
+}
+
+// Another tab saved: take in its conversations (per conversation the newer wins, deletions hold).
+window.addEventListener("storage", (event) => {
+  if (event.key !== CHATS_KEY || state.controller) return;
+  if (store.merge(state.chat)) renderChatList();
+});
 
 // ---------------------------------------------------------------------------
 // Streaming an answer
@@ -774,6 +788,7 @@ function finish(run) {
   if (run.reasoning && run.text && !run.collapsed) fillReasoning(run.article, run.reasoning, false);
   setStreaming(false);
   setStatus(outcome, kind);
+  showSaveFailure();
   fillMeta(ui.meta, turn.stats);
   if (state.follow || error) scrollToEnd();
   if (!ui.apiKeyRow.hidden && document.activeElement === ui.apiKey) return;

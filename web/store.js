@@ -6,8 +6,11 @@
  *   store.options() / saveOptions({model_family, tradition})
  *
  * One JSON record under "glooStream.chats.v1": {current, chats: [{id, title, created, updated,
- * turns}]}. At most MAX_CHATS conversations and about MAX_CHARS characters: the conversations
- * touched longest ago go first, and when the browser's quota is hit anyway, more go until it fits.
+ * turns}], deleted: [ids]}. At most MAX_CHATS conversations and about MAX_CHARS characters: the
+ * conversations touched longest ago go first. When the browser's quota is hit (other keys may fill
+ * it), nothing is removed to make room: the save fails, `saveFailed` says so, and what was stored stays.
+ * Several tabs share the storage: each write merges per conversation with what the others saved
+ * (the newer one wins; a deletion anywhere holds), and a page can call merge() on a `storage` event.
  * A chat with no question yet is never stored. When storage is unavailable everything still
  * works for the page's life, in memory.
  */
@@ -57,27 +60,60 @@ function cleanTurn(turn) {
 export class ChatStore {
   constructor(storage) {
     this.storage = storage || null;
-    this.data = { current: "", chats: [] };
+    this.data = { current: "", chats: [], deleted: [] };
     this.draft = null;  // the chat on screen before its first question
     this.skipped = 0;   // stored conversations or turns that could not be read
+    this.saveFailed = false;  // the last write did not fit in the browser's storage (nothing was removed)
+    const stored = this.read(true);
+    if (stored) {
+      this.data.chats = stored.chats;
+      this.data.deleted = stored.deleted;
+      this.data.current = stored.current;
+    }
+  }
+
+  /** What is in storage now (another tab may have written since): chats cleaned, bad records skipped. */
+  read(count = false) {
     try {
       const parsed = JSON.parse(this.storage.getItem(CHATS_KEY) || "null");
-      if (parsed && Array.isArray(parsed.chats)) {
-        // Start-up survives any stored record: what cannot be read is skipped (and counted), the rest kept.
-        for (const chat of parsed.chats) {
-          if (!validChat(chat)) {
-            this.skipped += 1;
-            continue;
-          }
-          const turns = chat.turns.map(cleanTurn);
-          this.skipped += turns.filter((t) => t === null).length;
-          this.data.chats.push({ ...chat, title: text(chat.title), turns: turns.filter((t) => t !== null) });
+      if (!parsed || !Array.isArray(parsed.chats)) return null;
+      const chats = [];
+      // Start-up survives any stored record: what cannot be read is skipped (and counted), the rest kept.
+      for (const chat of parsed.chats) {
+        if (!validChat(chat)) {
+          if (count) this.skipped += 1;
+          continue;
         }
-        this.data.current = typeof parsed.current === "string" ? parsed.current : "";
+        const turns = chat.turns.map(cleanTurn);
+        if (count) this.skipped += turns.filter((t) => t === null).length;
+        chats.push({ ...chat, title: text(chat.title), turns: turns.filter((t) => t !== null) });
       }
+      const deleted = Array.isArray(parsed.deleted) ? parsed.deleted.filter((id) => typeof id === "string") : [];
+      return { chats, deleted, current: typeof parsed.current === "string" ? parsed.current : "" };
     } catch (e) {
-      /* unreadable or no storage: start empty */
+      return null;  /* unreadable or no storage: start empty */
     }
+  }
+
+  /** Take in what other tabs saved: per conversation, the newer one wins (`keep`, being saved here,
+   * always); a conversation deleted anywhere stays deleted. Returns whether anything changed. */
+  merge(keep) {
+    const stored = this.storage ? this.read() : null;
+    if (!stored) return false;
+    const deleted = new Set([...stored.deleted, ...this.data.deleted]);
+    const byId = new Map();
+    for (const chat of stored.chats) if (!deleted.has(chat.id)) byId.set(chat.id, chat);
+    let changed = false;
+    for (const chat of this.data.chats) {
+      const other = byId.get(chat.id);
+      if (!other || chat === keep || (chat.updated || 0) >= (other.updated || 0)) byId.set(chat.id, chat);
+      else changed = true;  // another tab's version is newer
+    }
+    const merged = [...byId.values()].filter((c) => !deleted.has(c.id));
+    changed = changed || merged.length !== this.data.chats.length;
+    this.data.chats = merged;
+    this.data.deleted = [...deleted].slice(-200);
+    return changed;
   }
 
   /** Newest first. */
@@ -109,7 +145,9 @@ export class ChatStore {
 
   save(chat) {
     chat.updated = Date.now();
-    if (!this.get(chat.id) && chat.turns.length) this.data.chats.push(chat);
+    const at = this.data.chats.findIndex((c) => c.id === chat.id);
+    if (at >= 0) this.data.chats[at] = chat;  // (another tab's copy may have been merged in)
+    else if (chat.turns.length) this.data.chats.push(chat);
     if (this.draft === chat) this.draft = null;
     this.data.current = chat.id;
     this.prune(chat);
@@ -118,6 +156,7 @@ export class ChatStore {
 
   remove(id) {
     this.data.chats = this.data.chats.filter((c) => c.id !== id);
+    if (!this.data.deleted.includes(id)) this.data.deleted.push(id);  // so no other tab brings it back
     if (this.data.current === id) this.data.current = this.data.chats.length ? this.list()[0].id : "";
     this.write();
   }
@@ -139,20 +178,20 @@ export class ChatStore {
     }
   }
 
+  /** Save, merged per conversation with what other tabs saved. Over the browser's quota nothing is
+   * removed to make room: the write fails, `saveFailed` says so, and what was stored stays. */
   write(keep) {
-    if (!this.storage) return;
-    for (;;) {
-      try {
-        this.storage.setItem(CHATS_KEY, JSON.stringify(this.data, withoutImages));
-        return;
-      } catch (e) {
-        if (!e || (e.name !== "QuotaExceededError" && e.code !== 22)) return;  // storage off: memory only
-        // Over the browser's quota: drop the oldest conversation (not `keep`) and try again.
-        const victims = this.list().reverse().filter((c) => c !== keep);
-        if (!victims.length) return;
-        this.data.chats = this.data.chats.filter((c) => c !== victims[0]);
-      }
+    if (!this.storage) return true;
+    this.merge(keep);
+    this.prune(keep);
+    try {
+      this.storage.setItem(CHATS_KEY, JSON.stringify(this.data, withoutImages));
+      this.saveFailed = false;
+    } catch (e) {
+      // Over the quota (other keys may fill it) or storage off: memory only, and the page says so.
+      this.saveFailed = Boolean(e && (e.name === "QuotaExceededError" || e.code === 22));
     }
+    return !this.saveFailed;
   }
 
   options() {
