@@ -1252,17 +1252,20 @@ class _Handler(BaseHTTPRequestHandler):
                     finish["usage"] = usage
                 wire.event(finish)
 
+    def _wait_to_answer(self, scenario: _Scenario, tokens: int) -> bool:
+        """Wait the time streaming `tokens` would take; then whether to answer ([[drop]]: close instead).
+        Raises _ClientGone (for fake._responding) when the client leaves meanwhile."""
+        delay = scenario.slow if scenario.slow is not None else self.server.fake.delay
+        self.close_connection = True  # unless the answer is sent whole
+        _Wire(self, scenario).pause(delay * tokens + (scenario.stall or 0.0))
+        self.close_connection = scenario.drop is not None
+        return not self.close_connection
+
     def _answer(self, reply: _Reply, scenario: _Scenario) -> None:
         """The whole answer as one chat.completion, after the time streaming it would take."""
-        fake = self.server.fake
-        delay = scenario.slow if scenario.slow is not None else fake.delay
-        wire = _Wire(self, scenario)
-        self.close_connection = True  # unless the answer below is sent whole
-        with fake._responding(stream=False):
-            wire.pause(delay * len(reply.deltas) + (scenario.stall or 0.0))
-            if scenario.drop is not None:
+        with self.server.fake._responding(stream=False):
+            if not self._wait_to_answer(scenario, len(reply.deltas)):
                 return
-            self.close_connection = False
             if reply.finish_reason == "error":
                 self._send_error(504, str(_PROVIDER_TIMEOUT["message"]))
                 return
@@ -1380,14 +1383,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer_response(self, plan: _ResponsePlan, scenario: _Scenario) -> None:
         """The whole response object, after the time streaming it would take."""
         fake = self.server.fake
-        delay = scenario.slow if scenario.slow is not None else fake.delay
-        wire = _Wire(self, scenario)
-        self.close_connection = True  # unless the answer below is sent whole
         with fake._responding(stream=False):
-            wire.pause(delay * len(plan.text_tokens) + (scenario.stall or 0.0))
-            if scenario.drop is not None:
+            if not self._wait_to_answer(scenario, len(plan.text_tokens)):
                 return
-            self.close_connection = False
             if scenario.error or scenario.error_event:
                 self._send_error(500, str(_PROVIDER_TIMEOUT["message"]), code="server_error")
                 return

@@ -760,6 +760,23 @@ class ChatResult:
         }
 
 
+def _verdict(error: dict | None, finished: bool, reason: str | None, ended: bool, failure: str | None,
+             error_name: str, retryable: bool, unfinished: str) -> StreamOutcome:
+    """The one way a stream's verdict is reached, for chat and Responses streams alike: an error the
+    stream carried, else finished (a finished answer stays finished whatever the transport did after),
+    else cut short by the transport's `failure` or by the body's end, else still streaming."""
+    if error is not None:
+        return StreamOutcome("provider_error", reason or "error", str(error.get("name") or ""), error.get("code"),
+                             describe_provider_error(error), error.get("retryable", True))
+    if finished:
+        return StreamOutcome("finished", reason)
+    if failure is not None:
+        return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
+    if ended:
+        return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None, unfinished, retryable)
+    return StreamOutcome("streaming")
+
+
 _ROUTING_KEYS = ("model", "id", "provider", "model_family", "routing_mechanism", "routing_tier", "tradition")
 _SOURCE_LISTS = ("citations", "sources")
 _SOURCE_EVENTS = frozenset({"citations", "sources"})
@@ -996,18 +1013,8 @@ class ChatAccumulator:
         """The verdict so far. `ended`: the body ended (or the stream was closed); `failure`: why the
         transport failed, if it did. A finished answer stays finished whatever the transport did after.
         """
-        if self.error is not None:
-            error = self.error
-            return StreamOutcome("provider_error", self.finish_reason or "error", str(error.get("name") or ""),
-                                 error.get("code"), describe_provider_error(error), error.get("retryable", True))
-        if self.finish_reason is not None or self.done:
-            return StreamOutcome("finished", self.finish_reason)
-        if failure is not None:
-            return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
-        if ended:
-            return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None,
-                                 "the stream ended before the answer finished", retryable)
-        return StreamOutcome("streaming")
+        return _verdict(self.error, self.finish_reason is not None or self.done, self.finish_reason, ended, failure,
+                        error_name, retryable, "the stream ended before the answer finished")
 
     def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ChatResult:
         """A snapshot of what has been accumulated (`outcome` defaults to `self.outcome()`)."""
@@ -1373,20 +1380,10 @@ class ResponseAccumulator:
                 retryable: bool = True) -> StreamOutcome:
         """The verdict so far, in the chat streams' vocabulary: an incomplete answer is "finished" with
         its reason as the finish reason (as a chat answer cut at `max_tokens` is, with "length")."""
-        if self.error is not None:
-            error = self.error
-            return StreamOutcome("provider_error", "error", str(error.get("name") or ""), error.get("code"),
-                                 describe_provider_error(error), error.get("retryable", True))
-        if self.status == "completed" or (self.done and self.incomplete_reason is None):
-            return StreamOutcome("finished", "completed")
-        if self.incomplete_reason is not None:
-            return StreamOutcome("finished", self.incomplete_reason)
-        if failure is not None:
-            return StreamOutcome("cut_short", None, error_name, None, redact(failure), retryable)
-        if ended:
-            return StreamOutcome("cut_short", None, error_name or "ConnectionLostError", None,
-                                 "the stream ended before the response completed", retryable)
-        return StreamOutcome("streaming")
+        finished = self.status == "completed" or self.done or self.incomplete_reason is not None
+        reason = None if self.error is not None else self.incomplete_reason or "completed"
+        return _verdict(self.error, finished, reason, ended, failure, error_name, retryable,
+                        "the stream ended before the response completed")
 
     def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ResponseResult:
         end = self.finished_at if self.finished_at is not None else self._clock()
