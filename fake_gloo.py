@@ -10,7 +10,8 @@ and by the benchmarks. Standard library only; imports nothing of the project.
 
     python fake_gloo.py --port 3002            # in the foreground; prints the `export` lines
 
-Endpoints: POST /oauth2/token (form or HTTP Basic credentials), POST /ai/v2/chat/completions,
+Endpoints: POST /oauth2/token (form or HTTP Basic credentials), GET /platform/v2/models (the model
+catalog, public: ids, families, context windows, capabilities, prices), POST /ai/v2/chat/completions,
 POST /ai/v2/chat/completions/grounded (`rag_publisher`, `sources_limit`; citations as the first
 event) and POST /ai/v2/guarded/chat/completions (a Studio API key or a token), streaming or not; and
 POST /ai/v1/responses, the Responses API: typed events numbered by `sequence_number`, function calls
@@ -301,14 +302,44 @@ _FAMILY_MODELS = {
     "google": "gloo-google-gemini-2.5-flash",
     "open source": "gloo-meta-llama-3.3-70b-instruct",
 }
-# Gloo model ids the simulator knows (any other `model` is refused with 400), by family.
-_MODEL_FAMILY = {model: family for family, models in {
-    "openai": ("gloo-openai-gpt-5-mini", "gloo-openai-gpt-5", "gloo-openai-gpt-5-pro", "gloo-openai-gpt-4.1"),
-    "anthropic": ("gloo-anthropic-claude-sonnet-4.5", "gloo-anthropic-claude-haiku-4.5",
-                  "gloo-anthropic-claude-opus-4.1"),
-    "google": ("gloo-google-gemini-2.5-flash", "gloo-google-gemini-2.5-pro"),
-    "open source": ("gloo-meta-llama-3.3-70b-instruct", "gloo-deepseek-r1", "gloo-mistral-large"),
-}.items() for model in models}
+# The model catalog the simulator serves at GET /platform/v2/models (public, no token), in the shape
+# gloo-stream assumes for Gloo's (README): any id in it is accepted as `model`, any other refused with
+# 400. Prices are USD per million tokens, made up: they price nothing Gloo bills.
+_CATALOG_FIELDS = ("id", "name", "family", "context_window", "max_output_tokens", "capabilities",
+                   "input_per_million", "output_per_million")
+_CHAT, _TOOLS, _VISION, _REASONING, _RESPONSES = "chat", "tools", "vision", "reasoning", "responses"
+_CATALOG: tuple[dict[str, Any], ...] = tuple(dict(zip(_CATALOG_FIELDS, row)) for row in (
+    ("gloo-openai-gpt-5-mini", "GPT-5 mini", "openai", 400_000, 128_000,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 0.25, 2.0),
+    ("gloo-openai-gpt-5-nano", "GPT-5 nano", "openai", 400_000, 128_000, (_CHAT, _TOOLS, _RESPONSES), 0.05, 0.4),
+    ("gloo-openai-gpt-5", "GPT-5", "openai", 400_000, 128_000,
+     (_CHAT, _TOOLS, _VISION, _REASONING, _RESPONSES), 1.25, 10.0),
+    ("gloo-openai-gpt-5-pro", "GPT-5 pro", "openai", 400_000, 272_000,
+     (_CHAT, _TOOLS, _VISION, _REASONING, _RESPONSES), 15.0, 120.0),
+    ("gloo-openai-gpt-4.1", "GPT-4.1", "openai", 1_047_576, 32_768, (_CHAT, _TOOLS, _VISION, _RESPONSES), 2.0, 8.0),
+    ("gloo-openai-gpt-4.1-mini", "GPT-4.1 mini", "openai", 1_047_576, 32_768,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 0.4, 1.6),
+    ("gloo-openai-gpt-oss-120b", "gpt-oss 120B", "open source", 131_072, 32_768,
+     (_CHAT, _TOOLS, _REASONING, _RESPONSES), 0.15, 0.6),
+    ("gloo-anthropic-claude-sonnet-4.5", "Claude Sonnet 4.5", "anthropic", 200_000, 64_000,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 3.0, 15.0),
+    ("gloo-anthropic-claude-haiku-4.5", "Claude Haiku 4.5", "anthropic", 200_000, 64_000,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 1.0, 5.0),
+    ("gloo-anthropic-claude-opus-4.1", "Claude Opus 4.1", "anthropic", 200_000, 32_000,
+     (_CHAT, _TOOLS, _VISION, _REASONING, _RESPONSES), 15.0, 75.0),
+    ("gloo-google-gemini-2.5-flash", "Gemini 2.5 Flash", "google", 1_048_576, 65_536,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 0.3, 2.5),
+    ("gloo-google-gemini-2.5-flash-lite", "Gemini 2.5 Flash-Lite", "google", 1_048_576, 65_536,
+     (_CHAT, _TOOLS, _VISION, _RESPONSES), 0.1, 0.4),
+    ("gloo-google-gemini-2.5-pro", "Gemini 2.5 Pro", "google", 1_048_576, 65_536,
+     (_CHAT, _TOOLS, _VISION, _REASONING, _RESPONSES), 1.25, 10.0),
+    ("gloo-meta-llama-3.3-70b-instruct", "Llama 3.3 70B Instruct", "open source", 131_072, 8_192,
+     (_CHAT, _TOOLS, _RESPONSES), 0.6, 0.6),
+    ("gloo-deepseek-r1", "DeepSeek R1", "open source", 131_072, 32_768, (_CHAT, _REASONING, _RESPONSES), 0.55, 2.19),
+    ("gloo-mistral-large", "Mistral Large", "open source", 131_072, 8_192, (_CHAT, _TOOLS, _RESPONSES), 2.0, 6.0),
+))
+_MODEL_FAMILY: dict[str, str] = {model["id"]: model["family"] for model in _CATALOG}
+_CATALOG_PATH = "/platform/v2/models"
 _FAMILY_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "open source": "Open Source"}
 _TIERS = ("tier_1", "tier_2", "tier_3")
 _TOOL_CHOICES = ("none", "auto", "required")
@@ -608,8 +639,7 @@ def _split_mid_character(data: bytes) -> list[bytes]:
 # The Responses API (POST /ai/v1/responses): typed events, as Gloo says they mirror OpenAI's
 # ---------------------------------------------------------------------------
 
-_REASONING_MODELS = frozenset({"gloo-openai-gpt-5", "gloo-openai-gpt-5-pro", "gloo-deepseek-r1",
-                               "gloo-anthropic-claude-opus-4.1"})
+_REASONING_MODELS = frozenset(model["id"] for model in _CATALOG if _REASONING in model["capabilities"])
 _RESPONSE_FIELDS = frozenset({"input", "model", "instructions", "max_output_tokens", "temperature", "top_p",
                               "tools", "tool_choice", "parallel_tool_calls", "previous_response_id",
                               "reasoning", "text", "metadata", "stream", "store", "include", "truncation",
@@ -1007,6 +1037,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        if path.rstrip("/") == _CATALOG_PATH:
+            with self.server.fake._lock:
+                self.server.fake.catalog_requests.append(dict(self.headers.items()))
+            self._send_json(200, {"data": [dict(model, capabilities=list(model["capabilities"]))
+                                           for model in _CATALOG]})
+            return
         if not path.startswith(_RESPONSES_PATH + "/"):
             self._not_allowed()
             return
@@ -1564,6 +1600,7 @@ class FakeGloo:
         self.quiet, self.clock = quiet, clock
         self.issued_tokens: list[str] = []
         self.requests: list[dict[str, Any]] = []
+        self.catalog_requests: list[dict[str, str]] = []  # the headers of each GET of the model catalog
         self._lock = threading.Lock()
         self._disconnected = threading.Condition(self._lock)
         self._token_requests = self._disconnects = self._active_streams = 0

@@ -67,6 +67,9 @@ __all__ = [
     # Responses API events
     "ResponseAccumulator",
     "ResponseResult",
+    # the model catalog
+    "ModelInfo",
+    "parse_model_catalog",
     # errors
     "GlooError",
     "ConfigurationError",
@@ -113,6 +116,7 @@ __version__ = "1.0.0"
 
 DEFAULT_TOKEN_URL = "https://platform.ai.gloo.com/oauth2/token"
 DEFAULT_API_URL = "https://platform.ai.gloo.com/ai/v2/chat/completions"
+DEFAULT_MODELS_URL = "https://platform.ai.gloo.com/platform/v2/models"  # public: no token (assumed path, README)
 GUARDED_API_URL = "https://platform.ai.gloo.com/ai/v2/guarded/chat/completions"
 DEFAULT_PUBLISHER = "GlooGrounded"
 ENDPOINTS = ("completions", "guarded")
@@ -1441,6 +1445,148 @@ del _kind
 
 
 # ---------------------------------------------------------------------------
+# Gloo's model catalog (pure: parsing and prices; `GlooClient.models()` fetches it)
+# ---------------------------------------------------------------------------
+#
+# Gloo lists its models publicly (no token) under https://platform.ai.gloo.com/platform/v2/; its
+# pages name the service ("list available models, pricing, and context windows") but not the path or
+# the fields. Assumed (README): `GET /platform/v2/models`, a JSON list of models (bare, or under
+# `data` / `models`), each with an id and, where known, a family, a context window, capabilities and
+# prices in USD per million tokens. The parser takes the common spellings of each field and keeps a
+# model whose other fields it cannot read; an OpenAI-style `/v1/models` list parses too.
+
+_CATALOG_LIMIT = 2000  # models kept from one catalog; a longer list is cut (and logged)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model of a catalog: what it is called, what it can do and what it costs (USD per 1M tokens)."""
+
+    id: str
+    name: str | None = None
+    family: str | None = None
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: tuple[str, ...] = ()
+    input_price: float | None = None
+    output_price: float | None = None
+
+    def cost(self, usage: Mapping[str, Any] | None) -> float | None:
+        """What an answer with this `usage` cost in USD (chat or Responses token names), or None
+        when the usage or a price is missing."""
+        if not isinstance(usage, Mapping) or self.input_price is None or self.output_price is None:
+            return None
+        prompt = _count(usage, ("prompt_tokens", "input_tokens"))
+        completion = _count(usage, ("completion_tokens", "output_tokens"))
+        if prompt is None and completion is None:
+            return None
+        return ((prompt or 0) * self.input_price + (completion or 0) * self.output_price) / 1_000_000
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "capabilities": list(self.capabilities)}
+
+
+def _count(obj: Mapping[str, Any], keys: Sequence[str]) -> int | None:
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _price(value: Any) -> float | None:
+    """A price from a number or a numeric string ("$0.25" too), never negative, NaN or infinite."""
+    if isinstance(value, str):
+        value = value.strip().lstrip("$")
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _first_of(obj: Mapping[str, Any], keys: Sequence[str], read: Callable[[Any], Any]) -> Any:
+    for key in keys:
+        if key in obj:
+            value = read(obj[key])
+            if value is not None:
+                return value
+    return None
+
+
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _text_field(value: Any) -> str | None:
+    """A short printable string, or None (a catalog's text reaches terminals and pages)."""
+    if not isinstance(value, str) or not value.strip() or _CONTROL_CHARS.search(value):
+        return None
+    return value.strip()[:200]
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _model_prices(item: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(input, output) in USD per million tokens, from `pricing: {...}` or flat fields."""
+    nested = item.get("pricing")
+    pricing: Mapping[str, Any] = nested if isinstance(nested, Mapping) else item
+    per_token = isinstance(pricing.get("prompt"), (str, int, float)) and "input" not in pricing
+    inputs = ("input_per_million", "input", "input_price", "input_cost_per_million", "prompt")
+    outputs = ("output_per_million", "output", "output_price", "output_cost_per_million", "completion")
+    prices = (_first_of(pricing, inputs, _price), _first_of(pricing, outputs, _price))
+    if per_token:  # OpenRouter's `pricing: {prompt, completion}` is USD per token
+        return tuple(None if p is None else round(p * 1_000_000, 6) for p in prices)  # type: ignore[return-value]
+    return prices
+
+
+def _capabilities(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, Mapping):  # {"tools": true, "vision": false}
+        value = [key for key, on in value.items() if on is True]
+    if not isinstance(value, list):
+        return None
+    names = [item.strip().lower() for item in value if isinstance(item, str) and item.strip()]
+    return tuple(dict.fromkeys(name[:40] for name in names))[:32]
+
+
+def parse_model_catalog(data: Any) -> list[ModelInfo]:
+    """The models of a catalog document (Gloo's, or an OpenAI-style `{"data": [...]}`), in its order,
+    each id once; entries without a usable id are skipped. Never raises on a strange document."""
+    if isinstance(data, Mapping):
+        data = next((data[key] for key in ("data", "models", "items") if isinstance(data.get(key), list)), None)
+    if not isinstance(data, list):
+        return []
+    models: dict[str, ModelInfo] = {}
+    for item in data:
+        if isinstance(item, str):
+            item = {"id": item}
+        if not isinstance(item, Mapping):
+            continue
+        model_id = _first_of(item, ("id", "model_id", "model", "slug"), _text_field)
+        if model_id is None or model_id in models:
+            continue
+        if len(models) >= _CATALOG_LIMIT:
+            log.warning("the model catalog lists more than %d models; the rest are left out", _CATALOG_LIMIT)
+            break
+        input_price, output_price = _model_prices(item)
+        models[model_id] = ModelInfo(
+            id=model_id,
+            name=_first_of(item, ("name", "display_name", "title"), _text_field),
+            family=_first_of(item, ("family", "model_family", "provider", "owned_by"), _text_field),
+            context_window=_first_of(item, ("context_window", "context_length", "max_context_tokens",
+                                            "max_input_tokens"), _positive_int),
+            max_output_tokens=_first_of(item, ("max_output_tokens", "max_completion_tokens"), _positive_int),
+            capabilities=_first_of(item, ("capabilities", "features", "modalities"), _capabilities) or (),
+            input_price=input_price, output_price=output_price,
+        )
+    return list(models.values())
+
+
+# ---------------------------------------------------------------------------
 # Configuration: explicit argument, then the environment, then .env
 # ---------------------------------------------------------------------------
 
@@ -1516,8 +1662,8 @@ def _line_of(data: bytes, offset: int) -> int:
 
 # A .env may not choose where a credential taken from the environment goes (issue #19.11).
 _CREDENTIAL_SETTINGS = ("GLOO_CLIENT_SECRET", "GLOO_API_KEY")
-_ENDPOINT_SETTINGS = ("GLOO_TOKEN_URL", "GLOO_API_URL", "GLOO_RESPONSES_URL", "HTTPS_PROXY", "https_proxy",
-                      "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_ENDPOINT_SETTINGS = ("GLOO_TOKEN_URL", "GLOO_API_URL", "GLOO_RESPONSES_URL", "GLOO_MODELS_URL", "HTTPS_PROXY",
+                      "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def load_dotenv(path: str | os.PathLike = ".env", *, override: bool = False) -> dict[str, str]:
@@ -2869,6 +3015,16 @@ def _responses_url(api_url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path="/ai/v1/responses", query="", fragment=""))
 
 
+def _models_url(api_url: str) -> str:
+    """Where the model catalog is: Gloo's public `/platform/v2/models` on a Gloo-shaped API URL's host,
+    or `<base>/models` beside an OpenAI-style `<base>/chat/completions`."""
+    parts = urllib.parse.urlsplit(api_url)
+    path = parts.path.rstrip("/")
+    if "/ai/v2/" not in path + "/" and path.endswith("/chat/completions"):
+        return urllib.parse.urlunsplit(parts._replace(path=path[: -len("/chat/completions")] + "/models"))
+    return urllib.parse.urlunsplit(parts._replace(path="/platform/v2/models", query="", fragment=""))
+
+
 def _grounded_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/")
@@ -2909,6 +3065,8 @@ class GlooClient:
         api_url: str | None = None,
         endpoint: str | None = None,
         responses_url: str | None = None,
+        models_url: str | None = None,
+        models_ttl: float = 3600.0,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         deadline: float | None = None,
@@ -2934,6 +3092,11 @@ class GlooClient:
                                     "GLOO_TOKEN_URL")
         self.responses_url = _check_url(_setting(responses_url, "GLOO_RESPONSES_URL")
                                         or _responses_url(self.api_url), "GLOO_RESPONSES_URL")
+        self.models_url = _check_url(_setting(models_url, "GLOO_MODELS_URL") or _models_url(self.api_url),
+                                     "GLOO_MODELS_URL")
+        self.models_ttl = models_ttl
+        self._catalog: tuple[float, tuple[ModelInfo, ...]] | None = None
+        self._catalog_lock = threading.Lock()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = deadline
@@ -3225,11 +3388,44 @@ class GlooClient:
         """
         if not isinstance(response_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", response_id):
             raise ConfigurationError("a response id is letters, digits, '_' and '-' (such as resp_123)")
-        url = self.responses_url.rstrip("/") + "/" + response_id
         bearer = (_credential(token, "token") if token is not None else None) or self.token()
-        request = _Request(url, method="GET", headers={"Authorization": "Bearer " + bearer,
-                                                       "Accept": "application/json", "User-Agent": _USER_AGENT},
-                           read_timeout=self.read_timeout)
+        return self._get_json(self.responses_url.rstrip("/") + "/" + response_id, bearer, max_bytes)
+
+    def models(self, *, refresh: bool = False, max_bytes: int = 4 * 1024 * 1024) -> list[ModelInfo]:
+        """The model catalog (`models_url`): ids, families, context windows, capabilities, prices.
+
+        Fetched once and kept for `models_ttl` seconds (`refresh=True` fetches again); Gloo's public
+        catalog is asked without a token, an OpenAI-style `<base>/models` with this client's credential.
+        Raises as `retrieve_response()` does; a document that lists no model gives an empty list.
+        """
+        with self._catalog_lock:
+            cached = self._catalog
+            if cached is not None and not refresh and self._clock() - cached[0] < self.models_ttl:
+                return list(cached[1])
+            public = "/platform/" in urllib.parse.urlsplit(self.models_url).path
+            document = self._get_json(self.models_url, None if public else self.token(), max_bytes, allow_list=True)
+            models = parse_model_catalog(document)
+            self._catalog = (self._clock(), tuple(models))
+            return models
+
+    def model_info(self, model_id: str | None) -> ModelInfo | None:
+        """The catalog's entry for `model_id` (from the cached catalog, fetched if needed), or None when
+        the catalog does not list it or cannot be fetched (the failure is logged, not raised)."""
+        if not model_id:
+            return None
+        try:
+            models = self.models()
+        except GlooError as exc:
+            log.warning("model catalog unavailable: %s", redact(str(exc)))
+            return None
+        return next((model for model in models if model.id == model_id), None)
+
+    def _get_json(self, url: str, bearer: str | None, max_bytes: int, *, allow_list: bool = False) -> Any:
+        """GET `url` and return its JSON document (an object; a list too with `allow_list`); nothing retried."""
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if bearer:
+            headers["Authorization"] = "Bearer " + bearer
+        request = _Request(url, method="GET", headers=headers, read_timeout=self.read_timeout)
         try:
             response = self._opener.open(request, timeout=self.connect_timeout)
         except urllib.error.HTTPError as exc:
@@ -3244,8 +3440,9 @@ class GlooClient:
             answer = json.loads(data) if len(data) <= max_bytes else None
         except (ValueError, RecursionError):
             answer = None
-        if not isinstance(answer, dict):
-            raise UnexpectedResponseError(f"GET {_redact_url(url)} did not answer with a JSON object",
+        if not isinstance(answer, dict) and not (allow_list and isinstance(answer, list)):
+            raise UnexpectedResponseError(f"GET {_redact_url(url)} did not answer with a JSON "
+                                          f"{'document' if allow_list else 'object'}",
                                           status=getattr(response, "status", 200),
                                           body=data[:200].decode("utf-8", "replace"))
         return answer
@@ -4177,7 +4374,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=_int_in(1, _MAX_TOKENS), metavar="N",
                         help=f"the most tokens to generate, 1 to {_MAX_TOKENS}")
     parser.add_argument("--usage", action="store_true",
-                        help="ask the stream for its token usage (shown in the stats line and in --json)")
+                        help="ask the stream for its token usage (shown in the stats line and in --json, with "
+                             "the answer's cost where the model catalog prices the model)")
+    parser.add_argument("--list-models", action="store_true",
+                        help="list the model catalog (id, family, context window, capabilities, price) and exit")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS),
                         help="Gloo's completions endpoint (default, or GLOO_ENDPOINT) or the guarded one")
     responses = parser.add_argument_group("the Responses API (--api responses)")
@@ -4278,6 +4478,7 @@ class _Run:
         self.spinner: _Spinner | None = None
         self.stream: _EventStream | None = None
         self.fake: Any = None
+        self.catalog: threading.Thread | None = None  # fetching the model catalog, to price the answer
         self.safe = _SafeText()
         self.open_line = False  # answer text written without a final newline
         self.at_prompt = False  # --chat is waiting for a question
@@ -4345,6 +4546,8 @@ class _Run:
             return exc.code if isinstance(exc.code, int) else _EXIT_OK
         self.configure_logging()
         try:
+            if args.list_models:
+                return self.list_models(self.client(args))
             self.check_responses()
             client = self.client(args)
             if args.chat:
@@ -4372,6 +4575,10 @@ class _Run:
         return _EXIT_USAGE
 
     def question(self, args: Any) -> str | None:
+        if args.list_models:
+            if args.question is not None:
+                raise _UsageError("--list-models takes no question")
+            return None
         if args.chat and (args.question in (None, "-")):
             return None  # the questions come from the prompt (or stdin, line by line)
         asked = None if args.question == "-" else args.question
@@ -4453,6 +4660,9 @@ class _Run:
         return [{"role": "user", "content": parts}]
 
     def open_stream(self, client: GlooClient, message: Messages) -> Any:
+        if (self.args.usage or self.responses) and self.catalog is None:  # the answer will have a usage: price it
+            self.catalog = threading.Thread(target=client.model_info, args=("",), daemon=True)
+            self.catalog.start()
         if self.animate and not self.args.json and not self.args.raw:
             self.spinner = _Spinner(self.err, color=self.color).start()
         if self.responses:
@@ -4480,15 +4690,42 @@ class _Run:
         self.stop_spinner()
         result = stream.result()
         code, message = self.verdict(stream, result, failure)
+        cost = self.cost(client, result)
         if self.args.json:
-            self.print_json(self.result_json(result, failure, code, message))
+            self.print_json({**self.result_json(result, failure, code, message), "cost_usd": cost})
         else:
             self.end_line()
         self.print_sources(result)
-        _print_stats(result, self, color=self.color)
+        _print_stats(result, self, color=self.color, cost=cost)
         if message:
             self.note(f"error: {message}")
         return code
+
+    def cost(self, client: GlooClient, result: Any) -> float | None:
+        """The answer's cost in USD from the catalog's prices (fetched while the answer streamed), or None."""
+        if self.catalog is None or not result.model or not isinstance(result.usage, dict):
+            return None
+        info = client.model_info(result.model)
+        return info.cost(result.usage) if info is not None else None
+
+    def list_models(self, client: GlooClient) -> int:
+        """--list-models: the catalog as a table (or one JSON object with --json)."""
+        models = client.models()
+        if self.args.json:
+            self.print_json({"models": [model.to_dict() for model in models], "exit_code": _EXIT_OK})
+            return _EXIT_OK
+        if not models:
+            self.note(f"the model catalog ({_redact_url(client.models_url)}) lists no models")
+            return _EXIT_OK
+        price = lambda value: "-" if value is None else f"${value:g}"  # noqa: E731
+        rows = [("ID", "FAMILY", "CONTEXT", "CAPABILITIES", "PRICE IN/OUT PER 1M")] + [
+            (m.id, m.family or "-", f"{m.context_window:,}" if m.context_window else "-",
+             ",".join(m.capabilities) or "-", f"{price(m.input_price)} / {price(m.output_price)}") for m in models]
+        widths = [max(len(_terminal_safe(row[i])) for row in rows) for i in range(4)]
+        for row in rows:
+            cells = [_terminal_safe(cell).ljust(width) for cell, width in zip(row, widths)]
+            self.write("  ".join(cells + [_terminal_safe(row[4])]).rstrip() + "\n")
+        return _EXIT_OK
 
     def print_answer(self, stream: Any) -> None:
         if isinstance(stream, ResponseStream):
@@ -4681,7 +4918,7 @@ class _Run:
             result = stream.result()
             code, message = self.verdict(stream, result, failure)
             self.print_sources(result)
-            _print_stats(result, self, color=self.color)
+            _print_stats(result, self, color=self.color, cost=self.cost(client, result))
             if message:
                 self.note(f"error: {message}")
             return result.text
@@ -4852,7 +5089,18 @@ def _image_data_url(path: str) -> str:
     return f"data:{_IMAGE_TYPES[kind]};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _print_stats(result: Any, run: Any, *, color: bool) -> None:
+def _format_cost(usd: float) -> str:
+    """"$0.0012", "$1.25": enough digits to say something; "< $0.000001" for less."""
+    if usd == 0:
+        return "$0"
+    if usd < 0.000001:
+        return "< $0.000001"
+    if usd >= 0.01:
+        return f"${usd:.2f}"
+    return "$" + f"{usd:.{1 - math.floor(math.log10(usd))}f}".rstrip("0")  # two significant digits
+
+
+def _print_stats(result: Any, run: Any, *, color: bool, cost: float | None = None) -> None:
     parts = [f"{result.token_count} token" + ("" if result.token_count == 1 else "s")]
     if result.ttft_ms is not None:
         parts.append(f"first token {result.ttft_ms} ms")
@@ -4864,6 +5112,8 @@ def _print_stats(result: Any, run: Any, *, color: bool) -> None:
         if isinstance(into, int) and isinstance(out, int):
             parts.append(f"usage {into} in / {out} out")
             break
+    if cost is not None:
+        parts.append(_format_cost(cost))
     parts.append(f"finish_reason={result.finish_reason}")
     separator = " \u00b7 " if _can_encode(run.err, "\u00b7") else " | "
     run.note("[" + separator.join(parts) + "]", dim=color)

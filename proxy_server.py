@@ -57,6 +57,7 @@ from gloo_stream import (
     ChatStream,
     ConfigurationError,
     GlooClient,
+    ModelInfo,
     ResponseStream,
     ServerSentEvent,
     StreamError,
@@ -215,6 +216,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", "GLOO_API_URL", "str", None, "the completions URL (grounded requests add /grounded)",
             library=True),
     Setting("token_url", "GLOO_TOKEN_URL", "str", None, "the OAuth token URL", flag=None, library=True),
+    Setting("models_url", "GLOO_MODELS_URL", "str", None,
+            "the model catalog (default: Gloo's public /platform/v2/models on the API's host)", flag=None,
+            library=True),
     Setting("client_id", "GLOO_CLIENT_ID", "str", None, "OAuth client id", flag=None, library=True),
     Setting("client_secret", "GLOO_CLIENT_SECRET", "secret", None, "OAuth client secret", flag=None, library=True),
     Setting("upstream_api_key", "GLOO_API_KEY", "secret", None, "a Gloo Studio API key (instead of OAuth)",
@@ -888,8 +892,9 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
         raise _RelayError(400, "stream_options must be an object such as {\"include_usage\": true}",
                           code="invalid_field")
     include_usage = bool(options and options.get("include_usage") is True)
-    if openai and not stream and options is None:
-        payload["stream_options"] = {"include_usage": True}  # an OpenAI answer always reports its usage
+    if (not openai or not stream) and options is None:
+        # An OpenAI answer always reports its usage; the page's footer shows it and the answer's cost.
+        payload["stream_options"] = {"include_usage": True}
     grounded = any(key in payload for key in _GROUNDED_FIELDS)
     if grounded:
         payload.setdefault("include_citations", True)  # as the library asks (GlooClient.build_payload)
@@ -1129,7 +1134,25 @@ class _StreamSink:
                 tail += _redact("data: " + json.dumps(usage_chunk) + "\n\n").encode()
             if not accumulator.done:
                 tail += b"data: [DONE]\n\n"
+        if not self.request.openai:
+            tail += _outcome_event(loop, error)
         self.writer.end(tail)
+
+
+def _outcome_event(loop: _Relay, error: _RelayError | None) -> bytes:
+    """/api/stream's last event (`event: outcome`): the library's verdict on the stream, so the page
+    decides nothing itself, with the usage, the model and the answer's cost where the catalog prices it.
+    A stream the relay itself ended (idle, deadline, too slow) before any finish is `cut_short`."""
+    stream = loop.stream
+    verdict = stream.outcome.to_dict()
+    if error is not None and verdict["kind"] in ("streaming", "cut_short"):
+        verdict.update(kind="cut_short", complete=False, error_name=error.error_type, error_code=error.code,
+                       message=error.message, retryable=True)
+    accumulator = stream.accumulator
+    model = accumulator.model
+    data = {**verdict, "message": _redact(verdict["message"]), "model": model, "usage": accumulator.usage,
+            "cost_usd": loop.server.catalog.cost(model, accumulator.usage)}
+    return b"event: outcome\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 
 class _AnswerSink:
@@ -1897,13 +1920,14 @@ class _Handler(BaseHTTPRequestHandler):
         route = self.routes.get(path)
         if route is None and path.startswith("/v1/responses/"):
             route = _RETRIEVE_ROUTE
+        elif route is None and path.startswith("/v1/models/"):
+            route = _MODEL_ROUTE
         if route is None:
             static = self.server.static_file(path)
             if static is not None:
                 self.exchange.static_file = static
                 route = _STATIC_ROUTE
-        self.exchange.route = ("static" if route is _STATIC_ROUTE else "/v1/responses/{id}" if route is _RETRIEVE_ROUTE
-                               else path if route is not None else "other")
+        self.exchange.route = _ROUTE_NAMES.get(id(route), path if route is not None else "other")
         if route is None:
             raise _RelayError(404, f"no route for {self.command} {path}", code="not_found")
         if self.command not in route.methods:
@@ -2019,9 +2043,25 @@ class _Handler(BaseHTTPRequestHandler):
                         "text/plain; version=0.0.4; charset=utf-8")
 
     def _models(self) -> None:
-        self._send_json(200, {"object": "list", "data": [
-            {"id": "auto", "object": "model", "created": 0, "owned_by": "gloo"},
-        ]})
+        """GET /v1/models: `auto` (Gloo's auto-routing) and the upstream catalog's models."""
+        models = self.server.catalog.fetch()
+        headers = () if models is not None else (("X-Gloo-Catalog", "unavailable"),)
+        self._send_json(200, {"object": "list", "data": [_AUTO_MODEL] + [_model_object(m) for m in models or ()]},
+                        headers)
+
+    def _model(self) -> None:
+        """GET /v1/models/{id}: one model of the catalog (or `auto`), else 404 model_not_found."""
+        model_id = urllib.parse.unquote(self.exchange.path[len("/v1/models/"):])
+        if model_id == "auto":
+            self._send_json(200, _AUTO_MODEL)
+            return
+        models = self.server.catalog.fetch()
+        found = next((model for model in models or () if model.id == model_id), None)
+        if found is None:
+            why = "is not in the model catalog" if models is not None else "cannot be looked up (no catalog now)"
+            raise _RelayError(404, f"the model {model_id[:100]!r} {why}: GET /v1/models lists them",
+                              code="model_not_found")
+        self._send_json(200, _model_object(found))
 
     def _static(self) -> None:
         self.exchange.outcome = "static"
@@ -2150,6 +2190,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 _STATIC_ROUTE = _Route(("GET", "HEAD"), _Handler._static)
 _RETRIEVE_ROUTE = _Route(("GET", "OPTIONS"), _Handler._retrieve_response, api=True)
+_MODEL_ROUTE = _Route(("GET", "OPTIONS"), _Handler._model, api=True)
+# The routes whose paths carry a value, by the name the metrics and the log use.
+_ROUTE_NAMES = {id(_STATIC_ROUTE): "static", id(_RETRIEVE_ROUTE): "/v1/responses/{id}",
+                id(_MODEL_ROUTE): "/v1/models/{id}"}
 _Handler.routes = {
     "/health": _Route(("GET",), _Handler._health),
     "/metrics": _Route(("GET",), _Handler._metrics, key=True),
@@ -2309,12 +2353,60 @@ def _client_options(config: Any) -> dict[str, Any]:
     options: dict[str, Any] = dict(
         client_id=config.client_id, client_secret=config.client_secret, api_key=config.upstream_api_key,
         token_url=config.token_url, api_url=config.api_url, endpoint=config.endpoint,
-        read_timeout=config.upstream_idle_seconds,
+        models_url=config.models_url, read_timeout=config.upstream_idle_seconds,
         max_retries=config.upstream_retries, max_event_bytes=config.max_event_bytes,
         retry_rate_limited=False,  # a 429 goes straight back to the client with its Retry-After
         max_retry_wait=2.0,  # a 503 asking for longer goes back too, with its Retry-After: the client decides
     )
     return options
+
+
+class _Catalog:
+    """The upstream's model catalog, for /v1/models and the cost of each answer.
+
+    Fetched through the library (which caches it for its TTL) at the warm start and by GET /v1/models
+    (the page asks for it as it loads); the relay loop only reads what is already here (`cost()`), never
+    waits for a fetch, and a stream never causes one.
+    """
+
+    def __init__(self, client: GlooClient) -> None:
+        self.client = client
+        self.models: dict[str, ModelInfo] = {}
+        self.problem: str | None = None  # why the last fetch failed (logged once per distinct reason)
+
+    def fetch(self) -> list[ModelInfo] | None:
+        """The catalog's models, or None when it cannot be had now (the reason is in `problem`)."""
+        try:
+            models = self.client.models()
+        except (gloo_stream.GlooError, OSError) as exc:
+            problem = _redact(str(exc))
+            if problem != self.problem:
+                log.warning("model catalog unavailable (%s): /v1/models lists only auto, answers carry no cost",
+                            problem)
+            self.problem = problem
+            return None
+        self.models, self.problem = {model.id: model for model in models}, None
+        return models
+
+    def cost(self, model: str | None, usage: Any) -> float | None:
+        """An answer's cost in USD from the catalog's prices, or None when unknown."""
+        info = self.models.get(model or "")
+        return info.cost(usage) if info is not None else None
+
+
+def _model_object(model: ModelInfo) -> dict[str, Any]:
+    """A catalog entry as an OpenAI model object, with what the catalog says beside the four fields."""
+    extra = {key: value for key, value in (
+        ("name", model.name), ("context_window", model.context_window),
+        ("max_output_tokens", model.max_output_tokens), ("capabilities", list(model.capabilities) or None),
+        ("pricing", {"input": model.input_price, "output": model.output_price, "unit": "USD per 1M tokens"}
+         if model.input_price is not None or model.output_price is not None else None),
+    ) if value is not None}
+    return {"id": model.id, "object": "model", "created": 0, "owned_by": model.family or "gloo", **extra}
+
+
+_AUTO_MODEL = {"id": "auto", "object": "model", "created": 0, "owned_by": "gloo",
+               "name": "Gloo AI Core (auto-routing: Gloo picks the model for each question)"}
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -2334,6 +2426,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.config = config or ProxyConfig()
         self.config.validate()
         self.client = client or GlooClient(**_client_options(self.config))
+        self.catalog = _Catalog(self.client)
         self.offline = offline
         self.upstream_label = urllib.parse.urlsplit(self.client.api_url).netloc
         self.metrics = _Metrics()
@@ -2581,6 +2674,7 @@ class ProxyServer(ThreadingHTTPServer):
                 continue
             if self.warming:
                 log.info("warm: ready for the first request (token, TLS context, one upstream connection)")
+                self.catalog.fetch()  # (a catalog that cannot be had is logged; streams go on without costs)
             self.warming, self.warm_problem, delay = False, None, 1.0
             tokens = self.client.tokens
             if tokens is None:

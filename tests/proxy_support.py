@@ -174,9 +174,12 @@ def sse_blocks(text: str) -> list[str]:
 
 
 def data_events(text: str) -> list[Any]:
-    """The `data:` payloads of an event stream body, JSON-decoded where possible."""
+    """The `data:` payloads of an event stream body, JSON-decoded where possible; /api/stream's last
+    `event: outcome` (the relay's verdict) is left out: `outcome_of()` reads it."""
     events = []
     for block in sse_blocks(text):
+        if block.startswith("event: outcome\n"):
+            continue
         data = "\n".join(line[6:] for line in block.split("\n") if line.startswith("data: "))
         if not data:
             continue
@@ -185,6 +188,16 @@ def data_events(text: str) -> list[Any]:
         except ValueError:
             events.append(data)
     return events
+
+
+def outcome_of(text: str) -> dict | None:
+    """The data of /api/stream's `event: outcome` (None without one); it must be the body's last event."""
+    blocks = [block for block in sse_blocks(text) if not block.startswith(":")]
+    found = [block for block in blocks if block.startswith("event: outcome\n")]
+    if not found:
+        return None
+    assert len(found) == 1 and blocks[-1] is found[0], "one outcome event, the last"
+    return json.loads(found[0].split("\ndata: ", 1)[1])
 
 
 def content_of(events: list[Any]) -> str:

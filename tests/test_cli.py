@@ -16,6 +16,7 @@ from unittest import mock
 
 import gloo_stream
 from gloo_stream import GlooClient
+import fake_gloo
 from fake_gloo import FakeGloo
 from tests.support import clean_environment
 
@@ -60,7 +61,30 @@ class CLIOutputTests(CLITestCase):
         usage = json.loads(asked.stdout)["usage"]
         self.assertEqual(usage["total_tokens"], usage["prompt_tokens"] + usage["completion_tokens"])
         shown = self.run_cli("--usage", "Hi")
-        self.assertRegex(shown.stderr, r"· usage \d+ in / \d+ out · finish_reason=stop\]")
+        self.assertRegex(shown.stderr, r"· usage \d+ in / \d+ out · \$0\.[0-9]+ · finish_reason=stop\]")
+
+    def test_the_answers_cost_from_the_catalogs_prices(self):
+        prices = {m["id"]: (m["input_per_million"], m["output_per_million"]) for m in fake_gloo._CATALOG}
+        result = json.loads(self.run_cli("--json", "--usage", "--model", "gloo-openai-gpt-5-nano", "Hi").stdout)
+        usage, (into, out) = result["usage"], prices["gloo-openai-gpt-5-nano"]
+        expected = (usage["prompt_tokens"] * into + usage["completion_tokens"] * out) / 1e6
+        self.assertAlmostEqual(result["cost_usd"], expected, places=12)
+        self.assertIsNone(json.loads(self.run_cli("--json", "Hi").stdout)["cost_usd"], "no usage asked: no cost")
+
+    def test_list_models_is_the_catalog(self):
+        proc = self.run_cli("--list-models")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0].split()[:3], ["ID", "FAMILY", "CONTEXT"])
+        self.assertEqual([line.split()[0] for line in lines[1:]], [m["id"] for m in fake_gloo._CATALOG])
+        nano = next(line for line in lines if line.startswith("gloo-openai-gpt-5-nano "))
+        self.assertEqual(nano.split()[1:], ["openai", "400,000", "chat,tools,responses", "$0.05", "/", "$0.4"])
+        listed = json.loads(self.run_cli("--list-models", "--json").stdout)
+        self.assertEqual(len(listed["models"]), len(fake_gloo._CATALOG))
+        self.assertEqual(listed["models"][1]["input_price"], 0.05)
+        refused = self.run_cli("--list-models", "Hi")
+        self.assertEqual(refused.returncode, 2)
+        self.assertIn("--list-models takes no question", refused.stderr)
 
     def test_question_from_stdin(self):
         for args in ((), ("-",)):

@@ -50,7 +50,7 @@ class CLIResponsesTests(CLITestCase):
         self.assertEqual(text.returncode, 0, text.stderr)
         self.assertIn("disciple", text.stdout.lower())
         self.assertRegex(text.stderr, r"\[\d+ tokens · first token \d+ ms · \d+ ms · usage \d+ in / \d+ out · "
-                                      r"finish_reason=completed\]")
+                                      r"\$0\.[0-9]+ · finish_reason=completed\]")  # priced by the catalog
 
         result = json.loads(runs["json"].stdout)
         self.assertEqual((result["status"], result["outcome"]["kind"], result["exit_code"]),

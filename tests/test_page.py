@@ -15,6 +15,7 @@ import unittest
 from collections.abc import Sequence
 from typing import Any
 
+import fake_gloo
 from tests.page_support import serving, start_browser
 from tests.support import clean_environment
 
@@ -26,7 +27,9 @@ FINISHED_JS = """() => {
 ALLOWED_TAGS = ["H1", "H2", "H3", "H4", "H5", "H6", "P", "STRONG", "EM", "DEL", "CODE", "PRE", "OL", "UL", "LI",
                 "A", "BR", "HR", "BLOCKQUOTE", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "SUP", "SPAN", "DIV",
                 "BUTTON", "INPUT"]
-META = re.compile(r"^(\d+) tokens? \u2022 \d+ ms \u2022 first token \d+ ms \u2022 \d+\.\d tokens/s$")
+# The answer's figures; its cost once the relay has the model catalog (fetched in the background).
+META = re.compile(r"^(\d+) tokens? \u2022 \d+ ms \u2022 first token \d+ ms \u2022 \d+\.\d tokens/s"
+                  r"( \u2022 (\$[0-9.]+|< \$0\.000001))?$")
 
 # Every element or attribute under `root` that the safe renderer must never make: only the allowed
 # tags, BUTTON only as a code block's Copy, INPUT only as a disabled task checkbox, href only http(s).
@@ -854,6 +857,24 @@ class ResponsesPageTest(PageTestCase):
         self.assertEqual((page.input_value("#api"), page.input_value("#responseModel")),
                          ("responses", "gloo-openai-gpt-5"))  # remembered
         self.assertTrue(page.is_checked("#drawing"))
+        self.assertNoErrors()
+
+    def test_the_model_picker_is_the_catalog_and_answers_show_their_cost(self):
+        page = self.open_page()
+        page.wait_for_function("() => document.documentElement.hasAttribute('data-models')")
+        options = page.evaluate("() => [...document.querySelectorAll('#responseModel option')]"
+                                ".map((o) => [o.value, o.textContent])")
+        self.assertEqual([value for value, _ in options],
+                         [m["id"] for m in fake_gloo._CATALOG if "responses" in m["capabilities"]])
+        self.assertIn(["gloo-openai-gpt-5-nano", "GPT-5 nano \u00b7 $0.05/$0.4 per 1M tokens"], options)
+        page.select_option("#api", "responses")
+        page.select_option("#responseModel", "gloo-openai-gpt-5-nano")
+        self.assertEqual(self.ask(page, "Hello"), "Done")
+        self.assertEqual(self.last_request()["model"], "gloo-openai-gpt-5-nano")
+        meta = page.text_content("#meta")
+        cost = re.search(r" \u2022 \$(0\.[0-9]+)$", meta)
+        self.assertIsNotNone(cost, meta)
+        self.assertGreater(float(cost.group(1)), 0)
         self.assertNoErrors()
 
     def test_an_attached_image_goes_with_the_question(self):

@@ -27,6 +27,7 @@ from tests.proxy_support import (
     chunk_frames,
     content_of,
     data_events,
+    outcome_of,
     exchange,
     raw_request,
     read_until_closed,
@@ -174,9 +175,11 @@ class RelayTests(ProxyTestCase):
             b'event: note\ndata: {"choices":[{"delta":{"content":"b"}}]}\n\n',
             b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'])
         status, _, body = self.request("POST", "/api/stream", PROMPT)
-        self.assertEqual(body.decode(), 'id: 1\ndata: {"choices":[{"delta":{"content":"a"}}]}\n\n'
-                                        'event: note\ndata: {"choices":[{"delta":{"content":"b"}}]}\n\n'
-                                        'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
+        relayed, outcome = body.decode().split("event: outcome\n")
+        self.assertEqual(relayed, 'id: 1\ndata: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+                                  'event: note\ndata: {"choices":[{"delta":{"content":"b"}}]}\n\n'
+                                  'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
+        self.assertEqual(json.loads(outcome[len("data: "):])["kind"], "finished")
 
     def test_keep_alive_between_requests(self):
         conn = self.connection()
@@ -1064,6 +1067,9 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
                 self.upstream.answer(writes=[writes])
                 status, _, body = self.post_stream("Hi")
                 self.assertEqual(status, 200)
+                verdict = outcome_of(body.decode())  # the page's verdict: the library's, sent by the relay
+                self.assertEqual((verdict["kind"], verdict["finish_reason"], verdict["message"]),
+                                 (outcome.kind, outcome.finish_reason, outcome.message))
                 events = data_events(body.decode())
                 if relay_type is None:
                     self.assertFalse(any(isinstance(e, dict) and set(e) == {"error"} for e in events), events)
@@ -1336,7 +1342,11 @@ class ResponsesRouteTests(ProxyTestCase):
         status, _, raw = self.post({"api": "responses", "model": self.MODEL,
                                     "messages": [{"role": "user", "content": "What is grace?"}]}, "/api/stream")
         self.assertEqual(status, 200)
-        self.assertEqual(self.typed(raw)[-1][0], "response.completed")
+        self.assertEqual([name for name, _ in self.typed(raw)[-2:]], ["response.completed", "outcome"])
+        outcome = self.typed(raw)[-1][1]
+        self.assertEqual((outcome["kind"], outcome["finish_reason"], outcome["model"]),
+                         ("finished", "completed", self.MODEL))
+        self.assertGreater(outcome["usage"]["output_tokens"], 0)
         self.assertEqual(self.fake.requests[-1]["body"]["input"], [{"role": "user", "content": "What is grace?"}])
         status, _, raw = self.post({"api": "other", "messages": [{"role": "user", "content": "Hi"}]}, "/api/stream")
         self.assertEqual((status, json.loads(raw)["error"]["code"]), (400, "invalid_field"))

@@ -14,6 +14,7 @@ import { CHATS_KEY, ChatStore } from "./store.js";
 
 const STREAM_URL = "/api/stream";
 const HEALTH_URL = "/health";
+const MODELS_URL = "/v1/models";  // the relay's list: `auto` and the upstream's model catalog
 const KEY_STORAGE = "glooStream.apiKey";
 // Silence before the "still waiting" note: index.html's <meta name="gloo-wait-note-ms">, else 4 s.
 const WAIT_NOTE_MS = Number(document.querySelector('meta[name="gloo-wait-note-ms"]')?.content) || 4000;
@@ -95,7 +96,16 @@ function runStats(run) {
     parts.push("first token " + Math.round(run.firstToken - run.started) + " ms");
     if (ms > 0 && run.tokens > 0) parts.push((run.tokens / (ms / 1000)).toFixed(1) + " tokens/s");
   }
+  const cost = run.verdict && run.verdict.cost_usd;
+  if (typeof cost === "number" && Number.isFinite(cost) && cost >= 0) parts.push(formatCost(cost));
   return parts;
+}
+
+/** A cost in US dollars with enough digits to say something: "$0.0012", "$1.25", "< $0.000001". */
+function formatCost(usd) {
+  if (usd === 0) return "$0";
+  if (usd < 0.000001) return "< $0.000001";
+  return "$" + (usd >= 0.01 ? usd.toFixed(usd >= 100 ? 0 : 2) : usd.toPrecision(2).replace(/0+$/, ""));
 }
 
 /** `target` as "a • b • c", each figure kept whole when the line wraps on a narrow screen. */
@@ -572,7 +582,7 @@ function startRun(index) {
 
   const run = {
     index, turn, article, text: "", tokens: 0, started: now(), firstToken: null, finished: null,
-    finishReason: null, sawDone: false, error: null, stopped: false, gotResponse: false, model: "",
+    verdict: null, error: null, stopped: false, gotResponse: false, model: "",
     sources: null, lastProgress: now(), frame: 0, reasoning: "", images: [], collapsed: false,
     view: new AnswerView(article.querySelector(".answer")),
   };
@@ -638,10 +648,7 @@ function scheduleRender(run) {
 /** Apply one event's data to the run: content, model, sources, finish_reason, errors. */
 function handleEvent(run, event) {
   const data = event.data;
-  if (data === "[DONE]") {
-    run.sawDone = true;
-    return;
-  }
+  if (data === "[DONE]") return;  // (the verdict follows: event: outcome)
   let chunk;
   try {
     chunk = JSON.parse(data);
@@ -649,6 +656,10 @@ function handleEvent(run, event) {
     return;  // not JSON: nothing a person should see
   }
   if (!chunk || typeof chunk !== "object") return;
+  if (event.event === "outcome") {  // the relay's verdict on the stream, reached once by the library
+    if (typeof chunk.kind === "string") run.verdict = chunk;
+    return;
+  }
   const type = typeof chunk.type === "string" ? chunk.type : event.event;
   if (type.startsWith("response.") || (type === "error" && !chunk.error)) {
     handleResponseEvent(run, type, chunk);
@@ -668,11 +679,8 @@ function handleEvent(run, event) {
     run.tokens += 1;
     run.lastProgress = now();
   }
-  if (typeof choice.finish_reason === "string" && choice.finish_reason) {
-    run.finishReason = choice.finish_reason;
-    if (choice.finish_reason === "error" && run.error === null && chunk.error === undefined && choice.error) {
-      run.error = describeStreamError(choice.error);
-    }
+  if (choice.finish_reason === "error" && run.error === null && chunk.error === undefined && choice.error) {
+    run.error = describeStreamError(choice.error);
   }
 }
 
@@ -695,14 +703,8 @@ function handleResponseEvent(run, type, data) {
              type === "response.incomplete" || type === "response.failed") {
     const response = data.response && typeof data.response === "object" ? data.response : {};
     if (typeof response.model === "string" && response.model) run.model = response.model.slice(0, 100);
-    if (type === "response.completed") run.finishReason = "stop";
-    if (type === "response.incomplete") {
-      const reason = response.incomplete_details && response.incomplete_details.reason;
-      run.finishReason = reason === "content_filter" ? "content_filter" : "length";
-    }
-    if (type === "response.failed") {
-      run.finishReason = "error";
-      if (run.error === null && response.error) run.error = describeStreamError(response.error);
+    if (type === "response.failed" && run.error === null && response.error) {
+      run.error = describeStreamError(response.error);
     }
   } else if (type === "error" && run.error === null) {
     run.error = describeStreamError(data);
@@ -738,7 +740,7 @@ async function stream(run, headers, body, signal) {
       return;
     }
     take(parser.feed(decoder.decode(value, { stream: true })));
-    if (run.sawDone) {
+    if (run.verdict) {  // the relay's last event
       reader.cancel().catch(() => {});
       return;
     }
@@ -762,14 +764,17 @@ function finish(run) {
     kind = "stopped";
   } else if (run.error !== null) {
     error = run.error;
-  } else if (run.finishReason === "error") {
-    error = "The model's provider failed before the answer finished. Try again.";
-  } else if (run.finishReason === "content_filter") {
-    error = "The answer was stopped by the content filter.";
-  } else if (run.finishReason === null && !run.sawDone) {
+  } else if (!run.verdict) {  // the relay always ends with its verdict: without one, the connection went
     error = "The connection was lost before the answer finished.";
+  } else if (run.verdict.kind === "provider_error") {
+    error = "The model's provider failed before the answer finished. Try again.";
+  } else if (run.verdict.kind !== "finished") {
+    error = "The connection was lost before the answer finished.";
+  } else if (run.verdict.finish_reason === "content_filter") {
+    error = "The answer was stopped by the content filter.";
   } else {
-    outcome = run.finishReason === "length" ? "Done (the answer reached its length limit)" : "Done";
+    const cut = ["length", "max_output_tokens"].includes(run.verdict.finish_reason);
+    outcome = cut ? "Done (the answer reached its length limit)" : "Done";
     kind = "done";
   }
   if (error) {
@@ -1051,6 +1056,39 @@ fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
     // No health route: the key field still appears on a 401.
     document.documentElement.setAttribute("data-health", "unavailable");
   });
+
+/** "GPT-5 mini · $0.25/$2 per 1M" : a catalog entry as the picker shows it. */
+function modelLabel(model) {
+  const name = typeof model.name === "string" && model.name ? model.name.slice(0, 60) : model.id.slice(0, 100);
+  const p = model.pricing && typeof model.pricing === "object" ? model.pricing : null;
+  const price = (value) => (typeof value === "number" && Number.isFinite(value) ? "$" + value : "?");
+  return p ? name + " \u00b7 " + price(p.input) + "/" + price(p.output) + " per 1M tokens" : name;
+}
+
+/** Fill the Responses model picker from the relay's catalog (index.html's list stays when there is none). */
+function loadModels() {
+  const headers = {};
+  const key = ui.apiKey.value.trim();
+  if (key) headers.Authorization = "Bearer " + key;
+  fetch(MODELS_URL, { headers, cache: "no-store", credentials: "same-origin" })
+    .then((response) => (response.ok ? response.json() : null))
+    .then((list) => {
+      const models = (list && Array.isArray(list.data) ? list.data : []).filter((m) => m && typeof m.id === "string" &&
+        m.id && m.id !== "auto" && (!Array.isArray(m.capabilities) || m.capabilities.includes("responses")));
+      if (!models.length) return;
+      const wanted = [ui.responseModel.value, options.model];
+      ui.responseModel.replaceChildren(...models.slice(0, 200).map((model) => {
+        const option = el("option", "", modelLabel(model));
+        option.value = model.id;
+        return option;
+      }));
+      const keep = wanted.find((id) => typeof id === "string" && models.some((m) => m.id === id));
+      if (keep) ui.responseModel.value = keep;
+      document.documentElement.setAttribute("data-models", String(ui.responseModel.options.length));
+    })
+    .catch(() => {});  // no catalog: the list in index.html is the picker
+}
+loadModels();
 
 // A page closed or reloaded mid-answer left a question without an answer or an error: say so,
 // so that Retry is there.
