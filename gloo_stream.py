@@ -737,31 +737,20 @@ class ChatResult:
     routing_confidence: float | None = None
     tradition: str | None = None
     outcome: StreamOutcome | None = None
+    parsed: Any = None  # a response_format answer, parsed (complete(..., response_format=...))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (the shape `stream_completion` returns)."""
-        return {
-            "text": self.text,
-            "token_count": self.token_count,
-            "duration_ms": self.duration_ms,
-            "finish_reason": self.finish_reason,
-            "ttft_ms": self.ttft_ms,
-            "model": self.model,
-            "usage": self.usage,
-            "tool_calls": _copy_tool_calls(self.tool_calls),
-            "error": self.error,
-            "id": self.id,
-            "provider": self.provider,
-            "sources": [dict(source) for source in self.sources],
-            "sources_returned": self.sources_returned,
-            "sources_dropped": self.sources_dropped,
-            "model_family": self.model_family,
-            "routing_mechanism": self.routing_mechanism,
-            "routing_tier": self.routing_tier,
-            "routing_confidence": self.routing_confidence,
-            "tradition": self.tradition,
-            "outcome": self.outcome.to_dict() if self.outcome is not None else None,
-        }
+        return _fields_dict(self)
+
+
+def _fields_dict(record: Any) -> dict[str, Any]:
+    """A result's fields as a plain dict: copies, never the record's own lists; the verdict as a dict."""
+    data: dict[str, Any] = {}
+    for item in dataclasses.fields(record):
+        value = getattr(record, item.name)
+        data[item.name] = value.to_dict() if isinstance(value, StreamOutcome) else copy.deepcopy(value)
+    return data
 
 
 def _verdict(error: dict | None, finished: bool, reason: str | None, ended: bool, failure: str | None,
@@ -1115,6 +1104,76 @@ def describe_provider_error(error: Mapping[str, Any]) -> str:
 _describe_provider_error = describe_provider_error  # the name other modules used before it was public
 
 
+_STRUCTURED_TOOL = "structured_answer"  # the forced tool that carries a response_format answer
+_RESPONSE_FORMAT_SHAPES = ('response_format must be {"type": "text"}, {"type": "json_object"} or '
+                           '{"type": "json_schema", "json_schema": {"name", "schema"}}')
+
+
+def _structured_schema(response_format: Any) -> Any:
+    """The schema a `response_format` asks for (`json_object`: any object), None for text or none;
+    a ConfigurationError for any other shape."""
+    if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema") if kind == "json_schema" else None
+    if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+        return spec["schema"]
+    raise ConfigurationError(_RESPONSE_FORMAT_SHAPES)
+
+
+def _structured_tools(payload: dict[str, Any], schema: Any) -> None:
+    """OpenAI's `response_format` carried out the way Gloo can (it documents no such field): a forced
+    call of one tool whose parameters are the schema; its arguments are the answer."""
+    if payload.get("tools") or payload.get("tool_choice"):
+        raise ConfigurationError("response_format together with tools cannot be carried out through Gloo "
+                                 "(it becomes a forced tool call): send one or the other")
+    payload["tools"] = [{"type": "function", "function": {
+        "name": _STRUCTURED_TOOL, "description": "Give the answer in exactly this JSON shape.", "parameters": schema}}]
+    payload["tool_choice"] = "required"
+
+
+def _structured_text(accumulator: Any) -> str:
+    """A structured answer's JSON text: the forced call's arguments (or, from a model that answered in
+    text anyway, the text)."""
+    calls = accumulator.tool_calls
+    return calls[0]["function"]["arguments"] if calls else accumulator.text
+
+
+def _check_structured(text: str, schema: Any) -> str | None:
+    """Why a structured answer does not fit (not JSON, or missing required keys, or a wrong top-level
+    type), or None. A cheap check, not a full JSON Schema validator."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return "the model's structured answer is not valid JSON"
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "object":
+        if not isinstance(value, dict):
+            return "the model's structured answer is not a JSON object"
+        required = schema.get("required")
+        missing = [key for key in required if key not in value] if isinstance(required, list) else []
+        if missing:
+            return f"the model's structured answer lacks {', '.join(map(str, missing))}"
+    return None
+
+
+def _structured_result(result: ChatResult, accumulator: Any, schema: Any) -> None:
+    """A finished response_format answer as its JSON: text, `parsed`, and no tool call left over."""
+    if result.outcome is None or not result.outcome.complete:
+        return
+    result.text, result.tool_calls = _structured_text(accumulator), []
+    if result.finish_reason == "tool_calls":
+        result.finish_reason = "stop"
+    problem = _check_structured(result.text, schema)
+    if problem is not None:
+        result.error = result.error or problem
+    else:
+        result.parsed = json.loads(result.text)
+
+
 # ---------------------------------------------------------------------------
 # Responses API events and their accumulation
 # ---------------------------------------------------------------------------
@@ -1162,11 +1221,7 @@ class ResponseResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields (JSON-ready)."""
-        data: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            data[item.name] = value.to_dict() if isinstance(value, StreamOutcome) else copy.deepcopy(value)
-        return data
+        return _fields_dict(self)
 
 
 class ResponseAccumulator:
@@ -3176,7 +3231,8 @@ class GlooClient:
 
     def build_payload(self, message: Messages, *, system: str | None = None, stream: bool = True,
                       publisher: str | None = None, sources_limit: int | None = None,
-                      grounded: bool = False, include_usage: bool | None = None, **options: Any) -> dict:
+                      grounded: bool = False, include_usage: bool | None = None, response_format: Any = None,
+                      **options: Any) -> dict:
         """The JSON body for `message` (string or chat messages) and completion options.
 
         Auto routing is used unless `model`, `model_family` or `auto_routing` is given; options
@@ -3184,10 +3240,15 @@ class GlooClient:
         (1-10) or `grounded=True` make a grounded request, with citations unless
         `include_citations=False`. `include_usage=True` asks a stream for its usage
         (`stream_options.include_usage`); by default only grounded streams ask, the one endpoint
-        whose reference documents `stream_options`.
+        whose reference documents `stream_options`. `response_format` (OpenAI's `json_schema` or
+        `json_object`) becomes a forced call of one tool whose parameters are the schema, as Gloo
+        documents no `response_format`: see `complete()`.
         """
         payload: dict = {"messages": _as_messages(message, system)}
         payload.update({key: value for key, value in options.items() if value is not None})
+        schema = _structured_schema(response_format)
+        if schema is not None:
+            _structured_tools(payload, schema)
         if not any(key in payload for key in ("auto_routing", "model", "model_family")):
             payload["auto_routing"] = True
         if publisher is not None:
@@ -3465,8 +3526,12 @@ class GlooClient:
         """Stream a completion to the end and return its ChatResult.
 
         Failures before the stream raise; failures during it are recorded in `result.error`
-        with the partial text kept.
+        with the partial text kept. With `response_format=` (OpenAI's `{"type": "json_schema",
+        "json_schema": {"name", "schema"}}` or `{"type": "json_object"}`) the answer is the JSON
+        object the model gave: `result.parsed` (its text in `result.text`); one that is not JSON or
+        lacks the schema's required keys leaves `parsed` None and says why in `result.error`.
         """
+        schema = _structured_schema(options.get("response_format"))
         with self.stream(message, system=system, token=token, **options) as stream:
             try:
                 for delta in stream:
@@ -3474,7 +3539,10 @@ class GlooClient:
                         on_delta(delta)
             except StreamError as exc:
                 return exc.result or stream.result()
-            return stream.result()
+            result = stream.result()
+            if schema is not None:
+                _structured_result(result, stream.accumulator, schema)
+            return result
 
 
 class _EventStream:

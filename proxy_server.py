@@ -63,6 +63,11 @@ from gloo_stream import (
     StreamError,
     TokenError,
     UnexpectedResponseError,
+    _check_structured,
+    _structured_result,
+    _structured_schema,
+    _structured_text,
+    _structured_tools,
 )
 
 __all__ = ["SETTINGS", "ProxyConfig", "ProxyServer", "Setting", "main"]
@@ -803,51 +808,16 @@ def _unknown_field(key: str, policy: str, dropped: list[str], accepted: str) -> 
                       code="unsupported_field")
 
 
-_STRUCTURED_TOOL = "structured_answer"  # the forced tool that carries a response_format answer
-
-
-def _structured_output(body: dict[str, Any], payload: dict[str, Any]) -> str | None:
-    """OpenAI's `response_format` carried out the way Gloo can: a forced call of one tool whose parameters
-    are the schema (`json_object`: any object); the relay answers with the call's arguments as content.
-    Returns the tool's name, or None when no structured answer is asked for."""
-    spec = body.get("response_format")
-    if spec is None or (isinstance(spec, dict) and spec.get("type") == "text"):
-        return None
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "json_object":
-        schema: Any = {"type": "object"}
-    elif kind == "json_schema" and isinstance(spec.get("json_schema"), dict) \
-            and isinstance(spec["json_schema"].get("schema"), dict):
-        schema = spec["json_schema"]["schema"]
-    else:
-        raise _RelayError(400, 'response_format must be {"type": "text"}, {"type": "json_object"} or '
-                               '{"type": "json_schema", "json_schema": {"name", "schema"}}', code="invalid_field")
-    if payload.get("tools") or payload.get("tool_choice"):
-        raise _RelayError(400, "response_format together with tools cannot be carried out through Gloo "
-                               "(it becomes a forced tool call): send one or the other", code="invalid_field")
-    payload["tools"] = [{"type": "function", "function": {
-        "name": _STRUCTURED_TOOL, "description": "Give the answer in exactly this JSON shape.", "parameters": schema}}]
-    payload["tool_choice"] = "required"
-    return _STRUCTURED_TOOL
-
-
-def _check_structured(text: str, schema: Any) -> str | None:
-    """Why a structured answer does not fit (not JSON, or missing required keys, or a wrong top-level
-    type), or None. A cheap check, not a full JSON Schema validator."""
+def _structured_output(body: dict[str, Any], payload: dict[str, Any]) -> Any:
+    """OpenAI's `response_format` carried out as the library does it (a forced tool call whose arguments
+    the relay answers as content); returns the schema, or None when no structured answer is asked for."""
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return "the model's structured answer is not valid JSON"
-    if not isinstance(schema, dict):
-        return None
-    if schema.get("type") == "object":
-        if not isinstance(value, dict):
-            return "the model's structured answer is not a JSON object"
-        required = schema.get("required")
-        missing = [key for key in required if key not in value] if isinstance(required, list) else []
-        if missing:
-            return f"the model's structured answer lacks {', '.join(map(str, missing))}"
-    return None
+        schema = _structured_schema(body.get("response_format"))
+        if schema is not None:
+            _structured_tools(payload, schema)
+    except ConfigurationError as exc:
+        raise _RelayError(400, str(exc), code="invalid_field") from None
+    return schema
 
 
 def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "refuse") -> _CompletionRequest:
@@ -870,8 +840,8 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
         payload[target] = value
     _check_messages(payload.get("messages"))
     translated = _force_named_tool(payload)
-    structured = _structured_output(body, payload) if openai else None
-    if structured is not None:
+    schema = _structured_output(body, payload) if openai else None
+    if schema is not None:
         translated += ("response_format",)
     elif not openai and body.get("response_format") is not None:
         _unknown_field("response_format", policy, dropped, "of /api/stream (use /v1/chat/completions)")
@@ -902,8 +872,8 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
     prompt_chars = sum(len(m["content"]) for m in payload["messages"] if isinstance(m.get("content"), str))
     return _CompletionRequest(payload, bool(stream) or not openai, openai, include_usage, grounded, prompt_chars,
                               dropped=tuple(dropped), translated=translated,
-                              schema=payload["tools"][0]["function"]["parameters"] if structured else None,
-                              structured=structured is not None)
+                              schema=schema,
+                              structured=schema is not None)
 
 
 def _force_named_tool(payload: dict[str, Any]) -> tuple[str, ...]:
@@ -1198,16 +1168,11 @@ def _as_content(event: ServerSentEvent) -> ServerSentEvent:
     return event._replace(data=json.dumps(chunk))
 
 
-def _structured_text(stream: Any) -> str:
-    calls = stream.accumulator.tool_calls
-    return calls[0]["function"]["arguments"] if calls else stream.accumulator.text
-
-
 def _structured_problem(stream: Any, request: _CompletionRequest) -> str | None:
     """Why a finished structured answer does not fit its schema (None when it does)."""
     if stream.outcome.kind != "finished":
         return None
-    return _check_structured(_structured_text(stream), request.schema)
+    return _check_structured(_structured_text(stream.accumulator), request.schema)
 
 
 def _is_usage_chunk(data: str) -> bool:
@@ -2148,14 +2113,11 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(stream, ResponseStream):
             self._send_json(200, _response_object(stream))
         elif request.structured:
-            problem = _structured_problem(stream, request)
-            if problem is not None:
-                raise _RelayError(502, problem + "; ask again", error_type="upstream_error",
-                                  code="invalid_structured_output", outcome="invalid_structured_output")
             result = stream.result()
-            result.text, result.tool_calls = _structured_text(stream), []
-            if result.finish_reason == "tool_calls":
-                result.finish_reason = "stop"
+            _structured_result(result, stream.accumulator, request.schema)  # the library's own reading
+            if result.error is not None:
+                raise _RelayError(502, result.error + "; ask again", error_type="upstream_error",
+                                  code="invalid_structured_output", outcome="invalid_structured_output")
             self._send_json(200, _chat_completion(result))
         else:
             self._send_json(200, _chat_completion(stream.result()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import threading
@@ -143,6 +144,56 @@ class StreamingTests(SimulatorTestCase):
         self.assertGreaterEqual(result.duration_ms, 150)
         self.assertIsNotNone(result.ttft_ms)
         self.assertLessEqual(result.ttft_ms, result.duration_ms)
+
+
+class StructuredOutputTests(SimulatorTestCase):
+    """complete(response_format=...): the forced tool call that carries it out, and the parsed object."""
+
+    SCHEMA = {"type": "object", "properties": {"book": {"type": "string"}, "chapters": {"type": "integer"}},
+              "required": ["book", "chapters"]}
+
+    def fmt(self, schema=None):
+        return {"type": "json_schema", "json_schema": {"name": "book", "schema": schema or self.SCHEMA}}
+
+    def test_the_answer_is_the_parsed_object(self):
+        result = self.client().complete("Tell me about Mark", response_format=self.fmt())
+        self.assertIsNone(result.error)
+        self.assertEqual(set(result.parsed), {"book", "chapters"})
+        self.assertIsInstance(result.parsed["chapters"], int)
+        self.assertEqual(json.loads(result.text), result.parsed)
+        self.assertEqual((result.tool_calls, result.finish_reason), ([], "stop"))
+        sent = self.fake.requests[-1]["body"]
+        self.assertNotIn("response_format", sent)  # Gloo documents none: a forced tool instead
+        self.assertEqual(sent["tool_choice"], "required")
+        self.assertEqual([t["function"]["parameters"] for t in sent["tools"]], [self.SCHEMA])
+        self.assertIsInstance(self.client().complete("Hi", response_format={"type": "json_object"}).parsed, dict)
+        plain = self.client().complete("Hi", response_format={"type": "text"})
+        self.assertIsNone(plain.parsed)
+        self.assertNotIn("tools", self.fake.requests[-1]["body"])
+
+    def test_an_answer_that_does_not_fit_says_why(self):
+        for arguments, why in (('{"book": "Mark"', "not valid JSON"), ('{"book": "Mark"}', "lacks chapters")):
+            with self.subTest(arguments=arguments):
+                call = {"index": 0, "id": "call_1", "type": "function",
+                        "function": {"name": "structured_answer", "arguments": arguments}}
+                self.fake.enqueue(200, {"Content-Type": "text/event-stream"}, [
+                    b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}).encode()
+                    + b"\n\n",
+                    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n'])
+                result = self.client().complete("Hi", response_format=self.fmt())
+                self.assertIsNone(result.parsed)
+                self.assertIn(why, result.error)
+                self.assertEqual(result.text, arguments)  # what the model gave is kept
+
+    def test_a_bad_format_or_one_beside_tools_is_refused_before_any_request(self):
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        for options in ({"response_format": {"type": "xml"}}, {"response_format": "json"},
+                        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+                        {"response_format": self.fmt(), "tools": [tool]}):
+            with self.subTest(options=options):
+                with self.assertRaises(gloo_stream.ConfigurationError):
+                    self.client().complete("Hi", **options)
+        self.assertEqual(self.fake.requests, [])
 
 
 class MidStreamFailureTests(SimulatorTestCase):

@@ -16,7 +16,8 @@ import unittest
 from unittest import mock
 
 import gloo_stream
-from proxy_server import ProxyConfig, ProxyServer, _check_structured
+from gloo_stream import _check_structured
+from proxy_server import ProxyConfig, ProxyServer
 
 from tests.proxy_support import (
     SMUGGLED,
