@@ -2816,13 +2816,25 @@ def _status_error(status: int, body: str = "", headers: Mapping[str, str] | None
             status=status, body=body, headers=headers, location=_redact_url(location) if location else None,
         )
     cls = _status_class(status, body)
-    return cls(
-        _describe_status(status, _redact(body)),
-        status=status,
-        body=body,
-        headers=headers,
-        retry_after=_parse_retry_after(headers),
-    )
+    retry_after = _parse_retry_after(headers)
+    message = _describe_status(status, _redact(body))
+    if cls is SpendLimitError and retry_after is not None:
+        message += f" (it resets {_describe_reset(retry_after)})"
+    return cls(message, status=status, body=body, headers=headers, retry_after=retry_after)
+
+
+def _describe_reset(seconds: float, *, now: Callable[[], float] = time.time) -> str:
+    """When a wait of `seconds` ends, as a person reads it: "2026-12-14 00:00 UTC, in 5 days 3 h"."""
+    at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now() + seconds))
+    minutes = max(1, int(round(seconds / 60)))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{days} day{'s' if days != 1 else ''}"] if days else []
+    if hours:
+        parts.append(f"{hours} h")
+    if minutes and not days:
+        parts.append(f"{minutes} min")
+    return f"{at}, in {' '.join(parts)}"
 
 
 class RedirectError(APIStatusError):

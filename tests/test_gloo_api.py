@@ -181,8 +181,21 @@ class GlooErrorTests(GlooTestCase):
         self.assertFalse(error.retryable)
         self.assertEqual(error.code, "spend_limit_exceeded")
         self.assertTrue(str(error).startswith("Spend limit reached (429): Weekly spend limit reached"))
+        # When it resets, as a date and a time a person reads (the simulator's reset is days away).
+        self.assertRegex(str(error), r" \(it resets \d{4}-\d\d-\d\d \d\d:\d\d UTC, in \d+ days?( \d+ h)?\)$")
         self.assertEqual(self.sleeps, [])  # the reset is days away: no retry
         self.assertEqual(len(self.fake.requests), 1)
+
+    def test_a_reset_reads_as_a_date_and_a_wait(self):
+        now = lambda: 1796700000.0  # 2026-12-08 03:20 UTC  # noqa: E731
+        cases = [(30, "2026-12-08 03:20 UTC, in 1 min"), (5400, "2026-12-08 04:50 UTC, in 1 h 30 min"),
+                 (86400, "2026-12-09 03:20 UTC, in 1 day"),
+                 (5 * 86400 + 3 * 3600 + 100, "2026-12-13 06:21 UTC, in 5 days 3 h")]
+        for seconds, words in cases:
+            with self.subTest(seconds=seconds):
+                self.assertEqual(gloo_stream._describe_reset(seconds, now=now), words)
+        plain = gloo_stream._status_error(429, '{"error": "Weekly spend limit reached"}')
+        self.assertNotIn("resets", str(plain))  # no header, no guess
 
     def test_auth_error_codes(self):
         with self.assertRaises(AuthenticationError) as caught:
