@@ -1057,12 +1057,12 @@ fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
     document.documentElement.setAttribute("data-health", "unavailable");
   });
 
-/** "GPT-5 mini · $0.25/$2 per 1M" : a catalog entry as the picker shows it. */
+/** "GPT-5 mini · $0.25/$2": a catalog entry as the picker shows it (USD per 1M tokens in and out). */
 function modelLabel(model) {
   const name = typeof model.name === "string" && model.name ? model.name.slice(0, 60) : model.id.slice(0, 100);
   const p = model.pricing && typeof model.pricing === "object" ? model.pricing : null;
   const price = (value) => (typeof value === "number" && Number.isFinite(value) ? "$" + value : "?");
-  return p ? name + " \u00b7 " + price(p.input) + "/" + price(p.output) + " per 1M tokens" : name;
+  return p ? name + " \u00b7 " + price(p.input) + "/" + price(p.output) : name;
 }
 
 /** Fill the Responses model picker from the relay's catalog (index.html's list stays when there is none). */
@@ -1080,6 +1080,7 @@ function loadModels() {
       ui.responseModel.replaceChildren(...models.slice(0, 200).map((model) => {
         const option = el("option", "", modelLabel(model));
         option.value = model.id;
+        option.title = model.id + (model.pricing ? ": US dollars per million tokens, in / out" : "");
         return option;
       }));
       const keep = wanted.find((id) => typeof id === "string" && models.some((m) => m.id === id));
