@@ -310,7 +310,7 @@ function interruptsParagraph(line, lines, i) {
  * The blocks of `lines` (already split, no line ends). Each top-level block records `line`,
  * the index of its first line, and `next`, the index where the following block begins.
  */
-function parseLines(lines, depth) {
+function parseLines(lines, depth, carry = null) {
   const blocks = [];
   if (depth > MAX_DEPTH) {
     const text = lines.join("\n");
@@ -322,6 +322,21 @@ function parseLines(lines, depth) {
     block.line = first;
     blocks.push(block);
   };
+  // The rest of a list or a table whose first part was already reported done (parseIncremental).
+  if (carry && carry.type === "table") {
+    const rows = [], rowLines = [];
+    while (i < lines.length && isTableRow(lines[i])) {
+      rows.push(tableRow(lines[i], carry.align.length, depth));
+      rowLines.push(i++);
+    }
+    if (rows.length) push({ type: "table", align: carry.align, head: null, rows, continued: true, rowLines }, 0);
+  } else if (carry && carry.type === "list") {
+    const item = lines.length ? listItem(lines[0]) : null;
+    if (item && sameList(item, carry) && item.indent <= carry.indent + 3 && !thematicBreak(lines[0])) {
+      i = parseList(lines, 0, depth, push, carry);
+      blocks[blocks.length - 1].continued = true;
+    }
+  }
   while (i < lines.length) {
     const line = lines[i];
     if (isBlank(line)) {
@@ -406,17 +421,13 @@ function parseLines(lines, depth) {
     const align = tableStarts(lines, i);
     if (align) {
       const head = splitRow(line).map((cell) => parseInline(cell, depth));
-      const rows = [];
+      const rows = [], rowLines = [];
       i += 2;
-      while (i < lines.length && !isBlank(lines[i]) && lines[i].indexOf("|") !== -1 &&
-             !interruptsParagraph(lines[i], [], 0)) {
-        const cells = splitRow(lines[i]);
-        const row = [];
-        for (let c = 0; c < align.length; c++) row.push(parseInline(cells[c] || "", depth));
-        rows.push(row);
-        i++;
+      while (i < lines.length && isTableRow(lines[i])) {
+        rows.push(tableRow(lines[i], align.length, depth));
+        rowLines.push(i++);
       }
-      push({ type: "table", align, head, rows }, first);
+      push({ type: "table", align, head, rows, rowLines }, first);
       continue;
     }
     // A paragraph: until a blank line or a block that may interrupt it.
@@ -445,22 +456,38 @@ function stripPositions(blocks) {
   for (const block of blocks) {
     delete block.line;
     delete block.next;
+    delete block.itemLines;
+    delete block.rowLines;
+    delete block.first;
   }
   return blocks;
+}
+
+/** A line that continues a table: not blank, with a pipe, and not the start of another block. */
+function isTableRow(line) {
+  return !isBlank(line) && line.indexOf("|") !== -1 && !interruptsParagraph(line, [], 0);
+}
+
+function tableRow(line, columns, depth) {
+  const cells = splitRow(line);
+  const row = [];
+  for (let c = 0; c < columns; c++) row.push(parseInline(cells[c] || "", depth));
+  return row;
 }
 
 function sameList(a, b) {
   return a.ordered === b.ordered && a.marker === b.marker;
 }
 
-/** A list starting at lines[start]; returns the index after it. */
-function parseList(lines, start, depth, push) {
-  const first = listItem(lines[start]);
-  const items = [];
+/** A list starting at lines[start] (`first`: its first item, when it began before `lines`); returns the
+ * index after it. */
+function parseList(lines, start, depth, push, first = listItem(lines[start])) {
+  const items = [], itemLines = [];
   let loose = false, i = start;
   while (i < lines.length) {
     const item = listItem(lines[i]);
     if (!item || !sameList(item, first) || item.indent > first.indent + 3 || thematicBreak(lines[i])) break;
+    itemLines.push(i);
     const body = [item.text];
     let sawBlank = false;
     i++;
@@ -517,7 +544,7 @@ function parseList(lines, start, depth, push) {
       break;
     }
   }
-  push({ type: "list", ordered: first.ordered, start: first.start, loose, items }, start);
+  push({ type: "list", ordered: first.ordered, start: first.start, loose, items, itemLines, first }, start);
   return i;
 }
 
@@ -538,9 +565,16 @@ export function parse(text) {
  *
  * A block is done when the block after it has begun and two complete lines follow its end: a
  * block's end is decided by the next line, and a table or setext heading by one more. The
- * caller keeps `doneLength` characters as rendered and passes only the remainder next time.
+ * caller keeps `doneLength` characters as rendered and passes only the remainder next time,
+ * with the `carry` this call returned.
+ *
+ * A long list or table that is still open is split too, so that its finished part is not parsed
+ * (or rendered) again: the items whose next item has begun on a complete line, and the rows on
+ * complete lines, are reported done as a block marked `more: true`; the rest comes as a block
+ * marked `continued: true` (in `open` now, and in the next call, given the `carry`).
+ * `joinBlocks()` puts such pieces back together: the same blocks as `parse()` of the whole text.
  */
-export function parseIncremental(text) {
+export function parseIncremental(text, carry = null) {
   let source = String(text == null ? "" : text);
   if (source.indexOf("\u0000") !== -1) source = source.replace(/\u0000/g, "\uFFFD");
   // Lines with where each begins in `source` (CR, LF and CRLF all end a line).
@@ -558,16 +592,64 @@ export function parseIncremental(text) {
     lines.push(source.slice(pos, end));
     pos = end + (source[end] === "\r" && source[end + 1] === "\n" ? 2 : 1);
   }
-  const blocks = parseLines(lines, 0);
+  const blocks = parseLines(lines, 0, carry);
   const lastLine = lines.length - 1;  // possibly incomplete
   let doneCount = 0;
   while (doneCount < blocks.length - 1 && blocks[doneCount].next + 1 < lastLine) doneCount++;
-  const doneLength = doneCount > 0 ? starts[blocks[doneCount - 1].next] : 0;
-  return {
-    done: stripPositions(blocks.slice(0, doneCount)),
-    doneLength,
-    open: stripPositions(blocks.slice(doneCount)),
-  };
+  let doneLength = doneCount > 0 ? starts[blocks[doneCount - 1].next] : 0;
+  const done = blocks.slice(0, doneCount), open = blocks.slice(doneCount);
+  let next = null;
+  const last = open.length === 1 ? open[0] : null;
+  if (last && last.type === "list") {
+    // Item j is done once item j + 1 has begun on a complete line.
+    let j = last.itemLines.length - 1;
+    while (j > 0 && last.itemLines[j] >= lastLine) j--;
+    if (j > 0) {
+      done.push({ ...last, items: last.items.slice(0, j), more: true });
+      open[0] = { ...last, items: last.items.slice(j), continued: true };
+      doneLength = starts[last.itemLines[j]];
+    }
+    next = { type: "list", ordered: last.first.ordered, marker: last.first.marker, indent: last.first.indent };
+  } else if (last && last.type === "table") {
+    let r = 0;
+    while (r < last.rowLines.length && last.rowLines[r] < lastLine) r++;
+    if (r > 0) {
+      done.push({ ...last, rows: last.rows.slice(0, r), more: true });
+      open.length = 0;
+      if (r < last.rows.length) open.push({ ...last, head: null, rows: last.rows.slice(r), continued: true });
+      doneLength = r < last.rows.length ? starts[last.rowLines[r]] : starts[lastLine];
+    }
+    next = { type: "table", align: last.align };
+  }
+  // The next call's text begins where this one's done part ends: a split leaves it at the rest of the
+  // list or table (so `next` applies); nothing done leaves it where this call began (so `carry` still does).
+  const split = done.length > 0 && done[done.length - 1].more;
+  return { done: stripPositions(done), doneLength, open: stripPositions(open),
+           carry: split ? next : doneLength === 0 ? carry : null };
+}
+
+/** Blocks with split lists and tables (`more` / `continued`, from parseIncremental) joined again. */
+export function joinBlocks(blocks) {
+  const out = [];
+  for (const block of blocks) {
+    const prev = out[out.length - 1];
+    if (block.continued && prev && prev.more && prev.type === block.type) {
+      if (block.type === "list") {
+        prev.items = prev.items.concat(block.items);
+        prev.loose = prev.loose || block.loose;
+      } else {
+        prev.rows = prev.rows.concat(block.rows);
+      }
+      prev.more = Boolean(block.more);
+      continue;
+    }
+    out.push({ ...block });
+  }
+  for (const block of out) {
+    delete block.more;
+    delete block.continued;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------

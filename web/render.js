@@ -149,15 +149,38 @@ function table(block) {
   t.appendChild(thead);
   if (block.rows.length) {
     const tbody = el("tbody");
-    for (const row of block.rows) {
-      const tr = el("tr");
-      row.forEach((tokens, c) => tr.appendChild(cell("td", tokens, c)));
-      tbody.appendChild(tr);
-    }
+    for (const row of block.rows) tbody.appendChild(tableRow(row, block.align));
     t.appendChild(tbody);
   }
   wrap.appendChild(t);
   return wrap;
+}
+
+function tableRow(row, align) {
+  const tr = el("tr");
+  row.forEach((tokens, c) => {
+    const td = el("td", align[c] ? "align-" + align[c] : "");
+    appendInline(tokens, td);
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
+/** One list item; a task item marks its list as a task list. */
+function listItem(item, loose, list) {
+  const li = el("li");
+  if (item.task !== null) {
+    li.className = "task";
+    list.classList.add("task-list");
+    const box = el("input");
+    box.type = "checkbox";
+    box.disabled = true;
+    box.checked = item.task;
+    box.setAttribute("aria-label", item.task ? "done" : "not done");
+    li.appendChild(box);
+  }
+  appendBlocks(item.children, li, !loose);
+  return li;
 }
 
 /** One block's element. In a tight list item, paragraphs are inline (no P). */
@@ -193,21 +216,7 @@ function blockElement(block, tight) {
     case "list": {
       const list = el(block.ordered ? "ol" : "ul");
       if (block.ordered && block.start !== 1) list.setAttribute("start", String(block.start));
-      for (const item of block.items) {
-        const li = el("li");
-        if (item.task !== null) {
-          li.className = "task";
-          list.classList.add("task-list");
-          const box = el("input");
-          box.type = "checkbox";
-          box.disabled = true;
-          box.checked = item.task;
-          box.setAttribute("aria-label", item.task ? "done" : "not done");
-          li.appendChild(box);
-        }
-        appendBlocks(item.children, li, !block.loose);
-        list.appendChild(li);
-      }
+      for (const item of block.items) list.appendChild(listItem(item, block.loose, list));
       return list;
     }
     case "table":
@@ -255,39 +264,85 @@ function cursorHost(root) {
 /**
  * An answer being written: blocks that can no longer change are rendered once and kept; only the
  * open block (usually the last paragraph, list or code block) is rendered again on each update.
+ * A long list or table is split by the parser (parseIncremental): its finished items and rows are
+ * added once to the list or table on screen, and only its last item or rows are rendered again.
  */
 export class AnswerView {
   constructor(element) {
     this.element = element;
     this.offset = 0;      // characters of the text already rendered as finished blocks
-    this.live = [];       // the elements of the open blocks
+    this.carry = null;    // what the parser needs to go on with a split list or table
+    this.open = null;     // that list or table on screen: {node (the OL/UL or TBODY), loose, items}
+    this.live = [];       // the elements of the open blocks (rendered again on each update)
     this.cursor = null;
     element.replaceChildren();
   }
 
   /** Show `text` (the whole answer so far); `streaming` adds the cursor. */
   update(text, streaming = true) {
-    const step = parseIncremental(text.slice(this.offset));
+    const step = parseIncremental(text.slice(this.offset), this.carry);
     for (const node of this.live) node.remove();
-    if (step.done.length) {
-      const fragment = document.createDocumentFragment();
-      appendBlocks(step.done, fragment, false);
-      this.element.appendChild(fragment);
-      this.offset += step.doneLength;
-    }
+    if (this.cursor) this.cursor.remove();
+    this.live = [];
+    const done = document.createDocumentFragment();
+    for (const block of step.done) this.place(block, done, false);
+    this.element.appendChild(done);
+    this.offset += step.doneLength;
+    this.carry = step.carry;
     const open = document.createDocumentFragment();
-    appendBlocks(step.open, open, false);
-    this.live = Array.from(open.childNodes);
+    let inside = null;  // the last item or row added to the split list or table, when it is open
+    for (const block of step.open) inside = this.place(block, open, true) || inside;
+    this.live.push(...open.childNodes);
     if (streaming) {
       if (!this.cursor) {
         this.cursor = el("span", "cursor");
         this.cursor.setAttribute("aria-hidden", "true");
       }
-      const host = this.live.length ? cursorHost(open) : open;
-      (host === open ? open : host).appendChild(this.cursor);
+      const host = open.childNodes.length ? cursorHost(open) : inside ? cursorHost(this.open.node) : open;
+      host.appendChild(this.cursor);
       if (host === open) this.live.push(this.cursor);
     }
     this.element.appendChild(open);
+  }
+
+  /** Put one block on screen; returns the last node it added inside the split list or table, if any. */
+  place(block, parent, live) {
+    const split = this.open;
+    if (block.continued && split && split.kind === block.type) {
+      let last = null;
+      if (block.type === "list") {
+        if (block.loose && !split.loose) this.loosen(split);
+        for (const item of block.items) {
+          last = split.node.appendChild(listItem(item, split.loose, split.node));
+          if (live) this.live.push(last);
+          else split.items.push(item);
+        }
+      } else {
+        for (const row of block.rows) {
+          last = split.node.appendChild(tableRow(row, block.align));
+          if (live) this.live.push(last);
+        }
+      }
+      if (!live && !block.more) this.open = null;  // the list or table has ended
+      return last;
+    }
+    const node = blockElement(block, false);
+    if (node) parent.appendChild(node);
+    if (!live) {
+      const kind = block.type;
+      this.open = node && block.more ? { kind, node: kind === "list" ? node : node.querySelector("tbody"),
+                                         loose: block.loose, items: kind === "list" ? block.items.slice() : null }
+        : null;
+    }
+    return null;
+  }
+
+  /** A split list turned out loose (a blank line between later items): its finished items again, loose. */
+  loosen(split) {
+    split.loose = true;
+    const finished = split.items.map((item) => listItem(item, true, split.node));
+    for (const node of Array.from(split.node.children)) if (!this.live.includes(node)) node.remove();
+    split.node.prepend(...finished);
   }
 
   /** The final rendering: the open blocks once more, without the cursor. */

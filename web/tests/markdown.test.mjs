@@ -130,20 +130,42 @@ test("incremental parsing gives the same blocks as parsing the whole text, at ev
   const want = JSON.stringify(md.parse(doc));
   for (let cut = 0; cut <= doc.length; cut++) {
     // Stream the prefix: whatever is done is kept, and only the rest is parsed again, as the page does.
-    let done = [], offset = 0;
+    let done = [], offset = 0, carry = null;
     for (const end of [Math.floor(cut / 3), Math.floor(cut / 2), cut]) {
       if (end < offset) continue;
-      const step = md.parseIncremental(doc.slice(offset, end));
+      const step = md.parseIncremental(doc.slice(offset, end), carry);
       done = done.concat(step.done);
       offset += step.doneLength;
+      carry = step.carry;
     }
-    const finalStep = md.parseIncremental(doc.slice(offset, cut));
-    const got = JSON.stringify(done.concat(finalStep.done, finalStep.open));
+    const finalStep = md.parseIncremental(doc.slice(offset, cut), carry);
+    const got = JSON.stringify(md.joinBlocks(done.concat(finalStep.done, finalStep.open)));
     assert.equal(got, JSON.stringify(md.parse(doc.slice(0, cut))), "prefix " + cut);
   }
   const whole = md.parseIncremental(doc);
-  assert.equal(JSON.stringify(whole.done.concat(whole.open)), want);
+  assert.equal(JSON.stringify(md.joinBlocks(whole.done.concat(whole.open))), want);
   assert.ok(whole.done.length >= 8, "finished blocks are reported done");
+});
+
+test("a long open list or table is split: its finished items and rows are done, and never parsed again", () => {
+  const list = Array.from({ length: 200 }, (_, i) => (i + 1) + ". item **" + i + "**").join("\n");
+  const table = "| n | x |\n|---|:-:|\n" + Array.from({ length: 200 }, (_, i) => "| " + i + " | x" + i + " |").join("\n");
+  for (const [name, doc] of [["list", list + "\n\n- loose later\n\n- after"], ["table", table + "\n\nend"]]) {
+    // Streamed in 40-character steps, as the page does: the text parsed each time stays short.
+    let done = [], offset = 0, carry = null, longest = 0;
+    for (let end = 40; end < doc.length + 40; end += 40) {
+      const piece = doc.slice(offset, Math.min(end, doc.length));
+      longest = Math.max(longest, piece.length);
+      const step = md.parseIncremental(piece, carry);
+      done = done.concat(step.done);
+      offset += step.doneLength;
+      carry = step.carry;
+    }
+    const last = md.parseIncremental(doc.slice(offset), carry);
+    assert.ok(longest < 200, name + ": at most a few lines are parsed again (" + longest + " characters)");
+    assert.equal(JSON.stringify(md.joinBlocks(done.concat(last.done, last.open))), JSON.stringify(md.parse(doc)), name);
+    assert.ok(done.filter((b) => b.more).length > 10, name + ": reported done piece by piece");
+  }
 });
 
 test("random input never throws and always yields tokens", () => {
@@ -158,8 +180,9 @@ test("random input never throws and always yields tokens", () => {
     for (let k = 0; k < length; k++) text += pieces[Math.floor(random() * pieces.length)];
     assert.ok(Array.isArray(md.parse(text)), JSON.stringify(text));
     const inc = md.parseIncremental(text);
-    assert.equal(JSON.stringify(inc.done.concat(md.parseIncremental(text.slice(inc.doneLength)).done,
-      md.parseIncremental(text.slice(inc.doneLength)).open)), JSON.stringify(md.parse(text)), JSON.stringify(text));
+    const rest = md.parseIncremental(text.slice(inc.doneLength), inc.carry);
+    assert.equal(JSON.stringify(md.joinBlocks(inc.done.concat(rest.done, rest.open))), JSON.stringify(md.parse(text)),
+                 JSON.stringify(text));
   }
 });
 
