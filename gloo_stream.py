@@ -2892,7 +2892,7 @@ class TokenCache:
         self._token: str | None = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
-        self._attempts = 0
+        self._fetches_done = 0  # fetches finished (either way): a caller that saw fewer queued behind one
         self._last_failure: TokenError | None = None
         self.fetch_count = 0
 
@@ -2910,7 +2910,7 @@ class TokenCache:
         once instead of each trying again, so N callers fail in one timeout, not N. A failed
         early refresh keeps the still-valid token (with a warning) and tries again later.
         """
-        ticket = self._attempts
+        ticket = self._fetches_done  # read before waiting: a fetch that ends meanwhile answers this call too
         with self._lock:
             now = self._clock()
             token = self._token
@@ -2918,16 +2918,16 @@ class TokenCache:
                 return token
             valid = token is not None and now < self._expires_at
             failure = self._last_failure
-            if failure is not None and self._attempts != ticket:
+            if failure is not None and self._fetches_done != ticket:
                 if valid:
                     assert token is not None
                     return token
                 raise TokenError(str(failure), status=failure.status)
-            self._attempts += 1
             try:
                 self._fetch()
             except TokenError as exc:
                 self._last_failure = exc
+                self._fetches_done += 1
                 if not valid:
                     raise
                 assert token is not None
@@ -2937,6 +2937,7 @@ class TokenCache:
                             "next try in %.0fs", exc, left, self._refresh_at - now)
                 return token
             self._last_failure = None
+            self._fetches_done += 1
             assert self._token is not None
             return self._token
 

@@ -158,7 +158,7 @@ class AccumulatorTests(unittest.TestCase):
         self.assertEqual(sorted(result.to_dict()), sorted([
             "text", "token_count", "duration_ms", "finish_reason", "ttft_ms", "model", "usage", "tool_calls",
             "error", "id", "provider", "sources", "sources_returned", "sources_dropped", "model_family",
-            "routing_mechanism", "routing_tier", "routing_confidence", "tradition", "outcome"]))
+            "routing_mechanism", "routing_tier", "routing_confidence", "tradition", "outcome", "parsed"]))
 
     def test_random_chunks_never_raise(self):
         rng = random.Random(11)

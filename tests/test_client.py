@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import threading
-import time
 import unittest
 
 import gloo_stream
@@ -234,10 +233,8 @@ class MidStreamFailureTests(SimulatorTestCase):
         self.assertEqual(len(self.fake.requests), 1)
 
     def test_stall_hits_the_idle_timeout(self):
-        started = time.monotonic()
         result = self.client(read_timeout=0.3).complete("[[echo]] one two three [[stall]]")
-        self.assertLess(time.monotonic() - started, 3)
-        self.assertIn("no data", result.error)
+        self.assertIn("no data from the server for 0.3s", result.error)  # this timeout, not another
         self.assertEqual(result.text, "one")  # the first content chunk, then silence
         self.assertTrue(self.fake.wait_for_disconnect(3))
 
@@ -248,10 +245,8 @@ class MidStreamFailureTests(SimulatorTestCase):
 
     def test_total_deadline(self):
         self.fake.delay = 0.05
-        started = time.monotonic()
         result = self.client(deadline=0.4).complete("Hi [[long:200]]")
-        self.assertLess(time.monotonic() - started, 3)
-        self.assertIn("deadline", result.error)
+        self.assertIn("passed its 0.4s deadline", result.error)
 
     def test_event_over_the_limit(self):
         result = self.client(max_event_bytes=64 * 1024).complete("[[huge_event:300000]]")
@@ -337,11 +332,9 @@ class EarlyStopTests(SimulatorTestCase):
         next(iterator)
         timer = threading.Timer(0.2, stream.abort)
         timer.start()
-        started = time.monotonic()
-        with self.assertRaises(ConnectionLostError):
+        with self.assertRaises(ConnectionLostError):  # (without the abort: a StreamTimeoutError, 60 s on)
             for _ in iterator:
                 pass
-        self.assertLess(time.monotonic() - started, 2)
 
 
 class PreStreamStatusTests(SimulatorTestCase):

@@ -3,7 +3,6 @@
 import json
 import socket
 import threading
-import time
 import unittest
 
 import gloo_stream
@@ -324,9 +323,7 @@ class FinishGraceTests(unittest.TestCase):
         client = self.serve(content("Hel") + content("lo") + finish("stop"))
         stream = client.stream("Hi")
         stream.finish_grace = 0.2
-        started = time.monotonic()
-        self.assertEqual("".join(stream), "Hello")
-        self.assertLess(time.monotonic() - started, 5)  # not the 30 s idle timeout
+        self.assertEqual("".join(stream), "Hello")  # (the idle timeout would have been an error, 30 s on)
         result = stream.result()
         self.assertEqual((result.finish_reason, result.error, result.outcome.kind), ("stop", None, "finished"))
 

@@ -194,18 +194,19 @@ class RelayTests(ProxyTestCase):
 
     def test_first_event_arrives_before_the_stream_ends(self):
         sock = self.raw_socket()
-        body = json.dumps({"messages": [{"role": "user", "content": "[[slow:0.1]] [[long:15]]"}]}).encode()
-        started = time.monotonic()
+        body = json.dumps({"messages": [{"role": "user", "content": "[[slow:0.1]] [[long:15]] [[stamp]]"}]}).encode()
         sock.sendall(raw_request("/api/stream", body))
         received = b""
         while b"data: " not in received:
             received += sock.recv(65536)
-        first_at = time.monotonic() - started
+        first_at = time.time_ns()
         rest = read_until_closed_or_terminated(sock)
-        total = time.monotonic() - started
-        self.assertLess(first_at, 0.6)
-        self.assertGreater(total, 1.2)
         self.assertTrue(rest.endswith(b"0\r\n\r\n"))
+        # The simulator stamps each chunk as it writes it: the first was here before the last was sent.
+        sent = [event["sent_ns"] for event in data_events((received + rest).decode("utf-8", "replace"))
+                if isinstance(event, dict) and "sent_ns" in event]
+        self.assertGreater(len(sent), 15)
+        self.assertLess(first_at, max(sent))
 
 
 def read_until_closed_or_terminated(sock: socket.socket) -> bytes:
@@ -363,10 +364,8 @@ class BadRequestTests(ProxyTestCase):
         sock = self.raw_socket(proxy, timeout=5)
         sock.sendall(b"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"messages\"")
-        started = time.monotonic()
         status, _, _ = split_head(read_until_closed(sock))
-        self.assertEqual(status, 408)
-        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(status, 408)  # the request timeout's answer (the socket's own is 5 s)
 
 
 class LimitTests(ProxyTestCase):
@@ -456,7 +455,6 @@ class LimitTests(ProxyTestCase):
     def test_slowloris_headers_cut_off(self):
         proxy = self.start_proxy(request_timeout_seconds=0.5)
         sock = self.raw_socket(proxy, timeout=5)
-        started = time.monotonic()
         sock.sendall(b"GET /health HTTP/1.1\r\n")
         closed = False
         for byte in b"X-Slow: abcdefghijklmnop":
@@ -468,14 +466,11 @@ class LimitTests(ProxyTestCase):
             time.sleep(0.1)
         response = read_until_closed(sock)
         self.assertTrue(closed or response.startswith(b"HTTP/1.1 408"), response[:80])
-        self.assertLess(time.monotonic() - started, 4)
 
     def test_idle_keep_alive_connection_is_closed(self):
         proxy = self.start_proxy(request_timeout_seconds=0.3)
         sock = self.raw_socket(proxy, timeout=5)
-        started = time.monotonic()
-        self.assertEqual(sock.recv(10), b"")
-        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(sock.recv(10), b"")  # closed by the proxy (the socket's own timeout would raise)
 
     def test_client_that_stops_reading_is_cut_off(self):
         proxy = self.start_proxy(write_timeout_seconds=0.5, rate_limit_per_minute=0)
@@ -678,9 +673,7 @@ class TimingTests(ProxyTestCase):
         self.assertEqual(data_events(text)[-1]["choices"][0]["finish_reason"], "stop")
 
     def test_idle_upstream_ends_with_an_error_event(self):
-        started = time.monotonic()
         status, _, body = self.post_stream("Hi [[stall]]")
-        self.assertLess(time.monotonic() - started, 3)
         events = data_events(body.decode())
         self.assertEqual(events[-1]["error"]["type"], "upstream_timeout")
         self.assertTrue(self.fake.wait_for_disconnect(3))
@@ -694,10 +687,8 @@ class DisconnectTests(ProxyTestCase):
         received = b""
         while b"data: " not in received:
             received += sock.recv(65536)
-        closed_at = time.monotonic()
         sock.close()
-        self.assertTrue(self.fake.wait_for_disconnect(3))
-        self.assertLess(time.monotonic() - closed_at, 1.5)
+        self.assertTrue(self.fake.wait_for_disconnect(3))  # (a stalled upstream holds 60 s unless closed)
         self.assertTrue(self.logs.wait_for("client_gone"))
         deadline = time.monotonic() + 3
         while self.proxy.active_streams and time.monotonic() < deadline:
@@ -899,9 +890,8 @@ class HTTPNitTests(ProxyTestCase):
 class ClientDepartureTests(ProxyTestCase):
     """#11 defects 2 and 3: the upstream is closed soon after the client goes, in every case."""
 
-    def wait_closed(self, closed_at: float) -> None:
-        self.assertTrue(self.fake.wait_for_disconnect(3))
-        self.assertLess(time.monotonic() - closed_at, 1.5)
+    def wait_closed(self) -> None:
+        self.assertTrue(self.fake.wait_for_disconnect(3))  # (a stalled upstream holds 60 s unless closed)
 
     def test_non_streaming_v1_closes_the_upstream_when_the_client_goes(self):
         sock = self.raw_socket()
@@ -912,9 +902,8 @@ class ClientDepartureTests(ProxyTestCase):
         while not self.fake.requests and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)  # the upstream is generating
-        closed_at = time.monotonic()
         sock.close()
-        self.wait_closed(closed_at)
+        self.wait_closed()
         self.assertTrue(self.logs.wait_for("client_gone"))
 
     def test_non_streaming_v1_caps_the_buffered_answer(self):
@@ -940,9 +929,8 @@ class ClientDepartureTests(ProxyTestCase):
                 if when == "mid-stream":
                     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nmore bytes")
                     time.sleep(0.1)
-                closed_at = time.monotonic()
                 sock.close()
-                self.wait_closed(closed_at)
+                self.wait_closed()
 
 
 class OriginDefectTests(ProxyTestCase):
@@ -1095,10 +1083,10 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
         self.addCleanup(grace.stop)
         for path in ("/api/stream", "/v1/chat/completions"):
             with self.subTest(path=path):
-                self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=20)
-                started = time.monotonic()
+                # Held open and silent for a minute: only the finish grace can end it within the
+                # request's 10 s socket timeout (the idle timeout is 30 s).
+                self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=60)
                 status, _, body = self.request("POST", path, dict(PROMPT, stream=True), proxy=proxy)
-                self.assertLess(time.monotonic() - started, 5)  # the finish grace, not the 30 s idle timeout
                 events = data_events(body.decode())
                 self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events), events)
                 if path.startswith("/v1"):
@@ -1198,10 +1186,8 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
     def test_a_429_is_passed_straight_through_never_waited_on(self):
         self.upstream.answer(429, [b'{"error": "slow down", "code": "too_many_requests"}'],
                              headers={"Retry-After": "30"})
-        started = time.monotonic()
-        status, headers, _ = self.post_stream("Hi")
+        status, headers, _ = self.post_stream("Hi")  # (waiting 30 s would pass the socket's 10 s timeout)
         self.assertEqual((status, headers["retry-after"]), (429, "30"))
-        self.assertLess(time.monotonic() - started, 5)
         self.assertEqual(len(self.upstream.requests), 1)
 
     def test_other_failures_are_retried_at_most_once(self):
@@ -1650,11 +1636,9 @@ class StartupTests(unittest.TestCase):
         first = response.read1(100)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
-        started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rest = response.read()
-        out, err = proc.communicate(timeout=10)
-        self.assertLess(time.monotonic() - started, 5)
+        out, err = proc.communicate(timeout=10)  # (the stream would go on for 20 s)
         self.assertEqual(proc.returncode, 130, err)
         events = data_events((first + rest).decode())
         self.assertEqual(events[-1]["error"]["type"], "proxy_shutdown")
