@@ -371,8 +371,8 @@ def _parse_error_body(body: str) -> _ErrorBody:
     if isinstance(error, str):
         text = error
     elif isinstance(error, dict):
-        message = error.get("message")
-        text = message if isinstance(message, str) else ""
+        message, kind = error.get("message"), error.get("type")
+        text = message if isinstance(message, str) else kind.replace("_", " ") if isinstance(kind, str) else ""
         if code is None:
             code = error.get("code") if error.get("code") is not None else error.get("type")
     detail = data.get("detail")
@@ -2000,19 +2000,103 @@ class _ChunkedDecoder:
         return b"".join(out) if len(out) != 1 else out[0]
 
 
-class _BodyReader:
-    """One socket read's worth of a streaming response's body at a time (ChatStream reads through it)."""
+class _LentSocket:
+    """The socket under a response, as its reader sees it: to poll it, time it, or shut it down.
 
-    def __init__(self, response: _StreamingResponse) -> None:
+    Once the response is closed its connection may already serve another request from the
+    pool, so a late `shutdown()` (an abort from another thread) or `settimeout()` does nothing.
+    """
+
+    def __init__(self, response: Any, sock: socket.socket) -> None:
         self._response = response
+        self._sock = sock
+
+    def _lent(self) -> bool:
+        return getattr(self._response, "fp", None) is not None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def settimeout(self, timeout: float | None) -> None:
+        if self._lent():
+            self._sock.settimeout(timeout)
+
+    def shutdown(self, how: int) -> None:
+        if self._lent():
+            self._sock.shutdown(how)
+
+    def pending(self) -> int:
+        pending = getattr(self._sock, "pending", None)
+        return pending() if pending is not None and self._lent() else 0
+
+
+class _Body:
+    """The transport's front door: how everything above this section reads a response's body.
+
+    Chosen once per response. The pool's own responses (`_StreamingResponse`) are read one socket
+    read at a time through their framing, and can be waited on (`fileno`, `buffered`), timed
+    (`settimeout`), made non-blocking and aborted from any thread. Any other response (a test
+    double, a foreign urllib handler's) is read with read1()/read(), and has no socket.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        fp = getattr(response, "fp", None)
+        self._reader: _SocketReader | None = fp if isinstance(fp, _SocketReader) else None
+        self.socket = _LentSocket(response, fp.sock) if isinstance(fp, _SocketReader) else None
+        self._eof = False
 
     @property
     def eof(self) -> bool:
-        return self._response.body_eof
+        """True once the body has ended (its framing says so, or the connection closed)."""
+        return self.response.body_eof if self._reader is not None else self._eof
 
     def read(self) -> bytes:
-        """Body bytes from one socket read (b"" when only framing came); `eof` is set at the end."""
-        return self._response.read_some()
+        """Body bytes from one read (b"" when only framing came: check `eof`)."""
+        if self._reader is not None:
+            return self.response.read_some()
+        read1 = getattr(self.response, "read1", None)
+        data = read1(_READ_SIZE) if read1 is not None else self.response.read(_READ_SIZE)
+        self._eof = not data
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and held, not yet read: read them before waiting on the socket."""
+        return self._reader.buffered if self._reader is not None else 0
+
+    @property
+    def pollable(self) -> bool:
+        """Whether there is a socket to wait on, time and abort (the pool's responses)."""
+        return self.socket is not None
+
+    def begin(self, read_timeout: float | None, *, timed: bool = True) -> None:
+        """The status and headers are in: the headers' deadline is over, and (when `timed`) the
+        body's own idle timeout, `read_timeout`, applies from here."""
+        if self._reader is not None and self.socket is not None:
+            if timed:
+                self.socket.settimeout(read_timeout)
+            self._reader.deadline = None
+
+    def settimeout(self, timeout: float | None) -> None:
+        if self.socket is not None:
+            self.socket.settimeout(timeout)
+
+    def fileno(self) -> int:
+        if self.socket is None:
+            raise GlooError("this stream has no socket to wait on")
+        return self.socket.fileno()
+
+    def abort(self) -> None:
+        """Cut the connection from any thread: a read blocked in another thread returns at once."""
+        if self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 _DRAIN_BYTES = 64 * 1024  # at close, read at most this much already-arrived body to find its end
@@ -2682,45 +2766,6 @@ def _redacted_headers(headers: Mapping[str, str] | None) -> _Headers:
     return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
 
 
-class _LentSocket:
-    """The socket under a response, as its reader sees it: to poll it, time it, or shut it down.
-
-    Once the response is closed its connection may already serve another request from the
-    pool, so a late `shutdown()` (an abort from another thread) or `settimeout()` does nothing.
-    """
-
-    def __init__(self, response: Any, sock: socket.socket) -> None:
-        self._response = response
-        self._sock = sock
-
-    def _lent(self) -> bool:
-        return getattr(self._response, "fp", None) is not None
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def gettimeout(self) -> float | None:
-        return self._sock.gettimeout()
-
-    def settimeout(self, timeout: float | None) -> None:
-        if self._lent():
-            self._sock.settimeout(timeout)
-
-    def shutdown(self, how: int) -> None:
-        if self._lent():
-            self._sock.shutdown(how)
-
-    def pending(self) -> int:
-        pending = getattr(self._sock, "pending", None)
-        return pending() if pending is not None and self._lent() else 0
-
-
-def _response_socket(response: Any) -> _LentSocket | None:
-    """The socket under an http.client response, to poll it or shut it down from another thread."""
-    fp = getattr(response, "fp", None)
-    return _LentSocket(response, fp.sock) if isinstance(fp, _SocketReader) else None
-
-
 def _read_error_body(error: urllib.error.HTTPError) -> str:
     try:
         data = error.read(_ERROR_BODY_LIMIT)
@@ -3042,6 +3087,7 @@ Messages = Union[str, Sequence[Mapping[str, Any]]]
 ResponseInput = Union[str, Sequence[Mapping[str, Any]]]
 
 _GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
+_ROUTING_FIELDS = ("auto_routing", "model", "model_family")  # exactly one of them picks the model
 
 
 def is_grounded(payload: Mapping[str, Any]) -> bool:
@@ -3262,7 +3308,7 @@ class GlooClient:
         schema = _structured_schema(response_format)
         if schema is not None:
             _structured_tools(payload, schema)
-        if not any(key in payload for key in ("auto_routing", "model", "model_family")):
+        if not any(key in payload for key in _ROUTING_FIELDS):
             payload["auto_routing"] = True
         if publisher is not None:
             payload["rag_publisher"] = publisher
@@ -3374,11 +3420,7 @@ class GlooClient:
                     body=data.decode("utf-8", "replace"),
                     content_type=content_type,
                 )
-            sock = _response_socket(response)
-            if sock is not None:
-                sock.settimeout(self.read_timeout)
-        if isinstance(getattr(response, "fp", None), _SocketReader):
-            response.fp.deadline = None  # the body has its own idle timeout and deadline
+        _Body(response).begin(self.read_timeout, timed=bool(payload.get("stream")))
         return response
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
@@ -3584,10 +3626,7 @@ class _EventStream:
             self.finish_grace = finish_grace
         self.tap: Callable[[bytes], None] | None = None  # sees each body read's bytes before decoding
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
-        self._sock = _response_socket(response)
-        fp = getattr(response, "fp", None)
-        self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
-        self._eof = False
+        self._body = _Body(response)  # the only way to the response's bytes and its socket
         self._closed = False
         self._finished_at: float | None = None  # when the accumulator first said finished
         self._progress_at = clock()  # the last whole event, or the last read that left nothing half-done
@@ -3625,12 +3664,7 @@ class _EventStream:
 
     def abort(self) -> None:
         """Cut the connection from any thread: a read blocked in another thread returns at once."""
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._body.abort()
 
     @property
     def closed(self) -> bool:
@@ -3680,7 +3714,8 @@ class _EventStream:
 
     def settle(self) -> bool:
         """Non-blocking, after the answer: read what has come of the body's end; True once closed."""
-        if self._closed or self._body is None:
+        if self._closed or not self._body.pollable:
+            self.close()
             return True
         budget = _DRAIN_BYTES
         try:
@@ -3697,32 +3732,24 @@ class _EventStream:
     def _read(self, grace: float | None = None) -> bytes:
         if self.deadline is not None and self._clock() - self.accumulator.started >= self.deadline:
             raise socket.timeout("deadline")
-        if self._blocking and self._sock is not None and (
+        if self._blocking and self._body.pollable and (
                 self.deadline is not None or grace is not None or self._decoder.has_partial_event):
             limits = [t for t in (self.read_timeout, grace) if t is not None]
             if self.read_timeout is not None and self._decoder.has_partial_event:
                 limits.append(self.read_timeout - (self._clock() - self._progress_at))
             if self.deadline is not None:
                 limits.append(self.deadline - (self._clock() - self.accumulator.started))
-            self._sock.settimeout(max(0.001, min(limits)))
-        if self._body is not None:
-            return self._body.read()
-        read1 = getattr(self.response, "read1", None)
-        data = read1(_READ_SIZE) if read1 is not None else self.response.read(_READ_SIZE)
-        self._eof = not data
-        return data
+            self._body.settimeout(max(0.001, min(limits)))
+        return self._body.read()
 
     def fileno(self) -> int:
         """The connection's file descriptor, to wait on it with select/poll."""
-        if self._sock is None:
-            raise GlooError("this stream has no socket to wait on")
-        return self._sock.fileno()
+        return self._body.fileno()
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded: read them before waiting on the socket."""
-        fp = getattr(self.response, "fp", None)
-        return fp.buffered if isinstance(fp, _SocketReader) else 0
+        return self._body.buffered
 
     def read_batch(self) -> list[ServerSentEvent] | None:
         """One network read's worth of events (possibly none), folded into `accumulator`; None at the end.
@@ -3736,7 +3763,7 @@ class _EventStream:
 
     def _next_batch(self) -> tuple[list[ServerSentEvent], list[dict]] | None:
         accumulator = self.accumulator
-        if self._closed or self._eof or accumulator.done:
+        if self._closed or self._body.eof or accumulator.done:
             self._end_of_body()
             return None
         grace = self.grace_remaining()
@@ -3767,10 +3794,8 @@ class _EventStream:
                     return None
                 raise self._fail(ConnectionLostError,
                                  f"connection lost mid-stream: {_describe_os_error(exc)}") from None
-            if self._body is not None and self._body.eof:
-                self._eof = True
             if not data:
-                if self._eof:
+                if self._body.eof:
                     self._end_of_body()
                     return None
                 return [], []  # only transfer framing arrived
@@ -3831,8 +3856,8 @@ class _EventStream:
             if self._finished_at is None:
                 raise self._fail(EventTooLargeError, str(exc)) from None
         finally:
-            if (not self._blocking and self.accumulator.done and not self._eof and not self._closed
-                    and self._body is not None):
+            if (not self._blocking and self.accumulator.done and not self._body.eof and not self._closed
+                    and self._body.pollable):
                 self.settling = True  # [DONE] came first: settle() reads the body's end as it arrives
             else:
                 self.close()
@@ -4039,9 +4064,7 @@ class TutorialResponse:
         self.status_code: int = getattr(response, "status", 200)
         self.headers = response.headers
         self.url = getattr(response, "url", None)
-        fp = getattr(response, "fp", None)
-        self._body = _BodyReader(response) if isinstance(fp, _SocketReader) else None
-        self._eof = False
+        self._body = _Body(response)
         self._content: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -4068,14 +4091,8 @@ class TutorialResponse:
 
     def _read(self) -> bytes:
         """The next body bytes as they arrive; b"" once the body has ended."""
-        while not self._eof:
-            if self._body is not None:
-                data = self._body.read()
-                self._eof = self._body.eof
-            else:
-                read1 = getattr(self.raw, "read1", None)
-                data = read1(_READ_SIZE) if read1 is not None else self.raw.read(_READ_SIZE)
-                self._eof = not data
+        while not self._body.eof:
+            data = self._body.read()
             if data:
                 return data
         return b""

@@ -63,7 +63,9 @@ from gloo_stream import (
     StreamError,
     TokenError,
     UnexpectedResponseError,
+    _ROUTING_FIELDS,
     _check_structured,
+    _header,
     _structured_result,
     _structured_schema,
     _structured_text,
@@ -601,49 +603,15 @@ class _RelayError(Exception):
         return cls(status, message, error_type=kind, code=status if code is None else code, outcome=kind)
 
 
-def _upstream_message(body: str) -> tuple[str, Any]:
-    """Gloo's own words from an error body, and its code: {"error", "code"}, {"detail": [...]}, OpenAI's shape."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return "", None
-    if not isinstance(parsed, dict):
-        return "", None
-    detail = parsed.get("detail")
-    if isinstance(detail, list):  # FastAPI validation: [{"loc": [...], "msg": ..., "type": ...}]
-        return "; ".join(_describe_validation(item) for item in detail[:5])[:300], "validation_error"
-    if isinstance(detail, str):
-        return detail[:300], parsed.get("code") if isinstance(parsed.get("code"), str) else None
-    error = parsed.get("error")
-    code = parsed.get("code")
-    if isinstance(error, dict):  # OpenAI's and Gloo's nested envelope: {"error": {message, type, code, ...}}
-        message, code = error.get("message") or error.get("detail"), error.get("code", code)
-        if not isinstance(message, str) and isinstance(error.get("type"), str):
-            message = error["type"].replace("_", " ")
-        if code is None and isinstance(error.get("type"), str):
-            code = error["type"]
-    else:
-        message = error
-    if not isinstance(message, str):
-        return "", None
-    return message[:300], code if isinstance(code, (str, int)) and not isinstance(code, bool) else None
-
-
-def _describe_validation(item: Any) -> str:
-    if not isinstance(item, dict):
-        return str(item)[:100] if isinstance(item, (str, int, float)) else "invalid value"
-    loc = item.get("loc")
-    where = ".".join(str(part) for part in loc if part != "body") if isinstance(loc, list) else ""
-    message = item.get("msg")
-    if not isinstance(message, str):
-        message = "invalid value"
-    return f"{where}: {message}" if where else message
+def _upstream_message(exc: APIStatusError) -> tuple[str, Any]:
+    """Gloo's own words from an error body and its code, as the library read them (one reading of
+    every shape: `{"error", "code"}`, `{"detail": [...]}`, the nested envelope)."""
+    return exc.reason[:300], "validation_error" if exc.detail else exc.code
 
 
 def _retry_after(exc: APIStatusError) -> str:
     """The upstream's own Retry-After when it is a plain number of seconds, else the library's reading."""
-    headers = {name.lower(): value for name, value in (exc.headers or {}).items()}
-    raw = str(headers.get("retry-after", "")).strip()
+    raw = _header(exc.headers or {}, "Retry-After").strip()
     if raw.isdigit() and raw.isascii() and 0 < len(raw) <= 6 and int(raw) > 0:
         return raw
     wait = exc.retry_after if exc.retry_after is not None and math.isfinite(exc.retry_after) else 1
@@ -654,7 +622,7 @@ def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
     """What a failure before the first byte becomes for the client: (metrics kind, error)."""
     if isinstance(exc, APIStatusError):
         status = exc.status
-        message, code = _upstream_message(exc.body)
+        message, code = _upstream_message(exc)
         if status in (400, 422):
             return "bad_request", _RelayError(status, message or "the upstream rejected the request",
                                               code=code if code is not None else status)
@@ -667,9 +635,9 @@ def _from_upstream(exc: Exception) -> tuple[str, _RelayError]:
                                             error_type="permission_error", code=code or "forbidden")
         if status == 429:
             headers = {"Retry-After": _retry_after(exc)}
-            reset = {name.lower(): value for name, value in (exc.headers or {}).items()}.get("x-ratelimit-reset")
-            if reset is not None and str(reset).strip().isdigit():
-                headers["X-RateLimit-Reset"] = str(reset).strip()
+            reset = _header(exc.headers or {}, "X-RateLimit-Reset").strip()
+            if reset.isdigit():
+                headers["X-RateLimit-Reset"] = reset
             return "rate_limited", _RelayError(429, message or "the upstream is rate limiting; try again later",
                                                error_type="rate_limit_error",
                                                code=code or "upstream_rate_limited", headers=headers)
@@ -761,8 +729,6 @@ _GLOO_FIELDS = frozenset({
     "tools", "tool_choice", "parallel_tool_calls", "stream_options", "rag_publisher", "sources_limit",
     "include_citations",
 })
-_ROUTING_FIELDS = ("auto_routing", "model", "model_family")
-_GROUNDED_FIELDS = ("rag_publisher", "sources_limit")
 _RENAMED_FIELDS = {"max_completion_tokens": "max_tokens"}  # OpenAI's name -> Gloo's
 _HARMLESS_DEFAULTS = {"n": 1}  # OpenAI fields accepted when they ask for what Gloo does anyway
 
@@ -865,7 +831,7 @@ def _completion_request(body: dict[str, Any], *, openai: bool, policy: str = "re
     if (not openai or not stream) and options is None:
         # An OpenAI answer always reports its usage; the page's footer shows it and the answer's cost.
         payload["stream_options"] = {"include_usage": True}
-    grounded = any(key in payload for key in _GROUNDED_FIELDS)
+    grounded = gloo_stream.is_grounded(payload)
     if grounded:
         payload.setdefault("include_citations", True)  # as the library asks (GlooClient.build_payload)
     payload["stream"] = True
@@ -2418,7 +2384,7 @@ class ProxyServer(ThreadingHTTPServer):
         if ":" in str(self.config.host):
             self.address_family = socket.AF_INET6  # `::` or `::1`: an IPv6 listener
         super().__init__((self.config.host, int(self.config.port)), _Handler)
-        self.loopback_only = self._is_loopback(self.host)
+        self.loopback_only = _is_loopback_name(self.host)
         self.origins = _Origins(self)
         self.workers = _Workers()  # a thread per connection while it is read, checked and opened upstream
         self.relays = _StreamLoop(self)  # the streaming phase of every stream
@@ -2446,13 +2412,6 @@ class ProxyServer(ThreadingHTTPServer):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
-
-    @staticmethod
-    def _is_loopback(host: str) -> bool:
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return host == "localhost"
 
     def is_trusted(self, address: str) -> bool:
         """True when `address` is in PROXY_TRUSTED_PROXIES."""
