@@ -40,9 +40,9 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 from collections.abc import Iterable, Mapping, Sequence
 
 try:
@@ -231,9 +231,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream_api_key", "GLOO_API_KEY", "secret", None, "a Gloo Studio API key (instead of OAuth)",
             flag=None, library=True),
 )
-_PYTHON_TYPES = {"str": Optional[str], "secret": Optional[str], "int": int, "float": float,
-                 "list": tuple[str, ...], "choice": str}
-
 
 def _normalise_origin(text: str) -> str:
     """An origin as browsers send it: lower-case scheme and host, no default port, no trailing slash."""
@@ -257,17 +254,51 @@ def _normalise_origin(text: str) -> str:
     return f"{scheme}://{host}"
 
 
-class _ConfigMethods:
-    """The behaviour of ProxyConfig; its fields come from SETTINGS."""
+_SETTING_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
-    if TYPE_CHECKING:  # the fields are made from SETTINGS at run time, so a type checker sees them as Any
-        def __init__(self, **fields: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
-        cors_origins: tuple[str, ...]
-        allowed_hosts: tuple[str, ...]
+
+def _default(name: str) -> Any:
+    return _SETTING_BY_NAME[name].default
+
+
+@dataclass
+class ProxyConfig:
+    """Everything the proxy needs: one typed field per entry of SETTINGS, its default taken from the
+    table (the suite checks that the two match). `from_env()` reads PROXY_* variables."""
+
+    host: str = _default("host")
+    port: int = _default("port")
+    cors_origins: tuple[str, ...] = _default("cors_origins")
+    allowed_hosts: tuple[str, ...] = _default("allowed_hosts")
+    api_key: str | None = field(default=_default("api_key"), repr=False)
+    max_body_bytes: int = _default("max_body_bytes")
+    max_answer_bytes: int = _default("max_answer_bytes")
+    max_streams: int = _default("max_streams")
+    max_connections: int = _default("max_connections")
+    max_connections_per_client: int = _default("max_connections_per_client")
+    rate_limit_per_minute: int = _default("rate_limit_per_minute")
+    auth_failures_per_minute: int = _default("auth_failures_per_minute")
+    heartbeat_seconds: float = _default("heartbeat_seconds")
+    upstream_idle_seconds: float = _default("upstream_idle_seconds")
+    request_timeout_seconds: float = _default("request_timeout_seconds")
+    write_timeout_seconds: float = _default("write_timeout_seconds")
+    max_event_bytes: int = _default("max_event_bytes")
+    trusted_proxies: tuple[str, ...] = _default("trusted_proxies")
+    drain_seconds: float = _default("drain_seconds")
+    log_format: str = _default("log_format")
+    web_root: str = _default("web_root")
+    unknown_fields: str = _default("unknown_fields")
+    upstream_retries: int = _default("upstream_retries")
+    endpoint: str | None = _default("endpoint")
+    api_url: str | None = _default("api_url")
+    token_url: str | None = _default("token_url")
+    models_url: str | None = _default("models_url")
+    client_id: str | None = _default("client_id")
+    client_secret: str | None = field(default=_default("client_secret"), repr=False)
+    upstream_api_key: str | None = field(default=_default("upstream_api_key"), repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ProxyConfig:
         """Read PROXY_* variables (explicit `overrides` win); raises ConfigurationError on bad values.
 
         GLOO_* settings are left None here: gloo_stream reads them itself when the client is built.
@@ -292,17 +323,6 @@ class _ConfigMethods:
         self.cors_origins = origins
         self.allowed_hosts = tuple(name.strip().lower().rstrip(".") for name in self.allowed_hosts)
         _parse_networks(self.trusted_proxies)
-
-
-ProxyConfig: type[_ConfigMethods] = make_dataclass(
-    "ProxyConfig",
-    [(s.name, _PYTHON_TYPES[s.kind], field(default=s.default, repr=s.kind != "secret")) for s in SETTINGS],
-    bases=(_ConfigMethods,),
-)
-ProxyConfig.__module__ = __name__
-ProxyConfig.__doc__ = (
-    """Everything the proxy needs, one field per entry of SETTINGS; `from_env()` reads PROXY_* variables."""
-)
 
 
 def _parse_networks(entries: Sequence[str]) -> tuple[Any, ...]:
@@ -2349,7 +2369,7 @@ class ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024  # the listen backlog: bursts of hundreds of connections wait, not fail
 
-    def __init__(self, config: Any | None = None, *, client: GlooClient | None = None,
+    def __init__(self, config: ProxyConfig | None = None, *, client: GlooClient | None = None,
                  log_handler: logging.Handler | None = None, offline: bool = False) -> None:
         self.config = config or ProxyConfig()
         self.config.validate()

@@ -1683,6 +1683,26 @@ class StartupUnitTests(ProxyTestCase):
                 self.assertIn(setting.name, ProxyConfig.__dataclass_fields__)
                 if setting.option:
                     self.assertIn(setting.name, options)
+        self.assertEqual(list(ProxyConfig.__dataclass_fields__), [setting.name for setting in SETTINGS])
+
+    def test_the_config_is_typed_as_the_table_says(self):
+        # ProxyConfig is written out with its types (so a misspelt setting fails mypy); each field's
+        # type and default must be the table's.
+        from proxy_server import SETTINGS, ProxyConfig
+        types = {"int": {"int"}, "float": {"float"}, "list": {"tuple[str, ...]"},
+                 "str": {"str", "str | None"}, "secret": {"str | None"}, "choice": {"str", "str | None"}}
+        fields = ProxyConfig.__dataclass_fields__
+        for setting in SETTINGS:
+            with self.subTest(setting.name):
+                declared = fields[setting.name]
+                self.assertIn(declared.type, types[setting.kind])
+                self.assertEqual(declared.default, setting.default)
+                self.assertEqual(declared.type.endswith("| None"), setting.default is None)
+                self.assertEqual(declared.repr, setting.kind != "secret")  # secrets never in a repr
+        self.assertNotIn("sekrit", repr(ProxyConfig(api_key="sekrit", client_secret="sekrit")))
+
+    def test_from_env_reads_and_checks(self):
+        from proxy_server import ProxyConfig
         config = ProxyConfig.from_env({"PROXY_MAX_CONNECTIONS": "2", "PROXY_CORS_ORIGIN": "https://A.example/"})
         self.assertEqual((config.max_connections, config.cors_origins), (2, ("https://a.example",)))
         with self.assertRaisesRegex(gloo_stream.ConfigurationError, "PROXY_MAX_STREAMS"):
