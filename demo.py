@@ -112,4 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    gloo_stream._finish_output()  # a reader gone at the last moment: no traceback at exit
+    sys.exit(code)

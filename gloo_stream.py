@@ -5227,11 +5227,22 @@ def _can_encode(stream: Any, text: str) -> bool:
     return True
 
 
+def _finish_output(stream: Any = None) -> None:
+    """Flush stdout before the interpreter does: a reader that went away at the last moment (`| head`)
+    is then neither an "Exception ignored ... BrokenPipeError" at exit nor exit status 120."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        stream.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        _silence(stream)
+
+
 def _run_script() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is main()'s from here on
     code = main()
+    _finish_output()
     # The run is over: a Ctrl-C while the interpreter shuts down must not print a traceback either.
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(_EXIT_INTERRUPTED))
     sys.exit(code)

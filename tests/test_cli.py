@@ -245,6 +245,19 @@ def _read_all(fd: int, timeout: float = 20.0) -> bytes:
 class CLIPipeTests(CLITestCase):
     """Broken pipes, Ctrl-C into a pipeline, and stdout encodings."""
 
+    def test_a_reader_gone_before_the_last_flush_is_quiet(self):
+        # The race at exit: the answer is in stdout's buffer, the reader leaves, then the interpreter
+        # flushes. _finish_output() flushes first and points stdout at /dev/null when the pipe is gone.
+        read_end, write_end = os.pipe()
+        stream = os.fdopen(write_end, "w", buffering=8192)
+        self.addCleanup(stream.close)
+        stream.write("the last words of the answer\n")  # buffered, not yet written
+        os.close(read_end)
+        gloo_stream._finish_output(stream)  # no BrokenPipeError
+        stream.write("more")
+        stream.flush()  # now goes to /dev/null
+        self.assertEqual(os.readlink(f"/proc/self/fd/{stream.fileno()}"), os.devnull)
+
     def popen(self, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
         environment = clean_environment(self.fake.env if env is None else env)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
