@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import selectors
-import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, NamedTuple
 from collections.abc import Sequence
 
-from tests.support import clean_environment
+from tests.support import ProxyProcess, chunk, clean_environment, free_port, proc_status, sse  # noqa: F401 - the tests' too
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
@@ -43,12 +37,8 @@ _POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 def chunk_event(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
-    """One `data:` event holding a chat.completion.chunk."""
-    delta = {} if content is None else {"content": content}
-    body: dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "model": "scripted",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    body.update(extra)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    """One `data:` event holding a chat.completion.chunk (tests.support's chunk, as bytes)."""
+    return sse(chunk(content, finish, **extra))
 
 
 def answer_events(words: Sequence[str], finish: str = "stop") -> list[bytes]:
@@ -291,13 +281,6 @@ def serve(test: Any, handler: Callable[[Peer], None]) -> ScriptedServer:
     return server
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------
 # Handlers for the faults an upstream (or a token endpoint) can commit
 # ---------------------------------------------------------------------------
@@ -413,119 +396,6 @@ class CrowdUpstream:
 # ---------------------------------------------------------------------------
 # The proxy as a process
 # ---------------------------------------------------------------------------
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A number from /proc/PID/status (Threads, VmRSS, VmHWM in KiB)."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class ProxyProcess:
-    """`proxy_server.py --port 0` in a subprocess; its stderr lines are collected in `lines`."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.cwd = tempfile.mkdtemp()  # no stray .env from the checkout
-        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "proxy_server.py"), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cwd,
-                                     env=clean_environment(env))
-        self.lines: list[str] = []
-        self.url = ""
-        deadline = time.monotonic() + 20
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            match = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", line)
-            if match:
-                self.url, self.port = match.group(1), int(match.group(2))
-                break
-        if not self.url:
-            self.stop()
-            raise RuntimeError("the proxy did not start: " + "".join(self.lines))
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:  # never let the proxy block on a full pipe
-            self.lines.append(line)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def threads(self) -> int:
-        return proc_status(self.pid, "Threads")
-
-    def rss_kib(self) -> int:
-        return proc_status(self.pid, "VmRSS")
-
-    def peak_rss_kib(self) -> int:
-        return proc_status(self.pid, "VmHWM")
-
-    def open_files(self) -> int:
-        return open_files(self.pid)
-
-    def wait_threads(self, at_most: int, timeout: float) -> int:
-        """The thread count, once it is `at_most` or fewer (or the last count seen after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            count = self.threads()
-            if count <= at_most or time.monotonic() > deadline:
-                return count
-            time.sleep(0.02)
-
-    def wait_open_files(self, at_most: int, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            count = self.open_files()
-            if count <= at_most or time.monotonic() > deadline:
-                return count
-            time.sleep(0.02)
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """The JSON request log lines written so far (PROXY_LOG_FORMAT=json)."""
-        records = []
-        for line in list(self.lines):
-            if line.startswith("{"):
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
-        return records
-
-    def stop(self) -> tuple[str, str]:
-        """SIGTERM, then kill if it lingers; returns (stdout, stderr so far)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        out = self.proc.stdout.read() if self.proc.stdout else ""
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        if hasattr(self, "_reader"):
-            self._reader.join(2)
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        shutil.rmtree(self.cwd, ignore_errors=True)
-        return out, "".join(self.lines)
 
 
 # ---------------------------------------------------------------------------

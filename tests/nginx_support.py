@@ -11,10 +11,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 import unittest
 from dataclasses import dataclass, field
@@ -236,13 +234,6 @@ def _derived_server(server: Directive, site: Site) -> Directive:
 # ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port the OS just handed out (for nginx, which cannot be given port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for_port(port: int, timeout: float, alive: Any = None) -> bool:
     """True once 127.0.0.1:port accepts connections; False after `timeout` or if `alive()` turns false."""
     deadline = time.monotonic() + timeout
@@ -327,43 +318,6 @@ class Nginx:
 
     def diagnostics(self) -> str:
         return f"--- nginx output\n{self.read('nginx.out')}\n--- error.log\n{self.error_log()[-3000:]}"
-
-
-class ProxyProcess:
-    """`python proxy_server.py --offline --port 0` as its own process (its own simulator)."""
-
-    def __init__(self, workdir: str, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "proxy_server.py"), "--offline", "--port", "0", *args],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-        self.port = 0
-
-    def wait_listening(self, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.output())
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"proxy_server.py did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-
-    def sigterm(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from fake_gloo import FakeGloo
 from gloo_stream import GlooClient
 from proxy_server import ProxyConfig, ProxyServer
-from tests.support import IsolatedTestCase
+from tests.support import IsolatedTestCase, chunk, sse  # noqa: F401 - chunk and sse are the tests' too
 
 
 class LogCapture(logging.Handler):
@@ -283,19 +283,3 @@ class ScriptedUpstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def sse(*chunks: Any, event: str = "") -> bytes:
-    """`data:` events for each chunk (JSON-encoded unless bytes or str), with an optional event name."""
-    out = b""
-    for chunk in chunks:
-        data = chunk if isinstance(chunk, str) else json.dumps(chunk)
-        out += (f"event: {event}\n" if event else "").encode() + b"data: " + data.encode() + b"\n\n"
-    return out
-
-
-def content_chunk(text: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
-    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gloo-test",
-             "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
-    chunk.update(extra)
-    return chunk

@@ -22,8 +22,9 @@ import unittest
 from unittest import mock
 
 import proxy_server
-from tests.abuse_support import Crowd, CrowdUpstream, ProxyProcess, ScriptedServer, free_port, stream_request
+from tests.abuse_support import Crowd, CrowdUpstream, ProxyProcess, ScriptedServer, stream_request
 from tests.proxy_support import SMUGGLED, ProxyTestCase, exchange, read_until_closed, split_head
+from tests.support import free_port
 
 PROMPT = {"messages": [{"role": "user", "content": "What is grace?"}]}
 FINISHED = re.compile(rb'"finish_reason": ?"stop"')
@@ -51,7 +52,7 @@ class CrowdTests(unittest.TestCase):
                "PROXY_MAX_CONNECTIONS_PER_CLIENT": "4096",  # the crowds all come from 127.0.0.1
                "PROXY_LOG_FORMAT": "json", "PROXY_UPSTREAM_IDLE_SECONDS": "20"}
         try:
-            cls.proxy = ProxyProcess(env)
+            cls.proxy = ProxyProcess(env=env)
         except Exception:
             cls.upstream.stop()
             raise

@@ -8,14 +8,7 @@ import unittest
 
 import gloo_stream
 from gloo_stream import ChatAccumulator, extract_token_content
-
-
-def chunk(content=None, finish=None, **extra):
-    delta = {} if content is None else {"content": content}
-    body = {"id": "chatcmpl-1", "model": "gloo-openai-gpt-5-mini",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    body.update(extra)
-    return body
+from tests.support import chunk
 
 
 class FakeClock:

@@ -44,7 +44,6 @@ from tests.abuse_support import (
     answer_events,
     chunk_event,
     endless_line,
-    free_port,
     json_response,
     not_tls,
     reply,
@@ -53,7 +52,7 @@ from tests.abuse_support import (
     trickle,
 )
 from tests.proxy_support import ProxyTestCase, data_events, read_until_closed
-from tests.support import IsolatedTestCase
+from tests.support import IsolatedTestCase, free_port
 
 MiB = 1024 * 1024
 RANDOM_BYTES = random.Random(5).randbytes(256 * 1024)

@@ -36,12 +36,10 @@ from tests.nginx_support import (
     EXAMPLE_CONFIG,
     SYSTEMD_UNIT,
     Nginx,
-    ProxyProcess,
     Site,
     TimedStream,
     derived_config,
     find_nginx,
-    free_port,
     named,
     parse,
     read_timed,
@@ -49,7 +47,7 @@ from tests.nginx_support import (
     walk,
 )
 from tests.proxy_support import LogCapture
-from tests.support import IsolatedTestCase, clean_environment
+from tests.support import IsolatedTestCase, ProxyProcess, clean_environment, free_port
 
 NGINX = "127.0.0.1"          # the trusted proxy: nginx connects to the instances from here
 OTHER_CLIENT = "127.0.0.2"   # a client on another address, never trusted
@@ -78,10 +76,10 @@ class NginxDeploymentTests(IsolatedTestCase):
 
         # The processes first: starting Python takes longest, and they bind port 0 themselves.
         env = clean_environment({"PROXY_TRUSTED_PROXIES": NGINX})
-        cls.processes = [ProxyProcess(cls.workdir, f"draining-{i}", "--drain-seconds", "10", env=env)
-                         for i in range(2)]
+        cls.processes = [ProxyProcess("--offline", "--drain-seconds", "10", env=env, workdir=cls.workdir,
+                                      name=f"draining-{i}", wait=False) for i in range(2)]
         for process in cls.processes:
-            cls.addClassCleanup(process.stop)
+            cls.addClassCleanup(process.stop, kill=True)
 
         cls.fake = FakeGloo().start()
         cls.addClassCleanup(cls.fake.stop)

@@ -17,7 +17,7 @@ from typing import Any
 
 import fake_gloo
 from tests.page_support import serving, start_browser
-from tests.support import clean_environment
+from tests.support import chunk, clean_environment, sse
 
 FAILURE_DIR = "/tmp/page-failures"
 FINISHED_JS = """() => {
@@ -65,24 +65,14 @@ READY_JS = "() => document.documentElement.dataset.ready === 'true'"
 CHAT_TITLES_JS = "() => [...document.querySelectorAll('#chatList .chat-title')].map((e) => e.textContent)"
 
 
-def chunk_event(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
-    """One `data:` event of a chat.completion.chunk (extra keys such as model or citations at the top)."""
-    chunk: dict[str, Any] = {"id": "chatcmpl-page", "object": "chat.completion.chunk", "created": 1,
-                             "model": "gloo-test-model"}
-    chunk.update(extra)
-    if "choices" not in extra:
-        chunk["choices"] = [{"index": 0, "delta": delta or {}, "finish_reason": finish}]
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-
 def answer_writes(text: str, *, per_write: int = 1, first: Sequence[bytes] = (), model: str = "gloo-test-model",
                   finish: str = "stop") -> list[bytes]:
     """The writes of a scripted stream answering `text`, word by word, `per_write` events per write."""
     words = re.findall(r"\s*\S+|\s+", text)
-    events = [chunk_event({"content": w}, model=model) for w in words]
-    writes = list(first) + [chunk_event({"role": "assistant", "content": ""}, model=model)]
+    events = [sse(chunk(w, model=model)) for w in words]
+    writes = list(first) + [sse(chunk(delta={"role": "assistant", "content": ""}, model=model))]
     writes += [b"".join(events[i:i + per_write]) for i in range(0, len(events), per_write)]
-    writes.append(chunk_event({}, finish, model=model))
+    writes.append(sse(chunk(None, finish, model=model)))
     return writes
 
 _playwright: Any = None
@@ -628,7 +618,7 @@ class ConversationTest(PageTestCase):
             {"title": "Not a web link", "url": "javascript:alert(1)"},
             {"title": "Relative", "uri": "/local"},
         ]
-        first = [chunk_event(choices=[], sources_returned=True, citations=citations, model="gloo-grounded")]
+        first = [sse(chunk(choices=[], sources_returned=True, citations=citations, model="gloo-grounded"))]
         page = self.open_page()
         self.script("Grounded answer.", first=first, model="gloo-anthropic-claude-sonnet-4.5")
         self.assertEqual(self.ask(page, "Grounded please"), "Done")

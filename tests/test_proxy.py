@@ -23,7 +23,7 @@ from tests.proxy_support import (
     SMUGGLED,
     ProxyTestCase,
     ScriptedUpstream,
-    content_chunk,
+    chunk,
     sse,
     chunk_frames,
     content_of,
@@ -1025,16 +1025,16 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
     """#11: the library and the relay give the same verdict for the same upstream bytes."""
 
     CASES = [
-        ("content then event: error", sse(content_chunk("Hello")) + sse({"error": {"message": "provider overloaded",
+        ("content then event: error", sse(chunk("Hello")) + sse({"error": {"message": "provider overloaded",
                                                                                  "code": 503}}, event="error"),
          "provider_error", "upstream_error"),
-        ("finish_reason error", sse(content_chunk("Hi"),
+        ("finish_reason error", sse(chunk("Hi"),
                                     {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
                                      "error": {"code": 2001, "name": "PROVIDER_TIMEOUT", "message": "timed out"}}),
          "provider_error", "upstream_error"),
-        ("cut short", sse(content_chunk("Hi")), "cut_short", "upstream_disconnected"),
-        ("finished", sse(content_chunk("Hi"), content_chunk("", "stop")), "finished", None),
-        ("content filter", sse(content_chunk("Hi"), content_chunk("", "content_filter")), "finished", None),
+        ("cut short", sse(chunk("Hi")), "cut_short", "upstream_disconnected"),
+        ("finished", sse(chunk("Hi"), chunk(None, "stop")), "finished", None),
+        ("content filter", sse(chunk("Hi"), chunk(None, "content_filter")), "finished", None),
     ]
 
     def library_outcome(self, writes):
@@ -1085,7 +1085,7 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
             with self.subTest(path=path):
                 # Held open and silent for a minute: only the finish grace can end it within the
                 # request's 10 s socket timeout (the idle timeout is 30 s).
-                self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop"))], hold=60)
+                self.upstream.answer(writes=[sse(chunk("Hi"), chunk(None, "stop"))], hold=60)
                 status, _, body = self.request("POST", path, dict(PROMPT, stream=True), proxy=proxy)
                 events = data_events(body.decode())
                 self.assertFalse(any(isinstance(e, dict) and "error" in e for e in events), events)
@@ -1100,7 +1100,7 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
 
     def setUp(self):
         super().setUp()
-        self.upstream.answer(writes=[sse(content_chunk("Hi"), content_chunk("", "stop",
+        self.upstream.answer(writes=[sse(chunk("Hi"), chunk(None, "stop",
                                                                           usage={"total_tokens": 3}))])
 
     def test_every_documented_field_is_forwarded(self):
@@ -1134,7 +1134,7 @@ class FieldPolicyTests(ScriptedUpstreamTestCase):
     def test_grounded_requests_go_to_the_grounded_endpoint_citations_first(self):
         citations = {"id": "g1", "object": "chat.completion.chunk", "model": "gloo-test", "choices": [],
                      "sources_returned": True, "citations": [{"title": "A", "url": "https://a.example/"}]}
-        self.upstream.answer(writes=[sse(citations, content_chunk("Hi"), content_chunk("", "stop"))])
+        self.upstream.answer(writes=[sse(citations, chunk("Hi"), chunk(None, "stop"))])
         for path in ("/api/stream", "/v1/chat/completions"):
             with self.subTest(path=path):
                 status, _, body = self.request("POST", path, dict(PROMPT, stream=True, rag_publisher="GlooGrounded",
@@ -1243,7 +1243,7 @@ class HealthTests(ScriptedUpstreamTestCase):
         health = json.loads(self.request("GET", "/health")[2])
         self.assertEqual(health["status"], "degraded")
         self.assertIn("GLOO_API_KEY", health["problem"])
-        self.upstream.answer(writes=[sse(content_chunk("Hi", "stop"))])
+        self.upstream.answer(writes=[sse(chunk("Hi", "stop"))])
         self.assertEqual(self.post_stream("Hi")[0], 200)
         self.assertEqual(json.loads(self.request("GET", "/health")[2])["status"], "ok")
 

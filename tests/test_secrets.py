@@ -53,10 +53,11 @@ class Recorder(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def wait_logged(test: unittest.TestCase, lines: list[str], *, count: int, timeout: float = 5.0) -> None:
-    """Wait until `lines` holds `count` request lines for POST /api/stream (each is written just after its answer)."""
+def wait_logged(test: unittest.TestCase, lines: Any, *, count: int, timeout: float = 5.0) -> None:
+    """Wait until `lines` (a list, or a function giving one) holds `count` request lines for POST
+    /api/stream (each is written just after its answer)."""
     deadline = time.monotonic() + timeout
-    while sum(bool(REQUEST_LINE.search(line)) for line in list(lines)) < count:
+    while sum(bool(REQUEST_LINE.search(line)) for line in list(lines() if callable(lines) else lines)) < count:
         test.assertLess(time.monotonic(), deadline, f"fewer than {count} requests were logged")
         time.sleep(0.01)
 
@@ -284,7 +285,7 @@ class CommandLineSecretTests(unittest.TestCase):
         env = dict(self.fake.env, PROXY_API_KEY=PROXY_KEY, PROXY_UPSTREAM_IDLE_SECONDS="0.5",
                    PROXY_DRAIN_SECONDS="1")
         before = len(self.fake.issued_tokens)
-        proxy = ProxyProcess(env)
+        proxy = ProxyProcess(env=env)
         try:
             answers = []
             for prompt, key in (("Hi", PROXY_KEY), ("Hi [[drop:2]]", PROXY_KEY), ("Hi [[status:401]]", PROXY_KEY),
@@ -293,7 +294,7 @@ class CommandLineSecretTests(unittest.TestCase):
                 answers.append(raw_exchange(proxy.address, (
                     f"POST /api/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: "
                     f"Bearer {key}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body))
-            wait_logged(self, proxy.lines, count=len(answers))  # every request's line, so every one is checked
+            wait_logged(self, lambda: proxy.lines, count=len(answers))  # every request's line, so every one is checked
         finally:
             out, err = proxy.stop()
         self.assertIn("stopped", err)
