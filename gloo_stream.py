@@ -10,6 +10,21 @@ retries before the first byte, the tutorial's functions, and a command-line tool
     python gloo_stream.py "What is the significance of the resurrection?"
 
 Copy this file anywhere CPython 3.9+ runs; it imports nothing outside the standard library.
+
+At a glance, in the order a stream meets them (each section uses only those above it):
+
+    secrets        redact(): registered credentials scrubbed from every message
+    errors         GlooError and its kinds: before the stream (APIStatusError...), during it (StreamError...)
+    SSE            SSEDecoder: bytes in, ServerSentEvents out (the WHATWG rules)
+    chat chunks    ChatAccumulator -> ChatResult, StreamOutcome (the one verdict), structured output
+    Responses      ResponseAccumulator -> ResponseResult (typed events, the same verdict)
+    catalog        ModelInfo, parse_model_catalog (Gloo's model list and prices)
+    configuration  explicit argument, then the environment, then .env
+    transport      a keep-alive pool under urllib; _Body, the one door to a response's bytes
+    OAuth          TokenCache: one fetch at a time, refreshed early
+    client         GlooClient (stream, complete, respond, models) and the streams it opens
+    tutorial       the tutorial's functions under their names
+    command line   main(): the `python gloo_stream.py` tool
 """
 
 from __future__ import annotations
