@@ -4267,6 +4267,180 @@ def _last_user_text(messages: Any) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Command-line memory: every exchange in a SQLite file (standard library sqlite3)
+# ---------------------------------------------------------------------------
+#
+# A conversation is its id, a title (its first question), when it began and last changed, and its
+# exchanges: question, answer, model, usage, timing, outcome, sources. `-c` continues the last
+# one, `--cid ID` a given one; `--history [QUERY]` lists or searches (FTS5 where the sqlite3 build
+# has it, LIKE otherwise); `--export ID` prints the conversation in the page's JSON format.
+
+CONVERSATION_FORMAT = "gloo-stream/conversation"  # the JSON of --export (and of the page's export)
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, system TEXT);
+CREATE TABLE IF NOT EXISTS exchanges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL REFERENCES conversations(id),
+    at REAL NOT NULL, question TEXT NOT NULL, answer TEXT NOT NULL, model TEXT, usage TEXT,
+    ttft_ms INTEGER, duration_ms INTEGER, outcome TEXT, finish_reason TEXT, error TEXT, sources TEXT,
+    cost_usd REAL);
+CREATE INDEX IF NOT EXISTS exchanges_by_conversation ON exchanges(conversation, id);
+"""
+_HISTORY_FTS = """
+CREATE VIRTUAL TABLE IF NOT EXISTS exchanges_fts USING fts5(
+    question, answer, content='exchanges', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS exchanges_fts_insert AFTER INSERT ON exchanges BEGIN
+    INSERT INTO exchanges_fts(rowid, question, answer) VALUES (new.id, new.question, new.answer);
+END;
+"""
+
+
+def _data_dir() -> str:
+    """Where the command line keeps its history: GLOO_DATA_DIR, else the platform's user data folder."""
+    explicit = os.environ.get("GLOO_DATA_DIR", "").strip()
+    if explicit:
+        return explicit
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming")
+    elif sys.platform == "darwin":
+        base = os.path.join(home, "Library", "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+    return os.path.join(base, "gloo-stream")
+
+
+def _history_enabled() -> bool:
+    return (os.environ.get("GLOO_LOG") or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _History:
+    """The command line's conversations in `<data dir>/history.db` (0600: answers can be private)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        try:
+            import sqlite3
+        except ImportError:  # a Python built without sqlite3
+            raise ConfigurationError("this Python has no sqlite3 module: the history is off (--no-log)") from None
+        self.path = path or os.path.join(_data_dir(), "history.db")
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self.db = sqlite3.connect(self.path, timeout=5)
+            self.db.executescript(_HISTORY_SCHEMA)
+            try:
+                self.db.executescript(_HISTORY_FTS)
+                self.fts = True
+            except sqlite3.OperationalError:  # no FTS5 in this sqlite3: LIKE instead
+                self.fts = False
+        except self._errors as exc:
+            raise ConfigurationError(f"the history at {self.path} cannot be opened: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def new(self, question: str, system: str | None) -> str:
+        conversation = binascii.hexlify(os.urandom(6)).decode()
+        now = time.time()
+        title = " ".join(question.split())[:80] or "(untitled)"
+        with self.db:
+            self.db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (conversation, title, now, now, system))
+        return conversation
+
+    def resolve(self, conversation: str | None) -> str:
+        """A conversation's id from `conversation` (an id, a unique prefix, or None/"last": the latest)."""
+        if conversation in (None, "", "last"):
+            row = self.db.execute("SELECT id FROM conversations ORDER BY updated DESC LIMIT 1").fetchone()
+            if row is None:
+                raise ConfigurationError("there is no conversation to continue yet: ask without -c first")
+            return row[0]
+        assert conversation is not None
+        rows = self.db.execute("SELECT id FROM conversations WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 2",
+                               (conversation, _like_prefix(conversation))).fetchall()
+        exact = [row[0] for row in rows if row[0] == conversation]
+        if exact or len(rows) == 1:
+            return exact[0] if exact else rows[0][0]
+        why = "matches more than one conversation" if rows else "is not a conversation in the history"
+        raise ConfigurationError(f"{conversation!r} {why}: --history lists them")
+
+    def system(self, conversation: str) -> str | None:
+        row = self.db.execute("SELECT system FROM conversations WHERE id = ?", (conversation,)).fetchone()
+        return row[0] if row else None
+
+    def messages(self, conversation: str) -> list[dict]:
+        """The conversation so far as chat messages (exchanges that got an answer)."""
+        out: list[dict] = []
+        for question, answer in self.db.execute(
+                "SELECT question, answer FROM exchanges WHERE conversation = ? ORDER BY id", (conversation,)):
+            if answer:
+                out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return out
+
+    def record(self, conversation: str, question: str, result: Any, cost: float | None,
+               system: str | None = None) -> None:
+        """One exchange; a failure to write is a warning, never a failed answer."""
+        outcome = getattr(result, "outcome", None)
+        try:
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO exchanges (conversation, at, question, answer, model, usage, ttft_ms, duration_ms,"
+                    " outcome, finish_reason, error, sources, cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (conversation, time.time(), question, result.text, result.model,
+                     json.dumps(result.usage) if result.usage else None, result.ttft_ms, result.duration_ms,
+                     outcome.kind if outcome is not None else None, result.finish_reason, result.error,
+                     json.dumps(getattr(result, "sources", None) or []), cost))
+                self.db.execute("UPDATE conversations SET updated = ?, system = COALESCE(?, system) WHERE id = ?",
+                                (time.time(), system, conversation))
+        except self._errors as exc:
+            log.warning("the exchange was not saved to %s: %s", self.path, exc)
+
+    def recent(self, query: str = "", limit: int = 20) -> list[tuple[str, float, int, str]]:
+        """(id, updated, exchanges, title) of the latest conversations, or of those whose questions,
+        answers or title hold `query`'s words."""
+        select = ("SELECT c.id, c.updated, (SELECT COUNT(*) FROM exchanges e WHERE e.conversation = c.id), c.title "
+                  "FROM conversations c")
+        words = query.split()
+        if not words:
+            return self.db.execute(select + " ORDER BY c.updated DESC LIMIT ?", (limit,)).fetchall()
+        if self.fts:
+            match = " ".join('"' + word.replace('"', '""') + '"' for word in words)
+            where = (" WHERE c.id IN (SELECT e.conversation FROM exchanges_fts f JOIN exchanges e ON e.id = f.rowid"
+                     " WHERE exchanges_fts MATCH ?) OR c.title LIKE ? ESCAPE '\\'")
+            params: tuple = (match, _like_contains(query))
+        else:
+            where = (" WHERE c.id IN (SELECT conversation FROM exchanges WHERE question LIKE ? ESCAPE '\\'"
+                     " OR answer LIKE ? ESCAPE '\\') OR c.title LIKE ? ESCAPE '\\'")
+            params = (_like_contains(query),) * 3
+        return self.db.execute(select + where + " ORDER BY c.updated DESC LIMIT ?", params + (limit,)).fetchall()
+
+    def export(self, conversation: str) -> dict:
+        """The conversation in the page's JSON format (CONVERSATION_FORMAT, version 1)."""
+        head = self.db.execute("SELECT id, title, created, updated, system FROM conversations WHERE id = ?",
+                               (conversation,)).fetchone()
+        turns = []
+        for row in self.db.execute(
+                "SELECT at, question, answer, model, usage, ttft_ms, duration_ms, outcome, finish_reason, error,"
+                " sources, cost_usd FROM exchanges WHERE conversation = ? ORDER BY id", (conversation,)):
+            at, question, answer, model, usage, ttft, duration, outcome, reason, error, sources, cost = row
+            turns.append({"q": question, "a": answer, "model": model, "error": error, "outcome": outcome,
+                          "finish_reason": reason, "usage": json.loads(usage) if usage else None,
+                          "ttft_ms": ttft, "duration_ms": duration, "cost_usd": cost,
+                          "sources": json.loads(sources) if sources else [], "at": int(at * 1000)})
+        return {"format": CONVERSATION_FORMAT, "version": 1, "id": head[0], "title": head[1],
+                "created": int(head[2] * 1000), "updated": int(head[3] * 1000), "system": head[4], "turns": turns}
+
+
+def _like_contains(text: str) -> str:
+    return "%" + re.sub(r"([\\%_])", r"\\\1", text.strip()) + "%"
+
+
+def _like_prefix(text: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", text) + "%"
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 
@@ -4513,6 +4687,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="print the response body's bytes as received (for debugging)")
     output.add_argument("--chat", action="store_true",
                         help="a conversation: ask, read the answer, ask again (Ctrl-D or /exit to leave)")
+    memory = parser.add_argument_group(
+        "history (every exchange is kept in a SQLite file in GLOO_DATA_DIR or your user data folder)")
+    memory.add_argument("-c", "--continue", dest="continue_", action="store_true",
+                        help="continue the last conversation (its exchanges are sent before the question)")
+    memory.add_argument("--cid", metavar="ID", help="continue the conversation with this id (or a unique prefix)")
+    memory.add_argument("--history", nargs="?", const="", metavar="QUERY",
+                        help="list the latest conversations, or those whose words match QUERY, and exit")
+    memory.add_argument("--export", metavar="ID", help="print a conversation (an id, or 'last') as JSON and exit")
+    memory.add_argument("--no-log", action="store_true", help="keep nothing of this run (also GLOO_LOG=0)")
     parser.add_argument("--timeout", type=_float_in(0, _MAX_TIMEOUT, low_open=True, unit=" of seconds"),
                         default=60.0, metavar="SECONDS",
                         help=f"seconds of silence before giving up, more than 0 and at most {_MAX_TIMEOUT:g} "
@@ -4592,6 +4775,8 @@ class _Run:
         self.stream: _EventStream | None = None
         self.fake: Any = None
         self.catalog: threading.Thread | None = None  # fetching the model catalog, to price the answer
+        self._memory: _History | None = None
+        self.last_result: Any = None  # --chat: the last answer's result, to keep in the history
         self.safe = _SafeText()
         self.open_line = False  # answer text written without a final newline
         self.at_prompt = False  # --chat is waiting for a question
@@ -4661,6 +4846,8 @@ class _Run:
         try:
             if args.list_models:
                 return self.list_models(self.client(args))
+            if args.history is not None or args.export is not None:
+                return self.show_history()
             self.check_responses()
             client = self.client(args)
             if args.chat:
@@ -4688,10 +4875,13 @@ class _Run:
         return _EXIT_USAGE
 
     def question(self, args: Any) -> str | None:
-        if args.list_models:
-            if args.question is not None:
-                raise _UsageError("--list-models takes no question")
-            return None
+        for flag, given in (("--list-models", args.list_models), ("--history", args.history is not None),
+                            ("--export", args.export is not None)):
+            if given:
+                if args.question is not None:
+                    raise _UsageError(f"{flag} takes no question" + (
+                        " (give the words to look for as --history QUERY)" if flag == "--history" else ""))
+                return None
         if args.chat and (args.question in (None, "-")):
             return None  # the questions come from the prompt (or stdin, line by line)
         asked = None if args.question == "-" else args.question
@@ -4791,7 +4981,10 @@ class _Run:
         return self.stream
 
     def ask(self, client: GlooClient, question: str) -> int:
-        stream = self.open_stream(client, question)
+        conversation = self.conversation()
+        prior = self.memory.messages(conversation) if conversation is not None and self.memory else []
+        message: Messages = prior + [{"role": "user", "content": question}] if prior else question
+        stream = self.open_stream(client, message)
         failure: StreamError | None = None
         try:
             if self.args.raw:
@@ -4804,8 +4997,10 @@ class _Run:
         result = stream.result()
         code, message = self.verdict(stream, result, failure)
         cost = self.cost(client, result)
+        conversation = self.remember(conversation, question, result, cost)
         if self.args.json:
-            self.print_json({**self.result_json(result, failure, code, message), "cost_usd": cost})
+            self.print_json({**self.result_json(result, failure, code, message), "cost_usd": cost,
+                             "conversation": conversation})
         else:
             self.end_line()
         self.print_sources(result)
@@ -4820,6 +5015,58 @@ class _Run:
             return None
         info = client.model_info(result.model)
         return info.cost(result.usage) if info is not None else None
+
+    @property
+    def memory(self) -> _History | None:
+        """The history, opened on first use; None when it is off (--no-log, GLOO_LOG=0)."""
+        if self._memory is None and not self.args.no_log and _history_enabled():
+            self._memory = _History()
+        return self._memory
+
+    def conversation(self) -> str | None:
+        """The conversation this run continues (-c, --cid), None for a new one; its system message
+        is used unless --system gives another."""
+        args = self.args
+        if not (args.continue_ or args.cid):
+            return None
+        if self.memory is None:
+            raise _HintedError("-c and --cid need the history, which is off", hint="drop --no-log and GLOO_LOG=0")
+        conversation = self.memory.resolve(args.cid)
+        if args.system is None:
+            args.system = self.memory.system(conversation)
+        return conversation
+
+    def remember(self, conversation: str | None, question: str, result: Any, cost: float | None) -> str | None:
+        """Keep the exchange (a new conversation when there is none); returns the conversation's id."""
+        memory = self.memory
+        if memory is None or (not result.text and result.error is None):
+            return conversation
+        if conversation is None:
+            conversation = memory.new(question, self.args.system)
+        memory.record(conversation, question, result, cost, self.args.system)
+        return conversation
+
+    def show_history(self) -> int:
+        """--history [QUERY] (a table of conversations) or --export ID (one as JSON)."""
+        memory = self.memory
+        if memory is None:
+            raise _HintedError("the history is off", hint="drop --no-log and GLOO_LOG=0")
+        if self.args.export is not None:
+            self.print_json(memory.export(memory.resolve(self.args.export)))
+            return _EXIT_OK
+        rows = memory.recent(self.args.history)
+        if self.args.json:
+            self.print_json({"conversations": [{"id": cid, "updated": int(updated * 1000), "exchanges": count,
+                                                "title": title} for cid, updated, count, title in rows]})
+            return _EXIT_OK
+        if not rows:
+            self.note("no conversation matches" if self.args.history else
+                      f"no conversations yet (they are kept in {memory.path})")
+            return _EXIT_OK
+        for cid, updated, count, title in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated))
+            self.write(f"{cid}  {when}  {count:>3}  {_terminal_safe(title)}\n")
+        return _EXIT_OK
 
     def list_models(self, client: GlooClient) -> int:
         """--list-models: the catalog as a table (or one JSON object with --json)."""
@@ -4964,12 +5211,25 @@ class _Run:
 
     # -- chat ----------------------------------------------------------------
 
+    _CHAT_COMMANDS = (
+        ("/help", "these commands"),
+        ("/reset", "start a new conversation (the answers so far are no longer sent)"),
+        ("/system TEXT", "the system message from here on (/system alone: none)"),
+        ("/model ID", "the model from here on (/model alone: auto routing)"),
+        ("/save [PATH]", "write this conversation as JSON (default: <id>.json here)"),
+        ("/exit", "leave (also Ctrl-D)"),
+    )
+
     def chat(self, client: GlooClient, first: str | None) -> int:
         interactive = _isatty(self.stdin)
         if interactive:
             _enable_line_editing()
-            self.note("Chat: type a question and Enter. Ctrl-C stops an answer; Ctrl-D or /exit leaves.", dim=True)
-        history: list[dict] = []
+            self.note("Chat: type a question and Enter. Ctrl-C stops an answer; /help lists the commands; "
+                      "Ctrl-D or /exit leaves.", dim=True)
+        conversation = self.conversation()
+        history: list[dict] = self.memory.messages(conversation) if conversation and self.memory else []
+        if history and interactive:
+            self.note(f"[continuing {conversation}: {len(history) // 2} earlier exchanges]", dim=True)
         pending = first
         while True:
             if pending is not None:
@@ -4984,6 +5244,9 @@ class _Run:
                     return _EXIT_OK
                 if not text:
                     continue
+                if re.match(r"/[a-z]+(\s|$)", text):
+                    conversation = self.chat_command(text, conversation, history)
+                    continue
             history.append({"role": "user", "content": text})
             reply = self.chat_turn(client, history)
             if interactive:
@@ -4992,6 +5255,47 @@ class _Run:
                 history.append({"role": "assistant", "content": reply})
             else:
                 history.pop()
+            if self.last_result is not None:
+                conversation = self.remember(conversation, text, self.last_result, None)
+
+    def chat_command(self, text: str, conversation: str | None, history: list[dict]) -> str | None:
+        """One /command of --chat; returns the conversation from here on."""
+        name, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if name == "/help":
+            width = max(len(usage) for usage, _ in self._CHAT_COMMANDS)
+            for usage, what in self._CHAT_COMMANDS:
+                self.note(f"  {usage.ljust(width)}  {what}")
+        elif name == "/reset":
+            history.clear()
+            self.note("[a new conversation]", dim=True)
+            return None
+        elif name == "/system":
+            self.args.system = rest or None
+            self.note(f"[system message: {rest}]" if rest else "[no system message]", dim=True)
+        elif name == "/model":
+            try:
+                self.args.model = _name(rest) if rest else None
+            except argparse.ArgumentTypeError as exc:
+                self.note(f"error: {exc}")
+                return conversation
+            self.args.model_family = None
+            self.note(f"[model: {rest}]" if rest else "[auto routing]", dim=True)
+        elif name == "/save":
+            if conversation is None or self.memory is None:
+                self.note("nothing to save yet" if self.memory else "the history is off (--no-log, GLOO_LOG=0)")
+                return conversation
+            path = rest or f"{conversation}.json"
+            try:
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump(self.memory.export(conversation), handle, ensure_ascii=False, indent=1)
+            except OSError as exc:
+                self.note(f"error: cannot write {path}: {exc.strerror or exc}")
+                return conversation
+            self.note(f"[saved to {path}]", dim=True)
+        else:
+            self.note(f"unknown command {name}: /help lists them (a question that starts with / goes after a space)")
+        return conversation
 
     def read_turn(self, interactive: bool) -> str | None:
         if not interactive:
@@ -5019,6 +5323,7 @@ class _Run:
         """One answer to the conversation so far; returns its text ('' when nothing came)."""
         stream: ChatStream | None = None
         self.safe = _SafeText()
+        self.last_result = None
         try:
             stream = self.open_stream(client, history)
             failure: StreamError | None = None
@@ -5028,7 +5333,7 @@ class _Run:
                 failure = exc
             self.stop_spinner()
             self.end_line()
-            result = stream.result()
+            result = self.last_result = stream.result()
             code, message = self.verdict(stream, result, failure)
             self.print_sources(result)
             _print_stats(result, self, color=self.color, cost=self.cost(client, result))

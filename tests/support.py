@@ -33,6 +33,7 @@ def clean_environment(extra: dict | None = None) -> dict:
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(name, None)
     env["NO_PROXY"] = env["no_proxy"] = "*"
+    env["GLOO_LOG"] = "0"  # the command line's history stays off unless a test turns it on (and gives a folder)
     env.update(extra or {})
     return env
 
