@@ -509,6 +509,58 @@ class ConversationTest(PageTestCase):
         self.assertEqual(titles, ["[[echo]] What is grace?"])
         self.assertNoErrors()
 
+    def test_a_deleted_conversation_can_be_brought_back(self):
+        context = self.new_context()
+        page = self.open_page(context=context)
+        self.assertEqual(self.ask(page, "[[echo]] Keep me"), "Done")
+        page.click("#newBtn")
+        self.assertEqual(self.ask(page, "[[echo]] Current one"), "Done")
+        page.click("#chatsBtn")
+        page.locator("#chatList .chat-item", has_text="Keep me").locator(".chat-delete").click()
+        self.assertEqual(page.evaluate(CHAT_TITLES_JS), ["[[echo]] Current one"])
+        self.assertTrue(page.is_visible("#undoBar"))
+        self.assertIn("Deleted \u201c[[echo]] Keep me\u201d", page.text_content("#undoText"))
+        page.click("#undoBtn")
+        self.assertTrue(page.is_hidden("#undoBar"))
+        self.assertEqual(sorted(page.evaluate(CHAT_TITLES_JS)), ["[[echo]] Current one", "[[echo]] Keep me"])
+        # The current conversation, deleted and brought back, is on screen again.
+        page.locator("#chatList .chat-item", has_text="Current one").locator(".chat-delete").click()
+        self.assertEqual(self.turns(page), [["[[echo]] Keep me", "Keep me"]])
+        page.click("#undoBtn")
+        self.assertEqual(self.turns(page), [["[[echo]] Current one", "Current one"]])
+        page.reload()  # and it was saved: a reload shows both
+        page.wait_for_function(READY_JS)
+        page.click("#chatsBtn")
+        self.assertEqual(sorted(page.evaluate(CHAT_TITLES_JS)), ["[[echo]] Current one", "[[echo]] Keep me"])
+        self.assertNoErrors()
+
+    def test_other_conversations_wait_while_an_answer_streams(self):
+        page = self.open_page()
+        self.assertEqual(self.ask(page, "[[echo]] Earlier"), "Done")
+        page.click("#newBtn")
+        self.ask(page, "[[slow:0.2]] [[long:40]] Now", wait=False)
+        page.wait_for_function("() => document.body.classList.contains('is-streaming')")
+        page.click("#chatsBtn")
+        other = page.locator("#chatList .chat-item", has_text="Earlier").locator(".chat-open")
+        self.assertTrue(other.is_disabled(), "switching mid-answer is visibly not possible")
+        self.assertTrue(page.is_visible("#chatBusy"))
+        page.keyboard.press("Escape")
+        page.wait_for_function(FINISHED_JS)
+        page.wait_for_function("() => !document.querySelector('#chatList .chat-open:disabled')")
+        self.assertTrue(page.is_hidden("#chatBusy"))
+        self.assertNoErrors()
+
+    def test_a_question_too_long_to_send_says_so_in_characters(self):
+        page = self.open_page()
+        before = len(self.fake.requests)
+        page.evaluate("() => { document.getElementById('prompt').value = 'x'.repeat(1100000); }")
+        page.click("#sendBtn")
+        status = self.wait_finished(page)
+        self.assertIn("about 1,044,000 characters at most", status)  # the relay's 1 MiB, in words
+        self.assertNotIn("bytes", status)
+        self.assertEqual(len(self.fake.requests), before, "nothing was sent")
+        self.assertNoErrors()
+
     def test_conversations_and_choices_survive_a_reload(self):
         context = self.new_context()
         page = self.open_page(context=context)

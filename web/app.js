@@ -30,6 +30,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   form: $("composer"), prompt: $("prompt"), sendBtn: $("sendBtn"), newBtn: $("newBtn"),
   chatsBtn: $("chatsBtn"), chatPanel: $("chatPanel"), chatList: $("chatList"), chatEmpty: $("chatEmpty"),
+  chatBusy: $("chatBusy"), undoBar: $("undoBar"), undoText: $("undoText"), undoBtn: $("undoBtn"),
   status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
   modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
   simBadge: $("simBadge"), hint: $("promptHint"), api: $("api"), responseModel: $("responseModel"),
@@ -58,6 +59,8 @@ const state = {
   attachment: null,        // {name, url}: an image for the next question (the Responses API)
   // The largest image to attach: what fits, in base64, in the relay's request body (/health says).
   maxImageBytes: 700 * 1024,
+  maxBodyBytes: 1048576,  // the relay's PROXY_MAX_BODY_BYTES, from /health
+  undo: null,             // {chat, wasCurrent, timer}: the conversation deleted a moment ago
 };
 
 // ---------------------------------------------------------------------------
@@ -181,6 +184,13 @@ function plainMessage(raw) {
 
 const sentence = (text) => (/[.!?]$/.test(text) ? text : text + ".");
 
+/** A question (with the conversation before it) longer than the relay takes, in words a person reads. */
+function tooLong() {
+  const characters = Math.max(1000, Math.floor((state.maxBodyBytes - 4096) / 1000) * 1000);
+  return "This is too long to send: the question and the conversation before it can be about " +
+    characters.toLocaleString("en-US") + " characters at most. Shorten the question, or start a new chat.";
+}
+
 /** The words for a failed answer before the stream: the server's own message when it has one. */
 function describeStatus(status, body, headers) {
   let parsed = null;
@@ -199,8 +209,8 @@ function describeStatus(status, body, headers) {
     const wait = parseInt(headers.get("Retry-After") || "", 10);
     return sentence(own || "Too many requests right now") + (wait > 0 ? " Try again in " + plural(wait, "second") + "." : " Try again in a moment.");
   }
+  if (status === 413) return tooLong();
   if (own) return sentence(own);
-  if (status === 413) return "The conversation is too long to send. Start a new chat.";
   if (status === 504 || status === 408) return "The AI service took too long to answer. Try again.";
   if (status === 503) return "The server is busy right now. Try again in a moment.";
   if (status >= 500) return "The AI service could not answer right now. Try again in a moment.";
@@ -406,11 +416,13 @@ function renderChatList() {
     open.appendChild(el("span", "chat-date", new Date(chat.updated).toLocaleString([], {
       month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
     if (chat.id === state.chat.id) open.setAttribute("aria-current", "true");
+    else if (state.controller) open.disabled = true;  // see #chatBusy: stop the answer first
     const del = button("chat-delete", "\u00d7", "Delete the conversation \u201c" + (chat.title || "Untitled") + "\u201d");
     del.dataset.id = chat.id;
     li.append(open, del);
     ui.chatList.appendChild(li);
   }
+  ui.chatBusy.hidden = !state.controller || chats.length < 2;
   ui.chatsBtn.textContent = "Chats" + (chats.length ? " (" + chats.length + ")" : "");
 }
 
@@ -436,11 +448,39 @@ function switchChat(id) {
   ui.prompt.focus();
 }
 
+const UNDO_MS = 10000;  // how long a deleted conversation can be brought back
+
 function deleteChat(id) {
   if (state.controller && id === state.chat.id) return;
+  const chat = store.get(id);
+  const wasCurrent = id === state.chat.id;
   store.remove(id);
-  if (id === state.chat.id) {
+  if (wasCurrent) {
     state.chat = store.current();
+    renderChat();
+  }
+  renderChatList();
+  if (!chat) return;
+  if (state.undo) clearTimeout(state.undo.timer);
+  state.undo = { chat, wasCurrent, timer: setTimeout(forgetUndo, UNDO_MS) };
+  ui.undoText.textContent = "Deleted \u201c" + (chat.title || "Untitled") + "\u201d.";
+  ui.undoBar.hidden = false;
+}
+
+function forgetUndo() {
+  if (state.undo) clearTimeout(state.undo.timer);
+  state.undo = null;
+  ui.undoBar.hidden = true;
+}
+
+function undoDelete() {
+  const undo = state.undo;
+  if (!undo) return;
+  forgetUndo();
+  const back = store.restore(undo.chat);
+  if (back && undo.wasCurrent && !state.controller) {
+    state.chat = back;
+    store.setCurrent(back.id);
     renderChat();
   }
   renderChatList();
@@ -491,6 +531,7 @@ function setStreaming(streaming) {
   for (const b of ui.turns.querySelectorAll(".edit-btn, .regen-btn, .retry-btn")) b.disabled = streaming;
   const out = $("output");
   if (out) out.setAttribute("aria-busy", streaming ? "true" : "false");
+  if (!ui.chatPanel.hidden) renderChatList();  // other conversations cannot be opened while one streams
 }
 
 const responsesApi = () => ui.api.value === "responses";
@@ -712,6 +753,10 @@ function handleResponseEvent(run, type, data) {
 }
 
 async function stream(run, headers, body, signal) {
+  if (new TextEncoder().encode(body).length > state.maxBodyBytes) {  // the relay would answer 413
+    run.error = tooLong();
+    return;
+  }
   const response = await fetch(STREAM_URL, {
     method: "POST", headers, body, signal, cache: "no-store", credentials: "same-origin",
   });
@@ -909,6 +954,7 @@ ui.form.addEventListener("submit", (event) => {
   else send();
 });
 ui.newBtn.addEventListener("click", newChat);
+ui.undoBtn.addEventListener("click", undoDelete);
 ui.chatsBtn.addEventListener("click", () => toggleChats());
 ui.chatList.addEventListener("click", (event) => {
   const target = event.target.closest("button");
@@ -1048,6 +1094,7 @@ fetch(HEALTH_URL, { cache: "no-store", credentials: "same-origin" })
     if (health && health.auth_required === true) showKeyField(false);
     if (health && health.simulator === true) ui.simBadge.hidden = false;
     if (health && Number.isFinite(health.max_body_bytes)) {
+      state.maxBodyBytes = health.max_body_bytes;
       state.maxImageBytes = Math.max(0, Math.min(MAX_IMAGE_BYTES, Math.floor((health.max_body_bytes - 65536) * 3 / 4)));
     }
     document.documentElement.setAttribute("data-health", health ? "ok" : "unavailable");

@@ -2,7 +2,7 @@
 /* gloo-stream: conversations kept in localStorage, bounded.
  *
  *   const store = new ChatStore(window.localStorage);
- *   store.current() / list() / get(id) / create() / save(chat) / remove(id) / setCurrent(id)
+ *   store.current() / list() / get(id) / create() / save(chat) / remove(id) / restore(chat) / setCurrent(id)
  *   store.options() / saveOptions({model_family, tradition})
  *
  * One JSON record under "glooStream.chats.v1": {current, chats: [{id, title, created, updated,
@@ -152,6 +152,16 @@ export class ChatStore {
     this.data.current = chat.id;
     this.prune(chat);
     this.write(chat);
+  }
+
+  /** Put back a conversation removed a moment ago (Undo). It comes back under a new id, since its
+   * deletion holds in every tab (a tab may have merged it already); returns the conversation as stored. */
+  restore(chat) {
+    if (!chat || typeof chat !== "object") return null;
+    const back = { ...chat, id: newId() };
+    this.data.chats.push(back);
+    this.write();
+    return back;
   }
 
   remove(id) {

@@ -144,3 +144,22 @@ test("start-up survives any stored record: what cannot be read is skipped and co
   assert.deepEqual(chat.turns[1].sources, [{ href: "https://x.example/" }]);
   assert.equal(chat.turns[1].a, undefined);
 });
+
+test("a deleted conversation brought back (Undo) is stored again, in every tab", () => {
+  const storage = memoryStorage();
+  const tabA = new ChatStore(storage);
+  const kept = tabA.current();
+  ask(tabA, kept, "kept");
+  const other = tabA.create();
+  ask(tabA, other, "other");
+  const tabB = new ChatStore(storage);
+  tabA.remove(kept.id);
+  tabB.merge();
+  assert.deepEqual(tabB.list().map((c) => c.title), ["other"], "the deletion reached the other tab");
+  tabA.restore(kept);
+  assert.deepEqual(new ChatStore(storage).list().map((c) => c.title).sort(), ["kept", "other"]);
+  tabB.merge();
+  assert.deepEqual(tabB.list().map((c) => c.title).sort(), ["kept", "other"], "and the other tab sees it back");
+  const back = tabA.list().find((c) => c.title === "kept");
+  assert.notEqual(back.id, kept.id, "under a new id: the old one stays deleted everywhere");
+});
