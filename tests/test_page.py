@@ -561,6 +561,94 @@ class ConversationTest(PageTestCase):
         self.assertEqual(len(self.fake.requests), before, "nothing was sent")
         self.assertNoErrors()
 
+    def test_instructions_are_the_conversations_system_message(self):
+        context = self.new_context()
+        page = self.open_page(context=context)
+        self.assertFalse(page.evaluate("() => document.getElementById('instructions').open"))  # collapsed
+        self.assertEqual(page.text_content("#instructionsPreview"), "(none)")
+        page.click("#instructions summary")
+        page.fill("#systemPrompt", "Answer in one sentence.")
+        self.assertEqual(self.ask(page, "[[echo]] What is grace?"), "Done")
+        self.assertEqual(self.last_request()["messages"][0], {"role": "system", "content": "Answer in one sentence."})
+        self.assertIn("Answer in one sentence.", page.text_content("#instructionsPreview"))
+        page.select_option("#api", "responses")
+        self.assertEqual(self.ask(page, "And hope?"), "Done")
+        body = self.last_request()
+        self.assertEqual(body["instructions"], "Answer in one sentence.")  # the Responses API's own field
+        self.assertNotIn("system", [item.get("role") for item in body["input"]])
+        page.click("#defaultInstructions")
+        self.assertIn("New conversations start with these", page.text_content("#instructionsNote"))
+        page.select_option("#api", "chat")
+        page.click("#newBtn")
+        self.assertEqual(page.input_value("#systemPrompt"), "Answer in one sentence.")  # the default
+        page.reload()  # kept with the conversation
+        page.wait_for_function(READY_JS)
+        self.assertEqual(page.input_value("#systemPrompt"), "Answer in one sentence.")
+        self.assertNoErrors()
+
+    def test_a_starter_prompt_asks_its_question(self):
+        page = self.open_page()
+        starters = page.evaluate("() => [...document.querySelectorAll('#starters .starter')].map(b => b.textContent)")
+        self.assertGreaterEqual(len(starters), 2)
+        page.click("#starters .starter >> nth=0")
+        self.assertEqual(self.wait_finished(page), "Done")
+        self.assertEqual(self.last_request()["messages"][-1]["content"], starters[0])
+        self.assertTrue(page.is_hidden("#intro"))  # the empty state is gone once there is a question
+        self.assertNoErrors()
+
+    def test_export_and_import_a_conversation(self):
+        page = self.open_page()
+        page.click("#instructions summary")
+        page.fill("#systemPrompt", "Be kind.")
+        self.assertEqual(self.ask(page, "[[echo]] Export me"), "Done")
+        page.click("#chatsBtn")
+        with page.expect_download() as download:
+            page.click("#exportJson")
+        with open(download.value.path(), encoding="utf-8") as handle:
+            record = json.load(handle)
+        self.assertEqual(download.value.suggested_filename, "echo-Export-me.json")
+        self.assertEqual((record["format"], record["version"], record["system"]),
+                         ("gloo-stream/conversation", 1, "Be kind."))
+        self.assertEqual([(t["q"], t["a"]) for t in record["turns"]], [("[[echo]] Export me", "Export me")])
+        with page.expect_download() as download:
+            page.click("#exportMd")
+        with open(download.value.path(), encoding="utf-8") as handle:
+            markdown = handle.read()
+        self.assertTrue(markdown.startswith("# [[echo]] Export me\n"))
+        self.assertIn("**You:** [[echo]] Export me", markdown)
+        # The CLI's export (gloo_stream.py --export) is the same format: a page imports it.
+        cli = {"format": "gloo-stream/conversation", "version": 1, "id": "0123456789ab", "title": "From the CLI",
+               "created": 1796696205966, "updated": 1796696206430, "system": None,
+               "turns": [{"q": "What is grace?", "a": "A gift.", "model": "m", "usage": None, "at": 1}]}
+        page.set_input_files("#importInput", files=[{"name": "c.json", "mimeType": "application/json",
+                                                     "buffer": json.dumps(cli).encode()}])
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Imported')")
+        self.assertEqual(self.turns(page), [["What is grace?", "A gift."]])
+        page.set_input_files("#importInput", files=[{"name": "x.json", "mimeType": "application/json",
+                                                     "buffer": b'{"not": "a conversation"}'}])
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('not an exported')")
+        self.assertNoErrors()
+
+    def test_rename_and_search_conversations(self):
+        page = self.open_page()
+        self.assertEqual(self.ask(page, "[[echo]] About the shepherd"), "Done")
+        page.click("#newBtn")
+        self.assertEqual(self.ask(page, "[[echo]] About the sower"), "Done")
+        page.click("#chatsBtn")
+        page.locator("#chatList .chat-item", has_text="shepherd").locator(".chat-rename").click()
+        field = page.locator("#chatList input")
+        field.fill("Psalm 23 notes")
+        field.press("Enter")
+        self.assertEqual(sorted(page.evaluate(CHAT_TITLES_JS)), ["Psalm 23 notes", "[[echo]] About the sower"])
+        page.fill("#chatSearch", "SHEPHERD")  # the text of the answers too, in any case
+        self.assertEqual(page.evaluate(CHAT_TITLES_JS), ["Psalm 23 notes"])
+        page.fill("#chatSearch", "nothing like this")
+        self.assertEqual(page.evaluate(CHAT_TITLES_JS), [])
+        self.assertIn("No conversation holds", page.text_content("#chatList"))
+        page.fill("#chatSearch", "")
+        self.assertEqual(len(page.evaluate(CHAT_TITLES_JS)), 2)
+        self.assertNoErrors()
+
     def test_conversations_and_choices_survive_a_reload(self):
         context = self.new_context()
         page = self.open_page(context=context)

@@ -10,7 +10,7 @@
 import { createParser } from "./sse.js";
 import { AnswerView, BIDI_CONTROLS, renderMarkdown } from "./render.js";
 import { safeHref } from "./markdown.js";
-import { CHATS_KEY, ChatStore } from "./store.js";
+import { CHATS_KEY, CONVERSATION_FORMAT, ChatStore } from "./store.js";
 
 const STREAM_URL = "/api/stream";
 const HEALTH_URL = "/health";
@@ -31,6 +31,10 @@ const ui = {
   form: $("composer"), prompt: $("prompt"), sendBtn: $("sendBtn"), newBtn: $("newBtn"),
   chatsBtn: $("chatsBtn"), chatPanel: $("chatPanel"), chatList: $("chatList"), chatEmpty: $("chatEmpty"),
   chatBusy: $("chatBusy"), undoBar: $("undoBar"), undoText: $("undoText"), undoBtn: $("undoBtn"),
+  chatSearch: $("chatSearch"), exportMd: $("exportMd"), exportJson: $("exportJson"), importInput: $("importInput"),
+  starters: $("starters"), instructions: $("instructions"), systemPrompt: $("systemPrompt"),
+  instructionsPreview: $("instructionsPreview"), defaultInstructions: $("defaultInstructions"),
+  instructionsNote: $("instructionsNote"),
   status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
   modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
   simBadge: $("simBadge"), hint: $("promptHint"), api: $("api"), responseModel: $("responseModel"),
@@ -375,6 +379,7 @@ function fillSources(box, sources) {
 
 /** The whole conversation on screen, from state.chat. */
 function renderChat() {
+  showInstructions();
   ui.turns.replaceChildren();
   state.chat.turns.forEach((turn, i) => ui.turns.appendChild(buildTurn(turn, i)));
   ui.intro.hidden = state.chat.turns.length > 0;
@@ -408,7 +413,11 @@ function renderChatList() {
   const chats = store.list();
   ui.chatList.replaceChildren();
   ui.chatEmpty.hidden = chats.length > 0;
-  for (const chat of chats) {
+  const query = ui.chatSearch.value.trim().toLowerCase();
+  const shown = query ? chats.filter((chat) => chatText(chat).includes(query)) : chats;
+  if (query && !shown.length) ui.chatList.appendChild(el("li", "chat-empty", "No conversation holds \u201c" +
+                                                         ui.chatSearch.value.trim() + "\u201d."));
+  for (const chat of shown) {
     const li = el("li", "chat-item");
     const open = button("chat-open", "");
     open.dataset.id = chat.id;
@@ -417,9 +426,11 @@ function renderChatList() {
       month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })));
     if (chat.id === state.chat.id) open.setAttribute("aria-current", "true");
     else if (state.controller) open.disabled = true;  // see #chatBusy: stop the answer first
+    const rename = button("chat-rename", "\u270e", "Rename the conversation \u201c" + (chat.title || "Untitled") + "\u201d");
+    rename.dataset.id = chat.id;
     const del = button("chat-delete", "\u00d7", "Delete the conversation \u201c" + (chat.title || "Untitled") + "\u201d");
     del.dataset.id = chat.id;
-    li.append(open, del);
+    li.append(open, rename, del);
     ui.chatList.appendChild(li);
   }
   ui.chatBusy.hidden = !state.controller || chats.length < 2;
@@ -446,6 +457,125 @@ function switchChat(id) {
   toggleChats(false);
   scrollToEnd();
   ui.prompt.focus();
+}
+
+/** Everything a search looks in: the title, the questions, the answers and the instructions, lower case. */
+function chatText(chat) {
+  const parts = [chat.title || "", chat.system || ""];
+  for (const turn of chat.turns || []) parts.push(turn.q || "", turn.a || "");
+  return parts.join("\n").toLowerCase();
+}
+
+/** Rename in place: the title becomes a field; Enter keeps it, Escape or leaving it as it was cancels. */
+function renameChat(id) {
+  const chat = id === state.chat.id ? state.chat : store.get(id);
+  const item = ui.chatList.querySelector('.chat-open[data-id="' + id + '"]');
+  if (!chat || !item) return;
+  const field = el("input", "chat-search");
+  field.value = chat.title || "";
+  field.setAttribute("aria-label", "New name for the conversation");
+  field.maxLength = 200;
+  item.replaceWith(field);
+  field.focus();
+  field.select();
+  let done = false;
+  const finish = (keep) => {
+    if (done) return;
+    done = true;
+    const title = field.value.trim().replace(/\s+/g, " ");
+    if (keep && title && title !== chat.title) {
+      chat.title = title;
+      chat.updated = Date.now();
+      store.save(chat);
+    }
+    renderChatList();
+  };
+  field.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") finish(true);
+    else if (event.key === "Escape") {
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+  field.addEventListener("blur", () => finish(true));
+}
+
+// ---------------------------------------------------------------------------
+// Instructions, export and import
+// ---------------------------------------------------------------------------
+
+/** The conversation's instructions (its system message) at the top, collapsed, with a preview. */
+function showInstructions() {
+  const system = state.chat.system || "";
+  ui.systemPrompt.value = system;
+  ui.instructionsPreview.textContent = system ? "\u2014 " + system.replace(/\s+/g, " ").slice(0, 60) +
+    (system.length > 60 ? "\u2026" : "") : "(none)";
+  ui.instructionsNote.textContent = "";
+}
+
+function conversationRecord(chat) {
+  return { format: CONVERSATION_FORMAT, version: 1, id: chat.id, title: chat.title || "", created: chat.created,
+           updated: chat.updated, system: chat.system || null,
+           turns: chat.turns.map((t) => ({ q: t.q, a: t.a || "", model: t.model || null, error: t.error || null,
+                                           outcome: t.outcome || null, sources: t.sources || [] })) };
+}
+
+function conversationMarkdown(chat) {
+  const lines = ["# " + (chat.title || "Untitled"), ""];
+  if (chat.system) lines.push("> **Instructions:** " + chat.system.replace(/\n/g, "\n> "), "");
+  for (const turn of chat.turns) {
+    lines.push("**You:** " + turn.q, "", "**Answer:**" + (turn.model ? " (" + turn.model + ")" : ""), "", turn.a || "");
+    if (turn.error) lines.push("", "_" + turn.error + "_");
+    for (const source of turn.sources || []) lines.push("- [" + (source.title || source.href) + "](" + source.href + ")");
+    lines.push("", "---", "");
+  }
+  return lines.join("\n");
+}
+
+/** Save `text` as a file named after the conversation. */
+function download(text, type, extension) {
+  const name = ((state.chat.title || "conversation").replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "")
+    .slice(0, 60) || "conversation") + "." + extension;
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function exportChat(kind) {
+  if (!state.chat.turns.length) {
+    setStatus("This conversation has nothing to export yet.", "error");
+    return;
+  }
+  if (kind === "json") download(JSON.stringify(conversationRecord(state.chat), null, 1), "application/json", "json");
+  else download(conversationMarkdown(state.chat), "text/markdown", "md");
+}
+
+function importChat(file) {
+  if (!file || state.controller) return;
+  file.text().then((textContent) => {
+    let record = null;
+    try {
+      record = JSON.parse(textContent);
+    } catch (e) {
+      record = null;
+    }
+    const chat = store.importChat(record);
+    if (!chat) {
+      setStatus("That file is not an exported conversation (" + CONVERSATION_FORMAT + " JSON).", "error");
+      return;
+    }
+    state.chat = chat;
+    renderChat();
+    toggleChats(false);
+    setStatus("Imported \u201c" + (chat.title || "Untitled") + "\u201d.", "done");
+    scrollToEnd();
+  }).catch(() => setStatus("That file could not be read.", "error"));
+  ui.importInput.value = "";
 }
 
 const UNDO_MS = 10000;  // how long a deleted conversation can be brought back
@@ -490,6 +620,7 @@ function newChat() {
   if (state.controller) return;
   cancelEdit();
   state.chat = store.create();
+  if (typeof options.system === "string" && options.system) state.chat.system = options.system;
   renderChat();
   setStatus("Ready", "");
   ui.meta.replaceChildren();
@@ -537,10 +668,12 @@ function setStreaming(streaming) {
 const responsesApi = () => ui.api.value === "responses";
 
 function requestBody(messages) {
-  const body = { messages };
+  const system = (state.chat.system || "").trim();
+  const body = { messages: system && !responsesApi() ? [{ role: "system", content: system }, ...messages] : messages };
   if (responsesApi()) {
-    // The relay turns `messages` into the Responses API's input items.
+    // The relay turns `messages` into the Responses API's input items; the instructions go as such.
     body.api = "responses";
+    if (system) body.instructions = system;
     body.model = ui.responseModel.value;
     if (ui.drawing.checked) body.tools = [{ type: "image_generation" }];
     return JSON.stringify(body);
@@ -955,11 +1088,35 @@ ui.form.addEventListener("submit", (event) => {
 });
 ui.newBtn.addEventListener("click", newChat);
 ui.undoBtn.addEventListener("click", undoDelete);
+ui.chatSearch.addEventListener("input", () => renderChatList());
+ui.exportMd.addEventListener("click", () => exportChat("md"));
+ui.exportJson.addEventListener("click", () => exportChat("json"));
+ui.importInput.addEventListener("change", () => importChat(ui.importInput.files && ui.importInput.files[0]));
+ui.starters.addEventListener("click", (event) => {
+  const starter = event.target.closest(".starter");
+  if (!starter || state.controller) return;
+  ui.prompt.value = starter.textContent.trim();
+  send();
+});
+ui.systemPrompt.addEventListener("input", () => {
+  const value = ui.systemPrompt.value;
+  if (value.trim()) state.chat.system = value;
+  else delete state.chat.system;
+  if (state.chat.turns.length) store.save(state.chat);  // a chat with no question yet is saved with it
+  ui.instructionsPreview.textContent = value.trim() ? "\u2014 " + value.replace(/\s+/g, " ").slice(0, 60) : "(none)";
+});
+ui.defaultInstructions.addEventListener("click", () => {
+  options.system = (state.chat.system || "").trim();
+  saveOptions();
+  ui.instructionsNote.textContent = options.system ? "New conversations start with these instructions."
+    : "New conversations start without instructions.";
+});
 ui.chatsBtn.addEventListener("click", () => toggleChats());
 ui.chatList.addEventListener("click", (event) => {
   const target = event.target.closest("button");
   if (!target) return;
   if (target.classList.contains("chat-delete")) deleteChat(target.dataset.id);
+  else if (target.classList.contains("chat-rename")) renameChat(target.dataset.id);
   else if (target.classList.contains("chat-open")) switchChat(target.dataset.id);
 });
 ui.prompt.addEventListener("input", fitPrompt);
@@ -988,7 +1145,8 @@ document.addEventListener("keydown", (event) => {
 });
 function saveOptions() {
   store.saveOptions({ model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked,
-                      api: ui.api.value, model: ui.responseModel.value, drawing: ui.drawing.checked });
+                      api: ui.api.value, model: ui.responseModel.value, drawing: ui.drawing.checked,
+                      system: typeof options.system === "string" ? options.system : "" });
 }
 
 /** Show the options of the API chosen: routing, tradition and sources, or a model, images and drawing. */
@@ -1074,6 +1232,9 @@ if (ui.apiKey.value) showKeyField(false);
 // ---------------------------------------------------------------------------
 
 const options = store.options();
+if (!state.chat.turns.length && !state.chat.system && typeof options.system === "string" && options.system) {
+  state.chat.system = options.system;  // a new conversation starts with the default instructions
+}
 for (const [select, value] of [[ui.modelFamily, options.model_family], [ui.tradition, options.tradition]]) {
   if (typeof value === "string" && [...select.options].some((o) => o.value === value)) select.value = value;
 }

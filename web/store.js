@@ -16,6 +16,7 @@
  */
 
 export const CHATS_KEY = "glooStream.chats.v1";
+export const CONVERSATION_FORMAT = "gloo-stream/conversation";  // the export files' (and `gloo_stream.py --export`'s)
 export const OPTIONS_KEY = "glooStream.options";
 
 // Images (an attached one, generated ones) are megabytes of base64: they stay on the page while it
@@ -152,6 +153,23 @@ export class ChatStore {
     this.data.current = chat.id;
     this.prune(chat);
     this.write(chat);
+  }
+
+  /** A conversation from an exported file (the JSON of the page's and the CLI's export, format
+   * CONVERSATION_FORMAT version 1), stored under a new id and made current; null when it is not one. */
+  importChat(record) {
+    if (!record || typeof record !== "object" || record.format !== CONVERSATION_FORMAT || record.version !== 1 ||
+        !Array.isArray(record.turns)) return null;
+    const turns = record.turns.map(cleanTurn).filter((t) => t !== null);
+    if (!turns.length) return null;
+    const time = Date.now();
+    const chat = { id: newId(), title: text(record.title).slice(0, 200) || turns[0].q.slice(0, 80),
+                   created: Number.isFinite(record.created) ? record.created : time, updated: time, turns };
+    if (typeof record.system === "string" && record.system) chat.system = record.system.slice(0, 20000);
+    this.data.chats.push(chat);
+    this.data.current = chat.id;
+    this.write();
+    return chat;
   }
 
   /** Put back a conversation removed a moment ago (Undo). It comes back under a new id, since its
