@@ -396,8 +396,11 @@ class FailureTest(PageTestCase):
           const box = turn.querySelector('.turn-error');
           const q = turn.querySelector('.question').getBoundingClientRect();
           const b = box.getBoundingClientRect();
+          const answer = turn.querySelector('.answer-block');
+          const a = answer.getBoundingClientRect();
           return {hidden: box.hidden, text: box.querySelector('.error-text').textContent,
-                  retry: !box.querySelector('.retry-btn').hidden, belowQuestion: b.top >= q.bottom - 1};
+                  retry: !box.querySelector('.retry-btn').hidden, belowQuestion: b.top >= q.bottom - 1,
+                  belowAnswer: answer.hidden || b.top >= a.bottom - 1};
         }""")
 
     def test_mid_stream_failures_show_an_inline_error_and_keep_the_partial_text(self):
@@ -414,7 +417,7 @@ class FailureTest(PageTestCase):
                 self.assertEqual(page.text_content("#output"), "alpha beta gamma", "the partial answer stays")
                 box = self.error_box(page)
                 self.assertEqual(box["hidden"], False)
-                self.assertTrue(box["retry"] and box["belowQuestion"], box)
+                self.assertTrue(box["retry"] and box["belowQuestion"] and box["belowAnswer"], box)
                 if expected:
                     self.assertIn(expected, box["text"])
                 self.assertNotIn("upstream", box["text"].lower())

@@ -303,7 +303,7 @@ function buildTurn(turn, index) {
   images.hidden = true;
   answerBlock.append(el("p", "speaker", "Answer"), reasoning, answer, images, waiting, sources, foot);
 
-  article.append(question, error, answerBlock);
+  article.append(question, answerBlock, error);  // the partial answer first, what went wrong under it
   fillTurn(article, turn, index);
   return article;
 }
