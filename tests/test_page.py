@@ -1091,9 +1091,11 @@ class RendererTest(PageTestCase):
             ("---", "<hr>"),
             ("| a |\n|--:|\n| 1 |", '<div class="table-wrap"><table><thead><tr><th class="align-right">a</th></tr>'
                                    '</thead><tbody><tr><td class="align-right">1</td></tr></tbody></table></div>'),
-            ("x[^n]\n\n[^n]: y", '<p>x<sup class="fnref">[n]</sup></p><div class="footnote">'
-                                 '<sup class="footnote-label">'
-                                 'n</sup>y</div>'),
+            ("x[^n]\n\n[^n]: y", '<p>x<sup class="fnref">[n]</sup></p><div class="footnotes"><div class="footnote">'
+                                  '<sup class="footnote-label">n</sup>y</div></div>'),
+            # Defined first, shown last: footnotes are read at the end of the answer.
+            ("[^n]: y\n\nx[^n] more", '<p>x<sup class="fnref">[n]</sup> more</p><div class="footnotes">'
+                                      '<div class="footnote"><sup class="footnote-label">n</sup>y</div></div>'),
             ("[x](https://e.com/a_b)", f'<p><a href="https://e.com/a_b" {link}>x</a></p>'),
             ("![cat](https://e.com/c.png)", f'<p><a href="https://e.com/c.png" {link} class="md-image" title="Images '
                                             "are not loaded here: the page's security policy blocks remote images. "

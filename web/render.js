@@ -241,10 +241,18 @@ function appendBlocks(blocks, parent, tight) {
   }
 }
 
-/** The whole of `text` as elements. */
+/** The whole of `text` as elements; footnotes at the end, in a DIV of their own, wherever they were
+ * defined (as people expect to read them). */
 export function renderMarkdown(text) {
   const fragment = document.createDocumentFragment();
-  appendBlocks(parse(text), fragment, false);
+  const blocks = parse(text);
+  appendBlocks(blocks.filter((b) => b.type !== "footnote"), fragment, false);
+  const notes = blocks.filter((b) => b.type === "footnote");
+  if (notes.length) {
+    const box = el("div", "footnotes");
+    appendBlocks(notes, box, false);
+    fragment.appendChild(box);
+  }
   return fragment;
 }
 
@@ -275,6 +283,7 @@ export class AnswerView {
     this.open = null;     // that list or table on screen: {node (the OL/UL or TBODY), loose, items}
     this.live = [];       // the elements of the open blocks (rendered again on each update)
     this.cursor = null;
+    this.notes = null;    // the footnotes, kept after everything else (as renderMarkdown puts them)
     element.replaceChildren();
   }
 
@@ -286,13 +295,13 @@ export class AnswerView {
     this.live = [];
     const done = document.createDocumentFragment();
     for (const block of step.done) this.place(block, done, false);
-    this.element.appendChild(done);
+    this.element.insertBefore(done, this.notes);
     this.offset += step.doneLength;
     this.carry = step.carry;
     const open = document.createDocumentFragment();
     let inside = null;  // the last item or row added to the split list or table, when it is open
     for (const block of step.open) inside = this.place(block, open, true) || inside;
-    this.live.push(...open.childNodes);
+    this.live.push(...Array.from(open.childNodes));
     if (streaming) {
       if (!this.cursor) {
         this.cursor = el("span", "cursor");
@@ -302,7 +311,7 @@ export class AnswerView {
       host.appendChild(this.cursor);
       if (host === open) this.live.push(this.cursor);
     }
-    this.element.appendChild(open);
+    this.element.insertBefore(open, this.notes);
   }
 
   /** Put one block on screen; returns the last node it added inside the split list or table, if any. */
@@ -327,6 +336,12 @@ export class AnswerView {
       return last;
     }
     const node = blockElement(block, false);
+    if (node && block.type === "footnote") {
+      if (!this.notes) this.notes = this.element.appendChild(el("div", "footnotes"));
+      this.notes.appendChild(node);
+      if (live) this.live.push(node);
+      return null;
+    }
     if (node) parent.appendChild(node);
     if (!live) {
       const kind = block.type;
