@@ -268,7 +268,11 @@ function buildTurn(turn, index) {
 
   const question = el("div", "question");
   const qHead = el("div", "question-head");
-  qHead.append(el("p", "speaker", "You"), button("edit-btn button-link", "Edit", "Edit this question and send it again"));
+  const versions = el("span", "versions");
+  versions.append(button("ver-prev button-link", "\u2039", "The previous version of this exchange"),
+                  el("span", "ver-count"), button("ver-next button-link", "\u203a", "The next version of this exchange"));
+  qHead.append(el("p", "speaker", "You"), versions,
+               button("edit-btn button-link", "Edit", "Edit this question and send it again"));
   question.append(qHead, el("p", "question-text", turn.q));
   const attached = safeImage(turn.image);
   if (attached) {
@@ -333,6 +337,15 @@ function fillTurn(article, turn, index, rendered = false) {
   article.querySelector(".regen-btn").hidden = !last || !turn.a;
   article.querySelector(".answer-foot").hidden = !turn.a && !meta.length;
   article.querySelector(".waiting").hidden = true;
+  article.querySelector(".question-text").textContent = turn.q;
+  const count = Array.isArray(turn.versions) ? turn.versions.length : 0;
+  const versions = article.querySelector(".versions");
+  versions.hidden = count < 2;
+  if (count >= 2) {
+    versions.querySelector(".ver-count").textContent = (turn.v + 1) + "/" + count;
+    versions.querySelector(".ver-prev").disabled = turn.v <= 0;
+    versions.querySelector(".ver-next").disabled = turn.v >= count - 1;
+  }
 }
 
 /** The reasoning summary; `open` true or false opens or closes it, null leaves it as the reader left it. */
@@ -660,6 +673,7 @@ function setStreaming(streaming) {
   ui.newBtn.disabled = streaming;
   document.body.classList.toggle("is-streaming", streaming);
   for (const b of ui.turns.querySelectorAll(".edit-btn, .regen-btn, .retry-btn")) b.disabled = streaming;
+  ui.turns.classList.toggle("is-busy", streaming);  // versions cannot be switched mid-answer
   const out = $("output");
   if (out) out.setAttribute("aria-busy", streaming ? "true" : "false");
   if (!ui.chatPanel.hidden) renderChatList();  // other conversations cannot be opened while one streams
@@ -986,6 +1000,50 @@ function stop() {
 // Edit, retry, regenerate, copy
 // ---------------------------------------------------------------------------
 
+// A regenerated answer or an edited question is a new version of its exchange, a branch of the
+// conversation: the versions (each with the exchanges that followed it) are kept on the turn, and
+// `< 2/3 >` shows another. What is sent upstream, saved, exported is the branch on screen.
+const VERSION_FIELDS = ["q", "a", "model", "sources", "error", "outcome", "stats", "reasoning", "image", "images"];
+
+/** Turn `index` as it is on screen, with the exchanges after it: one version. */
+function snapshot(index) {
+  const turn = state.chat.turns[index];
+  const version = { after: state.chat.turns.slice(index + 1) };
+  for (const key of VERSION_FIELDS) if (turn[key] !== undefined) version[key] = turn[key];
+  return version;
+}
+
+/** Keep what is on screen at turn `index` as a version and make room for a new one. */
+function branch(index) {
+  const turn = state.chat.turns[index];
+  if (!Array.isArray(turn.versions) || !turn.versions.length) {
+    turn.versions = [snapshot(index)];
+  } else {
+    turn.versions[turn.v] = snapshot(index);
+  }
+  turn.versions.push({ q: turn.q, after: [] });  // filled in when another version is shown
+  turn.v = turn.versions.length - 1;
+}
+
+/** Show version `j` of turn `index`, and the exchanges that followed it. */
+function showVersion(index, j) {
+  const turn = state.chat.turns[index];
+  if (state.controller || !turn || !Array.isArray(turn.versions) || j === turn.v) return;
+  const chosen = turn.versions[j];
+  if (!chosen || typeof chosen !== "object" || typeof chosen.q !== "string") return;
+  cancelEdit();
+  turn.versions[turn.v] = snapshot(index);
+  for (const key of VERSION_FIELDS) {
+    if (chosen[key] !== undefined) turn[key] = chosen[key];
+    else delete turn[key];
+  }
+  turn.v = j;
+  const after = Array.isArray(chosen.after) ? chosen.after.filter((t) => t && typeof t.q === "string") : [];
+  state.chat.turns = state.chat.turns.slice(0, index + 1).concat(after);
+  saveChat();
+  renderChat();
+}
+
 function startEdit(index) {
   if (state.controller) return;
   cancelEdit();
@@ -1025,6 +1083,7 @@ function submitEdit() {
   const text = article.querySelector(".edit-area").value;
   if (!text.trim()) return;
   cancelEdit();
+  branch(index);  // the question as it was, and what followed it, stay as a version
   state.chat.turns[index].q = text;
   if (index === 0) state.chat.title = text.trim().replace(/\s+/g, " ").slice(0, 80);
   startRun(index);
@@ -1046,8 +1105,16 @@ ui.turns.addEventListener("click", (event) => {
     }
   } else if (target.classList.contains("copy-answer")) {
     copyText(state.chat.turns[index].a, target);
-  } else if (target.classList.contains("regen-btn") || target.classList.contains("retry-btn")) {
+  } else if (target.classList.contains("regen-btn")) {
+    if (!state.controller && index === state.chat.turns.length - 1) {
+      branch(index);  // the answer so far stays as a version
+      startRun(index);
+    }
+  } else if (target.classList.contains("retry-btn")) {
     if (!state.controller && index === state.chat.turns.length - 1) startRun(index);
+  } else if (target.classList.contains("ver-prev") || target.classList.contains("ver-next")) {
+    const turn = state.chat.turns[index];
+    showVersion(index, turn.v + (target.classList.contains("ver-next") ? 1 : -1));
   } else if (target.classList.contains("edit-btn")) {
     startEdit(index);
   } else if (target.classList.contains("edit-send")) {
