@@ -1368,6 +1368,27 @@ class PageShapeTest(PageTestCase):
         self.assertNoErrors()
 
 
+    def test_the_theme_switch_beats_the_systems_scheme_and_is_remembered(self):
+        context = self.new_context(color_scheme="light")
+        page = self.open_page(context=context)
+        background = "() => getComputedStyle(document.body).backgroundColor"
+        self.assertGreater(_luminance(page.evaluate(background)), 0.8)  # System: the browser's light
+        page.select_option("#theme", "dark")
+        self.assertLess(_luminance(page.evaluate(background)), 0.05)
+        code = "() => getComputedStyle(document.querySelector('#meta')).color"
+        self.assertGreaterEqual(_contrast(page.evaluate(code), page.evaluate(background)), 4.5)
+        page.reload()
+        page.wait_for_function(READY_JS)
+        self.assertEqual(page.input_value("#theme"), "dark")
+        self.assertLess(_luminance(page.evaluate(background)), 0.05)
+        page.select_option("#theme", "")
+        self.assertGreater(_luminance(page.evaluate(background)), 0.8)
+        dark = self.open_page(color_scheme="dark")  # and Light wins over a dark system
+        dark.select_option("#theme", "light")
+        self.assertGreater(_luminance(dark.evaluate(background)), 0.8)
+        self.assertNoErrors()
+
+
 def _rgb(css: str) -> list[float]:
     return [float(v) for v in re.findall(r"[\d.]+", css)[:3]]
 

@@ -34,7 +34,7 @@ const ui = {
   chatSearch: $("chatSearch"), exportMd: $("exportMd"), exportJson: $("exportJson"), importInput: $("importInput"),
   starters: $("starters"), instructions: $("instructions"), systemPrompt: $("systemPrompt"),
   instructionsPreview: $("instructionsPreview"), defaultInstructions: $("defaultInstructions"),
-  instructionsNote: $("instructionsNote"),
+  instructionsNote: $("instructionsNote"), theme: $("theme"),
   status: $("status"), meta: $("meta"), intro: $("intro"), turns: $("turns"), jumpBtn: $("jumpBtn"),
   modelFamily: $("modelFamily"), tradition: $("tradition"), grounded: $("grounded"), apiKeyRow: $("apiKeyRow"), apiKey: $("apiKey"),
   simBadge: $("simBadge"), hint: $("promptHint"), api: $("api"), responseModel: $("responseModel"),
@@ -1155,6 +1155,10 @@ ui.form.addEventListener("submit", (event) => {
 });
 ui.newBtn.addEventListener("click", newChat);
 ui.undoBtn.addEventListener("click", undoDelete);
+ui.theme.addEventListener("change", () => {
+  applyTheme(ui.theme.value);
+  saveOptions();
+});
 ui.chatSearch.addEventListener("input", () => renderChatList());
 ui.exportMd.addEventListener("click", () => exportChat("md"));
 ui.exportJson.addEventListener("click", () => exportChat("json"));
@@ -1213,7 +1217,7 @@ document.addEventListener("keydown", (event) => {
 function saveOptions() {
   store.saveOptions({ model_family: ui.modelFamily.value, tradition: ui.tradition.value, grounded: ui.grounded.checked,
                       api: ui.api.value, model: ui.responseModel.value, drawing: ui.drawing.checked,
-                      system: typeof options.system === "string" ? options.system : "" });
+                      system: typeof options.system === "string" ? options.system : "", theme: ui.theme.value });
 }
 
 /** Show the options of the API chosen: routing, tradition and sources, or a model, images and drawing. */
@@ -1299,6 +1303,14 @@ if (ui.apiKey.value) showKeyField(false);
 // ---------------------------------------------------------------------------
 
 const options = store.options();
+
+/** "light", "dark", or "" for the system's (the stylesheet's colours are light-dark() pairs). */
+function applyTheme(theme) {
+  if (theme === "light" || theme === "dark") document.documentElement.setAttribute("data-theme", theme);
+  else document.documentElement.removeAttribute("data-theme");
+}
+if (options.theme === "light" || options.theme === "dark") ui.theme.value = options.theme;
+applyTheme(ui.theme.value);
 if (!state.chat.turns.length && !state.chat.system && typeof options.system === "string" && options.system) {
   state.chat.system = options.system;  // a new conversation starts with the default instructions
 }
