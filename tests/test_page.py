@@ -26,7 +26,10 @@ FINISHED_JS = """() => {
 }"""
 ALLOWED_TAGS = ["H1", "H2", "H3", "H4", "H5", "H6", "P", "STRONG", "EM", "DEL", "CODE", "PRE", "OL", "UL", "LI",
                 "A", "BR", "HR", "BLOCKQUOTE", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "SUP", "SPAN", "DIV",
-                "BUTTON", "INPUT"]
+                "BUTTON", "INPUT",
+                # MathML (web/math.js's MATH_TAGS), drawn by the browser itself
+                "math", "mrow", "mi", "mn", "mo", "msup", "msub", "msubsup", "mfrac", "msqrt", "mroot", "mtext",
+                "mspace", "mtable", "mtr", "mtd", "munderover", "munder", "mover"]
 # The answer's figures; its cost once the relay has the model catalog (fetched in the background).
 META = re.compile(r"^(\d+) tokens? \u2022 \d+ ms \u2022 first token \d+ ms \u2022 \d+\.\d tokens/s"
                   r"( \u2022 (\$[0-9.]+|< \$0\.000001))?$")
@@ -46,6 +49,9 @@ FORBIDDEN_JS = """([root, allowed]) => {
     if (name === 'type') return (tag === 'BUTTON' && value === 'button') || (tag === 'INPUT' && value === 'checkbox');
     if (name === 'disabled' || name === 'checked') return tag === 'INPUT';
     if (name === 'aria-label') return tag === 'INPUT' || tag === 'BUTTON';
+    if (['display', 'mathvariant', 'width', 'linethickness', 'columnalign'].includes(name)) {
+      return el.namespaceURI === 'http://www.w3.org/1998/Math/MathML' && /^[a-z0-9.-]+$/.test(value);
+    }
     return false;
   };
   for (const el of root.querySelectorAll('*')) {
@@ -1161,6 +1167,29 @@ class RendererTest(PageTestCase):
                 self.assertEqual(got, expected)
         self.assertNoErrors()
 
+    def test_math_is_drawn_as_mathml_and_the_rest_shown_as_code(self):
+        page = self.open_page()
+        self.script("Euler: $e^{i\\pi}+1=0$. A price of $5 and $10 stays text.\n\n$$\n"
+                    "\\frac{-b \\pm \\sqrt{b^2-4ac}}{2a}\n$$\n\nNot drawn: $\\href{x}{y}$.")
+        self.assertEqual(self.ask(page, "Show me some math"), "Done")
+        shape = page.evaluate("""() => {
+          const out = document.getElementById('output');
+          const maths = [...out.querySelectorAll('math')];
+          return {count: maths.length, display: maths.map((m) => m.getAttribute('display')),
+                  widths: maths.map((m) => m.getBoundingClientRect().width),
+                  inline: maths[0] && maths[0].querySelector('msup') !== null,
+                  fraction: maths[1] && maths[1].querySelector('mfrac msqrt') !== null,
+                  code: [...out.querySelectorAll('code.math-source')].map((c) => c.textContent),
+                  text: out.querySelector('p').textContent};
+        }""")
+        self.assertEqual(shape["count"], 2)
+        self.assertEqual(shape["display"], [None, "block"])
+        self.assertTrue(shape["inline"] and shape["fraction"], shape)
+        self.assertTrue(all(width > 10 for width in shape["widths"]), "the browser draws MathML")
+        self.assertEqual(shape["code"], ["$\\href{x}{y}$"])  # outside the subset: as written, never markup
+        self.assertIn("A price of $5 and $10 stays text.", shape["text"])
+        self.assertNoErrors()
+
     def test_a_long_list_or_table_keeps_its_finished_items_on_screen(self):
         """#19.13: the finished items and rows of a long open list or table are rendered once, not on
         every update (counted in elements created, not timed)."""
@@ -1228,7 +1257,9 @@ class RendererTest(PageTestCase):
             '<javascript:x>', '*', '**', '***', '_', '__', '~~', '`', '``', '```', '```js\\n', '~~~', '\\n', '\\n\\n',
             '\\r', '\\r\\n', '# ', '## ', '- ', '* ', '+ ', '1. ', '2) ', '> ', '| a |', '|---|', '- [ ] ', '---',
             '   ', '\\t', 'https://e.com/a', 'http://', 'javascript:', ' on', 'click=', '"', "'", '&', '&lt;', '\\\\',
-            'word', 'x', ' ', '\\u0000', '\\u202e', '\\ufeff', '\\u2028', '😀', 'é'];
+            'word', 'x', ' ', '\\u0000', '\\u202e', '\\ufeff', '\\u2028', '😀', 'é',
+            '$', '$$', '\\\\frac{', '\\\\sqrt', '^', '_{', '\\\\alpha', '\\\\href{', '\\\\begin{pmatrix}', '&',
+            '\\\\\\\\', '\\\\end{pmatrix}', '\\\\text{'];
           let seed = 20240611;
           const random = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
           const bad = [];

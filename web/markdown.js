@@ -23,6 +23,7 @@ const MAX_URL = 2048;
 const MAX_LABEL = 999;       // a link label longer than this is not a link (CommonMark's limit)
 const MAX_PARENS = 32;       // parentheses nesting in a link destination (CommonMark allows a limit)
 const MAX_COLUMNS = 64;
+const MAX_MATH = 4000;       // characters of one formula; a longer one is text
 
 // ---------------------------------------------------------------------------
 // Character helpers
@@ -297,6 +298,7 @@ function tableStarts(lines, i) {
 /** Does `line` start a block that ends a paragraph? (Ordered lists must start at 1 to.) */
 function interruptsParagraph(line, lines, i) {
   if (fenceOpen(line) || heading(line) || thematicBreak(line) || quoteLine(line) || footnoteDef(line)) return true;
+  if (line.trim() === "$$") return true;
   const item = listItem(line);
   if (item && item.text !== "" && (!item.ordered || item.start === 1)) return true;
   return tableStarts(lines, i) !== null;
@@ -344,6 +346,22 @@ function parseLines(lines, depth, carry = null) {
       continue;
     }
     const first = i;
+    if (line.trim() === "$$") {  // display math: $$, the TeX, $$ (each on its own line)
+      const body = [];
+      let closed = false;
+      i++;
+      while (i < lines.length) {
+        if (lines[i].trim() === "$$") {
+          closed = true;
+          i++;
+          break;
+        }
+        body.push(lines[i]);
+        i++;
+      }
+      push({ type: "math", tex: body.join("\n"), display: true, closed }, first);
+      continue;
+    }
     const fence = fenceOpen(line);
     if (fence) {
       const body = [];
@@ -681,6 +699,32 @@ class Inline {
     this.brackets = null;        // top of the bracket stack ("[" and "![")
     this.nextRun = null;         // backtick run index -> next run of the same length
     this.quoteCache = Object.create(null);
+    this.dollars = null;         // where a `$` may close inline math, in order (found once per text)
+    this.dollarAt = 0;           // the first of them not yet passed: openers come left to right
+  }
+
+  /** Inline math at `i`: `$$...$$` (display) or `$...$` (the opening `$` not before a space, the
+   * closing one not after a space or before a digit, so "$5 and $10" stays text); null otherwise.
+   * Each closer is looked at once over the whole text: linear. */
+  mathSpan(i) {
+    const s = this.s;
+    if (s[i + 1] === "$") {
+      const close = s.indexOf("$$", i + 2);
+      if (close === -1 || close - i > MAX_MATH || !s.slice(i + 2, close).trim()) return null;
+      return { tex: s.slice(i + 2, close), display: true, end: close + 2 };
+    }
+    if (i + 1 >= s.length || isWhite(s[i + 1])) return null;
+    if (this.dollars === null) {
+      this.dollars = [];
+      for (let k = s.indexOf("$"); k !== -1; k = s.indexOf("$", k + 1)) {
+        if (!isWhite(s[k - 1]) && s[k - 1] !== "\\" && !(s[k + 1] >= "0" && s[k + 1] <= "9") && s[k + 1] !== "$" &&
+            s[k - 1] !== "$") this.dollars.push(k);
+      }
+    }
+    while (this.dollarAt < this.dollars.length && this.dollars[this.dollarAt] <= i) this.dollarAt++;
+    const close = this.dollars[this.dollarAt];
+    if (close === undefined || close - i > MAX_MATH) return null;
+    return { tex: s.slice(i + 1, close), display: false, end: close + 1 };
   }
 
   append(node) {
@@ -837,6 +881,18 @@ class Inline {
         }
         text += s.slice(i, i + n);
         i += n;
+        continue;
+      }
+      if (c === "$") {
+        const math = this.mathSpan(i);
+        flush();
+        if (math) {
+          this.append({ type: "math", tex: math.tex, display: math.display });
+          i = math.end;
+        } else {
+          this.text(s[i + 1] === "$" ? "$$" : "$");
+          i += s[i + 1] === "$" ? 2 : 1;
+        }
         continue;
       }
       if (c === "*" || c === "_" || c === "~") {
@@ -1102,6 +1158,9 @@ function toTokens(first, depth) {
         break;
       case "code":
         out.push({ type: "code", text: node.text });
+        break;
+      case "math":
+        out.push({ type: "math", tex: node.tex, display: node.display });
         break;
       case "fnref":
         out.push({ type: "fnref", label: node.label });

@@ -6,12 +6,37 @@
  *
  * Only createElement/textContent: the model's text never becomes markup. Elements made here:
  * H1-H6 P STRONG EM DEL CODE PRE OL UL LI A BR HR BLOCKQUOTE TABLE THEAD TBODY TR TH TD SUP SPAN
- * DIV, BUTTON (copy a code block) and a disabled checkbox INPUT (task lists). Attributes: href
+ * DIV, BUTTON (copy a code block), a disabled checkbox INPUT (task lists), and the MathML of
+ * math.js's MATH_TAGS (math with display, mi with mathvariant, ...). Attributes: href
  * (absolute http/https only, from safeHref), rel, target, title, class, start, type, disabled,
  * checked, aria-label.
  */
 import { parse, parseIncremental } from "./markdown.js";
 import { highlight, languageName } from "./highlight.js";
+import { texToMath } from "./math.js";
+
+const MATHML = "http://www.w3.org/1998/Math/MathML";
+const MATH_ATTRIBUTES = ["display", "mathvariant", "width", "linethickness", "columnalign"];
+
+/** A MathML tree from math.js as elements (createElementNS and textContent only). */
+function mathElement(tree) {
+  const node = document.createElementNS(MATHML, tree.tag);
+  for (const name of MATH_ATTRIBUTES) {
+    if (tree.attrs && typeof tree.attrs[name] === "string") node.setAttribute(name, tree.attrs[name]);
+  }
+  if (typeof tree.text === "string") node.textContent = tree.text;
+  else for (const child of tree.children || []) node.appendChild(mathElement(child));
+  return node;
+}
+
+/** TeX drawn as MathML, or (outside the subset, or unfinished) shown as it was written, as code. */
+function math(tex, display, closed = true) {
+  const tree = closed ? texToMath(tex, display) : null;
+  if (tree) return mathElement(tree);
+  const code = el("code", "math-source");
+  code.textContent = display ? "$$" + tex + "$$" : "$" + tex + "$";
+  return code;
+}
 
 const IMAGE_NOTE = "Images are not loaded here: the page's security policy blocks remote images. " +
   "Open the link to see it.";
@@ -46,6 +71,9 @@ function appendInline(tokens, parent, inLink = false) {
         parent.appendChild(code);
         break;
       }
+      case "math":
+        parent.appendChild(math(t.tex, t.display));
+        break;
       case "strong":
       case "em":
       case "del": {
@@ -198,6 +226,11 @@ function blockElement(block, tight) {
     }
     case "code":
       return codeBlock(block);
+    case "math": {
+      const box = el("div", "math-block");
+      box.appendChild(math(block.tex, true, block.closed));
+      return box;
+    }
     case "hr":
       return el("hr");
     case "blockquote": {
