@@ -46,6 +46,7 @@ ANSWERS = (
     "    return PLAN[day % len(PLAN)]\n"
     "```\n\n"
     "- [x] Week 1: Mark 1\u20134\n- [ ] Week 2: Mark 5\u20138\n\n"
+    "At $c$ chapters a day, Mark's 16 chapters take $\\frac{16}{c}$ days. "
     "Mark the days you read, and *don't* worry about the ones you miss. For background on each "
     "book, see [the Bible Project](https://bibleproject.com).",
 )
@@ -126,10 +127,16 @@ def main(argv: list[str]) -> int:
             # Desktop, light and dark: the whole conversation, finished, the latest answer in view.
             for scheme, name in (("light", "screenshot-desktop.png"), ("dark", "screenshot-dark.png")):
                 context, page = _open(browser, proxy, viewport={"width": 1280, "height": 800}, color_scheme=scheme)
+                page.click("#instructions summary")
+                page.fill("#systemPrompt", "Answer warmly and practically, for someone new to faith.")
+                page.click("#instructions summary")  # collapsed again: its preview shows
                 for index, question in enumerate(QUESTIONS):
                     _script(fake, index, 0.004)
                     _ask(page, question)
                     _wait_done(page)
+                _script(fake, 1, 0.004)  # the last answer regenerated: two versions, ‹ 2/2 ›
+                page.click("#turns .turn:last-child .regen-btn")
+                _wait_done(page)
                 _settle(page)
                 if scheme == "dark":  # the first answer's table, quote and sources
                     page.evaluate("() => document.querySelector('#turns .turn').scrollIntoView()")
