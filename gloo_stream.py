@@ -4686,7 +4686,8 @@ def _build_parser() -> argparse.ArgumentParser:
     output.add_argument("--raw", action="store_true",
                         help="print the response body's bytes as received (for debugging)")
     output.add_argument("--chat", action="store_true",
-                        help="a conversation: ask, read the answer, ask again (Ctrl-D or /exit to leave)")
+                        help="a conversation: ask, read the answer, ask again (/help lists its commands; "
+                             "Ctrl-D or /exit leaves)")
     memory = parser.add_argument_group(
         "history (every exchange is kept in a SQLite file in GLOO_DATA_DIR or your user data folder)")
     memory.add_argument("-c", "--continue", dest="continue_", action="store_true",
