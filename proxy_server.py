@@ -1874,7 +1874,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif route is None and path.startswith("/v1/models/"):
             route = _MODEL_ROUTE
         if route is None:
-            static = self.server.static_file(path)
+            static = self.server.site.find(path)
             if static is not None:
                 self.exchange.static_file = static
                 route = _STATIC_ROUTE
@@ -2016,7 +2016,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _static(self) -> None:
         self.exchange.outcome = "static"
-        body, content_type = self.server.static_body(self.exchange.static_file, self.headers.get("Host") or "")
+        host = self.headers.get("Host") or ""
+        body, content_type = self.server.site.body(self.exchange.static_file,
+                                                   lambda: self.server.fallback_page(host))
         self._send_body(200, body, content_type, _SECURITY_HEADERS)
 
     def _read_body(self) -> bytes:
@@ -2309,6 +2311,51 @@ def _client_options(config: Any) -> dict[str, Any]:
     return options
 
 
+class _StaticSite:
+    """The page's files: the regular files directly in the web root when the relay started (no links,
+    no dot files), never any other path; the built-in page at `/` when there is no index.html."""
+
+    def __init__(self, root: str) -> None:
+        self.files = self._scan(root)
+
+    @staticmethod
+    def _scan(root: str) -> dict[str, str]:
+        files: dict[str, str] = {}
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return files
+        real_root = os.path.realpath(root)
+        for name in names:
+            path = os.path.join(root, name)
+            if name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
+                continue
+            if os.path.dirname(os.path.realpath(path)) != real_root:
+                continue
+            files["/" + name] = path
+        if "/index.html" in files:
+            files["/"] = files["/index.html"]
+        return files
+
+    def find(self, path: str) -> str | None:
+        """The file for a URL path, only ever one found by the startup scan."""
+        found = self.files.get(path)
+        if found is None and path == "/":
+            return _FALLBACK_PAGE_MARKER
+        return found
+
+    def body(self, file_path: str, fallback: Callable[[], bytes]) -> tuple[bytes, str]:
+        """A page file's bytes and type (`fallback()`'s page when web/ is missing); 404 if it went away."""
+        if file_path == _FALLBACK_PAGE_MARKER:
+            return fallback(), "text/html; charset=utf-8"
+        try:
+            with open(file_path, "rb") as handle:
+                body = handle.read()
+        except OSError:
+            raise _RelayError(404, "not found", code="not_found") from None
+        return body, _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
+
+
 class _Catalog:
     """The upstream's model catalog, for /v1/models and the cost of each answer.
 
@@ -2397,7 +2444,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._peer_of: dict[Any, str] = {}
         self._thread: threading.Thread | None = None
         self._log_handler = log_handler
-        self._static = self._scan_static(self.config.web_root)
+        self.site = _StaticSite(self.config.web_root)
         self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
         self._queue_checked = self._queue_warned = self._descriptors_warned = -math.inf
         self.accept_pauses = 0  # times accepting stopped for want of file descriptors
@@ -2492,45 +2539,7 @@ class ProxyServer(ThreadingHTTPServer):
                             "browsers (answered with Access-Control-Allow-Origin: *, never with credentials).")
         return warnings
 
-    # -- static files -------------------------------------------------------
-
-    @staticmethod
-    def _scan_static(root: str) -> dict[str, str]:
-        """The files that can ever be served: regular files directly in `root`, no links."""
-        files: dict[str, str] = {}
-        try:
-            names = os.listdir(root)
-        except OSError:
-            return files
-        real_root = os.path.realpath(root)
-        for name in names:
-            path = os.path.join(root, name)
-            if name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
-                continue
-            if os.path.dirname(os.path.realpath(path)) != real_root:
-                continue
-            files["/" + name] = path
-        if "/index.html" in files:
-            files["/"] = files["/index.html"]
-        return files
-
-    def static_file(self, path: str) -> str | None:
-        """The file for a URL path, only ever one found by the startup scan."""
-        found = self._static.get(path)
-        if found is None and path == "/":
-            return _FALLBACK_PAGE_MARKER
-        return found
-
-    def static_body(self, file_path: str, host: str) -> tuple[bytes, str]:
-        """A page file's bytes and type (the built-in page when web/ is missing); 404 if it went away."""
-        if file_path == _FALLBACK_PAGE_MARKER:
-            return self.fallback_page(host), "text/html; charset=utf-8"
-        try:
-            with open(file_path, "rb") as handle:
-                body = handle.read()
-        except OSError:
-            raise _RelayError(404, "not found", code="not_found") from None
-        return body, _STATIC_TYPES.get(os.path.splitext(file_path)[1].lower(), "application/octet-stream")
+    # -- the page ---------------------------------------------------------
 
     _HOST_SHAPE = re.compile(r"^(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
 
