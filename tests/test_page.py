@@ -1082,10 +1082,13 @@ class ApiKeyTest(PageTestCase):
         page.click("#turns .turn:last-child .retry-btn")
         self.assertEqual(self.wait_finished(page), "Error: The API key was not accepted. Check the key and send again.")
 
+        self.assertFalse(page.evaluate("() => document.documentElement.hasAttribute('data-models')"))  # needs the key
         page.fill("#apiKey", self.KEY)
         page.click("#turns .turn:last-child .retry-btn")
         self.assertEqual(self.wait_finished(page), "Done")
         self.assertEqual(self.keyed_fake.requests[-1]["body"]["messages"][-1]["content"], "[[echo]] hello")
+        # With the key, the model picker is filled from the relay's catalog.
+        page.wait_for_function("() => document.documentElement.hasAttribute('data-models')")
         self.assertEqual(page.evaluate("() => sessionStorage.getItem('glooStream.apiKey')"), self.KEY)
         page.reload()
         page.wait_for_selector("#apiKey", state="visible")

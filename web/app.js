@@ -1377,6 +1377,10 @@ function loadModels() {
     .catch(() => {});  // no catalog: the list in index.html is the picker
 }
 loadModels();
+// A relay that wants a key answers /v1/models only with it: ask again once one is entered.
+ui.apiKey.addEventListener("change", () => {
+  if (!document.documentElement.hasAttribute("data-models")) loadModels();
+});
 
 // A page closed or reloaded mid-answer left a question without an answer or an error: say so,
 // so that Retry is there.
