@@ -4415,6 +4415,37 @@ class _History:
             params = (_like_contains(query),) * 3
         return self.db.execute(select + where + " ORDER BY c.updated DESC LIMIT ?", params + (limit,)).fetchall()
 
+    def import_record(self, record: Any) -> tuple[str, int]:
+        """A conversation from its JSON (the page's export, or --export's) as a new one here; returns
+        (id, exchanges). A ConfigurationError when it is not that format."""
+        if not (isinstance(record, dict) and record.get("format") == CONVERSATION_FORMAT and record.get("version") == 1
+                and isinstance(record.get("turns"), list)):
+            raise ConfigurationError(f"not a conversation file (a {CONVERSATION_FORMAT} JSON, version 1)")
+        turns = [turn for turn in record["turns"] if isinstance(turn, dict) and isinstance(turn.get("q"), str)]
+        if not turns:
+            raise ConfigurationError("the conversation file holds no exchange")
+        given = record.get("title")
+        title: str = given if isinstance(given, str) and given.strip() else turns[0]["q"]
+        system = record.get("system")
+        conversation = self.new(title, system if isinstance(system, str) and system else None)
+        text = lambda value: value if isinstance(value, str) else None  # noqa: E731
+        try:
+            with self.db:
+                for turn in turns:
+                    at = turn.get("at")
+                    self.db.execute(
+                        "INSERT INTO exchanges (conversation, at, question, answer, model, usage, outcome, error,"
+                        " sources) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (conversation, at / 1000 if isinstance(at, (int, float)) and math.isfinite(at) else time.time(),
+                         turn["q"], text(turn.get("a")) or "", text(turn.get("model")),
+                         json.dumps(turn["usage"]) if isinstance(turn.get("usage"), dict) else None,
+                         text(turn.get("outcome")), text(turn.get("error")),
+                         json.dumps([s for s in turn.get("sources") or [] if isinstance(s, dict)]
+                                    if isinstance(turn.get("sources"), list) else [])))
+        except self._errors as exc:
+            raise ConfigurationError(f"the conversation could not be saved to {self.path}: {exc}") from None
+        return conversation, len(turns)
+
     def export(self, conversation: str) -> dict:
         """The conversation in the page's JSON format (CONVERSATION_FORMAT, version 1)."""
         head = self.db.execute("SELECT id, title, created, updated, system FROM conversations WHERE id = ?",
@@ -4696,6 +4727,9 @@ def _build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--history", nargs="?", const="", metavar="QUERY",
                         help="list the latest conversations, or those whose words match QUERY, and exit")
     memory.add_argument("--export", metavar="ID", help="print a conversation (an id, or 'last') as JSON and exit")
+    memory.add_argument("--import", dest="import_file", metavar="FILE",
+                        help="add a conversation from its JSON (the page's Export JSON, or --export's; - for "
+                             "stdin) to the history and exit; continue it with --cid")
     memory.add_argument("--no-log", action="store_true", help="keep nothing of this run (also GLOO_LOG=0)")
     parser.add_argument("--timeout", type=_float_in(0, _MAX_TIMEOUT, low_open=True, unit=" of seconds"),
                         default=60.0, metavar="SECONDS",
@@ -4847,7 +4881,7 @@ class _Run:
         try:
             if args.list_models:
                 return self.list_models(self.client(args))
-            if args.history is not None or args.export is not None:
+            if args.history is not None or args.export is not None or args.import_file is not None:
                 return self.show_history()
             self.check_responses()
             client = self.client(args)
@@ -4877,7 +4911,7 @@ class _Run:
 
     def question(self, args: Any) -> str | None:
         for flag, given in (("--list-models", args.list_models), ("--history", args.history is not None),
-                            ("--export", args.export is not None)):
+                            ("--export", args.export is not None), ("--import", args.import_file is not None)):
             if given:
                 if args.question is not None:
                     raise _UsageError(f"{flag} takes no question" + (
@@ -5055,6 +5089,8 @@ class _Run:
         if self.args.export is not None:
             self.print_json(memory.export(memory.resolve(self.args.export)))
             return _EXIT_OK
+        if self.args.import_file is not None:
+            return self.import_conversation(memory, self.args.import_file)
         rows = memory.recent(self.args.history)
         if self.args.json:
             self.print_json({"conversations": [{"id": cid, "updated": int(updated * 1000), "exchanges": count,
@@ -5067,6 +5103,26 @@ class _Run:
         for cid, updated, count, title in rows:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated))
             self.write(f"{cid}  {when}  {count:>3}  {_terminal_safe(title)}\n")
+        return _EXIT_OK
+
+    def import_conversation(self, memory: _History, path: str) -> int:
+        try:
+            if path == "-":
+                data = _read_stdin(self.stdin)
+            else:
+                with open(path, encoding="utf-8") as handle:
+                    data = handle.read()
+            record = json.loads(data)
+        except OSError as exc:
+            raise ConfigurationError(f"--import {path}: {exc.strerror or exc}") from None
+        except (ValueError, RecursionError):
+            raise ConfigurationError(f"--import {path}: not JSON") from None
+        conversation, count = memory.import_record(record)
+        if self.args.json:
+            self.print_json({"conversation": conversation, "exchanges": count, "exit_code": _EXIT_OK})
+        else:
+            self.note(f"imported as {conversation} ({count} exchange{'s' if count != 1 else ''}): "
+                      f"continue it with --cid {conversation}")
         return _EXIT_OK
 
     def list_models(self, client: GlooClient) -> int:

@@ -74,6 +74,33 @@ class HistoryTests(HistoryTestCase):
         with sqlite3.connect(database) as db:
             self.assertEqual(db.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0], 4)
 
+    def test_import_reads_the_pages_export_and_continues_it(self):
+        page_export = {"format": "gloo-stream/conversation", "version": 1, "id": "page-id-1", "title": "From the page",
+                       "created": 1796696205966, "updated": 1796696206430, "system": "Be brief.",
+                       "turns": [{"q": "[[echo]] What is grace?", "a": "What is grace?", "model": "m",
+                                  "error": None, "outcome": "Done", "sources": []}]}
+        path = os.path.join(self.cwd, "page.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(page_export, handle)
+        imported = self.json_run("--import", path)
+        self.assertEqual(imported["exchanges"], 1)
+        answer = self.json_run("--cid", imported["conversation"], "[[echo]] And hope?")
+        self.assertEqual(self.fake.requests[-1]["body"]["messages"],
+                         [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "[[echo]] What is grace?"},
+                          {"role": "assistant", "content": "What is grace?"},
+                          {"role": "user", "content": "[[echo]] And hope?"}])
+        exported = self.json_run("--export", answer["conversation"])
+        self.assertEqual((exported["title"], len(exported["turns"])), ("From the page", 2))
+        again = self.run_cli("--import", "-", stdin=json.dumps(exported))  # its own export reads back too
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("imported as", again.stderr)
+        for bad, why in (('{"format": "other"}', "not a conversation file"), ("not json", "not JSON")):
+            with self.subTest(bad=bad):
+                refused = self.run_cli("--import", "-", stdin=bad)
+                self.assertEqual(refused.returncode, 2)
+                self.assertIn(why, refused.stderr)
+
     def test_history_lists_and_searches(self):
         self.json_run("[[echo]] The parable of the sower")
         self.json_run("[[echo]] Psalm 23 and the shepherd")
