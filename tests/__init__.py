@@ -1,6 +1,8 @@
-"""The test suite. `python -m unittest` finds it; this file adds one thing to that run:
-at the end, the tests that were skipped and why, grouped by reason, even without `-v`
-(a missing browser or nginx skips a whole module or class, which unittest reports as one `s`).
+"""The test suite. `python -m unittest` finds it; this file adds two things to that run: about
+half of the modules run in a second process at the same time (tests/parallel.py; GLOO_TEST_JOBS=1
+for one process), and at the end, the tests that were skipped and why, grouped by reason, even
+without `-v` (a missing browser or nginx skips a whole module or class, which unittest reports as
+one `s`).
 """
 
 from __future__ import annotations
@@ -46,13 +48,26 @@ def skip_report(skipped: list[tuple], ids: list[str]) -> str:
 
 
 class _ReportingSuite(unittest.TestSuite):
-    """Runs the suite, then writes the skip report to stderr."""
+    """Runs the suite (half of its modules in a second process: tests/parallel.py), then writes the
+    skip report to stderr."""
 
     stream: TextIO = sys.stderr
 
     def run(self, result: unittest.TestResult, debug: bool = False) -> unittest.TestResult:
-        ids = [test.id() for test in _flatten(self)]  # now: the suite lets go of its tests as they run
+        from tests import parallel
+
+        tests = list(_flatten(self))
+        ids = [test.id() for test in tests]  # now: the suite lets go of its tests as they run
+        worker = None
+        if parallel.jobs() > 1 and not debug:
+            here, there = parallel.split(tests)
+            if there:
+                worker = parallel.Worker(there)  # it runs while this process runs the rest
+                self._tests = here
         result = super().run(result, debug)
+        if worker is not None:
+            worker.wait()
+            worker.replay(result)
         report = skip_report(result.skipped, ids)
         if report:
             print("\n" + report, file=self.stream, flush=True)
