@@ -80,10 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake = None
     if args.offline or not gloo_stream.have_credentials():
         fake = _start_simulator(args.delay)
-        reason = "--offline given" if args.offline else "no Gloo credentials found"
-        print(f"[{reason}: running on the built-in simulator, not the real API. For real answers put "
-              f"GLOO_CLIENT_ID and GLOO_CLIENT_SECRET in .env (see .env.example).]\n", flush=True)
     try:
+        if fake is not None:
+            reason = "--offline given" if args.offline else "no Gloo credentials found"
+            print(f"[{reason}: running on the built-in simulator, not the real API. For real answers put "
+                  f"GLOO_CLIENT_ID and GLOO_CLIENT_SECRET in .env (see .env.example).]\n", flush=True)
         print("=== Example 1: accumulate the whole answer ===")
         result = stream_completion(FIRST_PROMPT)
         print(result["text"])
