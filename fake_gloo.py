@@ -1820,9 +1820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fake_gloo: warning: listening on {args.host}, not only loopback", file=sys.stderr)
     lines = [f"# Simulated Gloo API at {fake.base_url} (Ctrl-C to stop). Point a client at it:"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in fake.env.items()]
-    print("\n".join(lines), flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    try:  # before the lines are out: a Ctrl-C right after them is a clean stop too
+        print("\n".join(lines), flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
