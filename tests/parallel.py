@@ -6,7 +6,7 @@ little over half the time. The split is by module, so module and class fixtures 
 simulator, nginx) stay whole in one process; GLOO_TEST_JOBS=1 runs everything in one process.
 A worker that cannot start, or dies, is reported as an error of the run, never as a silent pass.
 
-    python -m tests.parallel --worker tests.test_proxy tests.test_cli ...   (the worker side)
+    python -m tests.parallel --worker < ids.json     (the worker side: the test ids as a JSON list)
 """
 
 from __future__ import annotations
@@ -67,28 +67,35 @@ def _module_of(test: Any) -> str:
 
 
 def split(tests: list[Any]) -> tuple[list[Any], list[str]]:
-    """(the tests the main process runs, the modules the worker runs)."""
+    """(the tests the main process runs, the ids of those the worker runs, in the run's order: the
+    run's own selection, `-k` included, is kept)."""
     here = [test for test in tests if _module_of(test) not in WORKER_MODULES]
-    there = sorted({_module_of(test) for test in tests if _module_of(test) in WORKER_MODULES})
+    there = [test.id() for test in tests if _module_of(test) in WORKER_MODULES]
     return here, there
 
 
 class Worker:
     """The worker process and the events it reports, read in a thread as they come."""
 
-    def __init__(self, modules: list[str]) -> None:
+    def __init__(self, test_ids: list[str]) -> None:
         self.events: list[dict] = []
         self.problem = ""
         read, write = os.pipe()
         env = dict(os.environ, GLOO_TEST_JOBS="1", GLOO_TEST_EVENTS_FD=str(write))
         try:
             self.proc: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "tests.parallel", "--worker", *modules], cwd=ROOT, env=env,
-                stdin=subprocess.DEVNULL, pass_fds=(write,))
+                [sys.executable, "-m", "tests.parallel", "--worker"], cwd=ROOT, env=env,
+                stdin=subprocess.PIPE, pass_fds=(write,))
         except OSError as exc:
             self.proc = None
             self.problem = f"the test worker did not start: {exc}"
         os.close(write)
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.write(json.dumps(test_ids).encode())  # the tests to run, by id
+                self.proc.stdin.close()
+            except OSError as exc:
+                self.problem = f"the test worker did not take its tests: {exc}"
         self._reader = threading.Thread(target=self._read, args=(read,), daemon=True)
         self._reader.start()
 
@@ -200,12 +207,15 @@ class _EventResult(unittest.TestResult):
             self._emit("failure" if failed else "error", subtest, traceback=self._traceback(err, test))
 
 
-def _worker(modules: list[str]) -> int:
+def _worker() -> int:
     fd = int(os.environ["GLOO_TEST_EVENTS_FD"])
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         result = _EventResult(out)
         try:
-            suite = unittest.defaultTestLoader.loadTestsFromNames(modules)
+            test_ids = json.load(sys.stdin)
+            suite = unittest.TestSuite()
+            for test_id in test_ids:  # one by one, in order: each class's fixtures run once, as usual
+                suite.addTests(unittest.defaultTestLoader.loadTestsFromName(test_id))
             suite.run(result)
         except BaseException:  # reported, so the main run fails instead of passing silently
             out.write(json.dumps({"kind": "error", "id": "tests.parallel.worker", "description": None,
@@ -216,5 +226,5 @@ def _worker(modules: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        sys.exit(_worker(sys.argv[2:]))
+        sys.exit(_worker())
     print(__doc__)
