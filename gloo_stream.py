@@ -151,7 +151,7 @@ log.addHandler(logging.NullHandler())  # a library stays quiet unless the applic
 
 
 # ---------------------------------------------------------------------------
-# Secrets: registered values are scrubbed from every message this module builds
+# Secrets: registered values are scrubbed from every message and header this module builds
 # ---------------------------------------------------------------------------
 
 _secrets: tuple[str, ...] = ()  # longest first; replaced whole, so reading it needs no lock
@@ -199,6 +199,40 @@ def redact(text: str) -> str:
 
 
 _redact = redact  # the name other modules used before it was public
+
+
+class _Headers(dict):
+    """Response header names to values; lookups ignore case (`retry-after` is `Retry-After`)."""
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items.items() if hasattr(items, "items") else items)
+        self._names = {str(name).lower(): name for name in self}
+
+    def _name(self, key: Any) -> Any:
+        return self._names.get(key.lower(), key) if isinstance(key, str) else key
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._name(key))
+
+    def __contains__(self, key: Any) -> bool:
+        return super().__contains__(self._name(key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(self._name(key), value)
+        if isinstance(key, str):
+            self._names.setdefault(key.lower(), key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(self._name(key), default)
+
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
+
+
+def _redacted_headers(headers: Mapping[str, str] | None) -> _Headers:
+    """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
+    items = headers.items() if headers is not None else ()
+    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
 
 
 # ---------------------------------------------------------------------------
@@ -423,6 +457,44 @@ def _describe_validation(item: Mapping[str, Any]) -> str:
     message = item.get("msg")
     message = message if isinstance(message, str) else ""
     return f"{where}: {message}" if where and message else (message or where)
+
+
+_STATUS_ERRORS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: ServerError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def _status_message(status: int, body: str) -> str:
+    if status == 401:
+        return "Authentication failed (401): Invalid or expired token"
+    if status == 403:
+        return "Authorization failed (403): Insufficient permissions"
+    if status == 429:
+        return "Rate limit exceeded (429): Too many requests"
+    return f"API error ({status}): {body[:200]}"
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        exc = reason
+    elif isinstance(reason, str):
+        return _redact(reason)
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    text = str(exc) or exc.__class__.__name__
+    return _redact(text)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
 
 
 def _describe_status(status: int, body: str) -> str:
@@ -2676,23 +2748,6 @@ def _build_opener(*, pool: _ConnectionPool | None = None, ssl_context: Any = Non
 # ---------------------------------------------------------------------------
 
 
-def _describe_os_error(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, BaseException):
-        exc = reason
-    elif isinstance(reason, str):
-        return _redact(reason)
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    text = str(exc) or exc.__class__.__name__
-    return _redact(text)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    reason = getattr(exc, "reason", None)
-    return isinstance(exc, socket.timeout) or isinstance(reason, socket.timeout) or "timed out" in str(reason or "")
-
-
 def _has_control(value: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value)
 
@@ -2745,40 +2800,6 @@ def _check_url(url: str, name: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"not an http(s) URL: {_redact_url(url)!r} (check {name})")
     return url
-
-
-class _Headers(dict):
-    """Response header names to values; lookups ignore case (`retry-after` is `Retry-After`)."""
-
-    def __init__(self, items: Any = ()) -> None:
-        super().__init__(items.items() if hasattr(items, "items") else items)
-        self._names = {str(name).lower(): name for name in self}
-
-    def _name(self, key: Any) -> Any:
-        return self._names.get(key.lower(), key) if isinstance(key, str) else key
-
-    def __getitem__(self, key: Any) -> Any:
-        return super().__getitem__(self._name(key))
-
-    def __contains__(self, key: Any) -> bool:
-        return super().__contains__(self._name(key))
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(self._name(key), value)
-        if isinstance(key, str):
-            self._names.setdefault(key.lower(), key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return super().get(self._name(key), default)
-
-
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
-
-
-def _redacted_headers(headers: Mapping[str, str] | None) -> _Headers:
-    """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
-    items = headers.items() if headers is not None else ()
-    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
 
 
 def _read_error_body(error: urllib.error.HTTPError) -> str:
@@ -2842,27 +2863,6 @@ def _parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] =
             return _seconds(reset - now())
         return _seconds(reset)
     return None
-
-
-_STATUS_ERRORS = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: ServerError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-}
-
-
-def _status_message(status: int, body: str) -> str:
-    if status == 401:
-        return "Authentication failed (401): Invalid or expired token"
-    if status == 403:
-        return "Authorization failed (403): Insufficient permissions"
-    if status == 429:
-        return "Rate limit exceeded (429): Too many requests"
-    return f"API error ({status}): {body[:200]}"
 
 
 def _status_error(status: int, body: str = "", headers: Mapping[str, str] | None = None) -> APIStatusError:
