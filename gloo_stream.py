@@ -862,7 +862,42 @@ _SOURCE_LISTS = ("citations", "sources")
 _SOURCE_EVENTS = frozenset({"citations", "sources"})
 
 
-class ChatAccumulator:
+class _Accumulator:
+    """What chat and Responses accumulators share: the clock, when the answer began, its first token
+    and its end, and the start of a result (its duration, its verdict and the error in words)."""
+
+    error: dict | None
+
+    def __init__(self, *, keep_text: bool, clock: Callable[[], float], started: float | None) -> None:
+        self._clock = clock
+        self.started = clock() if started is None else started
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
+        self.token_count = 0
+        self.error = None
+
+    @property
+    def ttft_ms(self) -> int | None:
+        """Milliseconds from the start to the first content token, as the client saw it."""
+        if self.first_token_at is None:
+            return None
+        return int(round((self.first_token_at - self.started) * 1000))
+
+    def outcome(self, ended: bool = False, failure: str | None = None, *, error_name: str = "",
+                retryable: bool = True) -> StreamOutcome:
+        raise NotImplementedError
+
+    def _result_basics(self, error: str | None, outcome: StreamOutcome | None) -> tuple[int, StreamOutcome,
+                                                                                        str | None]:
+        """(duration_ms, the verdict, the error in words) for a result snapshot."""
+        end = self.finished_at if self.finished_at is not None else self._clock()
+        if error is None and self.error is not None:
+            error = describe_provider_error(self.error)
+        return int(round((end - self.started) * 1000)), outcome or self.outcome(), error
+
+
+class ChatAccumulator(_Accumulator):
     """Folds a stream into one answer: content, tool calls, finish reason, usage, sources, the verdict.
 
     `add_event()` interprets one event (once); `add()` folds one chunk dict. Neither raises,
@@ -871,13 +906,8 @@ class ChatAccumulator:
 
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
                  started: float | None = None, max_sources: int = MAX_SOURCES) -> None:
-        self._clock = clock
-        self.started = clock() if started is None else started
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
+        super().__init__(keep_text=keep_text, clock=clock, started=started)
         self._parts: list[str] = []
-        self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
-        self.token_count = 0
         self.finish_reason: str | None = None
         self.done = False  # `data: [DONE]` seen
         self.model: str | None = None
@@ -894,7 +924,6 @@ class ChatAccumulator:
         self.sources_dropped = 0
         self.sources_returned: bool | None = None
         self.server_ttft_ms: int | None = None
-        self.error: dict | None = None
         self.skipped_events = 0  # events whose data was not JSON
         self._tools: dict[int, dict] = {}
         self._arguments: dict[int, list[str]] = {}  # argument pieces per index, joined when read: linear time
@@ -919,13 +948,6 @@ class ChatAccumulator:
                 pieces[:] = ["".join(pieces)]
             self._tools[index]["function"]["arguments"] = pieces[0] if pieces else ""
         return [self._tools[index] for index in sorted(self._tools)]
-
-    @property
-    def ttft_ms(self) -> int | None:
-        """Milliseconds from the start to the first content token, as the client saw it."""
-        if self.first_token_at is None:
-            return None
-        return int(round((self.first_token_at - self.started) * 1000))
 
     @property
     def finished(self) -> bool:
@@ -1098,15 +1120,11 @@ class ChatAccumulator:
 
     def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ChatResult:
         """A snapshot of what has been accumulated (`outcome` defaults to `self.outcome()`)."""
-        end = self.finished_at if self.finished_at is not None else self._clock()
-        if outcome is None:
-            outcome = self.outcome()
-        if error is None and self.error is not None:
-            error = describe_provider_error(self.error)
+        duration_ms, outcome, error = self._result_basics(error, outcome)
         return ChatResult(
             text=self.text,
             token_count=self.token_count,
-            duration_ms=int(round((end - self.started) * 1000)),
+            duration_ms=duration_ms,
             finish_reason=self.finish_reason or "unknown",
             ttft_ms=self.ttft_ms,
             model=self.model,
@@ -1311,7 +1329,7 @@ class ResponseResult:
         return _fields_dict(self)
 
 
-class ResponseAccumulator:
+class ResponseAccumulator(_Accumulator):
     """Folds a Responses API event stream into one answer: text, output items, function calls with
     their arguments (joined in linear time), the reasoning summary, usage, the verdict.
 
@@ -1321,21 +1339,15 @@ class ResponseAccumulator:
 
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
                  started: float | None = None) -> None:
-        self._clock = clock
-        self.started = clock() if started is None else started
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self.keep_text = keep_text
+        super().__init__(keep_text=keep_text, clock=clock, started=started)
         self._text: list[str] = []
         self._reasoning: list[str] = []
-        self.token_count = 0
         self.id: str | None = None
         self.model: str | None = None
         self.status: str | None = None
         self.usage: dict | None = None
         self.routing: dict[str, str] = {}
         self.incomplete_reason: str | None = None
-        self.error: dict | None = None
         self.done = False  # a final event came: nothing after it belongs to the answer
         self.sequence: int | None = None
         self.sequence_gaps = 0
@@ -1376,12 +1388,6 @@ class ResponseAccumulator:
         return [{"id": item.get("id"), "call_id": item.get("call_id"), "name": item.get("name"),
                  "arguments": item.get("arguments", "")}
                 for item in self.output if item.get("type") == "function_call"]
-
-    @property
-    def ttft_ms(self) -> int | None:
-        if self.first_token_at is None:
-            return None
-        return int(round((self.first_token_at - self.started) * 1000))
 
     @property
     def finished(self) -> bool:
@@ -1532,11 +1538,7 @@ class ResponseAccumulator:
                         "the stream ended before the response completed")
 
     def result(self, *, error: str | None = None, outcome: StreamOutcome | None = None) -> ResponseResult:
-        end = self.finished_at if self.finished_at is not None else self._clock()
-        if outcome is None:
-            outcome = self.outcome()
-        if error is None and self.error is not None:
-            error = describe_provider_error(self.error)
+        duration_ms, outcome, error = self._result_basics(error, outcome)
         output = self.output
         return ResponseResult(
             id=self.id, status=self.status, text=self.text, output=copy.deepcopy(output),
@@ -1544,7 +1546,7 @@ class ResponseAccumulator:
             images=[dict(item) for item in output
                     if item.get("type") == "image_generation_call" and item.get("result")],
             usage=self.usage, token_count=self.token_count, ttft_ms=self.ttft_ms,
-            duration_ms=int(round((end - self.started) * 1000)), model=self.model,
+            duration_ms=duration_ms, model=self.model,
             incomplete_reason=self.incomplete_reason, error=error, sequence_gaps=self.sequence_gaps,
             outcome=outcome, **{key: self.routing.get(key) for key in _RESPONSE_ROUTING},
         )
