@@ -1,8 +1,8 @@
-"""The test suite. `python -m unittest` finds it; this file adds two things to that run: about
-half of the modules run in a second process at the same time (tests/parallel.py; GLOO_TEST_JOBS=1
-for one process), and at the end, the tests that were skipped and why, grouped by reason, even
-without `-v` (a missing browser or nginx skips a whole module or class, which unittest reports as
-one `s`).
+"""The test suite. `python -m unittest` finds it; this file adds two things to that run: it is
+cut into shares of about equal weight, run by this process and by worker processes at the same time
+(tests/parallel.py; GLOO_TEST_JOBS=N for N processes, 1 for one), and at the end it reports the
+tests that were skipped and why, grouped by reason, even without `-v` (a missing browser or nginx
+skips a whole module or class, which unittest reports as one `s`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import unittest
 from collections.abc import Iterator
 from typing import TextIO
@@ -48,8 +49,8 @@ def skip_report(skipped: list[tuple], ids: list[str]) -> str:
 
 
 class _ReportingSuite(unittest.TestSuite):
-    """Runs the suite (half of its modules in a second process: tests/parallel.py), then writes the
-    skip report to stderr."""
+    """Runs the suite (shares of it in worker processes: tests/parallel.py), then writes the skip
+    report to stderr."""
 
     stream: TextIO = sys.stderr
 
@@ -58,16 +59,21 @@ class _ReportingSuite(unittest.TestSuite):
 
         tests = list(_flatten(self))
         ids = [test.id() for test in tests]  # now: the suite lets go of its tests as they run
-        worker = None
+        workers: list[parallel.Worker] = []
         if parallel.jobs() > 1 and not debug:
-            here, there = parallel.split(tests)
-            if there:
-                worker = parallel.Worker(there)  # it runs while this process runs the rest
-                self._tests = here
+            here, *there = parallel.split(tests, parallel.jobs())
+            workers = [parallel.Worker([test.id() for test in share]) for share in there if share]
+            self._tests = here  # the workers run while this process runs its own share
+        started = time.monotonic()
         result = super().run(result, debug)
-        if worker is not None:
+        took = [time.monotonic() - started]
+        for worker in workers:
             worker.wait()
             worker.replay(result)
+            took.append((worker.finished or time.monotonic()) - worker.started)
+        if workers:
+            print(f"\n{len(took)} processes: " + ", ".join(f"{seconds:.0f} s" for seconds in took),
+                  file=self.stream, flush=True)
         report = skip_report(result.skipped, ids)
         if report:
             print("\n" + report, file=self.stream, flush=True)

@@ -1,10 +1,13 @@
-"""Two test processes on a 2-CPU machine: half the modules run in a worker, and their results are
-told to the main run as if they had run there (the same dots, counts, failures and exit status).
+"""The suite in a few processes at once: it is cut into shares of about equal weight (WEIGHTS), the
+main process runs the first and each worker another, and the workers' results are told to the main
+run as if they had run there (the same dots, counts, failures and exit status).
 
-Much of the suite waits (on sockets, subprocesses, a browser), so two processes finish it in a
-little over half the time. The split is by module, so module and class fixtures (the browser, the
-simulator, nginx) stay whole in one process; GLOO_TEST_JOBS=1 runs everything in one process.
-A worker that cannot start, or dies, is reported as an error of the run, never as a silent pass.
+Much of the suite waits (on sockets, subprocesses, a browser), so three processes on a 2-CPU machine
+finish it in well under half the time of one. A module stays whole in one process, so its fixtures
+(the browser, the simulator, nginx) are set up once, except the modules in BY_CLASS, which are cut by
+class (a process that runs some of their classes sets the module up for itself).
+GLOO_TEST_JOBS=N runs N processes, 1 everything in one. A worker that cannot start, or dies, is
+reported as an error of the run, never as a silent pass.
 
     python -m tests.parallel --worker < ids.json     (the worker side: the test ids as a JSON list)
 """
@@ -16,26 +19,32 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import unittest
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_TIMEOUT = 1500  # seconds: far beyond the suite; only a hang reaches it
-# Modules that go to the worker: about half of the suite's time, none of them sharing the browser
-# (test_page) or the crowd of 2,000 connections (test_abuse), which the main process runs.
-WORKER_MODULES = frozenset({
-    "tests.test_proxy", "tests.test_cli", "tests.test_cli_responses", "tests.test_cli_history", "tests.test_faults",
-    "tests.test_web_js", "tests.test_transport", "tests.test_nginx", "tests.test_secrets", "tests.test_client",
-    "tests.test_fake_gloo",
-})
+# What a module's tests take in one process (seconds, idle 2-CPU machine, 2026-12-08): the weights
+# by which the run is cut into a share for each process. A module not listed weighs 0.05 s a test.
+WEIGHTS = {
+    "tests.test_page": 51.0, "tests.test_proxy": 23.0, "tests.test_cli": 22.5, "tests.test_abuse": 14.4,
+    "tests.test_fake_gloo": 3.0, "tests.test_faults": 8.0, "tests.test_cli_history": 7.0,
+    "tests.test_web_js": 6.7, "tests.test_transport": 6.3, "tests.test_nginx": 5.7, "tests.test_client": 3.0,
+    "tests.test_secrets": 2.5, "tests.test_cli_responses": 1.9, "tests.test_sse": 1.3, "tests.test_config": 1.2,
+}
+# Modules cut by class rather than kept whole: each process that runs some of their classes runs the
+# module's fixtures (a browser) once for itself. Every other module stays whole in one process.
+BY_CLASS = frozenset({"tests.test_page", "tests.test_proxy", "tests.test_cli"})
+DEFAULT_JOBS = 3  # the suite mostly waits (sockets, subprocesses, a browser): 3 processes suit 2 CPUs
 
 
 def jobs() -> int:
     try:
-        return max(1, int(os.environ.get("GLOO_TEST_JOBS", "2")))
+        return max(1, int(os.environ.get("GLOO_TEST_JOBS", str(DEFAULT_JOBS))))
     except ValueError:
-        return 2
+        return DEFAULT_JOBS
 
 
 class RemoteFailure(Exception):
@@ -62,16 +71,40 @@ class _RemoteTest:
         return f"{name} ({module})" if module else self._id
 
 
-def _module_of(test: Any) -> str:
-    return type(test).__module__
+def _unit_of(test: Any) -> str:
+    """The part of the run that stays in one process: the test's module, or its class in BY_CLASS."""
+    module = type(test).__module__
+    return f"{module}.{type(test).__qualname__}" if module in BY_CLASS else module
 
 
-def split(tests: list[Any]) -> tuple[list[Any], list[str]]:
-    """(the tests the main process runs, the ids of those the worker runs, in the run's order: the
-    run's own selection, `-k` included, is kept)."""
-    here = [test for test in tests if _module_of(test) not in WORKER_MODULES]
-    there = [test.id() for test in tests if _module_of(test) in WORKER_MODULES]
-    return here, there
+def split(tests: list[Any], count: int) -> list[list[Any]]:
+    """`tests` cut into `count` shares of about equal weight (the heaviest units first, each to the
+    lightest share so far); every unit stays whole, and each share keeps the run's own order (its
+    selection, `-k` included). The first share is the main process's."""
+    units: dict[str, list[Any]] = {}
+    for test in tests:
+        units.setdefault(_unit_of(test), []).append(test)
+    sizes: dict[str, int] = {}
+    for test in tests:
+        module = type(test).__module__
+        sizes[module] = sizes.get(module, 0) + 1
+
+    def weight(unit: str) -> float:
+        module = type(units[unit][0]).__module__
+        per_test = WEIGHTS[module] / sizes[module] if module in WEIGHTS else 0.05
+        return per_test * len(units[unit])
+
+    shares: list[list[str]] = [[] for _ in range(max(1, count))]
+    loads = [0.0] * len(shares)
+    for unit in sorted(units, key=weight, reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(unit)
+        loads[lightest] += weight(unit)
+    place = {unit: index for index, share in enumerate(shares) for unit in share}
+    cut: list[list[Any]] = [[] for _ in shares]
+    for test in tests:
+        cut[place[_unit_of(test)]].append(test)
+    return cut
 
 
 class Worker:
@@ -80,6 +113,8 @@ class Worker:
     def __init__(self, test_ids: list[str]) -> None:
         self.events: list[dict] = []
         self.problem = ""
+        self.started = time.monotonic()
+        self.finished: float | None = None  # when it reported its last test
         read, write = os.pipe()
         env = dict(os.environ, GLOO_TEST_JOBS="1", GLOO_TEST_EVENTS_FD=str(write))
         try:
@@ -105,7 +140,9 @@ class Worker:
                 try:
                     self.events.append(json.loads(line))
                 except ValueError:
-                    pass
+                    continue
+                if self.events[-1].get("kind") == "done":
+                    self.finished = time.monotonic()
 
     def wait(self) -> None:
         if self.proc is None:

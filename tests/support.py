@@ -19,6 +19,17 @@ from unittest import mock
 
 import gloo_stream
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_SCRIPT = os.path.join(ROOT, "gloo_stream.py")
+# The command line as users start it (`python gloo_stream.py`) runs the script as __main__, which
+# Python compiles afresh every time (about 90 ms for this file); an imported module's compiled code is
+# cached. So most tests start the module's own entry point instead, _run_script(), which is all the
+# script's `if __name__ == "__main__":` block calls, with argv[0] as the script's; the tests of pipes,
+# signals and the shipped files run the script itself (SCRIPT_CLI).
+SCRIPT_CLI = [sys.executable, CLI_SCRIPT]
+CLI = [sys.executable, "-c", f"import sys; sys.argv[0] = {CLI_SCRIPT!r}; sys.path.insert(0, {ROOT!r}); "
+       "import gloo_stream; gloo_stream._run_script()"]
+
 _CONFIG_PREFIXES = ("GLOO_", "PROXY_")  # every project setting, whatever new ones are added
 _OTHER_VARIABLES = ("NO_COLOR",)
 

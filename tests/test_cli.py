@@ -18,10 +18,9 @@ import gloo_stream
 from gloo_stream import GlooClient
 import fake_gloo
 from fake_gloo import FakeGloo
-from tests.support import clean_environment
+from tests.support import CLI, CLI_SCRIPT, SCRIPT_CLI, clean_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = [sys.executable, os.path.join(ROOT, "gloo_stream.py")]
 
 
 class CLITestCase(unittest.TestCase):
@@ -263,7 +262,7 @@ class CLIPipeTests(CLITestCase):
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(CLI + list(args), env=environment, cwd=self.cwd, **kwargs)
+        return subprocess.Popen(SCRIPT_CLI + list(args), env=environment, cwd=self.cwd, **kwargs)
 
     def finish(self, proc: subprocess.Popen, timeout: float = 15) -> bytes:
         try:
@@ -619,7 +618,7 @@ class CLIScriptTests(CLITestCase):
     def test_offline_needs_no_credentials(self):
         for flags in ((), ("-I",)):
             with self.subTest(flags=flags):
-                proc = subprocess.run([sys.executable, *flags, CLI[1], "--offline", "[[echo]] Offline works"],
+                proc = subprocess.run([sys.executable, *flags, CLI_SCRIPT, "--offline", "[[echo]] Offline works"],
                                       capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
                                       env=clean_environment(), cwd=self.cwd)
                 self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -629,7 +628,7 @@ class CLIScriptTests(CLITestCase):
     def test_offline_without_the_simulator_says_how(self):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder, True)
-        shutil.copy(CLI[1], folder)
+        shutil.copy(CLI_SCRIPT, folder)
         proc = subprocess.run([sys.executable, os.path.join(folder, "gloo_stream.py"), "--offline", "Hi"],
                               capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
                               env=clean_environment(), cwd=self.cwd)

@@ -8,16 +8,14 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import tempfile
 import unittest
 
 import gloo_stream
 from fake_gloo import FakeGloo
-from tests.support import clean_environment
+from tests.support import CLI, clean_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = [sys.executable, os.path.join(ROOT, "gloo_stream.py")]
 
 
 class HistoryTestCase(unittest.TestCase):

@@ -92,6 +92,7 @@ def setUpModule() -> None:
 
 
 def tearDownModule() -> None:
+    _watchers.clear()
     for server in reversed(_stack):
         server.__exit__(None, None, None)
     _stack.clear()
@@ -99,6 +100,58 @@ def tearDownModule() -> None:
         _browser.close()
     if _playwright is not None:
         _playwright.stop()
+
+
+# The module's one tab: most tests need just a page of the default shape with empty storage, and a
+# new context and tab cost a renderer process each. Its init script clears the origin's storage on a
+# navigation that carries _FRESH_QUERY (and takes the query off the address before the page runs).
+_FRESH_QUERY = "gloo-test-fresh"
+_tab: Any = None
+_watchers: dict[Any, Any] = {}  # page -> the test that collects its errors and dialogs now
+_CLEAR_ON_FRESH = f"""(() => {{
+  if (location.search === '?{_FRESH_QUERY}') {{
+    localStorage.clear();
+    sessionStorage.clear();
+    history.replaceState(null, '', location.pathname);
+  }}
+}})();"""
+
+
+def _new_context(*, width: int = 1280, height: int = 800, color_scheme: str = "light", touch: bool = False) -> Any:
+    options: dict[str, Any] = dict(viewport={"width": width, "height": height}, color_scheme=color_scheme)
+    if touch:
+        options.update(is_mobile=True, has_touch=True)
+    return _browser.new_context(**options)
+
+
+def _shared_tab() -> Any:
+    """The module's tab, alone in its context (any other page a test opened there is closed)."""
+    global _tab
+    if _tab is None or _tab.is_closed():
+        context = _new_context()
+        context.add_init_script(_CLEAR_ON_FRESH)
+        _tab = context.new_page()
+        _tab.set_default_timeout(8000)
+    for other in _tab.context.pages:
+        if other is not _tab:
+            other.close()
+    return _tab
+
+
+def _watch(page: Any, test: Any) -> None:
+    """Send `page`'s uncaught errors, console errors and dialogs to `test` (from now on)."""
+    if page in _watchers:
+        _watchers[page] = test
+        return
+    _watchers[page] = test
+
+    def on_dialog(dialog: Any) -> None:
+        _watchers[page].dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("pageerror", lambda error: _watchers[page].page_errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and _watchers[page].console_errors.append(message.text))
+    page.on("dialog", on_dialog)
 
 
 def _serve(**options: Any):
@@ -138,33 +191,31 @@ class PageTestCase(unittest.TestCase):
 
     def open_page(self, proxy: Any = None, *, width: int = 1280, height: int = 800,
                   color_scheme: str = "light", context: Any = None, touch: bool = False) -> Any:
-        if context is None:
-            context = self.new_context(width=width, height=height, color_scheme=color_scheme, touch=touch)
-        self.addCleanup(context.close)
-        page = context.new_page()
-        page.set_default_timeout(8000)
-        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        page.on("console", lambda message: message.type == "error" and self.console_errors.append(message.text))
-
-        def on_dialog(dialog: Any) -> None:
-            self.dialogs.append(f"{dialog.type}: {dialog.message}")
-            dialog.dismiss()
-
-        page.on("dialog", on_dialog)
+        """The page, loaded and ready. With the default shape and no context of the test's own, it is
+        the module's one tab, its storage cleared first (a new tab costs a renderer process each
+        time); otherwise a new page in `context` (or in a fresh context of that shape)."""
+        url = (proxy or self.proxy).url + "/"
+        shared = context is None and (width, height, color_scheme, touch) == (1280, 800, "light", False)
+        if shared:
+            page = _shared_tab()
+            url += "?" + _FRESH_QUERY  # the tab's init script clears the origin's storage, then drops this
+        else:
+            if context is None:
+                context = self.new_context(width=width, height=height, color_scheme=color_scheme, touch=touch)
+            page = context.new_page()
+            page.set_default_timeout(8000)
+        _watch(page, self)
         self.addCleanup(self._screenshot_on_failure, page)
         # Not the load event: the module script marks the page ready once it has run, and module
         # scripts run only after the document and its stylesheets are in.
-        page.goto((proxy or self.proxy).url + "/", wait_until="commit")
+        page.goto(url, wait_until="commit")
         page.wait_for_function(READY_JS)
         return page
 
     def new_context(self, *, width: int = 1280, height: int = 800, color_scheme: str = "light",
                     touch: bool = False) -> Any:
         """A fresh browser context (its own localStorage), closed when the test ends."""
-        options: dict[str, Any] = dict(viewport={"width": width, "height": height}, color_scheme=color_scheme)
-        if touch:
-            options.update(is_mobile=True, has_touch=True)
-        context = _browser.new_context(**options)
+        context = _new_context(width=width, height=height, color_scheme=color_scheme, touch=touch)
         self.addCleanup(context.close)
         return context
 

@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import shutil
 import tempfile
 import time
@@ -26,8 +25,8 @@ import gloo_stream
 from fake_gloo import FakeGloo
 from gloo_stream import GlooClient, GlooError
 from proxy_server import ProxyConfig, ProxyServer
-from tests.abuse_support import ROOT, ProxyProcess, chunk_event
-from tests.support import IsolatedTestCase, clean_environment
+from tests.abuse_support import ProxyProcess, chunk_event
+from tests.support import CLI, IsolatedTestCase, clean_environment
 
 CLIENT_ID = "client-canary-id"
 CLIENT_SECRET = "SECRET-canary-7f3a9"
@@ -270,7 +269,7 @@ class CommandLineSecretTests(unittest.TestCase):
             env = dict(self.fake.env)
             if args == ("--secret",):  # a wrong secret: the token endpoint refuses it
                 env["GLOO_CLIENT_SECRET"], args = WRONG_SECRET, ()
-            procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "gloo_stream.py"), *args, prompt],
+            procs.append(subprocess.Popen([*CLI, *args, prompt],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                           env=clean_environment(env)))
         secrets = [CLIENT_SECRET, WRONG_SECRET]

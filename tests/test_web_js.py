@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import unittest
@@ -38,6 +39,27 @@ class NodeTests(unittest.TestCase):
         output = result.stdout + result.stderr
         self.assertEqual(result.returncode, 0, f"node --test failed:\n{_failures(output)}")
         self.assertRegex(output, r"(?m)^# fail 0$")
+
+
+class ModuleGraphTests(unittest.TestCase):
+    """index.html preloads every module app.js needs, so they are fetched at once, not a level at a time."""
+
+    def test_every_imported_module_is_preloaded(self):
+        web = os.path.join(REPO, "web")
+        needed: set[str] = set()
+        waiting = ["app.js"]
+        while waiting:
+            with open(os.path.join(web, waiting.pop()), encoding="utf-8") as handle:
+                source = handle.read()
+            for name in re.findall(r'(?m)^import\b[^;]*?from\s+"\./([\w.-]+\.js)"', source):
+                if name not in needed:
+                    needed.add(name)
+                    waiting.append(name)
+        with open(os.path.join(web, "index.html"), encoding="utf-8") as handle:
+            page = handle.read()
+        preloaded = set(re.findall(r'<link rel="modulepreload" href="([\w.-]+\.js)">', page))
+        self.assertIn("math.js", needed)  # the walk reached render.js's own imports
+        self.assertEqual(preloaded, needed)
 
 
 def _failures(output: str) -> str:
