@@ -1755,18 +1755,18 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()
-        resumed = self.server.take_resumed(self.connection)
+        resumed = self.server.connections.take(self.connection)  # None for a new connection
         if resumed is not None:  # a kept-alive connection back from the relay loop, with its buffered bytes
             self._reader, self.rfile = resumed
         else:
             self._reader = _DeadlineReader(self.connection)
             self.rfile = io.BufferedReader(self._reader, 64 * 1024)
-        self.server.connection_opened(self.connection)
+        self.server.connections.opened(self.connection)
 
     def finish(self) -> None:
         if self.relay is not None:
             return  # the relay loop writes the rest and then closes or keeps the connection
-        self.server.connection_closed(self.connection)
+        self.server.connections.closed(self.connection)
         try:
             super().finish()
         except OSError:
@@ -2404,6 +2404,123 @@ _AUTO_MODEL = {"id": "auto", "object": "model", "created": 0, "owned_by": "gloo"
                "name": "Gloo AI Core (auto-routing: Gloo picks the model for each question)"}
 
 
+class _StreamSlots:
+    """The streams in flight: at most `limit`, each tracked so a shutdown can cut it. A lock of its own."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._tracked: set[_Stream] = set()
+        self._changed = threading.Condition()
+
+    def acquire(self) -> bool:
+        with self._changed:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self.active -= 1
+            self._changed.notify_all()
+
+    def track(self, stream: _Stream) -> None:
+        with self._changed:
+            self._tracked.add(stream)
+
+    def untrack(self, stream: _Stream) -> bool:
+        """Forget a tracked stream; False when it was not tracked (already ended)."""
+        with self._changed:
+            if stream not in self._tracked:
+                return False
+            self._tracked.discard(stream)
+            return True
+
+    def tracked(self) -> list[_Stream]:
+        with self._changed:
+            return list(self._tracked)
+
+    def wait_empty(self, deadline: float, *, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until no stream is in flight, the deadline passes or `give_up()`; True when none is."""
+        with self._changed:
+            while self.active > 0 and not give_up():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(remaining, 0.1))  # short waits: give_up() is seen at once
+            return self.active == 0
+
+
+class _Connections:
+    """The client connections: how many are admitted (in all, and from each address), which wait
+    idle between requests, and the readers of those the relay loop hands back. A lock of its own."""
+
+    def __init__(self, limit: int, per_client: int) -> None:
+        self.limit, self.per_client = limit, per_client
+        self.admitted = 0  # admitted by admit(), released by release()
+        self._by_address: dict[str, int] = {}  # admitted connections by client address (trusted proxies not counted)
+        self._address_of: dict[Any, str] = {}
+        self._idle: dict[socket.socket, bool] = {}  # open connections: idle between requests?
+        self._parked: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, request: Any, address: str, *, counted: bool) -> str | None:
+        """Take a slot for a new connection: None, or why not ("overloaded", "too_many_from_you")."""
+        with self._lock:
+            mine = self._by_address.get(address, 0) if counted else 0
+            if self.admitted >= self.limit:
+                return "overloaded"
+            if mine >= self.per_client:
+                return "too_many_from_you"
+            self.admitted += 1
+            if counted:
+                self._by_address[address] = mine + 1
+                self._address_of[request] = address
+            return None
+
+    def release(self, request: Any) -> None:
+        with self._lock:
+            self.admitted -= 1
+            address = self._address_of.pop(request, None)
+            if address is not None:
+                left = self._by_address.get(address, 1) - 1
+                if left > 0:
+                    self._by_address[address] = left
+                else:
+                    self._by_address.pop(address, None)
+
+    def from_address(self, address: str) -> int:
+        with self._lock:
+            return self._by_address.get(address, 0)
+
+    def opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle[sock] = False
+
+    def closed(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.pop(sock, None)
+
+    def mark_idle(self, sock: socket.socket, idle: bool) -> None:
+        with self._lock:
+            if sock in self._idle:
+                self._idle[sock] = idle
+
+    def open(self, *, idle_only: bool) -> list[socket.socket]:
+        with self._lock:
+            return [sock for sock, idle in self._idle.items() if idle or not idle_only]
+
+    def park(self, sock: socket.socket, reader: tuple[_DeadlineReader, Any]) -> None:
+        """Keep a kept-alive connection's reader (and its buffered bytes) for the thread that takes it next."""
+        with self._lock:
+            self._parked[sock] = reader
+
+    def take(self, sock: socket.socket) -> tuple[_DeadlineReader, Any] | None:
+        with self._lock:
+            return self._parked.pop(sock, None)
+
+
 class ProxyServer(ThreadingHTTPServer):
     """The relay: a threading HTTP server bound on construction.
 
@@ -2435,17 +2552,11 @@ class ProxyServer(ThreadingHTTPServer):
         self.warming = False  # warm_start() is preparing the upstream: /health says "warming"
         self.warm_problem: str | None = None  # why it is not ready yet
         self._closing = threading.Event()
-        self._streams_lock = threading.Condition()
-        self._active = 0
-        self._tracked: set[_Stream] = set()
-        self._connections: dict[socket.socket, bool] = {}  # open client connections: idle between requests?
-        self._open_connections = 0  # admitted by process_request, released by shutdown_request
-        self._per_client: dict[str, int] = {}  # open connections by client address (trusted proxies not counted)
-        self._peer_of: dict[Any, str] = {}
+        self.slots = _StreamSlots(self.config.max_streams)
+        self.connections = _Connections(self.config.max_connections, self.config.max_connections_per_client)
         self._thread: threading.Thread | None = None
         self._log_handler = log_handler
         self.site = _StaticSite(self.config.web_root)
-        self._resumed: dict[socket.socket, tuple[_DeadlineReader, Any]] = {}
         self._queue_checked = self._queue_warned = self._descriptors_warned = -math.inf
         self.accept_pauses = 0  # times accepting stopped for want of file descriptors
         if ":" in str(self.config.host):
@@ -2557,7 +2668,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def open_stream(self, request: _CompletionRequest) -> _Stream:
         """A stream slot and the open upstream stream, tracked so close() can cut it; end it with end_stream()."""
-        if not self.acquire_stream():
+        if not self.slots.acquire():
             raise _RelayError(503, "too many streams in flight; try again shortly", error_type="server_error",
                               code="overloaded", headers={"Retry-After": "1"})
         try:
@@ -2565,20 +2676,16 @@ class ProxyServer(ThreadingHTTPServer):
                 _cap_markers(request.payload, max_event_bytes=self.config.max_event_bytes)
             stream = self._open(request)
         except BaseException:
-            self.release_stream()
+            self.slots.release()
             raise
-        with self._streams_lock:
-            self._tracked.add(stream)
+        self.slots.track(stream)
         return stream
 
     def end_stream(self, stream: _Stream) -> None:
         """Close a stream from open_stream() (idempotent close) and free its slot."""
-        with self._streams_lock:
-            if stream not in self._tracked:
-                return
-            self._tracked.discard(stream)
-        stream.close()
-        self.release_stream()
+        if self.slots.untrack(stream):
+            stream.close()
+            self.slots.release()
 
     def _open(self, request: _CompletionRequest) -> _Stream:
         client = self.client
@@ -2667,46 +2774,18 @@ class ProxyServer(ThreadingHTTPServer):
         if error is not None:
             self.metrics.upstream_error(error.outcome)
 
-    # -- stream accounting --------------------------------------------------
-
     @property
     def active_streams(self) -> int:
-        return self._active
-
-    def acquire_stream(self) -> bool:
-        with self._streams_lock:
-            if self._active >= self.config.max_streams:
-                return False
-            self._active += 1
-            return True
-
-    def release_stream(self) -> None:
-        with self._streams_lock:
-            self._active -= 1
-            self._streams_lock.notify_all()
-
-    # -- connections --------------------------------------------------------
-
-    def connection_opened(self, sock: socket.socket) -> None:
-        with self._streams_lock:
-            self._connections[sock] = False
-
-    def connection_closed(self, sock: socket.socket) -> None:
-        with self._streams_lock:
-            self._connections.pop(sock, None)
+        return self.slots.active
 
     def mark_idle(self, sock: socket.socket, idle: bool) -> None:
         """Note whether a connection waits between requests; while draining, such a one is closed."""
-        with self._streams_lock:
-            if sock in self._connections:
-                self._connections[sock] = idle
+        self.connections.mark_idle(sock, idle)
         if idle and self.draining:
             _shutdown(sock)
 
     def _shutdown_connections(self, *, idle_only: bool) -> None:
-        with self._streams_lock:
-            chosen = [sock for sock, idle in self._connections.items() if idle or not idle_only]
-        for sock in chosen:
+        for sock in self.connections.open(idle_only=idle_only):
             _shutdown(sock)
 
     # -- logging ------------------------------------------------------------
@@ -2752,23 +2831,14 @@ class ProxyServer(ThreadingHTTPServer):
         # One address holds at most PROXY_MAX_CONNECTIONS_PER_CLIENT of them (front proxies are not counted),
         # so no one client can hold every slot.
         peer = str(client_address[0]) if client_address else ""
-        counted = not self.is_trusted(peer)
-        with self._streams_lock:
-            mine = self._per_client.get(peer, 0) if counted else 0
-            admitted = self._open_connections < self.config.max_connections
-            yours = mine < self.config.max_connections_per_client
-            if admitted and yours:
-                self._open_connections += 1
-                if counted:
-                    self._per_client[peer] = mine + 1
-                    self._peer_of[request] = peer
-        if admitted and yours:
+        refused = self.connections.admit(request, peer, counted=not self.is_trusted(peer))
+        if refused is None:
             self._start_connection_thread(request, client_address)
             return
         self.metrics.connection_refused()
         try:
             request.setblocking(False)
-            request.send(_OVERLOADED_RESPONSE if not admitted else _TOO_MANY_FROM_YOU)
+            request.send(_OVERLOADED_RESPONSE if refused == "overloaded" else _TOO_MANY_FROM_YOU)
         except OSError:
             pass
         self.shutdown_request(request, admitted=False)
@@ -2819,38 +2889,23 @@ class ProxyServer(ThreadingHTTPServer):
     def _start_connection_thread(self, request: Any, client_address: Any) -> None:
         self.workers.submit(lambda: self.process_request_thread(request, client_address))
 
-    def take_resumed(self, sock: socket.socket) -> tuple[_DeadlineReader, Any] | None:
-        """The reader of a kept-alive connection back from the relay loop (None for a new connection)."""
-        with self._streams_lock:
-            return self._resumed.pop(sock, None)
-
     def release_connection(self, handler: _Handler, *, keep_alive: bool) -> None:
         """After a relayed stream: a thread reads the connection's next request, or the connection is closed."""
         sock = handler.connection
         if keep_alive:
             try:
                 sock.settimeout(self.config.write_timeout_seconds)
-                with self._streams_lock:
-                    self._resumed[sock] = (handler._reader, handler.rfile)
+                self.connections.park(sock, (handler._reader, handler.rfile))
                 self._start_connection_thread(sock, handler.client_address)
                 return
             except (OSError, RuntimeError):  # no thread to be had: the client opens a new connection
-                with self._streams_lock:
-                    self._resumed.pop(sock, None)
-        self.connection_closed(sock)
+                self.connections.take(sock)
+        self.connections.closed(sock)
         self.shutdown_request(sock)
 
     def shutdown_request(self, request: Any, admitted: bool = True) -> None:
         if admitted:
-            with self._streams_lock:
-                self._open_connections -= 1
-                peer = self._peer_of.pop(request, None)
-                if peer is not None:
-                    left = self._per_client.get(peer, 1) - 1
-                    if left > 0:
-                        self._per_client[peer] = left
-                    else:
-                        self._per_client.pop(peer, None)
+            self.connections.release(request)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -2883,26 +2938,15 @@ class ProxyServer(ThreadingHTTPServer):
         except OSError:
             pass
         self._shutdown_connections(idle_only=True)  # kept-alive connections between requests
-        deadline = time.monotonic() + grace
-        with self._streams_lock:
-            while self._active > 0 and not self.cutting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._streams_lock.wait(min(remaining, 0.1))  # short waits: a second Ctrl-C is seen at once
-            return self._active == 0
+        # A second Ctrl-C (cut_streams) ends the wait at once.
+        return self.slots.wait_empty(time.monotonic() + grace, give_up=lambda: self.cutting)
 
     def cut_streams(self, wait: float = 1.0) -> None:
         """Cut every stream in flight; each client is sent a last event saying the proxy is shutting down."""
         self.draining = self.cutting = True
-        with self._streams_lock:
-            tracked = list(self._tracked)
-        for stream in tracked:
+        for stream in self.slots.tracked():
             stream.abort()
-        deadline = time.monotonic() + wait
-        with self._streams_lock:
-            while self._active > 0 and time.monotonic() < deadline:
-                self._streams_lock.wait(max(0.001, deadline - time.monotonic()))
+        self.slots.wait_empty(time.monotonic() + wait)
 
     def close(self) -> None:
         """Stop at once: cut streams in flight (their clients told why) and release the port."""

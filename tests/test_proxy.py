@@ -17,6 +17,7 @@ from unittest import mock
 
 import gloo_stream
 from gloo_stream import _check_structured
+import proxy_server
 from proxy_server import ProxyConfig, ProxyServer
 
 from tests.proxy_support import (
@@ -438,13 +439,13 @@ class LimitTests(ProxyTestCase):
         proxy = self.start_proxy(max_connections_per_client=3, max_connections=100)
         held = [self.raw_socket(proxy) for _ in range(3)]
         deadline = time.monotonic() + 5
-        while proxy._per_client.get("127.0.0.1", 0) < 3 and time.monotonic() < deadline:
+        while proxy.connections.from_address("127.0.0.1") < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         fourth = self.raw_socket(proxy)
         status, _, body = split_head(read_until_closed(fourth))
         self.assertEqual((status, json.loads(body)["error"]["code"]), (429, "too_many_connections"))
         held.pop().close()  # one goes: there is room again
-        while proxy._per_client.get("127.0.0.1", 0) > 2 and time.monotonic() < deadline:
+        while proxy.connections.from_address("127.0.0.1") > 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         self.assertEqual(self.request("GET", "/health", proxy=proxy)[0], 200)
         trusting = self.start_proxy(max_connections_per_client=1, trusted_proxies=("127.0.0.1",))
@@ -1648,6 +1649,59 @@ class StartupTests(unittest.TestCase):
         self.assertEqual(events[-1]["error"]["type"], "proxy_shutdown")
         self.assertIn("again", err)
         self.assertNotIn("Traceback", err)
+
+
+class AccountingTests(unittest.TestCase):
+    """The stream slots and the connection table: each its own part with its own lock."""
+
+    def test_slots_cap_streams_and_a_drain_waits_for_the_last(self):
+        slots = proxy_server._StreamSlots(2)
+        self.assertTrue(slots.acquire())
+        self.assertTrue(slots.acquire())
+        self.assertFalse(slots.acquire())  # the cap
+        stream = mock.Mock()
+        slots.track(stream)
+        self.assertEqual(slots.tracked(), [stream])
+        self.assertTrue(slots.untrack(stream))
+        self.assertFalse(slots.untrack(stream))  # ended once only
+        slots.release()
+        self.assertFalse(slots.wait_empty(time.monotonic()))  # one still in flight: not empty
+        self.assertFalse(slots.wait_empty(time.monotonic() + 60, give_up=lambda: True))  # a second Ctrl-C
+        releaser = threading.Thread(target=slots.release)
+        releaser.start()
+        self.assertTrue(slots.wait_empty(time.monotonic() + 60))  # woken by the last release
+        releaser.join()
+        self.assertEqual(slots.active, 0)
+
+    def test_connections_are_counted_in_all_and_per_address(self):
+        table = proxy_server._Connections(limit=3, per_client=2)
+        first, second, third, fourth = object(), object(), object(), object()
+        self.assertIsNone(table.admit(first, "10.0.0.1", counted=True))
+        self.assertIsNone(table.admit(second, "10.0.0.1", counted=True))
+        self.assertEqual(table.admit(third, "10.0.0.1", counted=True), "too_many_from_you")
+        self.assertIsNone(table.admit(third, "10.0.0.9", counted=False))  # a trusted front proxy
+        self.assertEqual(table.admit(fourth, "10.0.0.2", counted=True), "overloaded")
+        self.assertEqual((table.admitted, table.from_address("10.0.0.1"), table.from_address("10.0.0.9")), (3, 2, 0))
+        table.release(first)
+        table.release(second)
+        table.release(third)
+        self.assertEqual((table.admitted, table.from_address("10.0.0.1")), (0, 0))
+
+    def test_idle_connections_and_parked_readers(self):
+        table = proxy_server._Connections(limit=10, per_client=10)
+        busy, idle = mock.Mock(), mock.Mock()
+        table.opened(busy)
+        table.opened(idle)
+        table.mark_idle(idle, True)
+        self.assertEqual(table.open(idle_only=True), [idle])
+        self.assertEqual(set(table.open(idle_only=False)), {busy, idle})
+        table.closed(idle)
+        table.mark_idle(idle, True)  # closed: not brought back
+        self.assertEqual(table.open(idle_only=True), [])
+        reader = (mock.Mock(), mock.Mock())
+        table.park(busy, reader)
+        self.assertIs(table.take(busy), reader)
+        self.assertIsNone(table.take(busy))
 
 
 class StartupUnitTests(ProxyTestCase):
