@@ -198,7 +198,6 @@ def redact(text: str) -> str:
     return text
 
 
-_redact = redact  # the name other modules used before it was public
 
 
 class _Headers(dict):
@@ -232,7 +231,7 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
 def _redacted_headers(headers: Mapping[str, str] | None) -> _Headers:
     """Header values with registered secrets and any URL's user:password@ scrubbed (Location, Link...)."""
     items = headers.items() if headers is not None else ()
-    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", _redact(str(value)))) for name, value in items)
+    return _Headers((str(name), _URL_USERINFO.sub(r"\1[redacted]@", redact(str(value)))) for name, value in items)
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +243,7 @@ class GlooError(Exception):
     """Root of every error this module raises."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(_redact(message))
+        super().__init__(redact(message))
 
     @property
     def message(self) -> str:
@@ -283,7 +282,7 @@ class APIStatusError(GlooError):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = _redact(body)
+        self.body = redact(body)
         self.headers = _redacted_headers(headers)
         self.retry_after = retry_after
         parsed = _parse_error_body(self.body)
@@ -348,7 +347,7 @@ class UnexpectedResponseError(GlooError):
     def __init__(self, message: str, *, status: int, body: str = "", content_type: str = "") -> None:
         super().__init__(message)
         self.status = status
-        self.body = _redact(body)
+        self.body = redact(body)
         self.content_type = content_type
 
 
@@ -485,11 +484,11 @@ def _describe_os_error(exc: BaseException) -> str:
     if isinstance(reason, BaseException):
         exc = reason
     elif isinstance(reason, str):
-        return _redact(reason)
+        return redact(reason)
     if isinstance(exc, socket.timeout):
         return "timed out"
     text = str(exc) or exc.__class__.__name__
-    return _redact(text)
+    return redact(text)
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -876,6 +875,30 @@ class _Accumulator:
         self.keep_text = keep_text  # a relay that only counts tokens turns this off: memory stays flat
         self.token_count = 0
         self.error = None
+        self.done = False  # the end was signalled (`[DONE]`, or a final Responses event)
+        self.skipped_events = 0  # events whose data was not JSON
+        self._parts: list[str] = []  # the text's pieces, joined when read: linear time
+
+    @property
+    def text(self) -> str:
+        """The answer's text so far."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def _add_text(self, piece: str) -> None:
+        """A piece of the answer: kept (unless only counted), counted, and the first one timed."""
+        if self.keep_text:
+            self._parts.append(piece)
+        self.token_count += 1
+        if self.first_token_at is None:
+            self.first_token_at = self._clock()
+
+    def _skip(self, data: str) -> None:
+        """An event whose data is not a JSON object: counted, logged once (such a stream cannot flood the log)."""
+        self.skipped_events += 1
+        if self.skipped_events == 1:
+            log.warning("skipped an event whose data is not a JSON object (%d bytes)", len(data))
 
     @property
     def ttft_ms(self) -> int | None:
@@ -907,9 +930,7 @@ class ChatAccumulator(_Accumulator):
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
                  started: float | None = None, max_sources: int = MAX_SOURCES) -> None:
         super().__init__(keep_text=keep_text, clock=clock, started=started)
-        self._parts: list[str] = []
         self.finish_reason: str | None = None
-        self.done = False  # `data: [DONE]` seen
         self.model: str | None = None
         self.id: str | None = None
         self.provider: str | None = None
@@ -924,7 +945,6 @@ class ChatAccumulator(_Accumulator):
         self.sources_dropped = 0
         self.sources_returned: bool | None = None
         self.server_ttft_ms: int | None = None
-        self.skipped_events = 0  # events whose data was not JSON
         self._tools: dict[int, dict] = {}
         self._arguments: dict[int, list[str]] = {}  # argument pieces per index, joined when read: linear time
         self._tools_capped = False
@@ -932,13 +952,6 @@ class ChatAccumulator(_Accumulator):
         # to add() the old way (parse the batch, then add() each chunk); they are not folded twice.
         self._unclaimed: list[dict] = []
         self._claimed = 0
-
-    @property
-    def text(self) -> str:
-        """All content so far."""
-        if len(self._parts) > 1:
-            self._parts = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
 
     @property
     def tool_calls(self) -> list[dict]:
@@ -971,9 +984,7 @@ class ChatAccumulator(_Accumulator):
             if is_error:  # `event: error` with plain text: the text is the message
                 self._set_error({"message": data})
             else:
-                self.skipped_events += 1
-                if self.skipped_events == 1:  # once per stream: a server sending only such events cannot flood the log
-                    log.warning("skipped an event whose data is not JSON (%d bytes)", len(data))
+                self._skip(data)
             return None
         if is_error:
             inner = chunk.get("error") if isinstance(chunk, dict) else None
@@ -1047,11 +1058,7 @@ class ChatAccumulator(_Accumulator):
                 value = delta.get("content")
                 if isinstance(value, str) and value:
                     content = value
-                    if self.keep_text:
-                        self._parts.append(value)
-                    self.token_count += 1
-                    if self.first_token_at is None:
-                        self.first_token_at = self._clock()
+                    self._add_text(value)
                 calls = delta.get("tool_calls")
                 if isinstance(calls, list):
                     for call in calls:
@@ -1206,7 +1213,6 @@ def describe_provider_error(error: Mapping[str, Any]) -> str:
     return redact(f"{label}: {message}" if message else str(label))
 
 
-_describe_provider_error = describe_provider_error  # the name other modules used before it was public
 
 
 _STRUCTURED_TOOL = "structured_answer"  # the forced tool that carries a response_format answer
@@ -1340,7 +1346,6 @@ class ResponseAccumulator(_Accumulator):
     def __init__(self, *, keep_text: bool = True, clock: Callable[[], float] = time.monotonic,
                  started: float | None = None) -> None:
         super().__init__(keep_text=keep_text, clock=clock, started=started)
-        self._text: list[str] = []
         self._reasoning: list[str] = []
         self.id: str | None = None
         self.model: str | None = None
@@ -1348,22 +1353,14 @@ class ResponseAccumulator(_Accumulator):
         self.usage: dict | None = None
         self.routing: dict[str, str] = {}
         self.incomplete_reason: str | None = None
-        self.done = False  # a final event came: nothing after it belongs to the answer
         self.sequence: int | None = None
         self.sequence_gaps = 0
         self.unknown_events = 0
-        self.skipped_events = 0
         self.response: dict | None = None  # the final response object (response.completed and the like)
         self._items: dict[int, dict] = {}  # output_index -> item
         self._arguments: dict[int, list[str]] = {}  # output_index -> argument pieces, joined when read
 
     # -- what has been folded -------------------------------------------------
-
-    @property
-    def text(self) -> str:
-        if len(self._text) > 1:
-            self._text = ["".join(self._text)]
-        return self._text[0] if self._text else ""
 
     @property
     def reasoning(self) -> str:
@@ -1410,9 +1407,7 @@ class ResponseAccumulator(_Accumulator):
             if event.event == "error":
                 self._set_error({"message": data})
             else:
-                self.skipped_events += 1
-                if self.skipped_events == 1:
-                    log.warning("skipped an event whose data is not a JSON object (%d bytes)", len(data))
+                self._skip(data)
             return None
         kind = obj.get("type")
         if not isinstance(kind, str):
@@ -1466,8 +1461,8 @@ class ResponseAccumulator(_Accumulator):
             self._items = {index: dict(item) for index, item in enumerate(output) if isinstance(item, dict)}
             self._arguments = {index: [item["arguments"]] for index, item in self._items.items()
                                if item.get("type") == "function_call" and isinstance(item.get("arguments"), str)}
-            if not self._text:  # a server that sent no deltas: the text from the items
-                self._text = [_output_text(self._items.values())]
+            if not self._parts:  # a server that sent no deltas: the text from the items
+                self._parts = [_output_text(self._items.values())]
         details = response.get("incomplete_details")
         if isinstance(details, dict) and isinstance(details.get("reason"), str):
             self.incomplete_reason = details["reason"]
@@ -1505,11 +1500,7 @@ class ResponseAccumulator(_Accumulator):
     def _on_text_delta(self, obj: dict) -> None:
         delta = obj.get("delta")
         if isinstance(delta, str) and delta:
-            if self.keep_text:
-                self._text.append(delta)
-            self.token_count += 1
-            if self.first_token_at is None:
-                self.first_token_at = self._clock()
+            self._add_text(delta)
 
     def _on_arguments_delta(self, obj: dict) -> None:
         index, delta = self._index(obj), obj.get("delta")
@@ -2781,7 +2772,7 @@ def _redact_url(url: str) -> str:
             url = urllib.parse.urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
     except ValueError:
         return "[a URL that does not parse]"
-    return _redact(url)
+    return redact(url)
 
 
 def _check_url(url: str, name: str) -> str:
@@ -2879,7 +2870,7 @@ def _status_error(status: int, body: str = "", headers: Mapping[str, str] | None
         )
     cls = _status_class(status, body)
     retry_after = _parse_retry_after(headers)
-    message = _describe_status(status, _redact(body))
+    message = _describe_status(status, redact(body))
     if cls is SpendLimitError and retry_after is not None:
         message += f" (it resets {_describe_reset(retry_after)})"
     return cls(message, status=status, body=body, headers=headers, retry_after=retry_after)
@@ -3051,7 +3042,7 @@ class TokenCache:
                 ) from None
             hint = " (check GLOO_CLIENT_ID and GLOO_CLIENT_SECRET)" if exc.code in (400, 401, 403) else ""
             raise TokenError(
-                f"token request failed ({exc.code}){hint}: {_redact(body)[:200]}", status=exc.code
+                f"token request failed ({exc.code}){hint}: {redact(body)[:200]}", status=exc.code
             ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise TokenError(f"token endpoint unreachable at {self.token_url}: {_describe_os_error(exc)}") from None
@@ -3432,7 +3423,7 @@ class GlooClient:
                 shown = content_type or "none"
                 raise UnexpectedResponseError(
                     f"expected an event stream but got Content-Type {shown} ({response.status}): "
-                    f"{_redact(data.decode('utf-8', 'replace'))[:200]}",
+                    f"{redact(data.decode('utf-8', 'replace'))[:200]}",
                     status=response.status,
                     body=data.decode("utf-8", "replace"),
                     content_type=content_type,
@@ -4051,7 +4042,7 @@ def handle_stream_error(status_code: int, response_body: str = "") -> None:
         return None
     status, body = int(status_code), response_body or ""
     error = _status_error(status, body)
-    error.args = (_redact(_status_message(status, body)),)  # the tutorial's exact words
+    error.args = (redact(_status_message(status, body)),)  # the tutorial's exact words
     raise error
 
 
@@ -4834,7 +4825,7 @@ class _Run:
 
     def note(self, text: str, *, dim: bool = False) -> None:
         """A line on stderr, made safe for a terminal; a stderr that went away is ignored."""
-        text = _terminal_safe(_redact(text))
+        text = _terminal_safe(redact(text))
         if dim and self.color:
             text = f"\033[2m{text}\033[0m"
         try:
@@ -4856,7 +4847,7 @@ class _Run:
                     message: str | None = None) -> dict:
         data = (result or ChatResult()).to_dict()
         if message or error is not None:
-            data["error"] = _redact(message or str(error))
+            data["error"] = redact(message or str(error))
         data["error_type"] = _error_type(error)
         # The HTTP status of an error; a Responses API result's own status ("completed", ...) stays.
         data["status"] = data.get("status") or getattr(error, "status", None)
@@ -5184,7 +5175,7 @@ class _Run:
                     self.save_image(item)
 
     def reason(self, text: str) -> None:
-        text = _terminal_safe(_redact(text))
+        text = _terminal_safe(redact(text))
         if self.color:
             text = f"\033[2m{text}\033[0m"
         try:
@@ -5466,7 +5457,7 @@ class _SafeFormatter(logging.Formatter):
         text = super().format(record)
         if text.startswith(record.levelname):
             text = record.levelname.lower() + text[len(record.levelname):]
-        return _terminal_safe(_redact(text))
+        return _terminal_safe(redact(text))
 
 
 def _default_sigint() -> Any:

@@ -63,6 +63,7 @@ from gloo_stream import (
     StreamError,
     TokenError,
     UnexpectedResponseError,
+    redact,
     _ROUTING_FIELDS,
     _check_structured,
     _header,
@@ -100,7 +101,6 @@ _AUTH_FAILURES_FOR_DEGRADED = 3  # upstream credential failures in a row before 
 
 log = logging.getLogger("gloo_proxy")
 
-_redact = gloo_stream.redact
 
 
 # ---------------------------------------------------------------------------
@@ -605,7 +605,7 @@ class _RelayError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON error object, redacted."""
-        return {"error": {"message": _redact(self.message), "type": self.error_type, "code": self.code}}
+        return {"error": {"message": redact(self.message), "type": self.error_type, "code": self.code}}
 
     def event(self) -> bytes:
         """The error as one event of the stream."""
@@ -613,7 +613,7 @@ class _RelayError(Exception):
 
     def typed_event(self, last_sequence: int | None) -> bytes:
         """The error as the Responses API's `error` event, numbered after the last event relayed."""
-        data = {"type": "error", "code": self.error_type, "message": _redact(self.message), "param": None,
+        data = {"type": "error", "code": self.error_type, "message": redact(self.message), "param": None,
                 "sequence_number": 0 if last_sequence is None else last_sequence + 1}
         return ("event: error\ndata: " + json.dumps(data) + "\n\n").encode()
 
@@ -1015,7 +1015,7 @@ class _EventWriter:
             parts.append(_encode_event(event, self._last_id))
             self._last_id = event.id
         # An upstream that echoes the proxy's own bearer token never hands it to a client.
-        payload = _redact("".join(parts)).encode("utf-8")
+        payload = redact("".join(parts)).encode("utf-8")
         self._frame(payload)
         self.events += len(batch)
         self.bytes += len(payload)
@@ -1087,7 +1087,7 @@ class _StreamSink:
                 usage_chunk = {"id": accumulator.id or "chatcmpl-" + uuid.uuid4().hex,
                                "object": "chat.completion.chunk", "created": int(time.time()),
                                "model": accumulator.model or "auto", "choices": [], "usage": accumulator.usage}
-                tail += _redact("data: " + json.dumps(usage_chunk) + "\n\n").encode()
+                tail += redact("data: " + json.dumps(usage_chunk) + "\n\n").encode()
             if not accumulator.done:
                 tail += b"data: [DONE]\n\n"
         if not self.request.openai:
@@ -1106,7 +1106,7 @@ def _outcome_event(loop: _Relay, error: _RelayError | None) -> bytes:
                        message=error.message, retryable=True)
     accumulator = stream.accumulator
     model = accumulator.model
-    data = {**verdict, "message": _redact(verdict["message"]), "model": model, "usage": accumulator.usage,
+    data = {**verdict, "message": redact(verdict["message"]), "model": model, "usage": accumulator.usage,
             "cost_usd": loop.server.catalog.cost(model, accumulator.usage)}
     return b"event: outcome\ndata: " + json.dumps(data).encode() + b"\n\n"
 
@@ -2374,7 +2374,7 @@ class _Catalog:
         try:
             models = self.client.models()
         except (gloo_stream.GlooError, OSError) as exc:
-            problem = _redact(str(exc))
+            problem = redact(str(exc))
             if problem != self.problem:
                 log.warning("model catalog unavailable (%s): /v1/models lists only auto, answers carry no cost",
                             problem)
@@ -2721,7 +2721,7 @@ class ProxyServer(ThreadingHTTPServer):
             try:
                 self.client.warm_up()
             except gloo_stream.GlooError as exc:
-                problem = _redact(str(exc))
+                problem = redact(str(exc))
                 if problem != self.warm_problem:
                     log.warning("warm start: %s; trying again in %gs", problem, delay)
                 self.warm_problem = problem
@@ -2816,7 +2816,7 @@ class ProxyServer(ThreadingHTTPServer):
             rest = " ".join(f"{key}={value}" for key, value in record.items()
                             if key not in ("time", "client", "method", "path", "status", "duration_ms", "outcome"))
             line = f"{head} {rest}".rstrip()
-        line = _redact(line)
+        line = redact(line)
         if self._log_handler is not None:
             self._log_handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.INFO,
                                                             "levelname": "INFO", "msg": line}))

@@ -227,9 +227,9 @@ class RelaySecretTests(SecretTestCase):
         self.assert_no_secret(at_least=100)
 
     # Regression guard for a fixed bug: proxy_server._Handler._relay relays upstream events verbatim and builds
-    # the final error event from the upstream's error message without gloo_stream._redact, so an upstream that
+    # the final error event from the upstream's error message without gloo_stream.redact, so an upstream that
     # quotes the proxy's bearer token in a mid-stream error (some gateways do) hands it to the
-    # browser. Fix: pass the relayed batch and the error message through gloo_stream._redact
+    # browser. Fix: pass the relayed batch and the error message through gloo_stream.redact
     # (a substring check per registered secret per batch).
     def test_a_token_echoed_in_a_mid_stream_error_is_not_relayed(self):
         proxy = self.start_proxy(api_key=None)
