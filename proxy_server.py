@@ -1101,7 +1101,7 @@ def _outcome_event(loop: _Relay, error: _RelayError | None) -> bytes:
     A stream the relay itself ended (idle, deadline, too slow) before any finish is `cut_short`."""
     stream = loop.stream
     verdict = stream.outcome.to_dict()
-    if error is not None and verdict["kind"] in ("streaming", "cut_short"):
+    if error is not None and verdict["kind"] == "streaming":
         verdict.update(kind="cut_short", complete=False, error_name=error.error_type, error_code=error.code,
                        message=error.message, retryable=True)
     accumulator = stream.accumulator

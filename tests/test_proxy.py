@@ -677,6 +677,11 @@ class TimingTests(ProxyTestCase):
         status, _, body = self.post_stream("Hi [[stall]]")
         events = data_events(body.decode())
         self.assertEqual(events[-1]["error"]["type"], "upstream_timeout")
+        # The relay ended it before the library saw an end: the verdict is cut short, for the relay's reason.
+        verdict = outcome_of(body.decode())
+        self.assertEqual((verdict["kind"], verdict["error_name"], verdict["complete"]),
+                         ("cut_short", "upstream_timeout", False))
+        self.assertIn("sent nothing for 0.6s", verdict["message"])
         self.assertTrue(self.fake.wait_for_disconnect(3))
 
 
@@ -1073,6 +1078,18 @@ class OneVerdictTests(ScriptedUpstreamTestCase):
                 self.assertEqual(error["message"], outcome.message)
                 if kind == "provider_error":
                     self.assertEqual(error["code"], outcome.error_name or outcome.error_code)
+
+    def test_the_librarys_vectors_end_each_relayed_stream_with_its_verdict(self):
+        from tests.test_outcome import VECTORS  # the vectors the library's and the CLI's tests run too
+
+        for name, body, _, _ in VECTORS:
+            with self.subTest(name):
+                expected = self.library_outcome(body).to_dict()
+                self.upstream.answer(writes=[body])
+                status, _, relayed = self.post_stream("Hi")
+                self.assertEqual(status, 200)
+                self.assertEqual(outcome_of(relayed.decode()), {**expected, "model": mock.ANY, "usage": mock.ANY,
+                                                                "cost_usd": mock.ANY})
 
     def test_provider_overloaded_is_told_as_such(self):
         self.upstream.answer(writes=[self.CASES[0][1]])
