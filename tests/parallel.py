@@ -38,6 +38,7 @@ WEIGHTS = {
 # Modules cut by class rather than kept whole: each process that runs some of their classes runs the
 # module's fixtures (a browser) once for itself. Every other module stays whole in one process.
 BY_CLASS = frozenset({"tests.test_page", "tests.test_proxy", "tests.test_cli"})
+MAIN_HANDICAP = 4.0  # seconds of the main process's own: loading every module, replaying the workers' events
 DEFAULT_JOBS = 3  # the suite mostly waits (sockets, subprocesses, a browser): 3 processes suit 2 CPUs
 
 
@@ -96,7 +97,7 @@ def split(tests: list[Any], count: int) -> list[list[Any]]:
         return per_test * len(units[unit])
 
     shares: list[list[str]] = [[] for _ in range(max(1, count))]
-    loads = [0.0] * len(shares)
+    loads = [MAIN_HANDICAP] + [0.0] * (len(shares) - 1)  # the main process also loads and reports the run
     for unit in sorted(units, key=weight, reverse=True):
         lightest = loads.index(min(loads))
         shares[lightest].append(unit)

@@ -1,0 +1,85 @@
+"""tests/parallel.py: the run cut into shares, and a worker's results told to the main run."""
+
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+from tests import parallel
+
+
+def _case(module: str, name: str, *methods: str) -> type:
+    """A test class that claims to live in `module` (made here, so discovery never runs it)."""
+    body = {method: lambda self: None for method in methods}
+    return type(name, (unittest.TestCase,), {"__module__": module, **body})
+
+
+def _tests(*classes: type) -> list:
+    return [test for cls in classes for test in unittest.defaultTestLoader.loadTestsFromTestCase(cls)]
+
+
+class SplitTests(unittest.TestCase):
+    def test_shares_are_balanced_and_keep_each_module_whole_and_the_runs_order(self):
+        weights = {"tests.heavy": 10.0, "tests.light": 1.0, "tests.middle": 5.0}
+        classes = [_case("tests.light", "A", "test_1", "test_2"), _case("tests.heavy", "B", "test_1", "test_2"),
+                   _case("tests.middle", "C", "test_1"), _case("tests.heavy", "D", "test_1", "test_2")]
+        tests = _tests(*classes)
+        with mock.patch.object(parallel, "WEIGHTS", weights), mock.patch.object(parallel, "BY_CLASS", frozenset()), \
+                mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
+            shares = parallel.split(tests, 2)
+        self.assertEqual(sorted(test.id() for share in shares for test in share), sorted(t.id() for t in tests))
+        modules = [{type(test).__module__ for test in share} for share in shares]
+        self.assertEqual(modules, [{"tests.heavy"}, {"tests.middle", "tests.light"}])  # 10 against 5 + 1
+        for share in shares:  # the run's own order within each share
+            self.assertEqual(share, [test for test in tests if test in share])
+
+    def test_a_module_in_by_class_is_cut_by_class(self):
+        classes = [_case("tests.big", "E", "test_1", "test_2"), _case("tests.big", "F", "test_1", "test_2")]
+        with mock.patch.object(parallel, "WEIGHTS", {"tests.big": 8.0}), \
+                mock.patch.object(parallel, "BY_CLASS", frozenset({"tests.big"})), \
+                mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
+            shares = parallel.split(_tests(*classes), 2)
+        self.assertEqual([{type(test).__name__ for test in share} for share in shares], [{"E"}, {"F"}])
+
+    def test_one_job_is_one_share(self):
+        tests = _tests(_case("tests.x", "G", "test_1", "test_2"))
+        self.assertEqual(parallel.split(tests, 1), [tests])
+
+    def test_jobs_reads_gloo_test_jobs(self):
+        for value, expected in (("1", 1), ("4", 4), ("0", 1), ("many", parallel.DEFAULT_JOBS)):
+            with self.subTest(value), mock.patch.dict("os.environ", {"GLOO_TEST_JOBS": value}):
+                self.assertEqual(parallel.jobs(), expected)
+
+
+class ReplayTests(unittest.TestCase):
+    def replay(self, events: list[dict], problem: str = "") -> unittest.TestResult:
+        worker = parallel.Worker.__new__(parallel.Worker)  # its events, without a process
+        worker.events, worker.problem = events, problem
+        result = unittest.TestResult()
+        worker.replay(result)
+        return result
+
+    def test_the_workers_events_become_the_runs_results(self):
+        events = [{"kind": "start", "id": "tests.m.C.test_a"}, {"kind": "success", "id": "tests.m.C.test_a"},
+                  {"kind": "stop", "id": "tests.m.C.test_a"},
+                  {"kind": "start", "id": "tests.m.C.test_b"},
+                  {"kind": "failure", "id": "tests.m.C.test_b", "traceback": "AssertionError: 1 != 2"},
+                  {"kind": "stop", "id": "tests.m.C.test_b"},
+                  {"kind": "skip", "id": "tests.m.C.test_c", "reason": "no Chromium"}, {"kind": "done"}]
+        result = self.replay(events)
+        self.assertEqual(result.testsRun, 2)
+        self.assertEqual([(test.id(), text) for test, text in result.failures],
+                         [("tests.m.C.test_b", "tests.parallel.RemoteFailure: AssertionError: 1 != 2\n")])
+        self.assertEqual([(test.id(), reason) for test, reason in result.skipped], [("tests.m.C.test_c", "no Chromium")])
+        self.assertFalse(result.wasSuccessful())
+
+    def test_a_worker_that_died_is_an_error_never_a_pass(self):
+        result = self.replay([{"kind": "start", "id": "tests.m.C.test_a"}],
+                             problem="the test worker ended (exit status -9) before it reported all its tests")
+        self.assertEqual([test.id() for test, _ in result.errors], ["tests.parallel.worker"])
+        self.assertIn("exit status -9", result.errors[0][1])
+        self.assertFalse(result.wasSuccessful())
+
+
+if __name__ == "__main__":
+    unittest.main()
