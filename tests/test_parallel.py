@@ -70,7 +70,8 @@ class ReplayTests(unittest.TestCase):
         self.assertEqual(result.testsRun, 2)
         self.assertEqual([(test.id(), text) for test, text in result.failures],
                          [("tests.m.C.test_b", "tests.parallel.RemoteFailure: AssertionError: 1 != 2\n")])
-        self.assertEqual([(test.id(), reason) for test, reason in result.skipped], [("tests.m.C.test_c", "no Chromium")])
+        self.assertEqual([(test.id(), reason) for test, reason in result.skipped],
+                         [("tests.m.C.test_c", "no Chromium")])
         self.assertFalse(result.wasSuccessful())
 
     def test_a_worker_that_died_is_an_error_never_a_pass(self):
