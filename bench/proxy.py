@@ -15,6 +15,7 @@ and this process is the client. Figures printed:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,9 +25,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAMP = re.compile(rb'"sent_ns": ?(\d+)')
@@ -176,6 +179,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--streams", type=int, default=1000)
     args = parser.parse_args()
+    extra = ["--max-streams", str(args.streams + 100), "--log-format", "json",
+             "--max-connections-per-client", str(args.streams + 100)]
+    with simulator_and_relay(extra) as (sim_url, proxy_url, proxy_pid):
+        return run(args, sim_url, proxy_url, proxy_pid)
+
+
+@contextlib.contextmanager
+def simulator_and_relay(relay_args: list[str] = ()) -> Iterator[tuple[str, str, int]]:
+    """fake_gloo.py and proxy_server.py in processes of their own: (simulator URL, relay URL, relay pid)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLOO_", "PROXY_"))}
     env["NO_PROXY"] = env["no_proxy"] = "*"
     sim, sim_url = start([sys.executable, "fake_gloo.py", "--port", "0", "--delay", "0"],
@@ -184,14 +196,11 @@ def main() -> int:
         proxy_env = dict(env, GLOO_CLIENT_ID="fake-client-id", GLOO_CLIENT_SECRET="fake-client-secret",
                          GLOO_TOKEN_URL=sim_url + "/oauth2/token", GLOO_API_URL=sim_url + "/ai/v2/chat/completions")
         proxy, proxy_url = start([sys.executable, "proxy_server.py", "--port", "0", "--rate-limit-per-minute", "0",
-                                  "--max-streams", str(args.streams + 100), "--log-format", "json",
-                                  "--max-connections-per-client", str(args.streams + 100)],
-                                 r"listening on (http://127\.0\.0\.1:\d+)", proxy_env, "stderr")
+                                  *relay_args], r"listening on (http://127\.0\.0\.1:\d+)", proxy_env, "stderr")
         # The proxy logs a line per request; drain its stderr so it never blocks on a full pipe.
-        import threading
         threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
         try:
-            return run(args, sim_url, proxy_url, proxy.pid)
+            yield sim_url, proxy_url, proxy.pid
         finally:
             proxy.terminate()
             proxy.wait(10)

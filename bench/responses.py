@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from proxy import start  # noqa: E402 - after the path is set
+from proxy import simulator_and_relay  # noqa: E402 - after the path is set
 
 from gloo_stream import ChatStream, GlooClient, ResponseStream  # noqa: E402
 
@@ -117,38 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench/responses.py  {time.strftime('%Y-%m-%d %H:%M')}  nproc={os.cpu_count()} {platform.machine()} "
           f"Python {platform.python_version()}")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLOO_", "PROXY_"))}
-    env["NO_PROXY"] = env["no_proxy"] = "*"
-    sim, sim_url = start([sys.executable, "fake_gloo.py", "--port", "0", "--delay", "0"],
-                         r"(http://127\.0\.0\.1:\d+)", env, "stdout")
-    try:
-        proxy_env = dict(env, GLOO_CLIENT_ID="fake-client-id", GLOO_CLIENT_SECRET="fake-client-secret",
-                         GLOO_TOKEN_URL=sim_url + "/oauth2/token", GLOO_API_URL=sim_url + "/ai/v2/chat/completions")
-        proxy, proxy_url = start([sys.executable, "proxy_server.py", "--port", "0", "--rate-limit-per-minute", "0"],
-                                 r"listening on (http://127\.0\.0\.1:\d+)", proxy_env, "stderr")
-        import threading
-
-        threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
-        try:
-            client = GlooClient(client_id="fake-client-id", client_secret="fake-client-secret",
-                                token_url=sim_url + "/oauth2/token", api_url=sim_url + "/ai/v2/chat/completions")
-            host, port = proxy_url.rsplit("/", 1)[1].split(":")
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            direct_ttft(client), relay_ttft(conn)  # warm both: the token, the connections
-            direct, relayed = [], []
-            for _ in range(args.requests):
-                direct.append(direct_ttft(client))
-                relayed.append(relay_ttft(conn))
-            d, r = statistics.median(direct), statistics.median(relayed)
-            print("\n| time to first text (p50) | direct | through the relay | added by the relay |")
-            print("|---|---:|---:|---:|")
-            print(f"| {args.requests} Responses streams, interleaved | {d:.2f} ms | {r:.2f} ms | {r - d:+.2f} ms |")
-        finally:
-            proxy.terminate()
-            proxy.wait(10)
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    with simulator_and_relay() as (sim_url, proxy_url, _):
+        client = GlooClient(client_id="fake-client-id", client_secret="fake-client-secret",
+                            token_url=sim_url + "/oauth2/token", api_url=sim_url + "/ai/v2/chat/completions")
+        host, port = proxy_url.rsplit("/", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        direct_ttft(client), relay_ttft(conn)  # warm both: the token, the connections
+        direct, relayed = [], []
+        for _ in range(args.requests):
+            direct.append(direct_ttft(client))
+            relayed.append(relay_ttft(conn))
+        d, r = statistics.median(direct), statistics.median(relayed)
+        print("\n| time to first text (p50) | direct | through the relay | added by the relay |")
+        print("|---|---:|---:|---:|")
+        print(f"| {args.requests} Responses streams, interleaved | {d:.2f} ms | {r:.2f} ms | {r - d:+.2f} ms |")
 
     chat, responses = chat_body(args.events), responses_body(args.events)
     best_chat = best_responses = float("inf")
