@@ -102,9 +102,8 @@ _AUTH_FAILURES_FOR_DEGRADED = 3  # upstream credential failures in a row before 
 log = logging.getLogger("gloo_proxy")
 
 
-
 # ---------------------------------------------------------------------------
-# Settings: one table generates the config class, from_env, the options and their help
+# Settings: one table gives the typed config its defaults, from_env, the options and their help
 # ---------------------------------------------------------------------------
 
 
