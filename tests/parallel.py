@@ -26,14 +26,15 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_TIMEOUT = 1500  # seconds: far beyond the suite; only a hang reaches it
-# What a module's tests take in one process (seconds, idle 2-CPU machine, 2026-12-08): the weights
-# by which the run is cut into a share for each process. A module not listed weighs 0.05 s a test.
+# What a module's tests cost, by which the run is cut into shares: seconds of wall time in one process
+# plus half their CPU seconds, since three processes on two CPUs slow the busy parts and not the
+# waiting ones (idle 2-CPU machine, 2026-12-08). A module not listed weighs 0.05 s a test.
 WEIGHTS = {
-    "tests.test_page": 39.0, "tests.test_proxy": 22.9, "tests.test_cli": 16.4, "tests.test_abuse": 15.2,
-    "tests.test_faults": 8.7, "tests.test_web_js": 8.7, "tests.test_nginx": 6.8, "tests.test_transport": 6.1,
-    "tests.test_cli_history": 4.0, "tests.test_client": 3.1, "tests.test_fake_gloo": 2.6, "tests.test_secrets": 2.4,
-    "tests.test_cli_responses": 1.7, "tests.test_catalog": 1.2, "tests.test_config": 1.1, "tests.test_responses": 1.0,
-    "tests.test_gloo_api": 1.0, "tests.test_outcome": 0.9, "tests.test_sse": 0.9,
+    "tests.test_page": 51.5, "tests.test_proxy": 25.6, "tests.test_cli": 23.2, "tests.test_abuse": 19.8,
+    "tests.test_web_js": 13.8, "tests.test_faults": 9.7, "tests.test_nginx": 8.4, "tests.test_transport": 7.1,
+    "tests.test_cli_history": 6.0, "tests.test_client": 3.8, "tests.test_secrets": 3.6, "tests.test_fake_gloo": 3.2,
+    "tests.test_cli_responses": 3.1, "tests.test_config": 1.7, "tests.test_responses": 1.5, "tests.test_catalog": 1.4,
+    "tests.test_gloo_api": 1.4, "tests.test_sse": 1.4, "tests.test_outcome": 1.0,
 }
 # Modules cut by class rather than kept whole: each process that runs some of their classes runs the
 # module's fixtures (a browser) once for itself. Every other module stays whole in one process.

@@ -67,7 +67,7 @@ FORBIDDEN_JS = """([root, allowed]) => {
   }
   return bad;
 }"""
-READY_JS = "() => document.documentElement.dataset.ready === 'true'"
+READY_JS = "() => document.documentElement?.dataset.ready === 'true'"  # no element yet right after commit
 CHAT_TITLES_JS = "() => [...document.querySelectorAll('#chatList .chat-title')].map((e) => e.textContent)"
 
 
@@ -537,6 +537,7 @@ class FailureTest(PageTestCase):
 
 
 class ConversationTest(PageTestCase):
+    """Conversations: the list, what is sent, instructions, export and import, storage and its bounds."""
 
     def test_the_second_question_sends_the_first_exchange_and_new_chat_keeps_the_old_one(self):
         page = self.open_page()
@@ -567,46 +568,6 @@ class ConversationTest(PageTestCase):
         page.locator("#chatList .chat-item", has_text="Fresh start").locator(".chat-delete").click()
         titles = page.evaluate(CHAT_TITLES_JS)
         self.assertEqual(titles, ["[[echo]] What is grace?"])
-        self.assertNoErrors()
-
-    def test_regenerate_and_edit_keep_every_version_as_a_branch(self):
-        context = self.new_context()
-        page = self.open_page(context=context)
-        self.script("First answer.")
-        self.assertEqual(self.ask(page, "Why pray?"), "Done")
-        self.script("A follow-up answer.")
-        self.assertEqual(self.ask(page, "And how?"), "Done")
-        self.assertTrue(page.is_hidden("#turns .turn:nth-child(2) .versions"))  # one version: no control
-        self.script("Second answer.")
-        page.click("#turns .turn:nth-child(2) .regen-btn")
-        self.assertEqual(self.wait_finished(page), "Done")
-        versions = "#turns .turn:nth-child(2) .versions"
-        self.assertEqual(page.text_content(versions + " .ver-count"), "2/2")
-        self.assertEqual(self.turns(page)[1][1], "Second answer.")
-        page.click(versions + " .ver-prev")
-        self.assertEqual((page.text_content(versions + " .ver-count"), self.turns(page)[1][1]),
-                         ("1/2", "A follow-up answer."))
-        # The branch on screen is what goes upstream.
-        self.script("Third.")
-        self.assertEqual(self.ask(page, "Thanks"), "Done")
-        self.assertEqual(self.last_request()["messages"][-2], {"role": "assistant", "content": "A follow-up answer."})
-        # Editing the first question is a new version of it; what followed the old one waits in it.
-        page.click("#turns .turn:nth-child(1) .edit-btn")
-        page.fill("#editArea", "Why do people pray?")
-        self.script("An edited answer.")
-        page.click(".edit-send")
-        self.assertEqual(self.wait_finished(page), "Done")
-        self.assertEqual(self.turns(page), [["Why do people pray?", "An edited answer."]])
-        first = "#turns .turn:nth-child(1) .versions"
-        self.assertEqual(page.text_content(first + " .ver-count"), "2/2")
-        page.click(first + " .ver-prev")
-        self.assertEqual([t[0] for t in self.turns(page)], ["Why pray?", "And how?", "Thanks"])
-        self.assertEqual(page.text_content("#turns .turn:nth-child(2) .ver-count"), "1/2")  # nested versions kept
-        page.reload()  # all of it is saved
-        page.wait_for_function(READY_JS)
-        self.assertEqual([t[0] for t in self.turns(page)], ["Why pray?", "And how?", "Thanks"])
-        page.click(first + " .ver-next")
-        self.assertEqual(self.turns(page), [["Why do people pray?", "An edited answer."]])
         self.assertNoErrors()
 
     def test_a_deleted_conversation_can_be_brought_back(self):
@@ -796,6 +757,50 @@ class ConversationTest(PageTestCase):
         self.assertLessEqual(result["size"], 1600000)
         self.assertFalse(result["hasFirst"], "the oldest conversation was pruned")
         self.assertEqual(result["newest"], f"chat {result['max'] + 14}")
+
+
+class ExchangeTest(PageTestCase):
+    """One exchange at a time: versions, regenerate and edit, copy, sources, the keys and the box."""
+
+    def test_regenerate_and_edit_keep_every_version_as_a_branch(self):
+        context = self.new_context()
+        page = self.open_page(context=context)
+        self.script("First answer.")
+        self.assertEqual(self.ask(page, "Why pray?"), "Done")
+        self.script("A follow-up answer.")
+        self.assertEqual(self.ask(page, "And how?"), "Done")
+        self.assertTrue(page.is_hidden("#turns .turn:nth-child(2) .versions"))  # one version: no control
+        self.script("Second answer.")
+        page.click("#turns .turn:nth-child(2) .regen-btn")
+        self.assertEqual(self.wait_finished(page), "Done")
+        versions = "#turns .turn:nth-child(2) .versions"
+        self.assertEqual(page.text_content(versions + " .ver-count"), "2/2")
+        self.assertEqual(self.turns(page)[1][1], "Second answer.")
+        page.click(versions + " .ver-prev")
+        self.assertEqual((page.text_content(versions + " .ver-count"), self.turns(page)[1][1]),
+                         ("1/2", "A follow-up answer."))
+        # The branch on screen is what goes upstream.
+        self.script("Third.")
+        self.assertEqual(self.ask(page, "Thanks"), "Done")
+        self.assertEqual(self.last_request()["messages"][-2], {"role": "assistant", "content": "A follow-up answer."})
+        # Editing the first question is a new version of it; what followed the old one waits in it.
+        page.click("#turns .turn:nth-child(1) .edit-btn")
+        page.fill("#editArea", "Why do people pray?")
+        self.script("An edited answer.")
+        page.click(".edit-send")
+        self.assertEqual(self.wait_finished(page), "Done")
+        self.assertEqual(self.turns(page), [["Why do people pray?", "An edited answer."]])
+        first = "#turns .turn:nth-child(1) .versions"
+        self.assertEqual(page.text_content(first + " .ver-count"), "2/2")
+        page.click(first + " .ver-prev")
+        self.assertEqual([t[0] for t in self.turns(page)], ["Why pray?", "And how?", "Thanks"])
+        self.assertEqual(page.text_content("#turns .turn:nth-child(2) .ver-count"), "1/2")  # nested versions kept
+        page.reload()  # all of it is saved
+        page.wait_for_function(READY_JS)
+        self.assertEqual([t[0] for t in self.turns(page)], ["Why pray?", "And how?", "Thanks"])
+        page.click(first + " .ver-next")
+        self.assertEqual(self.turns(page), [["Why do people pray?", "An edited answer."]])
+        self.assertNoErrors()
 
     def test_regenerate_the_last_answer(self):
         page = self.open_page()
