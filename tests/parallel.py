@@ -3,9 +3,9 @@ main process runs the first and each worker another, and the workers' results ar
 run as if they had run there (the same dots, counts, failures and exit status).
 
 Much of the suite waits (on sockets, subprocesses, a browser), so three processes on a 2-CPU machine
-finish it in well under half the time of one. A module stays whole in one process, so its fixtures
-(the browser, the simulator, nginx) are set up once, except the modules in BY_CLASS, which are cut by
-class (a process that runs some of their classes sets the module up for itself).
+finish it in well under half the time of one. A test class stays whole in one process, so its
+fixtures (a simulator, a relay, nginx) are set up once; a module's own fixtures (the page tests'
+browser) are set up by each process that runs some of its classes.
 GLOO_TEST_JOBS=N runs N processes, 1 everything in one. A worker that cannot start, or dies, is
 reported as an error of the run, never as a silent pass.
 
@@ -36,9 +36,6 @@ WEIGHTS = {
     "tests.test_cli_responses": 3.1, "tests.test_config": 1.7, "tests.test_responses": 1.5, "tests.test_catalog": 1.4,
     "tests.test_gloo_api": 1.4, "tests.test_sse": 1.4, "tests.test_outcome": 1.0,
 }
-# Modules cut by class rather than kept whole: each process that runs some of their classes runs the
-# module's fixtures (a browser) once for itself. Every other module stays whole in one process.
-BY_CLASS = frozenset({"tests.test_page", "tests.test_proxy", "tests.test_cli"})
 MAIN_HANDICAP = 4.0  # seconds of the main process's own: loading every module, replaying the workers' events
 DEFAULT_JOBS = 3  # the suite mostly waits (sockets, subprocesses, a browser): 3 processes suit 2 CPUs
 
@@ -75,9 +72,8 @@ class _RemoteTest:
 
 
 def _unit_of(test: Any) -> str:
-    """The part of the run that stays in one process: the test's module, or its class in BY_CLASS."""
-    module = type(test).__module__
-    return f"{module}.{type(test).__qualname__}" if module in BY_CLASS else module
+    """The part of the run that stays in one process: the test's class."""
+    return f"{type(test).__module__}.{type(test).__qualname__}"
 
 
 def split(tests: list[Any], count: int) -> list[list[Any]]:

@@ -19,27 +19,26 @@ def _tests(*classes: type) -> list:
 
 
 class SplitTests(unittest.TestCase):
-    def test_shares_are_balanced_and_keep_each_module_whole_and_the_runs_order(self):
-        weights = {"tests.heavy": 10.0, "tests.light": 1.0, "tests.middle": 5.0}
-        classes = [_case("tests.light", "A", "test_1", "test_2"), _case("tests.heavy", "B", "test_1", "test_2"),
-                   _case("tests.middle", "C", "test_1"), _case("tests.heavy", "D", "test_1", "test_2")]
+    def test_shares_are_balanced_and_keep_each_class_whole_and_the_runs_order(self):
+        # A module's weight is shared by its tests: B 6 (3 of heavy's 4 tests at 2 each), D 2, C 5, A 1.
+        weights = {"tests.heavy": 8.0, "tests.light": 1.0, "tests.middle": 5.0}
+        classes = [_case("tests.light", "A", "test_1", "test_2"),
+                   _case("tests.heavy", "B", "test_1", "test_2", "test_3"),
+                   _case("tests.middle", "C", "test_1"), _case("tests.heavy", "D", "test_1")]
         tests = _tests(*classes)
-        with mock.patch.object(parallel, "WEIGHTS", weights), mock.patch.object(parallel, "BY_CLASS", frozenset()), \
-                mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
+        with mock.patch.object(parallel, "WEIGHTS", weights), mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
             shares = parallel.split(tests, 2)
         self.assertEqual(sorted(test.id() for share in shares for test in share), sorted(t.id() for t in tests))
-        modules = [{type(test).__module__ for test in share} for share in shares]
-        self.assertEqual(modules, [{"tests.heavy"}, {"tests.middle", "tests.light"}])  # 10 against 5 + 1
+        self.assertEqual([{type(test).__name__ for test in share} for share in shares], [{"B", "A"}, {"C", "D"}])
         for share in shares:  # the run's own order within each share
             self.assertEqual(share, [test for test in tests if test in share])
 
-    def test_a_module_in_by_class_is_cut_by_class(self):
-        classes = [_case("tests.big", "E", "test_1", "test_2"), _case("tests.big", "F", "test_1", "test_2")]
-        with mock.patch.object(parallel, "WEIGHTS", {"tests.big": 8.0}), \
-                mock.patch.object(parallel, "BY_CLASS", frozenset({"tests.big"})), \
-                mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
+    def test_the_main_process_takes_less(self):
+        classes = [_case("tests.even", name, "test_1") for name in "EFGH"]
+        with mock.patch.object(parallel, "WEIGHTS", {"tests.even": 4.0}), \
+                mock.patch.object(parallel, "MAIN_HANDICAP", 1.5):
             shares = parallel.split(_tests(*classes), 2)
-        self.assertEqual([{type(test).__name__ for test in share} for share in shares], [{"E"}, {"F"}])
+        self.assertEqual([len(share) for share in shares], [1, 3])  # starting at 1.5, the main process gets one
 
     def test_one_job_is_one_share(self):
         tests = _tests(_case("tests.x", "G", "test_1", "test_2"))
