@@ -26,17 +26,27 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_TIMEOUT = 1500  # seconds: far beyond the suite; only a hang reaches it
-# What a module's tests cost, by which the run is cut into shares: seconds of wall time in one process
-# plus half their CPU seconds, since three processes on two CPUs slow the busy parts and not the
-# waiting ones (idle 2-CPU machine, 2026-12-08). A module not listed weighs 0.05 s a test.
+# What a test class costs, by which the run is cut into shares: its seconds in one process (class
+# fixtures included), plus half its CPU seconds, since three processes on two CPUs slow the busy
+# parts (the browser, the CLI's processes, node) and not the waiting ones. Measured on an idle 2-CPU
+# machine, 2026-12-08, for the classes of a second or more, named without "tests."; any other class
+# weighs 0.05 s a test (their average).
 WEIGHTS = {
-    "tests.test_page": 51.5, "tests.test_proxy": 25.6, "tests.test_cli": 23.2, "tests.test_abuse": 19.8,
-    "tests.test_web_js": 13.8, "tests.test_faults": 9.7, "tests.test_nginx": 8.4, "tests.test_transport": 7.1,
-    "tests.test_cli_history": 6.0, "tests.test_client": 3.8, "tests.test_secrets": 3.6, "tests.test_fake_gloo": 3.2,
-    "tests.test_cli_responses": 3.1, "tests.test_config": 1.7, "tests.test_responses": 1.5, "tests.test_catalog": 1.4,
-    "tests.test_gloo_api": 1.4, "tests.test_sse": 1.4, "tests.test_outcome": 1.0,
+    "test_abuse.CrowdTests": 15.9, "test_page.ConversationTest": 12.7, "test_page.ExchangeTest": 11.6,
+    "test_web_js.NodeTests": 11.4, "test_nginx.NginxDeploymentTests": 8.0, "test_page.StreamingTest": 6.5,
+    "test_cli.CLIPipeTests": 6.1, "test_cli_history.HistoryTests": 5.4, "test_page.FailureTest": 5.4,
+    "test_page.PageShapeTest": 4.9, "test_page.ApiKeyTest": 3.8, "test_cli.CLIOutputTests": 3.6,
+    "test_cli.CLIScriptTests": 3.5, "test_faults.RelayFaultTests": 3.4, "test_proxy.LimitTests": 3.3,
+    "test_cli.CLITerminalSafetyTests": 3.1, "test_proxy.RelayTests": 3.0, "test_cli.SecretTests": 2.6,
+    "test_page.SimulatorBadgeTest": 2.5, "test_transport.TLSTests": 2.4, "test_faults.ClientFaultTests": 2.2,
+    "test_cli_responses.CLIResponsesTests": 2.2, "test_page.RendererTest": 2.2, "test_transport.PoolTests": 2.0,
+    "test_proxy.ProcessTests": 1.9, "test_page.TwoTabsTest": 1.9, "test_page.ResponsesPageTest": 1.8,
+    "test_cli.CLIExitCodeTests": 1.8, "test_secrets.CommandLineSecretTests": 1.7,
+    "test_proxy.UpstreamFailureTests": 1.7, "test_proxy.FieldPolicyTests": 1.7, "test_page.BidiTest": 1.7,
+    "test_faults.TokenFaultTests": 1.6, "test_transport.InterimAndTimeoutTests": 1.4, "test_abuse.FramingTests": 1.4,
+    "test_client.MidStreamFailureTests": 1.4, "test_proxy.TimingTests": 1.3, "test_proxy.OneVerdictTests": 1.3,
+    "test_proxy.StreamingPhaseTests": 1.3, "test_proxy.StartupTests": 1.2, "test_proxy.DrainTests": 1.1,
 }
-MAIN_HANDICAP = 4.0  # seconds of the main process's own: loading every module, replaying the workers' events
 DEFAULT_JOBS = 3  # the suite mostly waits (sockets, subprocesses, a browser): 3 processes suit 2 CPUs
 
 
@@ -83,18 +93,12 @@ def split(tests: list[Any], count: int) -> list[list[Any]]:
     units: dict[str, list[Any]] = {}
     for test in tests:
         units.setdefault(_unit_of(test), []).append(test)
-    sizes: dict[str, int] = {}
-    for test in tests:
-        module = type(test).__module__
-        sizes[module] = sizes.get(module, 0) + 1
 
     def weight(unit: str) -> float:
-        module = type(units[unit][0]).__module__
-        per_test = WEIGHTS[module] / sizes[module] if module in WEIGHTS else 0.05
-        return per_test * len(units[unit])
+        return WEIGHTS.get(unit[len("tests."):] if unit.startswith("tests.") else unit, 0.05 * len(units[unit]))
 
     shares: list[list[str]] = [[] for _ in range(max(1, count))]
-    loads = [MAIN_HANDICAP] + [0.0] * (len(shares) - 1)  # the main process also loads and reports the run
+    loads = [0.0] * len(shares)
     for unit in sorted(units, key=weight, reverse=True):
         lightest = loads.index(min(loads))
         shares[lightest].append(unit)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import unittest
 from unittest import mock
 
-from tests import parallel
+from tests import _flatten, parallel
 
 
 def _case(module: str, name: str, *methods: str) -> type:
@@ -20,25 +21,24 @@ def _tests(*classes: type) -> list:
 
 class SplitTests(unittest.TestCase):
     def test_shares_are_balanced_and_keep_each_class_whole_and_the_runs_order(self):
-        # A module's weight is shared by its tests: B 6 (3 of heavy's 4 tests at 2 each), D 2, C 5, A 1.
-        weights = {"tests.heavy": 8.0, "tests.light": 1.0, "tests.middle": 5.0}
+        weights = {"heavy.B": 6.0, "middle.C": 5.0, "heavy.D": 2.0}  # A is not listed: 0.05 s a test
         classes = [_case("tests.light", "A", "test_1", "test_2"),
                    _case("tests.heavy", "B", "test_1", "test_2", "test_3"),
                    _case("tests.middle", "C", "test_1"), _case("tests.heavy", "D", "test_1")]
         tests = _tests(*classes)
-        with mock.patch.object(parallel, "WEIGHTS", weights), mock.patch.object(parallel, "MAIN_HANDICAP", 0.0):
+        with mock.patch.object(parallel, "WEIGHTS", weights):
             shares = parallel.split(tests, 2)
         self.assertEqual(sorted(test.id() for share in shares for test in share), sorted(t.id() for t in tests))
         self.assertEqual([{type(test).__name__ for test in share} for share in shares], [{"B", "A"}, {"C", "D"}])
         for share in shares:  # the run's own order within each share
             self.assertEqual(share, [test for test in tests if test in share])
 
-    def test_the_main_process_takes_less(self):
-        classes = [_case("tests.even", name, "test_1") for name in "EFGH"]
-        with mock.patch.object(parallel, "WEIGHTS", {"tests.even": 4.0}), \
-                mock.patch.object(parallel, "MAIN_HANDICAP", 1.5):
-            shares = parallel.split(_tests(*classes), 2)
-        self.assertEqual([len(share) for share in shares], [1, 3])  # starting at 1.5, the main process gets one
+    def test_every_weight_names_a_class_of_the_suite(self):
+        suite = unittest.defaultTestLoader.discover(os.path.dirname(os.path.abspath(__file__)),
+                                                    top_level_dir=os.path.dirname(os.path.dirname(
+                                                        os.path.abspath(__file__))))
+        units = {parallel._unit_of(test)[len("tests."):] for test in _flatten(suite)}
+        self.assertEqual(sorted(set(parallel.WEIGHTS) - units), [], "weights of classes that are gone")
 
     def test_one_job_is_one_share(self):
         tests = _tests(_case("tests.x", "G", "test_1", "test_2"))
