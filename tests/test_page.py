@@ -982,8 +982,12 @@ class TwoTabsTest(PageTestCase):
         second = self.open_page(context=context)  # the same browser profile: one localStorage
         self.assertEqual(self.ask(first, "[[echo]] from the first tab"), "Done")
         self.assertEqual(self.ask(second, "[[echo]] from the second tab"), "Done")
+        # Tabs see each other's writes a moment late: the second tab may have written without the
+        # first tab's conversation; the first takes the second's in on the storage event and writes
+        # its own back, so a new tab finds both (at once, or on the storage event that brings them).
         first.wait_for_function("() => document.querySelectorAll('#chatList li').length === 2")  # a storage event
         fresh = self.open_page(context=context)
+        fresh.wait_for_function("() => document.querySelectorAll('#chatList li').length === 2")
         titles = fresh.evaluate("() => [...document.querySelectorAll('#chatList .chat-open')].map(b => b.textContent)")
         self.assertEqual(len(titles), 2, titles)
         self.assertTrue(any("first tab" in t for t in titles) and any("second tab" in t for t in titles), titles)

@@ -656,10 +656,11 @@ function showSaveFailure() {
             "old conversations under Chats to make room.", "error");
 }
 
-// Another tab saved: take in its conversations (per conversation the newer wins, deletions hold).
+// Another tab saved: take in its conversations (per conversation the newer wins, deletions hold),
+// and write back any of ours its write lacked (it had not seen them yet).
 window.addEventListener("storage", (event) => {
   if (event.key !== CHATS_KEY || state.controller) return;
-  if (store.merge(state.chat)) renderChatList();
+  if (store.sync(state.chat)) renderChatList();
 });
 
 // ---------------------------------------------------------------------------

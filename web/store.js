@@ -117,6 +117,23 @@ export class ChatStore {
     return changed;
   }
 
+  /** Another tab wrote: take in its conversations (merge), and when what it wrote lacks any of ours,
+   * or holds an older copy of one, write the union back. Tabs see each other's writes a moment late,
+   * so a tab can write without a conversation another tab had just saved; without this, that one
+   * would be kept only in the other tab's memory. Returns whether anything changed here. */
+  sync(keep) {
+    const changed = this.merge(keep);
+    const stored = this.storage ? this.read() : null;
+    if (!stored) return changed;
+    const storedById = new Map(stored.chats.map((c) => [c.id, c]));
+    const behind = this.data.chats.some((chat) => {
+      const there = storedById.get(chat.id);
+      return chat.turns.length && (!there || (chat.updated || 0) > (there.updated || 0));
+    });
+    if (behind) this.write(keep);
+    return changed;
+  }
+
   /** Newest first. */
   list() {
     return this.data.chats.slice().sort((a, b) => (b.updated || 0) - (a.updated || 0));

@@ -107,6 +107,26 @@ test("two tabs merge per conversation; a deletion in one holds in the other (#19
   assert.equal(after.list()[0].turns.length, 2);
 });
 
+test("a tab that wrote without a conversation it had not seen yet gets it back from the storage event", () => {
+  const storage = memoryStorage();
+  const a = new ChatStore(storage);
+  // B's view of storage lags behind A's write, as a browser tells tabs of each other's writes late.
+  const before = storage.getItem(CHATS_KEY);
+  let stale = true;
+  const lagging = { ...storage, getItem: (key) => (stale && key === CHATS_KEY ? before : storage.getItem(key)) };
+  const b = new ChatStore(lagging);
+  ask(a, a.current(), "from A");
+  ask(b, b.current(), "from B");  // written without A's conversation
+  assert.deepEqual(new ChatStore(storage).list().map((c) => c.title), ["from B"]);  // A's is in A's memory only
+  stale = false;
+  assert.equal(a.sync(), true);  // the storage event in A: B's is taken in, A's written back
+  assert.deepEqual(new ChatStore(storage).list().map((c) => c.title).sort(), ["from A", "from B"]);
+  const written = storage.items.get(CHATS_KEY);
+  assert.equal(b.sync(), true);  // the storage event in B: A's taken in; nothing of B's is behind,
+  assert.equal(storage.items.get(CHATS_KEY), written);  // so nothing is written (no ping-pong)
+  assert.equal(a.sync(), false);
+});
+
 test("no storage, or unreadable storage: everything still works in memory", () => {
   const store = new ChatStore(null);
   const chat = store.current();
