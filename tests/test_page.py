@@ -1,5 +1,7 @@
 """The chat page (web/) in a real browser: Chromium driven by Playwright, served by the proxy
-relaying the simulator. One browser and one proxy for the module; a fresh browser context per test.
+relaying the simulator. One browser and one proxy for the module (in each test process that runs
+some of it); one tab that most tests reuse, its storage cleared for each, and a fresh browser
+context for a test that needs its own (routes, permissions, several tabs, another shape).
 
 Skipped when Chromium or Playwright is missing, unless CI=true (then it fails): see page_support.
 """
