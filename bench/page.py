@@ -5,6 +5,8 @@ to an `AnswerView` as a stream is: the text so far, `--step` characters more eac
 animation frame's worth of a fast stream). Printed per answer: the time spent in `update()`
 in total and its longest call, and the ratio of each total to the paragraphs' total, measured in
 the same browser in one run (the machines are shared: compare the ratios, not the times).
+Then the time from navigation to the page being ready (its modules loaded and run), median of
+`--loads` loads, each in a fresh browser context (nothing cached).
 
     python bench/page.py [--kib 120] [--step 200] [--web-root web]
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -76,6 +79,7 @@ def main() -> int:
     parser.add_argument("--step", type=int, default=200, help="characters added per update (default 200)")
     parser.add_argument("--web-root", default=os.path.join(ROOT, "web"), help="the page's files (default web/)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best total of each answer is kept")
+    parser.add_argument("--loads", type=int, default=15, help="page loads timed, each in a fresh context")
     args = parser.parse_args()
     answers = _answers(args.kib * 1024)
     playwright, browser = start_browser()
@@ -88,6 +92,15 @@ def main() -> int:
                 for name, figures in page.evaluate(_FEED_JS, [answers, args.step]).items():
                     if name not in best or figures["total"] < best[name]["total"]:
                         best[name] = figures
+            ready_ms = []
+            for _ in range(args.loads):
+                context = browser.new_context()
+                fresh = context.new_page()
+                started = time.perf_counter()
+                fresh.goto(proxy.url + "/", wait_until="commit")
+                fresh.wait_for_function("() => document.documentElement?.dataset.ready === 'true'")
+                ready_ms.append((time.perf_counter() - started) * 1000)
+                context.close()
     finally:
         browser.close()
         playwright.stop()
@@ -99,6 +112,8 @@ def main() -> int:
     for name, figures in best.items():
         print(f"{name:<12}{figures['calls']:>9}{figures['total']:>11.0f}{figures['longest']:>12.1f}"
               f"{figures['total'] / base:>14.2f}")
+    print(f"page ready after navigation: median {statistics.median(ready_ms):.0f} ms, "
+          f"fastest {min(ready_ms):.0f} ms ({args.loads} loads, a fresh context each)")
     return 0
 
 
