@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import json
 import os
@@ -743,7 +744,18 @@ class ShippedFileTests(unittest.TestCase):
     """Each shipped file travels alone: it names its licence, and the tools say their version."""
 
     SHIPPED = ["gloo_stream.py", "proxy_server.py", "fake_gloo.py", "demo.py", "web/app.js", "web/markdown.js",
-               "web/sse.js", "web/style.css", "web/index.html"]
+               "web/sse.js", "web/render.js", "web/store.js", "web/highlight.js", "web/math.js", "web/style.css",
+               "web/index.html"]
+
+    def test_the_scripts_main_block_is_the_entry_point_the_tests_start(self):
+        # tests/support.CLI starts gloo_stream._run_script() rather than the script: the same only while
+        # the script's `if __name__ == "__main__":` block is that one call.
+        with open(CLI_SCRIPT, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        last = tree.body[-1]
+        self.assertIsInstance(last, ast.If)
+        self.assertEqual(ast.unparse(last.test), "__name__ == '__main__'")
+        self.assertEqual([ast.unparse(statement) for statement in last.body], ["_run_script()"])
 
     def test_an_spdx_line_near_the_top_of_each_file(self):
         for name in self.SHIPPED:
