@@ -240,6 +240,7 @@ class NginxDeploymentTests(IsolatedTestCase):
         for i in range(6):
             stream = self.stream("main", f"Question {i} [[long:3]]")
             self.assertEqual((stream.status, stream.finish_reason()), (200, "stop"))
+        self.completed_at_least(ports, sum(b["streams"].get("complete", 0) for b in before) + 6)  # the last counted
         after = [self.health(port) for port in ports]
         streams = [a["streams"].get("complete", 0) - b["streams"].get("complete", 0) for a, b in zip(after, before)]
         requests = [a["requests"] - b["requests"] for a, b in zip(after, before)]
