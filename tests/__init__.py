@@ -60,8 +60,9 @@ class _ReportingSuite(unittest.TestSuite):
         tests = list(_flatten(self))
         ids = [test.id() for test in tests]  # now: the suite lets go of its tests as they run
         workers: list[parallel.Worker] = []
-        if parallel.jobs() > 1 and not debug:
-            here, *there = parallel.split(tests, parallel.jobs())
+        count = parallel.jobs()
+        if count > 1 and not debug:
+            here, *there = parallel.split(tests, count)
             workers = [parallel.Worker([test.id() for test in share]) for share in there if share]
             self._tests = here  # the workers run while this process runs its own share
         started = time.monotonic()

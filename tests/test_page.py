@@ -141,18 +141,24 @@ def _shared_tab() -> Any:
 
 
 def _watch(page: Any, test: Any) -> None:
-    """Send `page`'s uncaught errors, console errors and dialogs to `test` (from now on)."""
-    if page in _watchers:
-        _watchers[page] = test
-        return
+    """Send `page`'s uncaught errors, console errors and dialogs to `test` (from now on; to no one
+    once the test has let the page go)."""
+    known = page in _watchers
     _watchers[page] = test
+    if known:
+        return
+
+    def collect(kind: str, text: str) -> None:
+        watcher = _watchers.get(page)
+        if watcher is not None:
+            getattr(watcher, kind).append(text)
 
     def on_dialog(dialog: Any) -> None:
-        _watchers[page].dialogs.append(f"{dialog.type}: {dialog.message}")
+        collect("dialogs", f"{dialog.type}: {dialog.message}")
         dialog.dismiss()
 
-    page.on("pageerror", lambda error: _watchers[page].page_errors.append(str(error)))
-    page.on("console", lambda message: message.type == "error" and _watchers[page].console_errors.append(message.text))
+    page.on("pageerror", lambda error: collect("page_errors", str(error)))
+    page.on("console", lambda message: message.type == "error" and collect("console_errors", message.text))
     page.on("dialog", on_dialog)
 
 
@@ -206,6 +212,7 @@ class PageTestCase(unittest.TestCase):
                 context = self.new_context(width=width, height=height, color_scheme=color_scheme, touch=touch)
             page = context.new_page()
             page.set_default_timeout(8000)
+            self.addCleanup(_watchers.pop, page, None)  # (the module's tab stays watched)
         _watch(page, self)
         self.addCleanup(self._screenshot_on_failure, page)
         # Not the load event: the module script marks the page ready once it has run, and module
